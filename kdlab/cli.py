@@ -1,0 +1,166 @@
+"""``kdlab <command>``: each command is a thin call into the modules.
+
+Errors in the user's input (:class:`kdlab.errors.KdlabError`) print one line ``kdlab: error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from kdlab.config import SECTIONS, build_config
+from kdlab.errors import KdlabError
+
+
+def _add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """One flag per field of a config section (``--lr``, ``--lora-r``...); unset flags leave the config alone."""
+    group = parser.add_argument_group(f"{section} settings (also: --set {section}.FIELD=VALUE or a YAML file)")
+    for item in dataclasses.fields(SECTIONS[section]):
+        flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        help_text = f"{item.metadata['help']} (default: {default})"
+        dest = f"{section}.{item.name}"
+        if item.type in ("bool", bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=item.name.upper(), help=help_text,
+                               choices=item.metadata.get("choices"))
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with settings (top-level keys, and sections lora/train/kd)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one setting (repeatable), e.g. --set train.lr=1e-4")
+    parser.add_argument("--data", default=argparse.SUPPRESS, help="training data: LLM-Adapters JSON file or hf:NAME[:CONFIG][@SPLIT]")
+    parser.add_argument("--out", default=argparse.SUPPRESS, help="run folder (re-running the same command resumes it)")
+
+
+def _run_flags(args: argparse.Namespace) -> dict:
+    ignore = {"command", "config", "overrides", "func", "models_command", "data_command"}
+    flags = {key: value for key, value in vars(args).items() if key not in ignore}
+    if "student" in flags:
+        flags["model"] = flags.pop("student")
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from kdlab.train.run import run_sft
+
+    run_sft(build_config("sft", args.config, _run_flags(args), args.overrides))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from kdlab.train.run import run_distill
+
+    run_distill(build_config("distill", args.config, _run_flags(args), args.overrides))
+
+
+def cmd_models_prune(args: argparse.Namespace) -> None:
+    from kdlab.models.prune import prune_model
+
+    kept = prune_model(args.model, args.keep_layers, args.out)
+    print(f"kdlab: saved {args.out}: kept layers {kept}")
+
+
+def cmd_models_convert(args: argparse.Namespace) -> None:
+    from kdlab.models.load import resolve_model_path
+
+    print(resolve_model_path(args.model))
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from kdlab.data.synth import write_synth
+
+    if args.task != "arith":
+        raise KdlabError(f"--task {args.task!r}: unknown synthetic task (available: arith)")
+    write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps)
+    print(f"kdlab: wrote {args.n} {args.split} problems to {args.out}")
+
+
+def cmd_data_overlap(args: argparse.Namespace) -> None:
+    from kdlab.data.overlap import format_reports, overlap_report
+
+    print(format_reports(overlap_report(args.train, args.test, n=args.n)))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from kdlab.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdlab", description="Distil language models and measure what transfers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sft = commands.add_parser("sft", help="supervised fine-tuning (teachers, student baselines)",
+                              description="Fine-tune a model (LoRA or full) on instruction data.")
+    sft.add_argument("--model", default=argparse.SUPPRESS, help="model: smollm2-135m, a folder, a .gguf file or a Hub id")
+    sft.add_argument("--adapter", default=argparse.SUPPRESS, help="continue training this LoRA adapter")
+    _add_common(sft)
+    _add_section_flags(sft, "lora")
+    _add_section_flags(sft, "train")
+    sft.set_defaults(func=cmd_sft)
+
+    distill = commands.add_parser("distill", help="knowledge distillation from a teacher into a student",
+                                  description="Distil a teacher into a student with a token-level divergence or SeqKD.")
+    distill.add_argument("--teacher", default=argparse.SUPPRESS, help="teacher model (spec as for --student)")
+    distill.add_argument("--teacher-adapter", dest="teacher_adapter", default=argparse.SUPPRESS,
+                         help="teacher LoRA adapter (omit for a base, task-unaware teacher)")
+    distill.add_argument("--student", default=argparse.SUPPRESS, help="student: smollm2-135m, a folder, a .gguf file or a Hub id")
+    distill.add_argument("--adapter", default=argparse.SUPPRESS, help="start the student from this LoRA adapter")
+    _add_common(distill)
+    _add_section_flags(distill, "kd")
+    _add_section_flags(distill, "lora")
+    _add_section_flags(distill, "train")
+    distill.set_defaults(func=cmd_distill)
+
+    models = commands.add_parser("models", help="model utilities: prune, convert")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
+    prune = model_commands.add_parser("prune", help="make a smaller student by keeping N decoder layers (first and last kept)")
+    prune.add_argument("--model", required=True, help="model spec, e.g. smollm2-135m")
+    prune.add_argument("--keep-layers", dest="keep_layers", type=int, required=True, help="number of decoder layers to keep")
+    prune.add_argument("--out", required=True, help="output folder")
+    prune.set_defaults(func=cmd_models_prune)
+    convert = model_commands.add_parser("convert", help="resolve a model spec (convert GGUF/embedded once) and print its folder")
+    convert.add_argument("--model", required=True)
+    convert.set_defaults(func=cmd_models_convert)
+
+    data = commands.add_parser("data", help="data utilities: synth, overlap")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = data_commands.add_parser("synth", help="generate synthetic arithmetic word problems with rationales")
+    synth.add_argument("--task", default="arith", help="synthetic task (arith)")
+    synth.add_argument("--n", type=int, required=True, help="number of problems")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--split", default="train", help="train or test (disjoint by construction)")
+    synth.add_argument("--max-steps", dest="max_steps", type=int, default=3, help="most arithmetic steps per problem (<= 3)")
+    synth.add_argument("--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem")
+    synth.add_argument("--out", required=True, help="output JSON file")
+    synth.set_defaults(func=cmd_data_synth)
+    overlap = data_commands.add_parser("overlap", help="train/test contamination: exact question matches and n-gram overlap")
+    overlap.add_argument("train", help="training JSON file")
+    overlap.add_argument("test", nargs="+", help="test JSON files")
+    overlap.add_argument("--n", type=int, default=13, help="n-gram size (default 13)")
+    overlap.set_defaults(func=cmd_data_overlap)
+
+    demo = commands.add_parser("demo", help="the embedded demo: SFT a SmolLM2 teacher, distil it into a pruned student")
+    demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
+    demo.add_argument("--quick", action="store_true", help="a few minutes: fewer examples and steps")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KdlabError as exc:
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Run configuration: dataclasses with help text, YAML files, dotted overrides, validation.
+
+A run config is resolved in this order (later wins): dataclass defaults, ``--config FILE.yaml``, command-line flags,
+``--set section.field=value``. The resolved config is written to the run folder as ``config.yaml``.
+Every field of :class:`LoraConfig`, :class:`TrainConfig` and :class:`KDConfig` is also a command-line flag
+(``--lr``, ``--lora-r``, ``--temperature``, ...); its help text is the field's ``help`` metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kdlab.errors import KdlabError
+
+
+def option(default, help: str, flag: str | None = None, choices: tuple | None = None, **kwargs):
+    """A dataclass field carrying its CLI help, flag name and allowed choices."""
+    metadata = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA settings (paper: r=8, alpha=16); ``enabled: false`` means full fine-tuning."""
+
+    enabled: bool = option(True, "train a LoRA adapter (false: full fine-tuning)", flag="--lora")
+    r: int = option(8, "LoRA rank", flag="--lora-r")
+    alpha: int = option(16, "LoRA alpha (scale = alpha / r)", flag="--lora-alpha")
+    dropout: float = option(0.05, "LoRA dropout", flag="--lora-dropout")
+    target_modules: list = option(
+        ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        "modules that get LoRA (LLM-Adapters' setting)",
+        flag="--lora-targets",
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by SFT and KD."""
+
+    lr: float = option(3e-4, "peak learning rate (linear warm-up then linear decay)")
+    batch_size: int = option(8, "examples per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    epochs: float = option(1.0, "passes over the data (ignored when max_steps > 0)")
+    max_steps: int = option(0, "optimizer steps; 0 = derived from epochs")
+    max_length: int = option(256, "max prompt+response tokens (longer examples are truncated)")
+    warmup_ratio: float = option(0.03, "fraction of steps spent warming up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+    seed: int = option(0, "random seed (data order, init, noise, on-policy choices)")
+    precision: str = option("auto", "auto (bf16 where supported) | bf16 | fp32; fp16 is not offered", choices=("auto", "bf16", "fp32"))
+    save_steps: int = option(50, "checkpoint every N optimizer steps (0 = only at the end)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    log_steps: int = option(1, "log the loss every N optimizer steps")
+    chunk_size: int = option(1024, "tokens per chunk when computing the loss from hidden states")
+    report_to: list = option([], "trackers for accelerate (tensorboard, wandb, mlflow, ...) when installed")
+    trace_data: bool = option(False, "write the example ids each process trains on to trace/rank-K.txt")
+
+
+@dataclass
+class KDConfig:
+    """Distillation settings (paper: fkl/rkl/gjsd, tau in {1, 2, 5}, w = 1, gjsd beta = 0.5, lambda = 0.5)."""
+
+    loss: str = option("fkl", "fkl | rkl | gjsd | skl | srkl | tvd | seqkd", choices=("fkl", "rkl", "gjsd", "skl", "srkl", "tvd", "seqkd"))
+    temperature: float = option(1.0, "temperature tau on both distributions; the loss is scaled by tau^2")
+    kd_weight: float = option(1.0, "w in loss = (1 - w) * CE + w * KD (paper: 1)")
+    beta: float = option(0.5, "gjsd interpolation beta in [0, 1] (0 = fkl, 1 = rkl)")
+    skew_alpha: float = option(0.1, "skl/srkl skew alpha in [0, 1)")
+    lmbda: float = option(0.0, "fraction of optimizer steps trained on student-generated (on-policy) responses")
+    teacher_noise: float = option(0.0, "std of Gaussian noise added to the teacher logits")
+    max_new_tokens: int = option(128, "max response tokens when generating (on-policy samples, SeqKD answers)")
+    sample_temperature: float = option(1.0, "sampling temperature of on-policy student responses")
+    generation_batch_size: int = option(16, "prompts per batch when generating")
+
+
+@dataclass
+class RunConfig:
+    """One training run: ``kind`` is sft or distill."""
+
+    kind: str = "sft"
+    model: str = ""  # SFT model / KD student
+    adapter: str | None = None  # start the student from this adapter
+    teacher: str | None = None
+    teacher_adapter: str | None = None
+    data: str = ""
+    out: str = ""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"lora": LoraConfig, "train": TrainConfig, "kd": KDConfig}
+
+
+def _coerce(value, annotation, where: str):
+    """Convert ``value`` (from YAML or a string override) to the field type, or raise a clear error."""
+    args = typing.get_args(annotation)
+    if args:  # an optional field such as ``str | None``
+        if value is None or value == "":
+            return None
+        annotation = next(arg for arg in args if arg is not type(None))
+    kind = annotation
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise KdlabError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+            raise KdlabError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise KdlabError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(result):
+            raise KdlabError(f"{where}: expected a finite number, got {value!r}")
+        return result
+    if kind is list:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list):
+            raise KdlabError(f"{where}: expected a list, got {value!r}")
+        return value
+    if value is not None and not isinstance(value, str):
+        raise KdlabError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _apply(config: RunConfig, key: str, value, source: str) -> None:
+    """Set dotted ``key`` (``train.lr`` or ``model``) on ``config`` from ``source``."""
+    section, _, name = key.partition(".")
+    where = f"{source}: {key}"
+    if name:
+        if section not in SECTIONS:
+            raise KdlabError(f"{where}: unknown section '{section}' (sections: {', '.join(SECTIONS)})")
+        target = getattr(config, section)
+    else:
+        target, name = config, section
+    hints = typing.get_type_hints(type(target))
+    if name not in hints or name in SECTIONS:
+        raise KdlabError(f"{where}: unknown setting (known: {', '.join(sorted(k for k in hints if k not in SECTIONS))})")
+    setattr(target, name, _coerce(value, hints[name], where))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML config file as a flat dict of dotted keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdlabError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KdlabError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise KdlabError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    flat = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise KdlabError(f"--set {text!r}: expected SECTION.FIELD=VALUE")
+    return key.strip(), value.strip()
+
+
+def build_config(kind: str, config_file: str | None, flags: dict, overrides: list[str]) -> RunConfig:
+    """Resolve a run config: defaults < YAML file < flags < ``--set`` overrides; then validate it."""
+    config = RunConfig(kind=kind)
+    if config_file:
+        for key, value in load_yaml(config_file).items():
+            _apply(config, key, value, config_file)
+    for key, value in flags.items():
+        _apply(config, key, value, "command line")
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply(config, key, yaml.safe_load(value) if value else value, "--set")
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges and required fields; raise :class:`KdlabError` naming the setting."""
+    from kdlab.losses import check_loss_args
+
+    required = ["model", "data", "out"] + (["teacher"] if config.kind == "distill" else [])
+    for name in required:
+        if not getattr(config, name):
+            raise KdlabError(f"missing setting '{name}' (flag --{'student' if name == 'model' and config.kind == 'distill' else name})")
+    for section in SECTIONS:
+        for item in dataclasses.fields(SECTIONS[section]):
+            choices = item.metadata.get("choices")
+            value = getattr(getattr(config, section), item.name)
+            if choices and value not in choices:
+                raise KdlabError(f"{section}.{item.name}: {value!r} is not one of {', '.join(choices)}")
+    train, kd, lora = config.train, config.kd, config.lora
+    positive = {"train.lr": train.lr, "train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
+                "train.max_length": train.max_length, "train.chunk_size": train.chunk_size, "lora.r": lora.r,
+                "kd.max_new_tokens": kd.max_new_tokens, "kd.generation_batch_size": kd.generation_batch_size}
+    for name, value in positive.items():
+        if value <= 0:
+            raise KdlabError(f"{name} must be > 0, got {value}")
+    if train.max_steps < 0 or train.epochs <= 0 and train.max_steps == 0:
+        raise KdlabError(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs={train.epochs}, max_steps={train.max_steps})")
+    for name, value in {"kd.kd_weight": kd.kd_weight, "kd.lmbda": kd.lmbda, "kd.beta": kd.beta, "kd.skew_alpha": kd.skew_alpha, "train.warmup_ratio": train.warmup_ratio, "lora.dropout": lora.dropout}.items():
+        if not 0.0 <= value <= 1.0:
+            raise KdlabError(f"{name} must be in [0, 1], got {value}")
+    if kd.teacher_noise < 0:
+        raise KdlabError(f"kd.teacher_noise must be >= 0, got {kd.teacher_noise}")
+    if kd.sample_temperature <= 0:
+        raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
+    if config.kind == "distill" and kd.loss != "seqkd":
+        if not (math.isfinite(kd.temperature) and kd.temperature > 0):
+            raise KdlabError(f"temperature must be > 0, got {kd.temperature}")
+        check_loss_args(kd.loss, kd.temperature, **loss_kwargs(kd))
+
+
+def loss_kwargs(kd: KDConfig) -> dict:
+    """The keyword arguments of the configured divergence (``beta`` for gjsd, ``alpha`` for skl/srkl)."""
+    if kd.loss == "gjsd":
+        return {"beta": kd.beta}
+    if kd.loss in ("skl", "srkl"):
+        return {"alpha": kd.skew_alpha}
+    return {}
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

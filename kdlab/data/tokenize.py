@@ -1,0 +1,78 @@
+"""Tokenisation for training: prompt + response, labels masking the prompt with -100, and padding.
+
+Labels follow the transformers convention (unshifted): ``labels[t] = input_ids[t]`` on response tokens and -100
+on prompt and padding; the loss shifts them by one position (hidden state t predicts token t + 1).
+The prompt is encoded on its own (with the tokenizer's special tokens, e.g. BOS) exactly as at evaluation time;
+the response is encoded without special tokens and ends with EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdlab.data.formats import Example
+from kdlab.data.prompt import format_prompt
+from kdlab.errors import KdlabError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: ``index`` into the source list, prompt and response token ids."""
+
+    index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.response_ids
+
+
+def encode_prompt(tokenizer, example: Example) -> list[int]:
+    return tokenizer(format_prompt(example.instruction, example.input), add_special_tokens=True)["input_ids"]
+
+
+def encode_examples(tokenizer, examples: list[Example], max_length: int, source: str = "data") -> list[Encoded]:
+    """Tokenise examples; responses are cut to fit ``max_length``; prompts that leave no room are dropped.
+
+    Raises :class:`KdlabError` when no example is left.
+    """
+    encoded = []
+    for index, example in enumerate(examples):
+        prompt_ids = encode_prompt(tokenizer, example)
+        response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        room = max_length - len(prompt_ids)
+        if room <= 0:
+            continue
+        encoded.append(Encoded(index, prompt_ids, response_ids[:room]))
+    if not encoded:
+        raise KdlabError(f"{source}: no example fits in max_length={max_length} tokens (the dataset is empty after tokenisation)")
+    return encoded
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels [B, T] and the example indices [B]."""
+    length = max(len(item.input_ids) for item in items)
+    input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, item in enumerate(items):
+        ids = item.input_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, len(item.prompt_ids) : len(ids)] = torch.tensor(item.response_ids)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "index": torch.tensor([item.index for item in items]),
+    }
+
+
+def count_response_tokens(labels: torch.Tensor) -> int:
+    """Number of predicted (shifted) response positions in a batch: labels[:, 1:] != -100."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,296 @@
+"""Distillation losses: a registry of token-level divergences, their masked mean, and a chunked form.
+
+Notation, per token position: ``z_S`` and ``z_T`` are the student and teacher logits over the vocabulary,
+``p_S = softmax(z_S / tau)`` and ``p_T = softmax(z_T / tau)`` at temperature ``tau``, and
+``KL(P || Q) = sum_v P(v) * (log P(v) - log Q(v))``.
+
+Public API (tests and outside checks call it)::
+
+    LOSSES[name](student_logits, teacher_logits, labels, temperature=1.0, **kwargs) -> scalar tensor
+
+with logits ``[B, T, V]`` and labels ``[B, T]`` already aligned (position t predicts ``labels[t]``). Positions whose
+label is -100 are ignored. The result is ``tau**2 * mean over kept positions of divergence(p_S, p_T)``; an all-masked
+batch gives 0 (with a gradient of 0), never NaN. The teacher logits are detached: gradients reach the student only.
+
+Divergences (``TOKEN_DIVERGENCES[name](student_logits [N, V], teacher_logits [N, V], temperature, **kw) -> [N]``):
+
+- ``fkl``  forward KL, the paper's "KD":          KL(p_T || p_S)
+- ``rkl``  reverse KL, the paper's "RevKD":        KL(p_S || p_T)
+- ``gjsd`` generalized JSD (GKD), kwarg ``beta``:  beta * KL(p_T || M) + (1 - beta) * KL(p_S || M),
+  M = beta * p_T + (1 - beta) * p_S.  This expression vanishes at both ends (M becomes p_S or p_T); as in TRL's
+  GKD, the end points are defined by their limits up to scale: beta = 0 is ``fkl`` and beta = 1 is ``rkl``.
+- ``skl``  skew KL, kwarg ``alpha``:              KL(p_T || alpha * p_T + (1 - alpha) * p_S)
+- ``srkl`` skew reverse KL, kwarg ``alpha``:      KL(p_S || alpha * p_S + (1 - alpha) * p_T)
+- ``tvd``  total variation distance:              0.5 * sum_v |p_T(v) - p_S(v)|
+
+:func:`chunked_distill_loss` computes the training objective ``(1 - w) * CE + w * tau**2 * divergence`` from hidden
+states and lm_head weights, a chunk of tokens at a time, so that the full ``[N, V]`` logits of the two models are
+never held at once (see ``benchmarks/kd_loss.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.errors import KdlabError
+
+IGNORE_INDEX = -100
+
+TokenDivergence = Callable[..., torch.Tensor]
+
+
+def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per row, from log-probabilities [N, V] -> [N]; terms with P(v) = 0 contribute 0."""
+    p = log_p.exp()
+    terms = p * (log_p - log_q)
+    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(weight_p * P + (1 - weight_p) * Q) computed stably from log-probabilities; 0 < weight_p < 1."""
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits become float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+    log_p_s = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(_upcast(teacher_logits.detach()) / temperature, dim=-1)
+    return log_p_s, log_p_t
+
+
+def forward_kl(student_logits, teacher_logits, temperature=1.0):
+    """KL(p_T || p_S) per token: [N, V], [N, V] -> [N]."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl_from_log_probs(log_p_t, log_p_s)
+
+
+def reverse_kl(student_logits, teacher_logits, temperature=1.0):
+    """KL(p_S || p_T) per token: [N, V], [N, V] -> [N]."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl_from_log_probs(log_p_s, log_p_t)
+
+
+def generalized_jsd(student_logits, teacher_logits, temperature=1.0, beta=0.5):
+    """beta * KL(p_T || M) + (1 - beta) * KL(p_S || M), M = beta * p_T + (1 - beta) * p_S, per token -> [N].
+
+    beta = 0 returns forward KL(p_T || p_S) and beta = 1 reverse KL(p_S || p_T) (the GKD convention).
+    """
+    if beta == 0:
+        return forward_kl(student_logits, teacher_logits, temperature)
+    if beta == 1:
+        return reverse_kl(student_logits, teacher_logits, temperature)
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    log_m = _log_mixture(log_p_t, log_p_s, beta)
+    return beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
+
+
+def skew_kl(student_logits, teacher_logits, temperature=1.0, alpha=0.1):
+    """KL(p_T || alpha * p_T + (1 - alpha) * p_S) per token -> [N]; alpha = 0 is forward KL."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    if alpha == 0:
+        return _kl_from_log_probs(log_p_t, log_p_s)
+    return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
+
+
+def skew_reverse_kl(student_logits, teacher_logits, temperature=1.0, alpha=0.1):
+    """KL(p_S || alpha * p_S + (1 - alpha) * p_T) per token -> [N]; alpha = 0 is reverse KL."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    if alpha == 0:
+        return _kl_from_log_probs(log_p_s, log_p_t)
+    return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
+
+
+def total_variation(student_logits, teacher_logits, temperature=1.0):
+    """0.5 * sum_v |p_T(v) - p_S(v)| per token -> [N]."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
+
+
+TOKEN_DIVERGENCES: dict[str, TokenDivergence] = {
+    "fkl": forward_kl,
+    "rkl": reverse_kl,
+    "gjsd": generalized_jsd,
+    "skl": skew_kl,
+    "srkl": skew_reverse_kl,
+    "tvd": total_variation,
+}
+
+#: Keyword arguments each divergence takes (validated by :func:`check_loss_args`).
+LOSS_KWARGS: dict[str, tuple[str, ...]] = {
+    "fkl": (),
+    "rkl": (),
+    "gjsd": ("beta",),
+    "skl": ("alpha",),
+    "srkl": ("alpha",),
+    "tvd": (),
+}
+
+
+def check_loss_args(name: str, temperature: float, **kwargs) -> None:
+    """Raise :class:`KdlabError` for an unknown loss, tau <= 0 or a kwarg outside [0, 1]."""
+    if name not in TOKEN_DIVERGENCES:
+        raise KdlabError(f"unknown loss '{name}' (choose from {', '.join(sorted(TOKEN_DIVERGENCES))})")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise KdlabError(f"temperature must be > 0, got {temperature}")
+    for key, value in kwargs.items():
+        if key not in LOSS_KWARGS[name]:
+            raise KdlabError(f"loss '{name}' takes no argument '{key}' (it takes: {', '.join(LOSS_KWARGS[name]) or 'none'})")
+        if not (0.0 <= float(value) <= 1.0):
+            raise KdlabError(f"{key} must be in [0, 1], got {value}")
+    if name in ("skl", "srkl") and float(kwargs.get("alpha", 0.1)) == 1.0:
+        raise KdlabError("alpha must be < 1 for skew losses (alpha = 1 makes the divergence identically 0)")
+
+
+def _masked_mean_loss(name: str) -> Callable[..., torch.Tensor]:
+    divergence = TOKEN_DIVERGENCES[name]
+
+    def loss(student_logits, teacher_logits, labels, temperature=1.0, **kwargs):
+        check_loss_args(name, temperature, **kwargs)
+        if student_logits.shape != teacher_logits.shape:
+            raise KdlabError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+        vocab = student_logits.shape[-1]
+        keep = labels.reshape(-1) != IGNORE_INDEX
+        student = student_logits.reshape(-1, vocab)[keep]
+        teacher = teacher_logits.reshape(-1, vocab)[keep]
+        if student.shape[0] == 0:
+            return student_logits.sum() * 0.0
+        per_token = divergence(student, teacher, temperature, **kwargs)
+        return per_token.mean() * temperature**2
+
+    loss.__name__ = f"{name}_loss"
+    loss.__doc__ = f"tau^2 * masked mean over tokens of {divergence.__doc__.splitlines()[0]}"
+    return loss
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: _masked_mean_loss(name) for name in TOKEN_DIVERGENCES}
+
+
+def token_objective(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str,
+    temperature: float,
+    kd_weight: float,
+    loss_kwargs: dict,
+) -> torch.Tensor:
+    """Per-token training objective [N]: ``(1 - w) * CE(z_S, y) + w * tau^2 * divergence(p_S, p_T)``.
+
+    CE is at temperature 1 on the target token; ``targets`` [N] holds token ids (no -100 here).
+    """
+    objective = kd_weight * temperature**2 * TOKEN_DIVERGENCES[loss](student_logits, teacher_logits, temperature, **loss_kwargs)
+    if kd_weight < 1:
+        ce = F.cross_entropy(_upcast(student_logits), targets, reduction="none")
+        objective = objective + (1 - kd_weight) * ce
+    return objective
+
+
+TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """Sum over tokens of ``token_loss(logits, start, end) -> [end - start]`` with ``logits = hidden @ weight.T``.
+
+    Forward runs forward and backward of each chunk of tokens (so only one chunk's logits exist at a time) and keeps
+    the gradients with respect to the hidden states and the lm_head weight; backward only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, token_loss, chunk_size):
+        weight_needs_grad = weight.requires_grad
+        grad_hidden = torch.zeros_like(hidden_states)
+        grad_weight = torch.zeros_like(weight) if weight_needs_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
+        weight = weight.detach().requires_grad_(weight_needs_grad)
+        for start in range(0, hidden_states.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden_states.shape[0])
+            hidden = hidden_states[start:end].detach().requires_grad_(True)
+            with torch.enable_grad():
+                chunk_sum = token_loss(F.linear(hidden, weight).float(), start, end).sum()
+            grads = torch.autograd.grad(chunk_sum, (hidden, weight) if weight_needs_grad else (hidden,))
+            grad_hidden[start:end] = grads[0]
+            if weight_needs_grad:
+                grad_weight += grads[1]
+            total += chunk_sum.detach()
+        ctx.weight_needs_grad = weight_needs_grad
+        ctx.save_for_backward(grad_hidden, *((grad_weight,) if weight_needs_grad else ()))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        grad_weight = saved[1] * grad_output if ctx.weight_needs_grad else None
+        return saved[0] * grad_output, grad_weight, None, None
+
+
+def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 1024) -> torch.Tensor:
+    """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk."""
+    if hidden_states.shape[0] == 0:
+        return (hidden_states.sum() + weight.sum()) * 0.0
+    return _ChunkedTokenLoss.apply(hidden_states, weight, token_loss, chunk_size)
+
+
+def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+    """Sum over tokens of cross-entropy(hidden_states @ weight.T, targets), computed in chunks: [N, H] -> scalar."""
+    return chunked_token_loss(hidden_states, weight, lambda logits, s, e: F.cross_entropy(logits, targets[s:e], reduction="none"), chunk_size)
+
+
+def chunked_distill_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    kd_weight: float = 1.0,
+    loss_kwargs: dict | None = None,
+    vocab_size: int | None = None,
+    teacher_noise: float = 0.0,
+    noise_generator: torch.Generator | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Sum over tokens of the distillation objective, computed in chunks of ``chunk_size`` tokens.
+
+    Args:
+        student_hidden: [N, H_s] final (post-norm) student hidden states of the kept (response) positions.
+        student_weight: [V_s, H_s] student lm_head weight (gradients flow to it when it requires grad).
+        teacher_hidden: [N, H_t] teacher hidden states at the same positions (no gradient).
+        teacher_weight: [V_t, H_t] teacher lm_head weight.
+        targets: [N] target token ids (used by the CE term).
+        vocab_size: logits of both models are sliced to this many entries (the shared tokenizer size; Qwen pads
+            its output layer); default ``min(V_s, V_t)``.
+        teacher_noise: standard deviation of Gaussian noise added to the teacher logits (before temperature).
+
+    Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * divergence_n``. Divide by the number of response
+    tokens (over the whole accumulated batch) to get the mean.
+    """
+    loss_kwargs = dict(loss_kwargs or {})
+    check_loss_args(loss, temperature, **loss_kwargs)
+    vocab = vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
+    teacher_weight = teacher_weight.detach()[:vocab]
+    teacher_hidden = teacher_hidden.detach()
+
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight).float()
+            if teacher_noise > 0:
+                noise = torch.randn(teacher_logits.shape, generator=noise_generator)
+                teacher_logits = teacher_logits + teacher_noise * noise.to(teacher_logits.device)
+        return token_objective(student_logits, teacher_logits, targets[start:end], loss, temperature, kd_weight, loss_kwargs)
+
+    return chunked_token_loss(student_hidden, student_weight[:vocab], token_loss, chunk_size)
+
+
+def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None):
+    """Reference for :func:`chunked_distill_loss` from full logits [N, V]: the same sum over tokens, in one piece."""
+    return token_objective(_upcast(student_logits), _upcast(teacher_logits.detach()), targets, loss, temperature, kd_weight, dict(loss_kwargs or {})).sum()

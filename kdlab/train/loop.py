@@ -1,0 +1,304 @@
+"""The training loop shared by SFT and KD: data order, exact token normalisation, checkpoints, resume, logs.
+
+One optimizer step = ``grad_accum`` micro-batches on each of ``W`` processes. Each micro-batch's objective returns
+the SUM of its per-token losses over response tokens; the loop divides by the number of response tokens of the
+whole step (all micro-batches, all processes), so the loss is the mean over response tokens whatever the
+accumulation or the number of processes (DDP averages gradients over processes, hence the factor ``W``).
+
+Data order: in epoch ``e`` the examples are permuted with ``seed`` and ``e``, cut into micro-batches, and process
+``r`` takes micro-batches ``r, r + W, ...``; so processes see different data and the order is reproducible.
+Resuming at step ``k`` skips the first ``k`` steps of that schedule.
+
+Run folder layout::
+
+    config.yaml          the resolved config
+    log.csv              step, epoch, loss, lr, tokens, tokens_per_s, elapsed_s (one row per log step)
+    checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG states (written atomically)
+    final/               the LoRA adapter or full model, with the tokenizer (written atomically)
+    result.json          summary, written last: its presence marks the run complete
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from contextlib import nullcontext
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kdlab.config import RunConfig
+from kdlab.data.tokenize import Encoded, collate, count_response_tokens
+from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
+
+LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"]
+
+#: objective(model, batch, step) -> sum of per-token losses over the batch's response tokens
+Objective = Callable[[torch.nn.Module, dict, int], torch.Tensor]
+#: prepare_window(model, batches, step) -> batches (e.g. replace responses by on-policy samples)
+WindowHook = Callable[[torch.nn.Module, list, int], list]
+
+
+@dataclass
+class Schedule:
+    """Which examples each optimizer step of this process uses."""
+
+    examples: int
+    batch_size: int
+    grad_accum: int
+    world_size: int
+    rank: int
+    seed: int
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches per process per epoch (equal on every process; a ragged tail is dropped)."""
+        return max(1, math.ceil(self.examples / self.batch_size) // self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_batches_per_epoch / self.grad_accum)
+
+    def total_steps(self, epochs: float, max_steps: int) -> int:
+        return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def epoch_micro_batches(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.examples).tolist()
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        if len(batches) < self.world_size:  # fewer batches than processes: reuse examples
+            batches = (batches * self.world_size)[: self.world_size]
+        mine = batches[self.rank :: self.world_size]
+        return mine[: self.micro_batches_per_epoch]
+
+    def windows(self, start_step: int, total_steps: int) -> Iterator[tuple[int, int, list[list[int]]]]:
+        """Yield (step, epoch, micro-batches) for steps ``start_step + 1 .. total_steps``."""
+        step, epoch = 0, 0
+        while True:
+            batches = self.epoch_micro_batches(epoch)
+            for start in range(0, len(batches), self.grad_accum):
+                step += 1
+                if step > total_steps:
+                    return
+                if step > start_step:
+                    yield step, epoch, batches[start : start + self.grad_accum]
+            epoch += 1
+
+
+def resolve_precision(precision: str) -> str:
+    """'bf16' or 'no' (accelerate's names). auto: bf16 on CUDA with bf16, and on CPUs with native bf16 units."""
+    if precision == "bf16":
+        return "bf16"
+    if precision == "fp32":
+        return "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    fast_cpu_bf16 = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if fast_cpu_bf16 else "no"
+
+
+def make_accelerator(config: RunConfig, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    trackers = [name for name in config.train.report_to if _tracker_available(name)]
+    return Accelerator(
+        mixed_precision=resolve_precision(config.train.precision),
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "trackers")),
+    )
+
+
+def _tracker_available(name: str) -> bool:
+    import importlib.util
+
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml"}.get(name, name)
+    available = importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)
+    if not available:
+        print(f"kdlab: tracker '{name}' is not installed; logging to log.csv only", flush=True)
+    return available
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The parameters that train (LoRA weights, or everything in full fine-tuning), on CPU."""
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda path: int(path.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+class Trainer:
+    """Runs the optimisation of one run; see the module docstring for the step and folder semantics."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, model, tokenizer, dataset: list[Encoded], objective: Objective,
+                 accelerator, prepare_window: WindowHook | None = None):
+        self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
+        self.dataset, self.objective, self.prepare_window = dataset, objective, prepare_window
+        self.accelerator = accelerator
+        train = config.train
+        self.schedule = Schedule(len(dataset), train.batch_size, train.grad_accum, accelerator.num_processes,
+                                 accelerator.process_index, train.seed)
+        self.total_steps = self.schedule.total_steps(train.epochs, train.max_steps)
+        params = [param for param in model.parameters() if param.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, round(train.warmup_ratio * self.total_steps), self.total_steps)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            with atomic_dir(self.run_dir / "checkpoints" / f"step-{step:06d}") as tmp:
+                torch.save(
+                    {
+                        "step": step,
+                        "trainable": trainable_state(self.accelerator.unwrap_model(self.model)),
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    tmp / "state.pt",
+                )
+            for old in sorted((self.run_dir / "checkpoints").glob("step-*"))[: -self.config.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(self, path: Path) -> int:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        model = self.accelerator.unwrap_model(self.model)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+
+    # --- logs ---------------------------------------------------------------------------------------------------
+    def _log_rows(self, upto_step: int) -> list[dict]:
+        path = self.run_dir / "log.csv"
+        if not path.is_file():
+            return []
+        with path.open() as handle:
+            return [row for row in csv.DictReader(handle) if int(row["step"]) <= upto_step]
+
+    def _write_log(self, rows: list[dict]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.run_dir / "log.csv", buffer.getvalue())
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def _step(self, step: int, batches: list[list[int]]) -> tuple[float, int]:
+        """One optimizer step; returns (mean loss per response token, response tokens on all processes)."""
+        acc = self.accelerator
+        collated = [collate([self.dataset[i] for i in batch], self.tokenizer.pad_token_id) for batch in batches]
+        if self.prepare_window is not None:
+            collated = self.prepare_window(self.model, collated, step)
+        local_tokens = sum(count_response_tokens(batch["labels"]) for batch in collated)
+        global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
+        total = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(collated):
+            batch = {key: value.to(acc.device) for key, value in batch.items()}
+            sync = i == len(collated) - 1
+            context = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext()
+            with context, acc.autocast():
+                loss_sum = self.objective(self.model, batch, step)
+                loss = loss_sum * acc.num_processes / max(global_tokens, 1)
+                acc.backward(loss)
+            total += loss_sum.detach().float()
+        if self.config.train.max_grad_norm > 0:
+            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = acc.reduce(total, reduction="sum")
+        return float(total) / max(global_tokens, 1), global_tokens
+
+    def train(self) -> dict:
+        acc, train = self.accelerator, self.config.train
+        start_step = 0
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is not None:
+            start_step = self.load_checkpoint(checkpoint)
+            acc.print(f"kdlab: resuming {self.run_dir} from {checkpoint.name} (step {start_step}/{self.total_steps})")
+        rows = self._log_rows(start_step)
+        trace = self._open_trace(start_step)
+        acc.init_trackers(self.run_dir.name, config=_flat(self.config.to_dict()))
+        self.model.train()
+        started, tokens_seen = time.time(), 0
+        elapsed_before = float(rows[-1]["elapsed_s"]) if rows else 0.0
+        bar = tqdm(total=self.total_steps, initial=start_step, desc=f"{self.config.kind} {self.run_dir.name}",
+                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        loss = float("nan")
+        for step, epoch, batches in self.schedule.windows(start_step, self.total_steps):
+            if trace is not None:
+                trace.write(f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n")
+                trace.flush()
+            loss, tokens = self._step(step, batches)
+            tokens_seen += tokens
+            elapsed = time.time() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+            if step % train.log_steps == 0 or step == self.total_steps:
+                row = {"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
+                       "tokens": tokens, "tokens_per_s": f"{tokens_seen / max(elapsed, 1e-9):.1f}",
+                       "elapsed_s": f"{elapsed_before + elapsed:.2f}"}
+                rows.append(row)
+                self._write_log(rows)
+                acc.log({"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, step=step)
+            if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
+                self.save_checkpoint(step)
+        bar.close()
+        if trace is not None:
+            trace.close()
+        acc.end_training()
+        return {"steps": self.total_steps, "final_loss": loss, "train_seconds": elapsed_before + time.time() - started,
+                "examples": len(self.dataset), "processes": acc.num_processes,
+                "precision": acc.mixed_precision}
+
+    def _open_trace(self, start_step: int):
+        if not self.config.train.trace_data:
+            return None
+        path = self.run_dir / "trace" / f"rank-{self.accelerator.process_index}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if int(line.split("\t")[0]) <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        return path.open("a")
+
+    def save_final(self, summary: dict) -> None:
+        """Write the adapter or model (+ tokenizer) to final/, then result.json; main process only."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            with atomic_dir(self.run_dir / "final") as tmp:
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            atomic_write_json(self.run_dir / "result.json", summary)
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        acc.wait_for_everyone()
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

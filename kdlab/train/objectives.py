@@ -1,0 +1,117 @@
+"""Training objectives: each returns the SUM of per-token losses over a micro-batch's response tokens.
+
+Both models run their decoder only: the forward pass asks for the final (post-norm) hidden states and for the
+logits of one position (``logits_to_keep=1``), and the loss is computed from the hidden states and the lm_head
+weight in chunks of tokens (:mod:`kdlab.losses`), so no ``[B, T, V]`` logits tensor is ever built.
+Positions: hidden state ``t`` predicts token ``t + 1``; the kept positions are those with ``labels[:, 1:] != -100``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+from kdlab.config import KDConfig, loss_kwargs
+from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
+from kdlab.generation import generate_ids
+from kdlab.losses import chunked_ce_loss, chunked_distill_loss
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [B, T, H] through the model's own forward (so DDP hooks run), logits for 1 position."""
+    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return output.hidden_states[-1]
+
+
+def output_weight(model) -> torch.Tensor:
+    """The lm_head weight [V, H] of a (possibly DDP- or PEFT-wrapped) causal LM."""
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("lm_head with a bias is not supported by the chunked loss")
+    return head.weight
+
+
+def response_hidden(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states [N, H] of the positions that predict response tokens, and those tokens [N]."""
+    keep = labels[:, 1:] != IGNORE_INDEX
+    return hidden[:, :-1][keep], labels[:, 1:][keep]
+
+
+def sft_objective(chunk_size: int):
+    """Cross-entropy on response tokens (summed)."""
+
+    def objective(model, batch: dict, step: int) -> torch.Tensor:
+        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        return chunked_ce_loss(hidden, output_weight(model), targets, chunk_size)
+
+    return objective
+
+
+class DistillObjective:
+    """``(1 - w) * CE + w * tau^2 * divergence(student, teacher)`` summed over response tokens.
+
+    On on-policy batches (student-generated responses) only the KD term is used: CE on the student's own samples
+    would teach it nothing about the task.
+    """
+
+    def __init__(self, teacher, kd: KDConfig, vocab_size: int, chunk_size: int, seed: int, rank: int):
+        self.teacher, self.kd, self.vocab_size, self.chunk_size = teacher, kd, vocab_size, chunk_size
+        self.seed, self.rank = seed, rank
+
+    def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
+        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        with torch.no_grad():
+            teacher_hidden, _ = response_hidden(final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        noise_seed = np.random.SeedSequence([self.seed, step, self.rank, int(batch["index"][0])]).generate_state(1)[0]
+        on_policy = bool(batch.get("on_policy", torch.tensor(0)).item())
+        return chunked_distill_loss(
+            hidden,
+            output_weight(model),
+            teacher_hidden,
+            output_weight(self.teacher),
+            targets,
+            loss=self.kd.loss,
+            temperature=self.kd.temperature,
+            kd_weight=1.0 if on_policy else self.kd.kd_weight,
+            loss_kwargs=loss_kwargs(self.kd),
+            vocab_size=self.vocab_size,
+            teacher_noise=self.kd.teacher_noise,
+            noise_generator=torch.Generator().manual_seed(int(noise_seed)),
+            chunk_size=self.chunk_size,
+        )
+
+
+class OnPolicyWindows:
+    """GKD's lambda: with probability ``lmbda`` an optimizer step trains on student-sampled responses.
+
+    The choice depends only on (seed, step), so every process makes the same one and a resumed run repeats it.
+    """
+
+    def __init__(self, tokenizer, kd: KDConfig, max_length: int, seed: int):
+        self.tokenizer, self.kd, self.max_length, self.seed = tokenizer, kd, max_length, seed
+        self.on_policy_steps = 0
+
+    def is_on_policy(self, step: int) -> bool:
+        return bool(np.random.default_rng([self.seed, step, 7]).random() < self.kd.lmbda)
+
+    def __call__(self, model, batches: list[dict], step: int) -> list[dict]:
+        if not self.is_on_policy(step):
+            return batches
+        self.on_policy_steps += 1
+        student = extract_model_from_parallel(model)
+        return [self._resample(student, batch, step) for batch in batches]
+
+    def _resample(self, student, batch: dict, step: int) -> dict:
+        prompts = []
+        for row in range(batch["input_ids"].shape[0]):
+            length = int((batch["labels"][row] == IGNORE_INDEX).logical_and(batch["attention_mask"][row] == 1).sum())
+            prompts.append(batch["input_ids"][row, :length].tolist())
+        room = max(1, min(self.kd.max_new_tokens, self.max_length - max(len(p) for p in prompts)))
+        responses = generate_ids(student, self.tokenizer, prompts, room, batch_size=len(prompts), do_sample=True,
+                                 temperature=self.kd.sample_temperature, seed=int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
+        items = [Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
+                 for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)]
+        resampled = collate(items, self.tokenizer.pad_token_id)
+        resampled["on_policy"] = torch.tensor(1)
+        return resampled
