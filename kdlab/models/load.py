@@ -9,12 +9,28 @@ A model spec is one of:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from kdlab.errors import KdlabError
 from kdlab.models.embedded import EMBEDDED_MODELS, convert_gguf, embedded_model_path
+
+
+@contextmanager
+def quiet_loading(local: bool = True):
+    """Hide transformers' per-tensor loading/saving bars for local folders (they flash by in a fraction of a second)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if local:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_model_path(spec: str) -> str:
@@ -65,7 +81,8 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, adapter: str | Non
 
     path = resolve_model_path(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with quiet_loading(local=Path(path).exists()):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise KdlabError(f"{spec}: could not load model ({str(exc).splitlines()[0]})") from None
     if adapter:

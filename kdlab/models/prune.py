@@ -44,13 +44,13 @@ def prune_layers(model, keep: int):
 
 def prune_model(spec: str, keep: int, out_dir: str | Path) -> list[int]:
     """Load ``spec``, keep ``keep`` layers, save model and tokenizer to ``out_dir`` atomically; return kept indices."""
-    from kdlab.models.load import load_model, load_tokenizer
+    from kdlab.models.load import load_model, load_tokenizer, quiet_loading
 
     tokenizer = load_tokenizer(spec)
     model = load_model(spec)
     layers_to_keep(model.config.num_hidden_layers, keep)  # validate before any work
     model, kept = prune_layers(model, keep)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, quiet_loading():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "PRUNED.txt").write_text(f"pruned from {spec}: kept layers {kept}\n")

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from kdlab.config import RunConfig
 from kdlab.data.tokenize import Encoded, collate, count_response_tokens
 from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdlab.models.load import quiet_loading
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"]
 
@@ -109,10 +110,16 @@ def make_accelerator(config: RunConfig, run_dir: Path):
 
     trackers = [name for name in config.train.report_to if _tracker_available(name)]
     return Accelerator(
+        cpu=not _has_accelerator(),  # on CPU, multi-process runs (torchrun / accelerate launch) use gloo
         mixed_precision=resolve_precision(config.train.precision),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "trackers")),
     )
+
+
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
 def _tracker_available(name: str) -> bool:
@@ -266,7 +273,6 @@ class Trainer:
         bar.close()
         if trace is not None:
             trace.close()
-        acc.end_training()
         return {"steps": self.total_steps, "final_loss": loss, "train_seconds": elapsed_before + time.time() - started,
                 "examples": len(self.dataset), "processes": acc.num_processes,
                 "precision": acc.mixed_precision}
@@ -286,12 +292,13 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
-            with atomic_dir(self.run_dir / "final") as tmp:
+            with atomic_dir(self.run_dir / "final") as tmp, quiet_loading():
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
             atomic_write_json(self.run_dir / "result.json", summary)
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()
+        acc.end_training()  # closes trackers (and, in accelerate, the process group): last
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

@@ -51,8 +51,8 @@ def load_teacher(config: RunConfig):
     return teacher
 
 
-def _report(run_dir: Path, summary: dict) -> None:
-    print(f"kdlab: done: {run_dir}/final (steps {summary['steps']}, final loss {summary['final_loss']:.4f}, "
+def _report(run_dir: Path, summary: dict, accelerator) -> None:
+    accelerator.print(f"kdlab: done: {run_dir}/final (steps {summary['steps']}, final loss {summary['final_loss']:.4f}, "
           f"{summary['train_seconds']:.1f} s)", flush=True)
 
 
@@ -70,7 +70,7 @@ def run_sft(config: RunConfig) -> Path:
     trainer = Trainer(config, run_dir, model, tokenizer, dataset, sft_objective(config.train.chunk_size), accelerator)
     summary = trainer.train()
     trainer.save_final(summary)
-    _report(run_dir, summary)
+    _report(run_dir, summary, accelerator)
     return run_dir
 
 
@@ -104,7 +104,7 @@ def run_distill(config: RunConfig) -> Path:
     if window_hook is not None:
         summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
     trainer.save_final(summary)
-    _report(run_dir, summary)
+    _report(run_dir, summary, accelerator)
     return run_dir
 
 

@@ -1,0 +1,223 @@
+"""SFT and distill end to end on tiny models: loss falls, runs resume, bad input is refused cleanly."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdlab.cli import main
+from kdlab.train import loop
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run ``kdlab`` in-process; return its exit status."""
+    try:
+        main([str(arg) for arg in argv])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def losses(run_dir: Path) -> list[float]:
+    with (run_dir / "log.csv").open() as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    final = run_dir / "final"
+    name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(final / name)
+
+
+def small_data(path: Path, source: Path, n: int) -> Path:
+    path.write_text(json.dumps(json.loads(source.read_text())[:n]))
+    return path
+
+
+FAST = ["--precision", "fp32", "--save-steps", "0"]
+
+
+def test_sft_full_finetuning_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path):
+    data = small_data(tmp_path / "four.json", synth_train, 4)  # one batch of 4, seen every step
+    out = tmp_path / "sft"
+    assert run_cli(["sft", "--model", tiny_models["student"], "--data", data, "--out", out, "--no-lora",
+                    "--max-steps", 12, "--batch-size", 4, "--lr", 1e-2, *FAST]) == 0
+    curve = losses(out)
+    assert len(curve) == 12 and curve[-1] < 0.7 * curve[0]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer.json").is_file()
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 12 and result["precision"] == "no"
+    assert "kind: sft" in (out / "config.yaml").read_text()
+
+
+def test_sft_lora_saves_only_the_adapter(tiny_models, synth_train, tmp_path):
+    out = tmp_path / "lora"
+    assert run_cli(["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, "--max-steps", 3,
+                    "--batch-size", 4, "--lora-r", 4, "--lora-targets", "q_proj,v_proj", *FAST]) == 0
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    assert all("lora_" in name for name in weights(out))
+
+
+@pytest.mark.parametrize("loss,extra", [("fkl", ["--temperature", 2]), ("rkl", []), ("gjsd", ["--beta", 0.5, "--lmbda", 0.5]),
+                                        ("skl", ["--skew-alpha", 0.1]), ("tvd", ["--kd-weight", 0.5, "--teacher-noise", 1.0])])
+def test_distill_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path, loss, extra):
+    data = small_data(tmp_path / "four.json", synth_train, 4)
+    out = tmp_path / loss
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
+                    "--out", out, "--loss", loss, "--no-lora", "--max-steps", 10, "--batch-size", 4, "--lr", 1e-2,
+                    "--max-new-tokens", 8, *extra, *FAST]) == 0
+    curve = losses(out)
+    on_policy = loss == "gjsd"  # on-policy steps see other responses: compare off-policy steps only
+    assert curve[-1] < curve[0] or on_policy and min(curve[1:]) < curve[0]
+    assert all(value >= 0 for value in curve)
+
+
+def test_distill_with_a_teacher_adapter_and_seqkd(tiny_models, synth_train, tmp_path):
+    teacher_run = tmp_path / "teacher"
+    assert run_cli(["sft", "--model", tiny_models["teacher"], "--data", synth_train, "--out", teacher_run,
+                    "--max-steps", 2, "--batch-size", 8, *FAST]) == 0
+    out = tmp_path / "seqkd"
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--teacher-adapter", teacher_run / "final",
+                    "--student", tiny_models["student"], "--data", synth_train, "--out", out, "--loss", "seqkd",
+                    "--max-steps", 2, "--batch-size", 8, "--max-new-tokens", 6, *FAST]) == 0
+    generated = json.loads((out / "seqkd_data.json").read_text())
+    original = json.loads(synth_train.read_text())
+    assert [item["instruction"] for item in generated] == [item["instruction"] for item in original]
+    assert [item["output"] for item in generated] != [item["output"] for item in original]  # teacher answers
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train, tmp_path, monkeypatch):
+    args = ["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
+            "--loss", "fkl", "--max-steps", 6, "--batch-size", 4, "--lmbda", 0.3, "--max-new-tokens", 4,
+            "--precision", "fp32", "--save-steps", 2]
+    assert run_cli([*args, "--out", tmp_path / "straight"]) == 0
+
+    original_step = loop.Trainer._step
+
+    def crash_after_step_4(self, step, batches):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, step, batches)
+
+    monkeypatch.setattr(loop.Trainer, "_step", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli([*args, "--out", tmp_path / "resumed"])
+    assert (tmp_path / "resumed" / "checkpoints" / "step-000004").is_dir()
+    assert not (tmp_path / "resumed" / "final").exists() and not (tmp_path / "resumed" / "result.json").exists()
+    monkeypatch.setattr(loop.Trainer, "_step", original_step)
+
+    calls = []
+    monkeypatch.setattr(loop.Trainer, "_step", lambda self, step, batches: calls.append(step) or original_step(self, step, batches))
+    assert run_cli([*args, "--out", tmp_path / "resumed"]) == 0
+    assert calls == [5, 6]
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
+    assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
+
+    calls.clear()  # a complete run is not trained again
+    assert run_cli([*args, "--out", tmp_path / "resumed"]) == 0
+    assert calls == []
+
+
+def test_gradient_accumulation_normalises_by_all_response_tokens(tiny_models, synth_train, tmp_path, monkeypatch):
+    """With SGD the update is lr * gradient: one batch of 4 == two micro-batches of 2 (uneven token counts)."""
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
+    common = ["--model", tiny_models["student"], "--data", synth_train, "--no-lora", "--max-steps", 1, "--lr", 1.0,
+              "--warmup-ratio", 0, "--max-grad-norm", 0, *FAST]
+    assert run_cli(["sft", *common, "--out", tmp_path / "one", "--batch-size", 4]) == 0
+    assert run_cli(["sft", *common, "--out", tmp_path / "accum", "--batch-size", 2, "--grad-accum", 2]) == 0
+    assert run_cli(["sft", *common, "--out", tmp_path / "accum-small", "--batch-size", 1, "--grad-accum", 4]) == 0
+    one = weights(tmp_path / "one")
+    for other in ("accum", "accum-small"):
+        for name, value in weights(tmp_path / other).items():
+            torch.testing.assert_close(value, one[name], rtol=1e-5, atol=1e-6)
+    assert losses(tmp_path / "accum") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+
+
+def test_a_folder_with_another_config_is_refused(tiny_models, synth_train, tmp_path, capsys):
+    args = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", tmp_path / "run", "--max-steps", 1, *FAST]
+    assert run_cli(args) == 0
+    assert run_cli([*args, "--lr", 0.1]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def bad_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[{"instruction": "q", "output": "a"},')
+    return path
+
+
+def empty_json(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text("[]")
+    return path
+
+
+def missing_field(tmp_path):
+    path = tmp_path / "field.json"
+    path.write_text('[{"instruction": "q", "output": "a"}, {"instruction": "q2"}]')
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing-data", "data file not found"),
+        ("malformed-json", "malformed JSON"),
+        ("missing-field", "[1]: missing field 'output'"),
+        ("empty-data", "the dataset is empty"),
+        ("zero-temperature", "temperature must be > 0"),
+        ("negative-temperature", "temperature must be > 0"),
+        ("beta", "kd.beta must be in [0, 1]"),
+        ("unknown-loss", "kd.loss: 'kl' is not one of"),
+        ("tokenizers", "use different tokenizers"),
+        ("bad-adapter", "not a LoRA adapter folder"),
+        ("missing-model", "model folder not found"),
+        ("too-short", "no example fits in max_length=4"),
+    ],
+)
+def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_models, synth_train, tmp_path, capsys):
+    data = {"missing-data": tmp_path / "nope.json", "malformed-json": bad_json(tmp_path), "empty-data": empty_json(tmp_path),
+            "missing-field": missing_field(tmp_path)}.get(case, synth_train)
+    options = {"zero-temperature": ["--temperature", 0], "negative-temperature": ["--temperature", -1], "beta": ["--beta", 1.5],
+               "unknown-loss": ["--set", "kd.loss=kl"], "bad-adapter": ["--teacher-adapter", tmp_path],
+               "too-short": ["--max-length", 4]}.get(case, [])
+    student = {"tokenizers": tiny_models["other"], "missing-model": tmp_path / "no-model"}.get(case, tiny_models["student"])
+    out = tmp_path / "out"
+    code = run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", student, "--data", data, "--out", out,
+                    "--max-steps", 1, *options, *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("kdlab: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train, tmp_path):
+    """torchrun with 2 CPU processes (gloo): disjoint examples per step; one final save; same losses as 1 process."""
+    common = ["-m", "kdlab.cli", "sft", "--model", tiny_models["student"], "--data", synth_train, "--max-steps", 3,
+              "--batch-size", 2, "--trace-data", "--precision", "fp32", "--save-steps", 2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*torchrun, *map(str, common), "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("kdlab: done") == 1
+    traces = [dict(line.split("\t") for line in (tmp_path / "ddp" / "trace" / f"rank-{rank}.txt").read_text().splitlines())
+              for rank in (0, 1)]
+    for step in ("1", "2", "3"):
+        assert not set(traces[0][step].split(",")) & set(traces[1][step].split(","))
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["processes"] == 2
+    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == ["config.yaml", "final", "log.csv", "result.json", "trace"]
+    # the same micro-batches in one process with 2 accumulation steps give the same losses
+    single = subprocess.run([sys.executable, *map(str, common), "--grad-accum", "2", "--out", str(tmp_path / "single")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
