@@ -161,9 +161,10 @@ def paper_letter(text: str, task: Task | None = None) -> str | None:
 
 
 # an option letter: "(C)", "C)", or a bare "C" that is not part of a word and not followed by a lowercase word
-# (so "The answer is A train ..." is not read as option A), except "because/since/as" ("answer is C because ...")
+# (so "The answer is A train ..." is not read as option A), except "because/since/as/is" ("answer is C because",
+# "B is the correct answer")
 _L = (r"(?:\((?-i:([A-E]))\)|\(([a-e])\)|(?-i:([A-E]))\)"
-      r"|(?<![\w])(?-i:([A-E]))(?![\w])(?!\s+(?!because\b|since\b|as\b)(?-i:[a-z])))")
+      r"|(?<![\w])(?-i:([A-E]))(?![\w])(?!\s+(?!because\b|since\b|as\b|is\b)(?-i:[a-z])))")
 _LETTER_PATTERNS = [
     # "the answer is (D)", "answer is D", "Answer: (C)", "the correct answer is C", "answer choice is B",
     # "answer is option C", "answer would be E"

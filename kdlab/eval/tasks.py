@@ -95,7 +95,8 @@ TASKS: dict[str, Task] = {task.name: task for task in _TASK_LIST}
 
 GROUPS: dict[str, list[str]] = {
     "math": ["gsm8k", "SVAMP", "MultiArith", "AddSub", "AQuA", "SingleEq"],
-    "commonsense": ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa"],
+    "commonsense": ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
+                    "openbookqa"],
 }
 GROUPS["paper14"] = GROUPS["math"] + GROUPS["commonsense"]
 
