@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 
 from kdlab.config import SECTIONS, build_config
 from kdlab.errors import KdlabError
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calling a renamed transformers API
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

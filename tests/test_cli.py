@@ -1,0 +1,63 @@
+"""The command line: help on every subcommand, data commands, exit status 2 on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdlab.cli import build_parser, main
+
+COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: kdlab " + " ".join(command) in capsys.readouterr().out
+
+
+def test_distill_help_documents_every_kd_setting(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--help"])
+    text = capsys.readouterr().out
+    for flag in ["--loss", "--temperature", "--kd-weight", "--beta", "--skew-alpha", "--lmbda", "--teacher-noise",
+                 "--lora-r", "--lr", "--grad-accum", "--precision", "--teacher-adapter"]:
+        assert flag in text
+
+
+def test_console_script_runs(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "kdlab.cli", "data", "synth", "--n", "5", "--seed", "3", "--out",
+                           str(tmp_path / "s.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads((tmp_path / "s.json").read_text())) == 5
+
+
+def test_data_synth_is_byte_identical_and_bad_split_exits_2(tmp_path, capsys):
+    main(["data", "synth", "--n", "20", "--seed", "7", "--out", str(tmp_path / "a.json")])
+    main(["data", "synth", "--n", "20", "--seed", "7", "--out", str(tmp_path / "b.json")])
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "--n", "20", "--split", "dev", "--out", str(tmp_path / "c.json")])
+    assert info.value.code == 2 and "dev" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_data_overlap_reports_exact_and_ngram_counts(tmp_path, capsys):
+    main(["data", "synth", "--n", "30", "--seed", "1", "--out", str(tmp_path / "train.json")])
+    main(["data", "synth", "--n", "10", "--seed", "2", "--split", "test", "--out", str(tmp_path / "test.json")])
+    capsys.readouterr()
+    main(["data", "overlap", str(tmp_path / "train.json"), str(tmp_path / "train.json"), str(tmp_path / "test.json")])
+    rows = {Path(line.split()[0]).name: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert rows["train.json"][:2] == ["30", "30"]  # n_test, exact: a file fully contains itself
+    assert rows["test.json"][:2] == ["10", "0"]  # disjoint splits
+
+
+def test_gsm8k_contamination_of_math_data(shared_dir, capsys):
+    data = shared_dir / "data" / "paper-kd-generalization"
+    main(["data", "overlap", str(data / "train" / "math_data.json"), str(data / "eval" / "gsm8k" / "test.json")])
+    rows = {Path(line.split()[0]).name: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert rows["test.json"][:2] == ["1319", "1055"]
