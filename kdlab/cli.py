@@ -86,6 +86,16 @@ def cmd_data_overlap(args: argparse.Namespace) -> None:
     print(format_reports(overlap_report(args.train, args.test, n=args.n)))
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.report import format_metrics
+
+    settings = EvalSettings(model=args.model, adapter=args.adapter, tasks=[args.tasks], out=args.out, data_dir=args.data_dir,
+                            mode=args.mode, extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
+                            max_new_tokens=args.max_new_tokens, exclude_overlap=args.exclude_overlap, precision=args.precision)
+    print(format_metrics(evaluate(settings)))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from kdlab.demo import run_demo
 
@@ -145,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     overlap.add_argument("test", nargs="+", help="test JSON files")
     overlap.add_argument("--n", type=int, default=13, help="n-gram size (default 13)")
     overlap.set_defaults(func=cmd_data_overlap)
+
+    evaluation = commands.add_parser("eval", help="zero-shot evaluation on reasoning tasks (generate or loglik)",
+                                     description="Evaluate a model on tasks; writes predictions/<task>.jsonl and metrics.json.")
+    evaluation.add_argument("--model", required=True, help="model spec (smollm2-135m, folder, .gguf, Hub id)")
+    evaluation.add_argument("--adapter", help="LoRA adapter folder (a failure to load it is an error)")
+    evaluation.add_argument("--tasks", required=True, help="comma-separated tasks or groups: math, commonsense, paper14, arith, gsm8k, ...")
+    evaluation.add_argument("--data-dir", dest="data_dir", help="folder holding <task>/test.json (LLM-Adapters layout)")
+    evaluation.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    evaluation.add_argument("--mode", default="generate", choices=("generate", "loglik"), help="generate (default) or loglik (choice tasks)")
+    evaluation.add_argument("--extraction", default="strict", choices=("strict", "paper"), help="answer extraction rules (both are logged)")
+    evaluation.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="prompts per batch (default 16)")
+    evaluation.add_argument("--limit", type=int, help="evaluate the first N examples of each task")
+    evaluation.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="override the task's generation budget")
+    evaluation.add_argument("--exclude-overlap", dest="exclude_overlap", help="skip test questions found in this training JSON file")
+    evaluation.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                            help="fp32 (default: results independent of the batch size) or bf16 autocast (faster on CPUs with bf16 units)")
+    evaluation.set_defaults(func=cmd_eval)
 
     demo = commands.add_parser("demo", help="the embedded demo: SFT a SmolLM2 teacher, distil it into a pruned student")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")

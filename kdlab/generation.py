@@ -6,6 +6,8 @@ that a batch holds prompts of similar length; outputs come back in the original 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -21,10 +23,14 @@ def generate_ids(
     temperature: float = 1.0,
     seed: int | None = None,
     progress: str | None = None,
+    stop_strings: list[str] | None = None,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
     """Generate a response for each tokenised prompt; each response is cut after its first EOS (kept).
 
-    Greedy by default. Returns response token ids (without the prompt), in the order of ``prompt_ids``.
+    Greedy by default. ``stop_strings`` end a sequence early (the string stays in the output: cut it with
+    :func:`cut_at_stop`). ``on_batch(indices, responses)`` is called after each batch (for incremental writes).
+    Returns response token ids (without the prompt), in the order of ``prompt_ids``.
     """
     was_training = model.training
     model.eval()
@@ -52,12 +58,21 @@ def generate_ids(
             pad_token_id=pad_id,
             eos_token_id=eos_id,
             use_cache=True,
+            **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
             **sampling,
         )
         for row, i in enumerate(batch):
             results[i] = cut_at_eos(output[row, length:].tolist(), eos_id)
+        if on_batch is not None:
+            on_batch(batch, [results[i] for i in batch])
     model.train(was_training)
     return results
+
+
+def cut_at_stop(text: str, stop_strings: list[str] | tuple[str, ...]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    positions = [text.find(stop) for stop in stop_strings if stop and stop in text]
+    return text[: min(positions)] if positions else text
 
 
 def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:

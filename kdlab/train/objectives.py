@@ -16,20 +16,7 @@ from kdlab.config import KDConfig, loss_kwargs
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.generation import generate_ids
 from kdlab.losses import chunked_ce_loss, chunked_distill_loss
-
-
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final hidden states [B, T, H] through the model's own forward (so DDP hooks run), logits for 1 position."""
-    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return output.hidden_states[-1]
-
-
-def output_weight(model) -> torch.Tensor:
-    """The lm_head weight [V, H] of a (possibly DDP- or PEFT-wrapped) causal LM."""
-    head = extract_model_from_parallel(model).get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError("lm_head with a bias is not supported by the chunked loss")
-    return head.weight
+from kdlab.models.heads import final_hidden, output_weight
 
 
 def response_hidden(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
