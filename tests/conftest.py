@@ -21,7 +21,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny models built in code, saved once per session.
 
     teacher: 2 layers, hidden 64, lm_head padded with 7 rows beyond the tokenizer (like Qwen);
-    student: 1 layer, hidden 32, same tokenizer; other: a student with a different tokenizer.
+    student: 1 layer, hidden 32, same tokenizer; talker: larger random weights, so it generates varied text; other: a student with a different tokenizer.
     """
     from kdlab.models.tiny import build_tiny_tokenizer, save_tiny_model
 
@@ -30,6 +30,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {
         "teacher": save_tiny_model(root / "teacher", layers=2, hidden=64, seed=1, tokenizer=tokenizer, vocab_padding=7),
         "student": save_tiny_model(root / "student", layers=1, hidden=32, seed=2, tokenizer=tokenizer),
+        "talker": save_tiny_model(root / "talker", layers=2, hidden=64, seed=5, tokenizer=tokenizer, init_std=0.3),
         "other": save_tiny_model(root / "other", layers=1, hidden=32, seed=3, tokenizer=build_tiny_tokenizer(vocab_size=300)),
     }
 
