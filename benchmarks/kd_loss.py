@@ -46,8 +46,8 @@ Gradient check
     ``max_abs_diff <= tol * max(1, max|g_naive|)`` (tol = ``--tol``, 1e-5): an absolute 1e-5 for gradients of
     magnitude up to 1, and a relative 1e-5 for larger ones (the loss is a *sum* over tokens, so ``W.grad`` grows
     with N and fp32 rounding of a sum over 2048 tokens in a different order cannot stay under an absolute 1e-5).
-    The loss values are checked the same way. The check is enforced (exit status 1 on failure) in fp32 without
-    ``--bf16``; under ``--bf16`` or ``--dtype bf16`` the diffs are reported only.
+    The loss values are checked the same way. The check is enforced (exit status 1 on failure) in fp32 (or fp64)
+    without ``--bf16``; under ``--bf16`` or ``--dtype bf16`` the diffs are reported only.
 
 Goals (issue): chunked peak extra memory <= 1/4 of naive, time <= 1.0x naive, gradients equal within 1e-5 in fp32.
 ``--strict-goals`` makes the exit status 3 when a chunk size misses the memory or time goal.
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=2048, help="N, number of token positions")
     p.add_argument("--vocab", type=int, default=49152, help="V, vocabulary size (both models)")
     p.add_argument("--hidden", type=int, default=576, help="H, hidden size (both models)")
-    p.add_argument("--chunk-size", type=int, nargs="+", default=[1024], help="one or more chunk sizes to compare")
+    p.add_argument("--chunk-size", type=int, nargs="+", default=[256], help="one or more chunk sizes to compare (kdlab default: 256)")
     p.add_argument("--loss", default="fkl", choices=sorted(LOSS_KWARGS))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--kd-weight", type=float, default=1.0, help="w in (1 - w) * CE + w * tau^2 * divergence")
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
             memory[("chunked", c)] = measure_in_child(args, "chunked", c)
     tc = time_and_check(args)
 
-    enforce = args.dtype == "fp32" and not args.bf16
+    enforce = args.dtype in ("fp32", "fp64") and not args.bf16
     rows = []
     naive_mem = memory.get(("naive", None), {}).get("peak_extra_mib")
     naive_t = statistics.median(tc["times"][("naive", None)])

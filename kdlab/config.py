@@ -60,7 +60,7 @@ class TrainConfig:
     save_steps: int = option(50, "checkpoint every N optimizer steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     log_steps: int = option(1, "log the loss every N optimizer steps")
-    chunk_size: int = option(1024, "tokens per chunk when computing the loss from hidden states")
+    chunk_size: int = option(256, "tokens per chunk when computing the loss from hidden states (memory ~ chunk x vocab)")
     report_to: list = option([], "trackers for accelerate (tensorboard, wandb, mlflow, ...) when installed")
     trace_data: bool = option(False, "write the example ids each process trains on to trace/rank-K.txt")
 

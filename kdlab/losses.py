@@ -47,7 +47,7 @@ def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor
     """KL(P || Q) per row, from log-probabilities [N, V] -> [N]; terms with P(v) = 0 contribute 0."""
     p = log_p.exp()
     terms = p * (log_p - log_q)
-    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
+    return terms.masked_fill_(p == 0, 0.0).sum(-1)
 
 
 def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -61,8 +61,11 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
-    log_p_s = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)
-    log_p_t = F.log_softmax(_upcast(teacher_logits.detach()) / temperature, dim=-1)
+    student_logits, teacher_logits = _upcast(student_logits), _upcast(teacher_logits.detach())
+    if temperature != 1:
+        student_logits, teacher_logits = student_logits / temperature, teacher_logits / temperature
+    log_p_s = F.log_softmax(student_logits, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits, dim=-1)
     return log_p_s, log_p_t
 
 
@@ -199,46 +202,50 @@ TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
 class _ChunkedTokenLoss(torch.autograd.Function):
     """Sum over tokens of ``token_loss(logits, start, end) -> [end - start]`` with ``logits = hidden @ weight.T``.
 
-    Forward runs forward and backward of each chunk of tokens (so only one chunk's logits exist at a time) and keeps
-    the gradients with respect to the hidden states and the lm_head weight; backward only scales them.
+    Forward computes, chunk by chunk, the logits, the loss and its gradient ``g = d loss / d logits`` [C, V];
+    then ``d hidden = g @ weight`` and ``d weight += g.T @ hidden`` (accumulated in place). Only one chunk's
+    logits exist at a time; backward only scales the stored gradients.
     """
 
     @staticmethod
     def forward(ctx, hidden_states, weight, token_loss, chunk_size):
         weight_needs_grad = weight.requires_grad
-        grad_hidden = torch.zeros_like(hidden_states)
+        weight = weight.detach()
+        grad_hidden = torch.empty_like(hidden_states)
         grad_weight = torch.zeros_like(weight) if weight_needs_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
-        weight = weight.detach().requires_grad_(weight_needs_grad)
+        total = None
         for start in range(0, hidden_states.shape[0], chunk_size):
             end = min(start + chunk_size, hidden_states.shape[0])
-            hidden = hidden_states[start:end].detach().requires_grad_(True)
+            hidden = hidden_states[start:end].detach()
+            logits = _upcast(F.linear(hidden, weight)).requires_grad_(True)
             with torch.enable_grad():
-                chunk_sum = token_loss(F.linear(hidden, weight).float(), start, end).sum()
-            grads = torch.autograd.grad(chunk_sum, (hidden, weight) if weight_needs_grad else (hidden,))
-            grad_hidden[start:end] = grads[0]
+                chunk_sum = token_loss(logits, start, end).sum()
+            (grad_logits,) = torch.autograd.grad(chunk_sum, logits)
+            del logits
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[start:end] = grad_logits @ weight
             if weight_needs_grad:
-                grad_weight += grads[1]
-            total += chunk_sum.detach()
+                grad_weight.addmm_(grad_logits.T, hidden.to(weight.dtype))
+            total = chunk_sum.detach() if total is None else total + chunk_sum.detach()
         ctx.weight_needs_grad = weight_needs_grad
         ctx.save_for_backward(grad_hidden, *((grad_weight,) if weight_needs_grad else ()))
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        grad_weight = saved[1] * grad_output if ctx.weight_needs_grad else None
-        return saved[0] * grad_output, grad_weight, None, None
+        saved = ctx.saved_tensors  # used once: scale in place
+        grad_weight = saved[1].mul_(grad_output) if ctx.weight_needs_grad else None
+        return saved[0].mul_(grad_output), grad_weight, None, None
 
 
-def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 1024) -> torch.Tensor:
+def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 256) -> torch.Tensor:
     """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk."""
     if hidden_states.shape[0] == 0:
         return (hidden_states.sum() + weight.sum()) * 0.0
     return _ChunkedTokenLoss.apply(hidden_states, weight, token_loss, chunk_size)
 
 
-def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 256) -> torch.Tensor:
     """Sum over tokens of cross-entropy(hidden_states @ weight.T, targets), computed in chunks: [N, H] -> scalar."""
     return chunked_token_loss(hidden_states, weight, lambda logits, s, e: F.cross_entropy(logits, targets[s:e], reduction="none"), chunk_size)
 
@@ -257,7 +264,7 @@ def chunked_distill_loss(
     vocab_size: int | None = None,
     teacher_noise: float = 0.0,
     noise_generator: torch.Generator | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """Sum over tokens of the distillation objective, computed in chunks of ``chunk_size`` tokens.
 
@@ -277,18 +284,20 @@ def chunked_distill_loss(
     loss_kwargs = dict(loss_kwargs or {})
     check_loss_args(loss, temperature, **loss_kwargs)
     vocab = vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
-    teacher_weight = teacher_weight.detach()[:vocab]
+    teacher_weight = teacher_weight.detach()[:vocab]  # a view: no copy
     teacher_hidden = teacher_hidden.detach()
 
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight).float()
+            teacher_logits = _upcast(F.linear(teacher_hidden[start:end], teacher_weight))
             if teacher_noise > 0:
                 noise = torch.randn(teacher_logits.shape, generator=noise_generator)
                 teacher_logits = teacher_logits + teacher_noise * noise.to(teacher_logits.device)
         return token_objective(student_logits, teacher_logits, targets[start:end], loss, temperature, kd_weight, loss_kwargs)
 
-    return chunked_token_loss(student_hidden, student_weight[:vocab], token_loss, chunk_size)
+    if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
+        student_weight = student_weight[:vocab]
+    return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
 
 
 def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None):
