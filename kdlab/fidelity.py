@@ -146,7 +146,7 @@ def lcs_length(a: list[str], b: list[str]) -> int:
     for token in b:
         u = v & masks.get(token, 0)
         v = ((v + u) | (v - u)) & full
-    return len(a) - bin(v).count("1")
+    return len(a) - v.bit_count()
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
@@ -295,7 +295,7 @@ def _task_summary(rows: pd.DataFrame) -> dict:
     outputs = ("teacher_output" in rows and "student_output" in rows and len(rows) > 0
                and rows["teacher_output"].notna().all() and rows["student_output"].notna().all())
     return {
-        "n": int(len(rows)),
+        "n": len(rows),
         "agreement": _share(agree),
         "n_both_answered": int(both.sum()),
         "agreement_both_answered": _share(agree[both]),
@@ -380,7 +380,7 @@ def _task_distribution(teacher, student, encoded, pad_id: int, vocab: int, batch
             s_logits = F.linear(s_hidden[c : c + chunk_size], s_weight).float().to(t_logits.device)
             fkl_sum += float(TOKEN_DIVERGENCES["fkl"](s_logits, t_logits, 1.0).double().sum())
             rkl_sum += float(TOKEN_DIVERGENCES["rkl"](s_logits, t_logits, 1.0).double().sum())
-            top1 += int((t_logits.argmax(-1) == s_logits.argmax(-1)).sum())
+            top1 += (t_logits.argmax(-1) == s_logits.argmax(-1)).sum().item()
         tokens += int(keep.sum())
     return {"kl_teacher_student": fkl_sum / tokens if tokens else None,
             "kl_student_teacher": rkl_sum / tokens if tokens else None,
@@ -485,3 +485,16 @@ def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_mode
             (tmp / "pairs" / f"{task}.jsonl").write_text("".join(lines))
         (tmp / "fidelity.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_value) + "\n")
     return summary
+
+
+def format_summary(summary: dict) -> str:
+    """One line per task and the average: n, agreement, teacher/student accuracy, BLEU, ROUGE-L, cosine, token KL."""
+    def number(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"{'task':<16}{'n':>5}{'agree':>7}{'T acc':>7}{'S acc':>7}{'BLEU':>7}{'ROUGE-L':>8}{'cosine':>8}{'KL(T||S)':>9}{'top1':>6}"]
+    for name, row in [*summary["tasks"].items(), ("average", summary["average"])]:
+        lines.append(f"{name:<16}{row['n']:>5}{number(row['agreement']):>7}{number(row.get('teacher_accuracy')):>7}"
+                     f"{number(row.get('student_accuracy')):>7}{number(row.get('bleu'), 1):>7}{number(row.get('rougeL')):>8}"
+                     f"{number(row.get('cosine')):>8}{number(row.get('kl_teacher_student')):>9}{number(row.get('top1_agreement'), 2):>6}")
+    return "\n".join(lines)

@@ -11,7 +11,14 @@ import yaml
 
 from kdlab import fidelity
 from kdlab.errors import KdlabError
-from kdlab.fidelity import (distribution_fidelity, fidelity_frame, lcs_length, rouge_l, run_fidelity, summarize)
+from kdlab.fidelity import (
+    distribution_fidelity,
+    fidelity_frame,
+    lcs_length,
+    rouge_l,
+    run_fidelity,
+    summarize,
+)
 
 
 def write_eval(folder, tasks, mode="generate", extraction="strict"):
@@ -141,6 +148,8 @@ def test_validation_errors_write_nothing(tmp_path):
     loglik = write_eval(tmp_path / "loglik", {t: list(zip(STUDENT[t], GOLD[t], S_OUT[t])) for t in GOLD}, mode="loglik")
     with pytest.raises(KdlabError, match="generate evaluation .* loglik"):
         run_fidelity(teacher, loglik, out)
+    with pytest.raises(KdlabError, match="needs a generate evaluation"):
+        distribution_fidelity("teacher-model", "student-model", loglik)
     with pytest.raises(KdlabError, match="both"):
         run_fidelity(teacher, student, out, teacher_model="x")
     assert not out.exists()
@@ -164,9 +173,9 @@ def test_cosine_of_identical_texts_is_one(tmp_path):
     assert frame["cosine"].tolist() == pytest.approx([1.0] * len(frame), abs=1e-5)
     summary = summarize(fidelity_frame(teacher, student, embeddings=True))
     assert summary["tasks"]["arith"]["cosine"] < 1
-    related, unrelated = fidelity.embed_texts(["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock prices fell."])[[1, 2]] @ \
-        fidelity.embed_texts(["The cat sits on the mat."])[0]
-    assert related > 0.8 > 0.3 > unrelated
+    vectors = fidelity.embed_texts(["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock prices fell."])
+    related, unrelated = vectors[1] @ vectors[0], vectors[2] @ vectors[0]
+    assert related > 0.8 and unrelated < 0.3
 
 
 def test_run_fidelity_writes_summary_and_pairs(tmp_path):
@@ -256,3 +265,18 @@ def test_run_fidelity_with_models_adds_distribution_metrics(tiny_models, talker_
     written = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert written["settings"]["student_model"] == str(tiny_models["teacher"]) and "top1_agreement" in written["tasks"]["arith"]
     assert not math.isnan(written["average"]["top1_agreement"])
+
+
+def test_cli_prints_a_table_and_exits_2_on_mismatched_folders(tmp_path, capsys):
+    from kdlab.cli import main
+
+    teacher, student = folders(tmp_path)
+    main(["fidelity", "--teacher", str(teacher), "--student", str(student), "--out", str(tmp_path / "fid"), "--no-embeddings"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["task", "n", "agree"] and out[-1].startswith("average")
+    summary = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert out[-1].split()[1] == str(summary["average"]["n"])
+    with pytest.raises(SystemExit) as info:
+        main(["fidelity", "--teacher", str(teacher), "--student", str(tmp_path), "--out", str(tmp_path / "fid2")])
+    assert info.value.code == 2 and "kdlab: error:" in capsys.readouterr().err
+    assert not (tmp_path / "fid2").exists()
