@@ -71,3 +71,27 @@ def test_long_responses_are_cut_and_prompts_that_do_not_fit_are_dropped(tiny_mod
     assert len(encoded) == 1 and len(encoded[0].input_ids) == 64 and encoded[0].index == 0
     with pytest.raises(KdlabError, match="no example fits in max_length=64"):
         encode_examples(tokenizer, [long_prompt], max_length=64)
+
+
+def test_hub_datasets_map_columns_and_report_errors(monkeypatch):
+    import datasets
+
+    from kdlab.data.formats import load_examples
+
+    rows = [{"question": "What is 2+2?", "solution": "2 + 2 = 4. The answer is 4.", "label": 4}]
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        if name == "missing/set":
+            raise FileNotFoundError("Dataset 'missing/set' doesn't exist on the Hub")
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    examples = load_examples("hf:org/math:main@test", {"instruction": "question", "output": "solution", "answer": "label"})
+    assert calls == [("org/math", "main", "test")]
+    assert examples == [Example("What is 2+2?", "2 + 2 = 4. The answer is 4.", "", "4")]
+    with pytest.raises(KdlabError, match="no column 'instruction' for field 'instruction'"):
+        load_examples("hf:org/math")
+    with pytest.raises(KdlabError, match="hf:missing/set: could not load Hub dataset"):
+        load_examples("hf:missing/set")
