@@ -223,7 +223,7 @@ def embed_texts(texts: list[str], batch_size: int = 32) -> torch.Tensor:
     """
     tokenizer, model, max_length = _embedder()
     texts = [str(text).strip() for text in texts]
-    out = torch.zeros(len(texts), model.config.hidden_size)
+    out = torch.zeros(len(texts), model.config.hidden_size, dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]

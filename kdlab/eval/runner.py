@@ -199,7 +199,7 @@ def sequence_logprobs(model, tokenizer, prompt_ids: list[list[int]], continuatio
     logits = F.linear(hidden[:, :-1][keep.to(device)], output_weight(model)).float()
     token_logprobs = logits.log_softmax(-1).gather(-1, targets[:, 1:][keep].to(device)[:, None])[:, 0]
     rows = keep.nonzero()[:, 0].to(device)
-    return torch.zeros(len(lengths), device=device).index_add_(0, rows, token_logprobs).tolist()
+    return torch.zeros(len(lengths), device=device, dtype=token_logprobs.dtype).index_add_(0, rows, token_logprobs).tolist()
 
 
 def _loglik_task(model, tokenizer, task: Task, pending, settings: EvalSettings, path: Path, chunk: int = 64) -> None:
