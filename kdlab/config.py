@@ -215,7 +215,8 @@ def validate(config: RunConfig) -> None:
     train, kd, lora = config.train, config.kd, config.lora
     positive = {"train.lr": train.lr, "train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
                 "train.max_length": train.max_length, "train.chunk_size": train.chunk_size, "lora.r": lora.r,
-                "kd.max_new_tokens": kd.max_new_tokens, "kd.generation_batch_size": kd.generation_batch_size}
+                "kd.max_new_tokens": kd.max_new_tokens, "kd.generation_batch_size": kd.generation_batch_size,
+                "train.keep_checkpoints": train.keep_checkpoints, "train.log_steps": train.log_steps}
     for name, value in positive.items():
         if value <= 0:
             raise KdlabError(f"{name} must be > 0, got {value}")
