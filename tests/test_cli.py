@@ -9,7 +9,7 @@ import pytest
 
 from kdlab.cli import build_parser, main
 
-COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["eval"], ["fidelity"], ["demo"]]
+COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["eval"], ["fidelity"], ["stats", "paper"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -61,3 +61,17 @@ def test_gsm8k_contamination_of_math_data(shared_dir, capsys):
     main(["data", "overlap", str(data / "train" / "math_data.json"), str(data / "eval" / "gsm8k" / "test.json")])
     rows = {Path(line.split()[0]).name: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
     assert rows["test.json"][:2] == ["1319", "1055"]
+
+
+def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
+    results = shared_dir / "data" / "paper-kd-generalization" / "results"
+    main(["stats", "paper", "--results", str(results / "math_results_main.csv"), "--results", str(results / "llama_math_results.csv"),
+          "--agreement", str(results / "EM1.csv"), "--fidelity", str(results / "BLEU.csv"), "--out", str(tmp_path / "paper")])
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "paper" / "hypotheses.csv")
+    assert list(table.columns[:5]) == ["hypothesis", "group", "task", "statistic", "pvalue"]
+    row = table[(table.hypothesis == "H3") & (table.group == "all") & (table.task == "MultiArith")]
+    assert row.statistic.item() == pytest.approx(-0.83, abs=0.01)
+    assert {"H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5"} == set(table.hypothesis)
+    assert "MultiArith" in (tmp_path / "paper" / "hypotheses.md").read_text()

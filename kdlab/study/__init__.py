@@ -1,0 +1,1 @@
+"""Statistical studies over published or produced results."""
