@@ -1,0 +1,451 @@
+"""Teacher signal cache: the teacher's top-k distribution on a training set, computed once, reused by every run.
+
+A study distils several students with several losses, temperatures and noise levels from the same teacher on the
+same data; the teacher forward pass is identical in all of them. :func:`build_cache` runs it once and stores, for
+every kept position (hidden state t predicting a response token, ``labels[:, 1:] != -100``, the positions every KD
+loss in :mod:`kdlab.losses` uses), a compact description of ``p_T = softmax(z_T)`` at temperature 1.
+:func:`load_cache` reads it back and :func:`cached_divergence` evaluates the KD divergences of a student against it.
+
+Representation (per kept token; ``z`` = raw teacher logits over the shared vocabulary ``V``, sliced like the
+trainer slices a padded lm_head; ``l = log_softmax(z)``; ``i_1..i_k`` = top-k token ids, descending):
+
+==============  ============================  =================================================================
+array           dtype / shape                 meaning
+==============  ============================  =================================================================
+``ids``         uint16 [N, k] if V <= 65536,  top-k token ids. For V > 65536 each id is packed little-endian in
+                else uint8 [N, k, 3]          3 bytes (24 bits: V < 16,777,216; larger V is refused).
+``q``           uint8 [N, k]                  quantised gap to the top-1 log-prob, ``d_j = l_1 - l_j >= 0``:
+                                              ``q_j = round(255 * sqrt(d_j / s))``; dequantised
+                                              ``d_j ~= s * (q_j / 255)**2`` (square-root bins: finest near the
+                                              most probable tokens, where errors weigh most).
+``scale``       float16 [N]                   ``s`` = the largest gap ``d_k`` of that token (rounded up).
+``lse``         float32 [N]                   ``logsumexp(z)`` of the raw logits: raw top-k logits are
+                                              ``z_j = l_j + lse`` (kept for tools that need raw logits).
+``tail_logp``   float32 [N]                   ``log(1 - sum_j p_T(i_j))`` = ``logsumexp(z_tail) - lse``,
+                                              computed exactly from the full logits (-inf when k = V).
+``example_index`` int64 [E], ``offsets`` int64 [E + 1]: rows ``offsets[e]:offsets[e+1]`` belong to
+                ``Encoded.index == example_index[e]``, in position order.
+==============  ============================  =================================================================
+
+Bytes per token: ``k * (id_bytes + 1) + 2 + 4 + 4`` = 266 for k = 64 and V = 152k (3-byte ids), 202 for
+V <= 65536 (2-byte ids); the per-example index is negligible. ``quantize=False`` (exact mode, meant for tests and
+for measuring the quantisation error) stores ``logp`` float32 [N, k] = ``l_j`` instead of ``q`` and ``scale``:
+``k * (id_bytes + 4) + 8`` bytes per token.
+
+Decoding (:class:`CacheRows`): the top-k log-probs at temperature 1 are rebuilt as
+``l_j = log(1 - m) + log_softmax(-d)_j`` with the exact tail mass ``m = exp(tail_logp)``, so the top-k part and the
+tail always sum to exactly 1; quantisation only perturbs the relative weights inside the top-k.
+
+Files: a cache is a folder written atomically (:func:`kdlab.io.atomic_dir`) holding ``cache.npz`` (uncompressed
+``numpy.savez`` of the arrays above) and ``manifest.json`` (format version, teacher spec and weight fingerprint,
+data hash, k, vocab size, quantised or not, token and example counts, bytes per token from the representation and
+measured from the file size).
+
+Divergences against the cache (``cached_divergence``), with ``tau`` the temperature and the student's full logits
+``z_S`` [N, V]; as in :mod:`kdlab.losses` the result is per token [N] and does not include the ``tau**2`` factor:
+
+- ``tail="bucket"`` (default): both distributions are coarsened to k + 1 outcomes, the k cached tokens plus one
+  "rest of the vocabulary" bucket. Teacher: its top-k probabilities and its tail mass. Student:
+  ``log_softmax(z_S / tau)`` gathered at the cached ids, and ``log(sum of p_S outside those ids)`` (a
+  logsumexp over the masked logits, so it is exact and has a gradient). With k = V this is the full divergence; with
+  k < V it is the divergence of the coarsened distributions, a lower bound of the full fkl/rkl/gjsd/skl/srkl/tvd
+  (data-processing inequality).
+- ``tail="renormalize"``: the teacher restricted to its top-k and renormalised to sum 1,
+  ``p_T(i_j) / sum_l p_T(i_l)``, against the student restricted to the same k ids and renormalised,
+  ``log_softmax(z_S[i] / tau)`` over those k entries (the student's distribution conditioned on the teacher's top-k
+  set). The tail is ignored entirely; the student gets no signal about the mass it puts outside the top-k.
+
+Temperature: the top-k part is exact at any tau (up to quantisation): ``z_j / tau`` differs from ``l_j / tau`` by a
+constant. The tail at tau != 1 cannot be rebuilt from its mass alone; it is approximated by spreading the tail mass
+uniformly over the ``V - k`` tail tokens (each has tau=1 log-prob ``log(m / (V - k))``), so the tail's
+unnormalised weight at tau is ``(V - k) * (m / (V - k)) ** (1 / tau)`` next to ``exp(l_j / tau)`` for the top-k.
+This is exact at tau = 1 and when the tail is empty; for tau > 1 it over-estimates the tail mass a little when the
+real tail is skewed (by Jensen, a uniform tail is the flattest possible). In ``renormalize`` mode the tail plays no
+part, so temperature handling is exact up to quantisation.
+
+Measured (tiny teacher, init_std 0.3, V = k = 384, 634 tokens, bucket): quantised vs exact-teacher fkl at tau = 1
+differs by 2.3e-3 nats per token on average (max 1.4e-2) on a mean fkl of 3.85 nats; rkl 3.0e-3 (max 1.4e-2);
+gjsd 1.4e-4; at tau = 2 about 6e-4. Exact mode matches :data:`kdlab.losses.TOKEN_DIVERGENCES` to float precision.
+Note: rebuilding with another ``batch_size`` changes the padding and so the float rounding of the teacher pass;
+a rebuild with the same settings is byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
+from kdlab.errors import KdlabError
+from kdlab.io import atomic_dir
+from kdlab.losses import _kl_from_log_probs, _log_mixture, check_loss_args
+
+FORMAT_VERSION = 1
+CACHE_FILE = "cache.npz"
+MANIFEST_FILE = "manifest.json"
+TAIL_MODES = ("bucket", "renormalize")
+_MAX_VOCAB = 1 << 24
+
+
+def id_bytes(vocab_size: int) -> int:
+    """Bytes per stored token id: 2 for V <= 65536, 3 (packed 24-bit) for larger V."""
+    if vocab_size > _MAX_VOCAB:
+        raise KdlabError(f"vocabulary of {vocab_size} tokens is too large for the teacher cache (at most {_MAX_VOCAB})")
+    return 2 if vocab_size <= 1 << 16 else 3
+
+
+def bytes_per_token(k: int, vocab_size: int, quantize: bool = True) -> int:
+    """Storage per kept token of the representation documented in the module docstring."""
+    if quantize:
+        return k * (id_bytes(vocab_size) + 1) + 2 + 4 + 4
+    return k * (id_bytes(vocab_size) + 4) + 4 + 4
+
+
+def _pack_ids(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    ids = ids.astype(np.uint32)
+    if id_bytes(vocab_size) == 2:
+        return ids.astype(np.uint16)
+    return ids.astype("<u4").view(np.uint8).reshape(*ids.shape, 4)[..., :3].copy()
+
+
+def _unpack_ids(packed: np.ndarray) -> np.ndarray:
+    if packed.dtype == np.uint16:
+        return packed.astype(np.int64)
+    full = np.zeros((*packed.shape[:-1], 4), dtype=np.uint8)
+    full[..., :3] = packed
+    return full.view("<u4")[..., 0].astype(np.int64)
+
+
+def _quantize(logp: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k log-probs [N, k] (descending) -> (q uint8 [N, k], scale float16 [N]); see the module docstring."""
+    gaps = (logp[:, :1] - logp).clamp_min(0.0).double()
+    largest = gaps[:, -1].numpy().clip(0.0, 60000.0)
+    scale16 = largest.astype(np.float16)
+    low = scale16.astype(np.float64) < largest
+    scale16[low] = np.nextafter(scale16[low], np.float16(np.inf))  # round up, so every gap fits in [0, s]
+    scale = torch.from_numpy(scale16.astype(np.float64))
+    safe = scale.clamp_min(1e-12).unsqueeze(1)
+    q = torch.round(255.0 * torch.sqrt((gaps / safe).clamp(0.0, 1.0)))
+    q = torch.where(scale.unsqueeze(1) > 0, q, torch.zeros_like(q))
+    return q.to(torch.uint8).numpy(), scale16
+
+
+def _dequantize_gaps(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return scale.float().unsqueeze(1) * (q.float() / 255.0) ** 2
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def data_hash(dataset: list[Encoded]) -> str:
+    """SHA-256 of the tokenised examples (index, prompt ids, response ids), in order."""
+    digest = hashlib.sha256()
+    for item in dataset:
+        digest.update(json.dumps([item.index, list(item.prompt_ids), list(item.response_ids)]).encode())
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(teacher) -> str:
+    """A short hash of the teacher's output layer: shape plus 256 evenly spaced rows (cheap even for V = 152k)."""
+    from kdlab.models.heads import output_weight
+
+    weight = output_weight(teacher).detach()
+    step = max(1, weight.shape[0] // 256)
+    sample = weight[::step].float().cpu().contiguous().numpy()
+    return _sha(repr(tuple(weight.shape)).encode() + sample.tobytes())[:32]
+
+
+def _teacher_spec(teacher) -> str:
+    config = getattr(teacher, "config", None)
+    return str(getattr(config, "_name_or_path", "") or type(teacher).__name__)
+
+
+@dataclass
+class CacheInfo:
+    """What :func:`build_cache` wrote: the folder, its manifest and the number of kept tokens."""
+
+    path: Path
+    manifest: dict
+    tokens: int
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.manifest["bytes_per_token_file"]
+
+
+@torch.no_grad()
+def _encode_batch(logits: torch.Tensor, k: int, quantize: bool, vocab_size: int) -> dict[str, np.ndarray]:
+    """Raw logits [N, V] (float32) -> the stored per-token arrays."""
+    lse = torch.logsumexp(logits, dim=-1)
+    top_logits, top_ids = torch.topk(logits, k, dim=-1, sorted=True)
+    logp = top_logits - lse.unsqueeze(1)
+    if k < logits.shape[1]:
+        tail = logits.scatter(1, top_ids, float("-inf"))
+        tail_logp = torch.logsumexp(tail, dim=-1) - lse
+    else:
+        tail_logp = torch.full_like(lse, float("-inf"))
+    out = {
+        "ids": _pack_ids(top_ids.numpy(), vocab_size),
+        "lse": lse.numpy().astype(np.float32),
+        "tail_logp": tail_logp.numpy().astype(np.float32),
+    }
+    if quantize:
+        out["q"], out["scale"] = _quantize(logp)
+    else:
+        out["logp"] = logp.numpy().astype(np.float32)
+    return out
+
+
+def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, batch_size: int = 8, vocab_size: int | None = None,
+                progress: bool = True, quantize: bool = True, teacher_spec: str | None = None, chunk_size: int = 256) -> CacheInfo:
+    """Run ``teacher`` once over ``dataset`` and write its top-k signal to the folder ``path`` (atomically).
+
+    ``vocab_size`` (default ``len(tokenizer)``) slices a padded lm_head to the shared tokenizer size. Logits are
+    computed from the final hidden states ``chunk_size`` tokens at a time, in float32, at the kept positions only.
+    ``quantize=False`` stores exact float32 log-probs (larger; for tests and error measurements).
+    """
+    from kdlab.models.heads import final_hidden, output_weight
+
+    vocab_size = int(vocab_size or len(tokenizer))
+    weight = output_weight(teacher).detach()
+    if vocab_size > weight.shape[0]:
+        raise KdlabError(f"vocab_size {vocab_size} exceeds the teacher's output layer ({weight.shape[0]} rows)")
+    if not 1 <= k <= vocab_size:
+        raise KdlabError(f"k must be in [1, {vocab_size}], got {k}")
+    if not dataset:
+        raise KdlabError("teacher cache: the dataset is empty")
+    if len({item.index for item in dataset}) != len(dataset):
+        raise KdlabError("teacher cache: duplicate example indices in the dataset")
+    id_bytes(vocab_size)
+    weight = weight[:vocab_size]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = weight.device
+    was_training = teacher.training
+    teacher.eval()
+    parts: list[dict[str, np.ndarray]] = []
+    counts: list[int] = []
+    batches = range(0, len(dataset), batch_size)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="teacher cache", unit="batch")
+        except ImportError:  # pragma: no cover
+            pass
+    try:
+        with torch.no_grad():
+            for start in batches:
+                items = dataset[start : start + batch_size]
+                batch = collate(items, pad_id)
+                hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                keep = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
+                counts.extend(int(n) for n in keep.sum(1).tolist())
+                kept = hidden[:, :-1][keep]
+                for c in range(0, kept.shape[0], chunk_size):
+                    logits = F.linear(kept[c : c + chunk_size].float(), weight.float()).cpu()
+                    parts.append(_encode_batch(logits, k, quantize, vocab_size))
+    finally:
+        teacher.train(was_training)
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    tokens = int(sum(counts))
+    arrays["example_index"] = np.array([item.index for item in dataset], dtype=np.int64)
+    arrays["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    per_token = sum(a.nbytes for name, a in arrays.items() if name not in ("example_index", "offsets"))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "teacher": teacher_spec or _teacher_spec(teacher),
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "data_hash": data_hash(dataset),
+        "k": k,
+        "vocab_size": vocab_size,
+        "quantized": quantize,
+        "id_bytes": id_bytes(vocab_size),
+        "tokens": tokens,
+        "examples": len(dataset),
+        "bytes_per_token": bytes_per_token(k, vocab_size, quantize),
+        "bytes_per_token_arrays": per_token / max(tokens, 1),
+    }
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        np.savez(tmp / CACHE_FILE, **arrays)
+        manifest["file_bytes"] = (tmp / CACHE_FILE).stat().st_size
+        manifest["bytes_per_token_file"] = manifest["file_bytes"] / max(tokens, 1)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return CacheInfo(path=path, manifest=manifest, tokens=tokens)
+
+
+@dataclass
+class CacheRows:
+    """Decoded cache rows for N kept tokens: ids [N, k] long, ``logp`` [N, k] (tau = 1, top-k + tail sum to 1),
+    ``tail_logp`` [N] (log teacher tail mass, -inf when empty), ``lse`` [N] and the vocabulary size."""
+
+    ids: torch.Tensor
+    logp: torch.Tensor
+    tail_logp: torch.Tensor
+    lse: torch.Tensor
+    vocab_size: int
+
+    def to(self, device) -> "CacheRows":
+        return CacheRows(self.ids.to(device), self.logp.to(device), self.tail_logp.to(device), self.lse.to(device), self.vocab_size)
+
+    @property
+    def raw_logits(self) -> torch.Tensor:
+        """The teacher's raw top-k logits ``z_j = l_j + lse`` [N, k]."""
+        return self.logp + self.lse.unsqueeze(1)
+
+
+class TeacherCache:
+    """A loaded cache: :meth:`rows` gives decoded rows for examples, aligned with the kept positions."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], manifest: dict):
+        self.arrays = arrays
+        self.manifest = manifest
+        self.k = int(manifest["k"])
+        self.vocab_size = int(manifest["vocab_size"])
+        self.offsets = arrays["offsets"]
+        self._slot = {int(index): slot for slot, index in enumerate(arrays["example_index"])}
+
+    @property
+    def tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def _decode(self, rows: np.ndarray) -> CacheRows:
+        a = self.arrays
+        ids = torch.from_numpy(_unpack_ids(a["ids"][rows]))
+        tail_logp = torch.from_numpy(a["tail_logp"][rows].astype(np.float32))
+        if "logp" in a:
+            rel = torch.from_numpy(a["logp"][rows].astype(np.float32))
+        else:
+            rel = -_dequantize_gaps(torch.from_numpy(a["q"][rows]), torch.from_numpy(a["scale"][rows].astype(np.float32)))
+        # top-k mass = 1 - m, exact; quantisation only moves weight inside the top-k
+        head = torch.log1p(-tail_logp.double().exp().clamp(max=1.0)).float()
+        logp = head.unsqueeze(1) + torch.log_softmax(rel, dim=-1)
+        lse = torch.from_numpy(a["lse"][rows].astype(np.float32))
+        return CacheRows(ids, logp, tail_logp, lse, self.vocab_size)
+
+    def example_rows(self, index: int) -> CacheRows:
+        """Rows of one example (by ``Encoded.index``), one per kept position, in position order."""
+        if int(index) not in self._slot:
+            raise KdlabError(f"example index {index} is not in the teacher cache")
+        slot = self._slot[int(index)]
+        return self._decode(np.arange(self.offsets[slot], self.offsets[slot + 1]))
+
+    def rows(self, indices) -> CacheRows:
+        """Rows for a batch of examples (``batch["index"]``), concatenated in batch order: the same order as
+        ``hidden[:, :-1][labels[:, 1:] != -100]`` for the collated batch."""
+        rows = []
+        for index in torch.as_tensor(indices).tolist():
+            if int(index) not in self._slot:
+                raise KdlabError(f"example index {index} is not in the teacher cache")
+            slot = self._slot[int(index)]
+            rows.append(np.arange(self.offsets[slot], self.offsets[slot + 1]))
+        return self._decode(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+
+
+def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher_spec: str | None = None) -> TeacherCache:
+    """Load a cache folder; with ``teacher`` / ``teacher_spec`` / ``dataset`` given, refuse (KdlabError) a cache
+    built from another teacher (fingerprint or spec) or other data (hash)."""
+    path = Path(path)
+    manifest_path, cache_path = path / MANIFEST_FILE, path / CACHE_FILE
+    if not manifest_path.is_file() or not cache_path.is_file():
+        raise KdlabError(f"{path}: not a teacher cache (expected {MANIFEST_FILE} and {CACHE_FILE})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KdlabError(f"{manifest_path}: invalid JSON ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise KdlabError(f"{manifest_path}: format_version {manifest.get('format_version')} (expected {FORMAT_VERSION})")
+    if teacher is not None and teacher_fingerprint(teacher) != manifest["teacher_fingerprint"]:
+        raise KdlabError(f"{path}: teacher cache was built from another teacher ({manifest['teacher']}); rebuild it")
+    if teacher_spec is not None and teacher_spec != manifest["teacher"]:
+        raise KdlabError(f"{path}: teacher cache was built from teacher '{manifest['teacher']}', not '{teacher_spec}'")
+    if dataset is not None and data_hash(dataset) != manifest["data_hash"]:
+        raise KdlabError(f"{path}: teacher cache was built on other data (data hash differs); rebuild it")
+    with np.load(cache_path) as data:
+        arrays = {name: data[name] for name in data.files}
+    if int(arrays["offsets"][-1]) != manifest["tokens"] or len(arrays["example_index"]) != manifest["examples"]:
+        raise KdlabError(f"{cache_path}: contents do not match {MANIFEST_FILE} (token or example count)")
+    return TeacherCache(arrays, manifest)
+
+
+def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str) -> torch.Tensor:
+    """Teacher log-probs over k (renormalize) or k + 1 (bucket) outcomes at ``temperature``."""
+    scaled = rows.logp / temperature
+    if tail == "renormalize":
+        return torch.log_softmax(scaled, dim=-1)
+    n_tail = rows.vocab_size - rows.ids.shape[1]
+    if n_tail == 0:
+        return torch.log_softmax(scaled, dim=-1)
+    log_n = math.log(n_tail)
+    tail_logp = rows.tail_logp.clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite mass
+    tail_term = log_n + (tail_logp - log_n) / temperature
+    return torch.log_softmax(torch.cat([scaled, tail_term.unsqueeze(1)], dim=1), dim=-1)
+
+
+def _student_log_probs(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float, tail: str, vocab_size: int) -> torch.Tensor:
+    logits = student_logits.float() if student_logits.dtype in (torch.float16, torch.bfloat16) else student_logits
+    if logits.shape[1] != vocab_size:
+        raise KdlabError(f"student logits have {logits.shape[1]} columns; the teacher cache has vocab_size {vocab_size}")
+    logits = logits / temperature if temperature != 1 else logits
+    ids = ids.to(logits.device)
+    if tail == "renormalize":
+        return torch.log_softmax(logits.gather(1, ids), dim=-1)
+    log_p = torch.log_softmax(logits, dim=-1)
+    top = log_p.gather(1, ids)
+    if ids.shape[1] == vocab_size:
+        return top
+    rest = torch.logsumexp(log_p.scatter(1, ids, float("-inf")), dim=-1, keepdim=True)
+    return torch.cat([top, rest], dim=1)
+
+
+def _reduced_divergence(loss: str, log_p_s: torch.Tensor, log_p_t: torch.Tensor, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+    if loss == "gjsd":
+        loss = "fkl" if beta == 0 else "rkl" if beta == 1 else loss
+    if loss == "skl" and alpha == 0:
+        loss = "fkl"
+    if loss == "srkl" and alpha == 0:
+        loss = "rkl"
+    if loss == "fkl":
+        return _kl_from_log_probs(log_p_t, log_p_s)
+    if loss == "rkl":
+        return _kl_from_log_probs(log_p_s, log_p_t)
+    if loss == "gjsd":
+        log_m = _log_mixture(log_p_t, log_p_s, beta)
+        return beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
+    if loss == "skl":
+        return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
+    if loss == "srkl":
+        return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
+    if loss == "tvd":
+        return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
+    raise KdlabError(f"unknown loss '{loss}'")  # pragma: no cover (check_loss_args rejects it first)
+
+
+def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss: str, temperature: float = 1.0,
+                      tail: str = "bucket", **kwargs) -> torch.Tensor:
+    """Per-token divergence [N] between the student (full logits [N, V]) and the cached teacher rows.
+
+    Same names and directions as :data:`kdlab.losses.TOKEN_DIVERGENCES` (fkl = KL(p_T || p_S), rkl =
+    KL(p_S || p_T), gjsd with ``beta``, skl/srkl with ``alpha``, tvd), evaluated on the k + 1 buckets
+    (``tail="bucket"``) or the renormalised top-k (``tail="renormalize"``); see the module docstring. No tau**2.
+    """
+    check_loss_args(loss, temperature, **kwargs)
+    if tail not in TAIL_MODES:
+        raise KdlabError(f"unknown tail mode '{tail}' (choose from {', '.join(TAIL_MODES)})")
+    if student_logits.shape[0] != cache_rows.ids.shape[0]:
+        raise KdlabError(f"{student_logits.shape[0]} student positions but {cache_rows.ids.shape[0]} cached teacher rows")
+    rows = cache_rows.to(student_logits.device)
+    log_p_s = _student_log_probs(student_logits, rows.ids, temperature, tail, rows.vocab_size)
+    log_p_t = _teacher_log_probs(rows, temperature, tail).to(log_p_s.dtype)
+    return _reduced_divergence(loss, log_p_s, log_p_t, **kwargs)

@@ -1,0 +1,157 @@
+"""Teacher signal cache: exactness at k = V, quantisation error, size budget, determinism, manifest checks."""
+
+import pytest
+import torch
+
+from kdlab.data.synth import generate_arith
+from kdlab.data.tokenize import collate, encode_examples
+from kdlab.errors import KdlabError
+from kdlab.losses import TOKEN_DIVERGENCES
+from kdlab.teacher_cache import build_cache, bytes_per_token, cached_divergence, load_cache
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    teacher = build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3)
+    student = build_tiny_model(tok, layers=1, hidden=32, seed=2, init_std=0.3)
+    data = encode_examples(tok, generate_arith(6, seed=0), max_length=400)
+    batch = collate(data, tok.pad_token_id)
+    V = len(tok)
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    keep = batch["labels"][:, 1:] != -100
+    return dict(tok=tok, teacher=teacher, data=data, batch=batch, V=V,
+                T=t_logits[:, :-1][keep], S=s_logits[:, :-1][keep])
+
+
+def _cache(setup, path, **kw):
+    build_cache(setup["teacher"], setup["tok"], setup["data"], path, progress=False, **kw)
+    return load_cache(path, teacher=setup["teacher"], dataset=setup["data"])
+
+
+@pytest.mark.parametrize("loss,kw", [("fkl", {}), ("rkl", {}), ("gjsd", {"beta": 0.5}), ("gjsd", {"beta": 0.0}), ("tvd", {})])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_full_vocab_exact_and_quantised(setup, tmp_path, loss, kw, tau):
+    S, T, V = setup["S"], setup["T"], setup["V"]
+    ref = TOKEN_DIVERGENCES[loss](S, T, tau, **kw)
+    exact = _cache(setup, tmp_path / "exact", k=V, quantize=False)
+    rows = exact.rows(setup["batch"]["index"])
+    assert rows.ids.shape == (S.shape[0], V)
+    for tail in ("bucket", "renormalize"):  # identical when the tail is empty
+        torch.testing.assert_close(cached_divergence(S, rows, loss, tau, tail=tail, **kw), ref, atol=2e-5, rtol=1e-5)
+    quant = _cache(setup, tmp_path / "quant", k=V)
+    got = cached_divergence(S, quant.rows(setup["batch"]["index"]), loss, tau, **kw)
+    err = (got - ref).abs()
+    # measured: fkl tau=1 mean 2.3e-3 / max 1.4e-2 nats on a mean of 3.85 nats
+    assert err.mean() < 5e-3 * max(1.0, ref.mean().item()) and err.max() < 5e-2
+
+
+def test_topk_smaller_than_vocab(setup, tmp_path):
+    S, T = setup["S"], setup["T"]
+    cache = _cache(setup, tmp_path / "k64", k=64, quantize=False)
+    rows = cache.rows(setup["batch"]["index"])
+    # ids are the teacher's top-64, log-probs exact
+    top = torch.topk(T, 64).indices
+    assert torch.equal(rows.ids, top)
+    torch.testing.assert_close(rows.logp, torch.log_softmax(T, -1).gather(1, top), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows.raw_logits, T.gather(1, top), atol=1e-4, rtol=1e-5)
+    ref = TOKEN_DIVERGENCES["fkl"](S, T, 1.0)
+    bucket = cached_divergence(S, rows, "fkl", 1.0, tail="bucket")
+    assert (bucket <= ref + 1e-5).all()  # coarsening cannot increase KL
+    assert ((ref - bucket).mean() / ref.mean()) < 0.1
+    renorm = cached_divergence(S, rows, "fkl", 1.0, tail="renormalize")
+    assert torch.isfinite(renorm).all() and (renorm >= -1e-6).all()
+    from kdlab.teacher_cache import _teacher_log_probs
+
+    for tau in (0.5, 2.0):  # tail mass approximated (uniform tail) at tau != 1: compare with the true tail mass
+        true_tail = 1 - torch.softmax(T / tau, -1).gather(1, top).sum(-1)
+        approx_tail = _teacher_log_probs(rows, tau, "bucket")[:, -1].exp()
+        assert (approx_tail - true_tail).abs().max() < 0.15
+        assert torch.isfinite(cached_divergence(S, rows, "fkl", tau)).all()
+    quant = _cache(setup, tmp_path / "k64q", k=64)
+    q = cached_divergence(S, quant.rows(setup["batch"]["index"]), "fkl", 1.0)
+    assert (q - bucket).abs().mean() < 5e-3
+
+
+def test_gradient_reaches_student(setup, tmp_path):
+    cache = _cache(setup, tmp_path / "c", k=32)
+    S = setup["S"].clone().requires_grad_(True)
+    for loss in ("fkl", "rkl", "gjsd"):
+        for tail in ("bucket", "renormalize"):
+            value = cached_divergence(S, cache.rows(setup["batch"]["index"]), loss, 2.0, tail=tail).mean()
+            (grad,) = torch.autograd.grad(value, S)
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_rows_per_example_and_batch_order(setup, tmp_path):
+    cache = _cache(setup, tmp_path / "c", k=8)
+    data = setup["data"]
+    assert cache.tokens == setup["S"].shape[0] == sum(len(e.response_ids) for e in data)
+    order = torch.tensor([data[2].index, data[0].index])
+    rows = cache.rows(order)
+    parts = [cache.example_rows(data[2].index), cache.example_rows(data[0].index)]
+    assert torch.equal(rows.ids, torch.cat([p.ids for p in parts]))
+    with pytest.raises(KdlabError):
+        cache.rows(torch.tensor([999]))
+
+
+def test_bytes_per_token_large_vocab(setup, tmp_path):
+    from kdlab.models.tiny import build_tiny_model
+
+    tok, V = setup["tok"], 152064
+    assert bytes_per_token(64, V) == 266 <= 300
+    assert bytes_per_token(64, 65536) == 202
+    big = build_tiny_model(tok, layers=1, hidden=16, seed=4, vocab_padding=V - len(tok), init_std=0.3)
+    data = setup["data"][:2]
+    info = build_cache(big, tok, data, tmp_path / "big", k=64, vocab_size=V, progress=False)
+    assert info.manifest["bytes_per_token"] == 266
+    assert info.manifest["bytes_per_token_file"] <= 300
+    cache = load_cache(tmp_path / "big")
+    batch = collate(data, tok.pad_token_id)
+    with torch.no_grad():
+        logits = big(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
+    T = logits[:, :-1][batch["labels"][:, 1:] != -100]
+    rows = cache.rows(batch["index"])
+    top = torch.topk(T, 64).indices
+    assert torch.equal(rows.ids, top) and (top > 65535).any()  # 24-bit packing round-trips
+    assert torch.isfinite(cached_divergence(T, rows, "fkl", 1.0)).all()
+
+
+def test_rebuild_is_deterministic(setup, tmp_path):
+    a = build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "a", k=16, progress=False)
+    b = build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "b", k=16, progress=False)
+    assert (a.path / "cache.npz").read_bytes() == (b.path / "cache.npz").read_bytes()
+    assert a.manifest == b.manifest
+
+
+def test_manifest_mismatch_is_rejected(setup, tmp_path):
+    from kdlab.models.tiny import build_tiny_model
+
+    build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "c", k=8, progress=False, teacher_spec="tiny-teacher")
+    load_cache(tmp_path / "c", teacher=setup["teacher"], dataset=setup["data"], teacher_spec="tiny-teacher")
+    other = build_tiny_model(setup["tok"], layers=2, hidden=64, seed=9, vocab_padding=7)
+    with pytest.raises(KdlabError, match="another teacher"):
+        load_cache(tmp_path / "c", teacher=other)
+    with pytest.raises(KdlabError, match="teacher"):
+        load_cache(tmp_path / "c", teacher_spec="someone-else")
+    with pytest.raises(KdlabError, match="other data"):
+        load_cache(tmp_path / "c", dataset=setup["data"][:3])
+    with pytest.raises(KdlabError, match="not a teacher cache"):
+        load_cache(tmp_path / "missing")
+
+
+def test_bad_arguments(setup, tmp_path):
+    cache = _cache(setup, tmp_path / "c", k=8)
+    rows = cache.rows(setup["batch"]["index"])
+    with pytest.raises(KdlabError):
+        cached_divergence(setup["S"], rows, "fkl", 1.0, tail="drop")
+    with pytest.raises(KdlabError):
+        cached_divergence(setup["S"], rows, "nope", 1.0)
+    with pytest.raises(KdlabError):
+        cached_divergence(setup["S"][:3], rows, "fkl", 1.0)
+    with pytest.raises(KdlabError):
+        build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "d", k=0, progress=False)
