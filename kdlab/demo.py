@@ -4,8 +4,8 @@
 2. Teacher: SmolLM2-135M-Instruct, LoRA SFT on the train split.
 3. Student: SmolLM2 pruned to 8 of its 30 decoder layers (``kdlab models prune``), distilled from the teacher with
    forward KL at temperature 2 (full fine-tuning: the pruned network needs all its weights to recover).
-4. A quick check: greedy answers of teacher and student on held-out test problems, scored on the number in
-   "The answer is N." (strict extraction).
+4. A quick check: ``kdlab eval`` of teacher and student on the held-out test problems (greedy, strict extraction
+   of the number in "The answer is N."); predictions are kept in ``eval-teacher/`` and ``eval-student/``.
 
 Every step is a resumable run folder under ``--out``: re-running the command skips what is done.
 """
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlab.config import build_config
-from kdlab.data.formats import load_json_examples
 from kdlab.data.synth import write_synth
 from kdlab.train.run import run_distill, run_sft
 
@@ -42,7 +41,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     out, size = Path(out), QUICK if quick else FULL
     started = time.time()
     data = out / "data"
-    train_path, test_path = data / "train.json", data / "test.json"
+    train_path, test_path = data / "train.json", data / "arith" / "test.json"  # eval's --data-dir layout
     if not train_path.is_file():
         write_synth(train_path, n=size.train, seed=0, split="train")
     if not test_path.is_file():
@@ -69,26 +68,18 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                                                "train.lr": 5e-4}, []))
 
     print(f"kdlab demo: [4/4] greedy answers on {size.test} held-out test problems", flush=True)
-    tests = load_json_examples(test_path)
-    teacher_acc = quick_accuracy(TEACHER, str(teacher_run / "final"), tests)
-    student_acc = quick_accuracy(str(student_run / "final"), None, tests)
+    teacher_acc = arith_accuracy(TEACHER, str(teacher_run / "final"), data, out / "eval-teacher")
+    student_acc = arith_accuracy(str(student_run / "final"), None, data, out / "eval-student")
     minutes = (time.time() - started) / 60
-    print(f"\nkdlab demo: done in {minutes:.1f} min. Held-out accuracy (n={len(tests)}): "
+    print(f"\nkdlab demo: done in {minutes:.1f} min. Held-out accuracy (n={size.test}): "
           f"teacher {teacher_acc:.0%}, 8-layer KD student {student_acc:.0%}. Runs: {out}", flush=True)
     return {"teacher": teacher_acc, "student": student_acc, "minutes": minutes}
 
 
-def quick_accuracy(model_spec: str, adapter: str | None, examples) -> float:
-    """Share of examples whose strictly extracted answer equals the gold answer (greedy, batched)."""
-    from kdlab.data.tokenize import encode_prompt
-    from kdlab.eval.extract import extract, is_correct
-    from kdlab.generation import generate_ids
-    from kdlab.models.load import load_model, load_tokenizer
+def arith_accuracy(model_spec: str, adapter: str | None, data_dir: Path, out: Path) -> float:
+    """Strict-extraction accuracy on the held-out arith split, through ``kdlab eval`` (resumable, logged in ``out``)."""
+    from kdlab.eval.runner import EvalSettings, evaluate
 
-    tokenizer = load_tokenizer(model_spec)
-    model = load_model(model_spec, adapter=adapter, merge_adapter=True)
-    prompts = [encode_prompt(tokenizer, example) for example in examples]
-    outputs = generate_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size=16, progress=f"answers {Path(model_spec).name}")
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
-    right = [is_correct("arith", extract("arith", text), example.answer) for text, example in zip(texts, examples)]
-    return sum(right) / len(right)
+    metrics = evaluate(EvalSettings(model=model_spec, adapter=adapter, tasks=["arith"], data_dir=str(data_dir),
+                                    out=str(out), max_new_tokens=128))
+    return metrics["tasks"]["arith"]["accuracy"]

@@ -20,7 +20,7 @@ mode adds ``output`` and ``preds`` / ``corrects`` per extraction mode; loglik mo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -57,7 +57,6 @@ class EvalSettings:
     max_new_tokens: int | None = None
     exclude_overlap: str | None = None
     precision: str = "fp32"
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.mode not in ("generate", "loglik"):
