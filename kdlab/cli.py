@@ -39,7 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_flags(args: argparse.Namespace) -> dict:
-    ignore = {"command", "config", "overrides", "func", "models_command", "data_command", "stats_command"}
+    ignore = {"command", "config", "overrides", "func", "models_command", "data_command", "stats_command", "study_command"}
     flags = {key: value for key, value in vars(args).items() if key not in ignore}
     if "student" in flags:
         flags["model"] = flags.pop("student")
@@ -116,7 +116,7 @@ def cmd_stats_paper(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from kdlab.demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, data_dir=args.data_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", default=argparse.SUPPRESS, help="teacher model (spec as for --student)")
     distill.add_argument("--teacher-adapter", dest="teacher_adapter", default=argparse.SUPPRESS,
                          help="teacher LoRA adapter (omit for a base, task-unaware teacher)")
+    distill.add_argument("--teacher-cache", dest="teacher_cache", default=argparse.SUPPRESS, metavar="DIR",
+                         help="teacher signal cache folder: built once (top --cache-k log-probs per token), then reused by "
+                              "every run on the same teacher and data; no teacher forward pass on off-policy steps")
     distill.add_argument("--student", default=argparse.SUPPRESS, help="student: smollm2-135m, a folder, a .gguf file or a Hub id")
     distill.add_argument("--adapter", default=argparse.SUPPRESS, help="start the student from this LoRA adapter")
     _add_common(distill)
@@ -213,9 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--out", required=True, help="output folder: hypotheses.csv and hypotheses.md")
     paper.set_defaults(func=cmd_stats_paper)
 
-    demo = commands.add_parser("demo", help="the embedded demo: SFT a SmolLM2 teacher, distil it into a pruned student")
+    from kdlab.study.commands import add_study_commands
+
+    add_study_commands(commands)
+
+    demo = commands.add_parser("demo", help="the embedded demo: a whole KD study on SmolLM2 on one CPU, ending in a report",
+                               description="Teacher: SmolLM2-135M-Instruct + LoRA SFT on synthetic arithmetic; students: "
+                                           "SmolLM2 pruned to 6 and 15 layers, SFT vs KD (fkl tau 1/2, rkl, gjsd), noise "
+                                           "and base-teacher ablations; evaluation, fidelity, statistics, HTML report.")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
-    demo.add_argument("--quick", action="store_true", help="a few minutes: fewer examples and steps")
+    demo.add_argument("--quick", action="store_true", help="about 5 minutes: fewer examples and steps, same pipeline")
+    demo.add_argument("--data-dir", dest="data_dir",
+                      help="also test zero-shot transfer on AddSub, SingleEq, MultiArith, SVAMP from DIR/<task>/test.json "
+                           "(e.g. ../shared/data/paper-kd-generalization/eval)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -401,7 +401,7 @@ def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_ada
 
     Returns ``{task: {"kl_teacher_student", "kl_student_teacher", "top1_agreement", "tokens"}}``.
     """
-    from kdlab.models.load import check_same_tokenizer, load_model, load_tokenizer
+    from kdlab.models.load import check_same_tokenizer, inference_device, load_model, load_tokenizer
 
     for name, value in (("batch_size", batch_size), ("limit", limit), ("chunk_size", chunk_size)):
         if value is not None and value <= 0:
@@ -411,8 +411,9 @@ def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_ada
         raise KdlabError(f"{teacher_dir}: distribution fidelity needs a generate evaluation of the teacher (its outputs); this one is {folder['mode']}")
     tokenizer = load_tokenizer(str(teacher_model))
     tokenizer_size = check_same_tokenizer(tokenizer, load_tokenizer(str(student_model)), str(teacher_model), str(student_model))
-    teacher = load_model(str(teacher_model), adapter=teacher_adapter, merge_adapter=True).eval()
-    student = load_model(str(student_model), adapter=student_adapter, merge_adapter=True).eval()
+    device = inference_device()
+    teacher = load_model(str(teacher_model), adapter=teacher_adapter, merge_adapter=True).eval().to(device)
+    student = load_model(str(student_model), adapter=student_adapter, merge_adapter=True).eval().to(device)
     from kdlab.models.heads import output_weight
 
     vocab = min(output_weight(teacher).shape[0], output_weight(student).shape[0], tokenizer_size, len(tokenizer))

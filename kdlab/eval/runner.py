@@ -113,7 +113,7 @@ def _read_done(path: Path) -> dict[int, dict]:
 
 def evaluate(settings: EvalSettings) -> dict:
     """Run the evaluation described by ``settings``; returns the metrics (also written to metrics.json)."""
-    from kdlab.models.load import load_model, load_tokenizer
+    from kdlab.models.load import inference_device, load_model, load_tokenizer
 
     settings.validate()
     tasks = resolve_tasks(settings.tasks)
@@ -135,11 +135,12 @@ def evaluate(settings: EvalSettings) -> dict:
     out = _check_out(settings)
     tokenizer = load_tokenizer(settings.model)
     tokenizer.padding_side = "left"
-    model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval()
+    device = inference_device()
+    model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(settings), sort_keys=False))
     results = {}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         for task in tasks:
             path = out / "predictions" / f"{task.name}.jsonl"
             done = _read_done(path)

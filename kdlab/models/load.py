@@ -33,6 +33,11 @@ def quiet_loading(local: bool = True):
             hf_logging.enable_progress_bar()
 
 
+def inference_device() -> torch.device:
+    """Where evaluation and generation run: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_model_path(spec: str) -> str:
     """A folder or Hub id transformers can load: embedded names and GGUF files become cached folders."""
     if spec in EMBEDDED_MODELS:

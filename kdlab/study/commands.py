@@ -1,0 +1,116 @@
+"""``kdlab study run|status|results|stats|report``: the command-line side of :mod:`kdlab.study`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdlab.errors import KdlabError
+
+
+def _study(args: argparse.Namespace):
+    """(spec, study_dir) from a study folder, or from a spec file plus ``--out`` (default runs/<name>)."""
+    from kdlab.study.runner import load_study
+    from kdlab.study.spec import load_spec
+
+    target = Path(args.study)
+    if target.is_dir():
+        return load_study(target)
+    if target.is_file():
+        spec = load_spec(target)
+        return spec, Path(getattr(args, "study_dir", None) or Path("runs") / spec.name)
+    raise KdlabError(f"{target}: neither a study folder nor a spec file")
+
+
+def _results_frame(args: argparse.Namespace):
+    from kdlab.study.plan import build_plan
+    from kdlab.study.results import collect_results
+
+    spec, study_dir = _study(args)
+    frame = collect_results(build_plan(spec), study_dir)
+    if frame.empty:
+        raise KdlabError(f"{study_dir}: no finished evaluations yet (see `kdlab study status {study_dir}`)")
+    return spec, study_dir, frame
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from kdlab.study.runner import run_study
+
+    study_dir, summary = run_study(args.spec, args.out, shard=args.shard, dry_run=args.dry_run, poll=args.poll,
+                                   max_wait=args.max_wait)
+    if summary is not None and (summary.failed or summary.blocked):
+        print(f"kdlab study: {summary.failed} runs failed, {summary.blocked} skipped; see `kdlab study status {study_dir}`",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from kdlab.study.plan import build_plan
+    from kdlab.study.runner import format_status
+
+    spec, study_dir = _study(args)
+    print(format_status(build_plan(spec), study_dir))
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from kdlab.study.results import format_results, write_results
+
+    _, study_dir, frame = _results_frame(args)
+    paths = write_results(frame, args.out or study_dir / "results")
+    print(format_results(frame))
+    print(f"kdlab: wrote {', '.join(map(str, paths))} ({len(frame)} rows)")
+
+
+def compute_stats(study_dir: Path, frame, out_dir: Path) -> dict:
+    from kdlab.study.results import write_results
+    from kdlab.study.stats import write_study_stats
+
+    write_results(frame, study_dir / "results")
+    write_study_stats(study_dir, frame, out_dir)
+    import pandas as pd
+
+    return {name: pd.read_csv(out_dir / f"{name}.csv") for name in ("hypotheses", "paired", "seeds")}
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    _, study_dir, frame = _results_frame(args)
+    out = Path(args.out or study_dir / "stats")
+    compute_stats(study_dir, frame, out)
+    print((out / "stats.md").read_text())
+    print(f"kdlab: wrote {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from kdlab.study.report import write_report
+
+    spec, study_dir, frame = _results_frame(args)
+    out = Path(args.out or study_dir / "report")
+    stats = compute_stats(study_dir, frame, study_dir / "stats")
+    html, markdown = write_report(study_dir, frame, stats, out, title=f"kdlab study: {spec.name}")
+    print(f"kdlab: wrote {html} and {markdown}")
+
+
+def add_study_commands(commands) -> None:
+    study = commands.add_parser("study", help="a whole KD grid from one spec: run, status, results, stats, report",
+                                description="Declare a study once (YAML spec, see configs/studies/), run it resumably "
+                                            "(optionally sharded over machines), then collect its tables and report.")
+    sub = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    run = sub.add_parser("run", help="run the study's runs in dependency order (re-running resumes; finished runs are kept)")
+    run.add_argument("spec", help="study spec (YAML)")
+    run.add_argument("--out", help="study folder (default runs/<name>)")
+    run.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the plan with status and cost estimate; run nothing")
+    run.add_argument("--shard", help="K/N: run the K-th of N deterministic shares (several machines on one study folder)")
+    run.add_argument("--poll", type=float, default=30.0, help="seconds between checks while waiting for other shards (default 30)")
+    run.add_argument("--max-wait", dest="max_wait", type=float, help="give up after waiting this many seconds for other shards")
+    run.set_defaults(func=cmd_run)
+    for name, func, help_text in (("status", cmd_status, "done, running, failed, interrupted and pending runs"),
+                                  ("results", cmd_results, "one tidy table (CSV and Parquet): a row per run x task"),
+                                  ("stats", cmd_stats, "hypothesis tests H1-H5, paired McNemar/bootstrap, Holm, seed CIs"),
+                                  ("report", cmd_report, "self-contained HTML report (and Markdown) with figures")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("study", help="study folder (or spec file; then --study-dir or runs/<name>)")
+        command.add_argument("--study-dir", dest="study_dir", help="study folder when STUDY is a spec file")
+        if name != "status":
+            command.add_argument("--out", help=f"output folder (default <study>/{name})")
+        command.set_defaults(func=func)

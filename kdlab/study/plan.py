@@ -1,0 +1,409 @@
+"""Expand a study spec into a plan: the runs of the grid, their folders, their dependencies and their cost.
+
+Runs ("nodes") and their folders under the study folder, in dependency order::
+
+    models/<student>-<h>                   prune: a student cut from a loadable model
+    teacher/<teacher>.<domain>-<h>         teacher SFT on the domain's training data
+    answers/<teacher>.<domain>[.base]-<h>  SeqKD data: the teacher's greedy answers to the training prompts
+    cache/<teacher>.<domain>[.base]-<h>    teacher signal cache (top-k log-probs), shared by every KD run using it
+    sft/<student>.<domain>.s<seed>-<h>     student SFT baseline
+    kd/<teacher>.<student>.<domain>.<method>[.t<tau>][.noise<sigma>][.base].s<seed>-<h>   one KD run
+    eval/<run folder name>-<h>             evaluation of a teacher, base teacher, SFT or KD run on the domain's tasks
+    fidelity/<run folder name>-<h>         the student's fidelity to the teacher it learned from (or the teacher, for SFT)
+
+``<h>`` is the first 8 hex digits of the SHA-1 of the run's resolved parameters (its config and its inputs'
+folders): changing any setting makes a new folder, so a study never mixes results of different configs, and
+re-running an unchanged spec finds its finished runs. Each node belongs to a shard group (the training run it
+evaluates, or itself), so ``--shard K/N`` keeps a run and its evaluation on the same machine.
+
+Cost: floating-point operations estimated from the parameter counts and token counts (training ``6 P T`` per
+epoch for full fine-tuning, ``4 P T`` for LoRA, teacher forward passes ``2 P T``, generation ``2 P`` per prompt
+and generated token, counted 5x because decoding is memory-bound), turned into time with the spec's ``cost.tflops`` (effective, not peak, throughput).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from kdlab.errors import KdlabError
+from kdlab.study.spec import Method, StudySpec, flatten_sections
+
+GENERATION_INEFFICIENCY = 5.0  # token-by-token decoding is memory-bound: count its FLOPs 5x against cost.tflops
+STUDY_PREFIX = "study:"  # parameter values that are folders inside the study
+KIND_DIRS = {"prune": "models", "teacher-sft": "teacher", "answers": "answers", "cache": "cache", "student-sft": "sft",
+             "kd": "kd", "eval": "eval", "fidelity": "fidelity"}
+KIND_ORDER = tuple(KIND_DIRS)
+
+
+@dataclass
+class Node:
+    """One run of the study: ``params`` say what to do (study-relative paths are ``study:`` prefixed)."""
+
+    id: str
+    kind: str
+    params: dict
+    deps: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+    group: str = ""
+    flops: float = 0.0
+
+    def folder(self, study_dir: Path) -> Path:
+        return Path(study_dir) / self.id
+
+    def shard(self, count: int) -> int:
+        """Deterministic shard (0-based) of this node's group among ``count`` shards."""
+        return zlib.crc32((self.group or self.id).encode()) % count
+
+
+def study_path(node_id: str, *parts: str) -> str:
+    return STUDY_PREFIX + "/".join((node_id,) + parts)
+
+
+def resolve(value, study_dir: Path):
+    """A parameter value with ``study:`` folders turned into real paths."""
+    if isinstance(value, str) and value.startswith(STUDY_PREFIX):
+        return str(Path(study_dir) / value[len(STUDY_PREFIX):])
+    return value
+
+
+def _node(kind: str, slug: str, params: dict, deps=(), meta=None, group: str | None = None, flops: float = 0.0) -> Node:
+    digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
+    return Node(node_id, kind, params, tuple(deps), meta or {}, group or node_id, flops)
+
+
+# ---------------------------------------------------------------- sizes for the cost estimate
+
+
+@lru_cache(maxsize=None)
+def count_params(spec: str, keep_layers: int | None = None) -> float:
+    """Parameters of a model spec (optionally pruned to ``keep_layers``), counted on the meta device from its config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdlab.models.load import resolve_model_path
+
+    path = resolve_model_path(spec)
+    if not Path(path).is_dir():
+        raise KdlabError(f"model {spec!r}: give its size in the spec (params: 0.5B); it is not available locally to count")
+    config = AutoConfig.from_pretrained(path)
+    if keep_layers is not None:
+        config.num_hidden_layers = keep_layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:keep_layers]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    return float(sum(unique.values()))
+
+
+def model_params(spec: StudySpec, name: str) -> float:
+    entry = spec.models[name]
+    if entry.params is not None:
+        return entry.params
+    if entry.spec is not None:
+        return count_params(entry.spec)
+    parent = spec.models[entry.prune_from]
+    return count_params(parent.spec, entry.keep_layers)
+
+
+@lru_cache(maxsize=None)
+def data_size(path: str, hint: int | None = None) -> tuple[int, float]:
+    """(examples, mean tokens per example) of a training file; tokens ~ characters / 4.
+
+    Hub data or a file that is not here: (``hint`` or 1000 examples, 200 tokens each).
+    """
+    if path.startswith("hf:") or not Path(path).is_file():
+        return hint or 1000, 200.0
+    from kdlab.data.formats import load_json_examples
+
+    examples = load_json_examples(path)
+    chars = sum(len(e.instruction) + len(e.input or "") + len(e.output or "") for e in examples)
+    return len(examples), chars / 4 / max(len(examples), 1)
+
+
+@lru_cache(maxsize=None)
+def task_size(task_name: str, data_dir: str | None, limit: int | None) -> int:
+    """Number of test examples evaluated (500 when the data cannot be read here)."""
+    from kdlab.eval.tasks import TASKS, load_task_examples
+
+    try:
+        n = len(load_task_examples(TASKS[task_name], data_dir))
+    except (KdlabError, OSError, KeyError):
+        n = 500
+    return min(n, limit) if limit else n
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    spec: StudySpec
+    nodes: list[Node]
+
+    def by_id(self) -> dict[str, Node]:
+        return {node.id: node for node in self.nodes}
+
+    def shard(self, index: int, count: int) -> list[Node]:
+        return [node for node in self.nodes if node.shard(count) == index]
+
+    def seconds(self, node: Node) -> float:
+        return node.flops / (float(self.spec.cost["tflops"]) * 1e12)
+
+
+class _Builder:
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+        self.nodes: dict[str, Node] = {}
+
+    def add(self, node: Node) -> Node:
+        self.nodes.setdefault(node.id, node)
+        return self.nodes[node.id]
+
+    # models ---------------------------------------------------------
+    def model(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """(loadable spec or study folder, dependencies) of a named model."""
+        entry = self.spec.models[name]
+        if entry.spec is not None:
+            return entry.spec, ()
+        parent = self.spec.models[entry.prune_from].spec
+        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta={"model": name},
+                              flops=0.0))
+        return study_path(node.id), (node.id,)
+
+    def trained(self, run: Node, base_model: str) -> tuple[str, str | None]:
+        """(model, adapter) to load the result of training run ``run``."""
+        if run.params["flags"].get("lora.enabled", True):
+            return base_model, study_path(run.id, "final")
+        return study_path(run.id, "final"), None
+
+    # training runs ---------------------------------------------------
+    def train_flops(self, params: float, domain, sections: dict, lora: bool) -> float:
+        examples, tokens = data_size(domain.train, domain.examples)
+        train = sections.get("train", {})
+        epochs = float(train.get("epochs", 1.0))
+        if train.get("max_steps"):
+            batch = int(train.get("batch_size", 8)) * int(train.get("grad_accum", 1))
+            epochs = train["max_steps"] * batch / max(examples, 1)
+        return (4.0 if lora else 6.0) * params * examples * tokens * epochs
+
+    def training_flags(self, sections: dict, seed: int | None) -> dict:
+        flags = flatten_sections(sections)
+        flags.setdefault("lora.enabled", True)
+        if seed is not None:
+            flags["train.seed"] = seed
+        return flags
+
+    def teacher_sft(self, teacher: str, domain) -> Node:
+        model, deps = self.model(teacher)
+        teacher_sections = merge_sections(self.spec.teacher_training, domain.training)
+        flags = self.training_flags(teacher_sections, None)
+        params = {"model": model, "data": domain.train, "flags": flags}
+        flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"])
+        meta = {"role": "teacher", "teacher": teacher, "student": teacher, "domain": domain.name, "method": "sft",
+                "loss": "sft", "teacher_kind": "finetuned", "seed": flags.get("train.seed", 0)}
+        return self.add(_node("teacher-sft", f"{teacher}.{domain.name}", params, deps, meta, flops=flops))
+
+    def teacher_model(self, teacher: str, domain, base: bool) -> tuple[str, str | None, tuple[str, ...]]:
+        model, deps = self.model(teacher)
+        if base:
+            return model, None, deps
+        run = self.teacher_sft(teacher, domain)
+        trained_model, adapter = self.trained(run, model)
+        return trained_model, adapter, deps + (run.id,)
+
+    def student_sft(self, student: str, domain, seed: int) -> Node:
+        model, deps = self.model(student)
+        student_sections = merge_sections(self.spec.student_training, domain.training)
+        flags = self.training_flags(student_sections, seed)
+        params = {"model": model, "data": domain.train, "flags": flags}
+        flops = self.train_flops(model_params(self.spec, student), domain, student_sections, flags["lora.enabled"])
+        meta = {"role": "student-sft", "student": student, "domain": domain.name, "method": "sft", "loss": "sft", "seed": seed}
+        return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}", params, deps, meta, flops=flops))
+
+    def answers(self, teacher: str, domain, base: bool, method: Method) -> Node:
+        t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
+        settings = {"max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
+                    "batch_size": int(method.kd.get("generation_batch_size", 16)),
+                    "max_length": int(merge_sections(self.spec.student_training, domain.training).get("train", {}).get("max_length", 256))}
+        params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": domain.train, **settings}
+        examples, tokens = data_size(domain.train, domain.examples)
+        flops = 2 * model_params(self.spec, teacher) * examples * (tokens + settings["max_new_tokens"]) * GENERATION_INEFFICIENCY
+        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        slug = f"{teacher}.{domain.name}" + (".base" if base else "")
+        return self.add(_node("answers", slug, params, deps, meta, flops=flops))
+
+    def cache(self, teacher: str, domain, base: bool) -> Node:
+        t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
+        flags = {"teacher": t_model, "teacher_adapter": t_adapter, "model": self.spec.models[teacher].spec,
+                 "data": domain.train, "kd.cache_k": int(self.spec.teacher_cache["k"]),
+                 **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
+                    if key in ("train.max_length", "train.precision")}}
+        examples, tokens = data_size(domain.train, domain.examples)
+        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        slug = f"{teacher}.{domain.name}" + (".base" if base else "")
+        return self.add(_node("cache", slug, {"flags": flags}, deps, meta,
+                              flops=2 * model_params(self.spec, teacher) * examples * tokens))
+
+    def kd(self, teacher: str, student: str, domain, method: Method, temperature: float | None, noise: float, base: bool,
+           seed: int) -> Node:
+        s_model, deps = self.model(student)
+        meta = {"role": "student-kd", "teacher": teacher, "student": student, "domain": domain.name, "method": method.name,
+                "loss": method.loss, "temperature": temperature, "noise": noise, "seed": seed,
+                "teacher_kind": "base" if base else "finetuned"}
+        slug = ".".join([teacher, student, domain.name, method.name] + ([f"t{temperature:g}"] if temperature is not None else [])
+                        + ([f"noise{noise:g}"] if noise else []) + (["base"] if base else []) + [f"s{seed}"])
+        student_sections = merge_sections(self.spec.student_training, domain.training)
+        flags = self.training_flags(student_sections, seed)
+        s_params = model_params(self.spec, student)
+        flops = self.train_flops(s_params, domain, student_sections, flags["lora.enabled"])
+        if method.loss == "seqkd":
+            answers = self.answers(teacher, domain, base, method)
+            params = {"kind": "sft", "model": s_model, "data": study_path(answers.id, "train.json"), "flags": flags}
+            return self.add(_node("kd", slug, params, deps + (answers.id,), meta, flops=flops))
+        t_model, t_adapter, t_deps = self.teacher_model(teacher, domain, base)
+        flags.update({f"kd.{key}": value for key, value in method.kd.items()})
+        flags.update({"kd.temperature": temperature, "kd.teacher_noise": noise})
+        params = {"kind": "distill", "model": s_model, "teacher": t_model, "teacher_adapter": t_adapter,
+                  "data": domain.train, "flags": flags}
+        deps = deps + t_deps
+        use_cache = self.spec.teacher_cache["enabled"]
+        if use_cache:
+            cache = self.cache(teacher, domain, base)
+            params["teacher_cache"] = study_path(cache.id)
+            flags.update({"kd.cache_k": int(self.spec.teacher_cache["k"]), "kd.cache_tail": self.spec.teacher_cache["tail"]})
+            deps += (cache.id,)
+        examples, tokens = data_size(domain.train, domain.examples)
+        if not use_cache or float(method.kd.get("lmbda", 0.0)) > 0:
+            flops += 2 * model_params(self.spec, teacher) * examples * tokens * float(flags.get("train.epochs", 1.0))
+        return self.add(_node("kd", slug, params, deps, meta, flops=flops))
+
+    # evaluation -------------------------------------------------------
+    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: dict, name: str, deps=()) -> Node:
+        settings = dict(self.spec.evaluation)
+        params = {"model": model, "adapter": adapter, "tasks": list(domain.tasks), "data_dir": domain.data_dir, **settings}
+        size = model_params(self.spec, meta["student"])
+        budget = settings["max_new_tokens"] or 256
+        flops = GENERATION_INEFFICIENCY * sum(2 * size * task_size(task, domain.data_dir, settings["limit"]) * (100 + budget / 2)
+                                              for task in domain.tasks)
+        run_deps = (run.id,) if run is not None else ()
+        group = run.group if run is not None else None
+        return self.add(_node("eval", name, params, tuple(deps) + run_deps, {**meta, "run": run.id if run else None},
+                              group=group, flops=flops))
+
+    def fidelity(self, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node) -> Node:
+        settings = self.spec.fidelity
+        params = {"teacher_eval": study_path(teacher_eval.id), "student_eval": study_path(student_eval.id),
+                  "embeddings": bool(settings["embeddings"])}
+        flops = 0.0
+        if settings["token_kl"]:
+            params.update({"teacher_model": teacher_load[0], "teacher_adapter": teacher_load[1],
+                           "student_model": student_load[0], "student_adapter": student_load[1]})
+            flops = student_eval.flops * 0.3
+        name = student_eval.id.split("/", 1)[1].rsplit("-", 1)[0]
+        return self.add(_node("fidelity", name, params, (student_eval.id, teacher_eval.id), dict(student_eval.meta),
+                              group=run.group, flops=flops))
+
+
+def build_plan(spec: StudySpec) -> Plan:
+    """Every run of the study, dependencies first."""
+    b = _Builder(spec)
+    ablation = spec.ablations
+    for domain in spec.domains.values():
+        for teacher in spec.teachers:
+            t_model, _ = b.model(teacher)
+            teacher_run = b.teacher_sft(teacher, domain)
+            teacher_load = b.trained(teacher_run, t_model)
+            teacher_eval = b.evaluation(teacher_run, *teacher_load, domain, teacher_run.meta, f"{teacher}.{domain.name}")
+            evals = {False: (teacher_eval, teacher_load)}
+            if ablation.base_teacher:
+                base_meta = {**teacher_run.meta, "role": "base-teacher", "teacher_kind": "base"}
+                evals[True] = (b.evaluation(None, t_model, None, domain, base_meta, f"{teacher}.{domain.name}.base",
+                                            deps=b.model(teacher)[1]), (t_model, None))
+            for student in spec.students:
+                if not distils_into(spec, teacher, student):
+                    continue
+                s_model, _ = b.model(student)
+                for seed in spec.seeds:
+                    sft = b.student_sft(student, domain, seed)
+                    _evaluate_student(b, sft, s_model, domain, evals[False], teacher)
+                    for method in spec.methods.values():
+                        for temperature in (method.temperatures or spec.temperatures if method.uses_temperature else [None]):
+                            run = b.kd(teacher, student, domain, method, temperature, 0.0, False, seed)
+                            _evaluate_student(b, run, s_model, domain, evals[False], teacher)
+                    if student not in ablation.students or seed not in ablation.seeds:
+                        continue
+                    for name in ablation.methods:
+                        method = spec.methods[name]
+                        for noise in ablation.teacher_noise:
+                            run = b.kd(teacher, student, domain, method, ablation.temperature, noise, False, seed)
+                            _evaluate_student(b, run, s_model, domain, evals[False], teacher)
+                        if ablation.base_teacher:
+                            run = b.kd(teacher, student, domain, method, ablation.temperature, 0.0, True, seed)
+                            _evaluate_student(b, run, s_model, domain, evals[True], teacher)
+    nodes = list(b.nodes.values())
+    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    nodes.sort(key=lambda node: order[node.kind])  # stable: dependencies come first within the grid order
+    return Plan(spec, _topological(nodes))
+
+
+def merge_sections(base: dict, overlay: dict) -> dict:
+    """Run-config sections ``base`` with ``overlay``'s settings on top (``{"train": {"epochs": 3}}``)."""
+    merged = {section: dict(values) for section, values in base.items()}
+    for section, values in overlay.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def distils_into(spec: StudySpec, teacher: str, student: str) -> bool:
+    """Whether the grid has (teacher, student) KD runs: never a model into itself; with ``pairs: smaller`` (default)
+    only into students with fewer parameters than the teacher."""
+    if teacher == student:
+        return False
+    return spec.pairs == "all" or model_params(spec, student) < model_params(spec, teacher)
+
+
+def _evaluate_student(b: _Builder, run: Node, s_model: str, domain, teacher_eval: tuple, teacher: str) -> None:
+    load = b.trained(run, s_model)
+    meta = {**run.meta, "teacher": run.meta.get("teacher", teacher)}
+    evaluation = b.evaluation(run, *load, domain, meta, run.id.split("/", 1)[1].rsplit("-", 1)[0])
+    if b.spec.fidelity["enabled"]:
+        b.fidelity(evaluation, teacher_eval[0], teacher_eval[1], load, run)
+
+
+def _topological(nodes: list[Node]) -> list[Node]:
+    """Nodes ordered so that every dependency comes before its dependents (kind order kept where possible)."""
+    by_id = {node.id: node for node in nodes}
+    done: set[str] = set()
+    ordered: list[Node] = []
+
+    def visit(node: Node, path: tuple = ()) -> None:
+        if node.id in done:
+            return
+        if node.id in path:
+            raise KdlabError(f"study plan: dependency cycle through {node.id}")  # pragma: no cover
+        for dep in node.deps:
+            visit(by_id[dep], path + (node.id,))
+        done.add(node.id)
+        ordered.append(node)
+
+    for node in nodes:
+        visit(node)
+    return ordered
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,139 @@
+"""``kdlab study results``: one tidy table of a study, one row per evaluated run x task.
+
+Columns (``RESULT_COLUMNS``):
+
+- ``run`` (the evaluated training run's folder, or the base teacher's evaluation), ``role`` in teacher,
+  base-teacher, student-sft, student-kd; ``domain``, ``task``
+- ``teacher``, ``teacher_kind`` (finetuned | base), ``student``, ``student_size_b`` (parameters / 1e9)
+- ``method`` (sft, base, or the method's name in the spec), ``loss``, ``temperature`` (NaN for SFT/SeqKD),
+  ``noise``, ``seed``
+- ``n``, ``correct``, ``accuracy``, ``ci_low``, ``ci_high`` (95% Wilson interval)
+- ``sft_accuracy`` (the same student's SFT run, same domain, task and seed) and ``improvement`` = accuracy -
+  sft_accuracy, for KD rows; ``teacher_accuracy``: the teacher the row learned from (or is compared with)
+- ``agreement``, ``bleu`` (sacrebleu 0-100), ``cosine``, ``token_kl`` (KL(p_T || p_S) teacher-forced on the teacher's
+  outputs), ``top1_agreement``: fidelity to that teacher (NaN where not computed)
+- ``eval_dir``, ``sft_eval_dir``: study-relative evaluation folders (``predictions/<task>.jsonl``) for paired tests
+
+A student's SFT run is shared by all teachers; it gets one row per teacher, with that teacher's accuracy and the
+student's fidelity to it. Only finished evaluations appear; ``kdlab study status`` says what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kdlab.errors import KdlabError
+from kdlab.io import atomic_write_text
+from kdlab.study.plan import Node, Plan, model_params
+from kdlab.study.steps import is_done
+
+RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",
+                  "temperature", "noise", "seed", "n", "correct", "accuracy", "ci_low", "ci_high", "sft_accuracy",
+                  "improvement", "teacher_accuracy", "agreement", "bleu", "cosine", "token_kl", "top1_agreement",
+                  "eval_dir", "sft_eval_dir"]
+FIDELITY_KEYS = {"agreement": "agreement", "bleu": "bleu", "cosine": "cosine", "token_kl": "kl_teacher_student",
+                 "top1_agreement": "top1_agreement"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KdlabError(f"{path}: unreadable ({exc})") from None
+
+
+def _number(value) -> float:
+    return float(value) if value is not None else math.nan
+
+
+def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
+    """The tidy results table of the finished evaluations of ``plan`` (see the module docstring)."""
+    study_dir = Path(study_dir)
+    spec = plan.spec
+    evals = [node for node in plan.nodes if node.kind == "eval" and is_done(node, study_dir)]
+    metrics = {node.id: _read_json(node.folder(study_dir) / "metrics.json")["tasks"] for node in evals}
+    fidelity: dict[tuple[str, str], dict] = {}
+    for node in plan.nodes:
+        if node.kind == "fidelity" and is_done(node, study_dir):
+            key = (node.params["student_eval"].split(":", 1)[1], node.params["teacher_eval"].split(":", 1)[1])
+            fidelity[key] = _read_json(node.folder(study_dir) / "fidelity.json")["tasks"]
+    teacher_evals = {(n.meta["teacher"], n.meta["domain"], n.meta["role"] == "base-teacher"): n for n in evals
+                     if n.meta["role"] in ("teacher", "base-teacher")}
+    sft_evals = {(n.meta["student"], n.meta["domain"], n.meta["seed"]): n for n in evals if n.meta["role"] == "student-sft"}
+    sizes = {name: model_params(spec, name) / 1e9 for name in set(spec.teachers) | set(spec.students)}
+    rows = []
+    for node in evals:
+        meta = node.meta
+        teachers = spec.teachers if meta["role"] == "student-sft" else [meta["teacher"]]
+        for teacher in teachers:
+            base = meta.get("teacher_kind") == "base"
+            teacher_eval = teacher_evals.get((teacher, meta["domain"], base))
+            sft_eval = sft_evals.get((meta["student"], meta["domain"], meta.get("seed"))) if meta["role"] == "student-kd" else None
+            for task, values in metrics[node.id].items():
+                rows.append(_row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes))
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for column in ("n", "correct", "seed"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teacher_eval: Node | None, sft_eval: Node | None,
+         fidelity: dict, sizes: dict) -> dict:
+    meta = node.meta
+    n, accuracy = int(values["n"]), float(values["accuracy"])
+    role = meta["role"]
+    row = {"run": meta.get("run") or node.id, "role": role, "domain": meta["domain"], "task": task, "teacher": teacher,
+           "teacher_kind": meta.get("teacher_kind", "finetuned") if role != "student-sft" else "finetuned",
+           "student": meta["student"], "student_size_b": sizes[meta["student"]],
+           "method": "base" if role == "base-teacher" else meta["method"], "loss": meta.get("loss", "sft"),
+           "temperature": _number(meta.get("temperature")), "noise": float(meta.get("noise") or 0.0),
+           "seed": meta.get("seed", 0), "n": n, "correct": int(round(accuracy * n)), "accuracy": accuracy,
+           "ci_low": float(values["ci95"][0]), "ci_high": float(values["ci95"][1]), "eval_dir": node.id,
+           "sft_accuracy": math.nan, "improvement": math.nan, "sft_eval_dir": None}
+    row["teacher_accuracy"] = (float(metrics[teacher_eval.id][task]["accuracy"])
+                               if teacher_eval is not None and task in metrics.get(teacher_eval.id, {}) else math.nan)
+    if sft_eval is not None and task in metrics.get(sft_eval.id, {}):
+        row["sft_accuracy"] = float(metrics[sft_eval.id][task]["accuracy"])
+        row["improvement"] = accuracy - row["sft_accuracy"]
+        row["sft_eval_dir"] = sft_eval.id
+    found = fidelity.get((node.id, teacher_eval.id), {}).get(task, {}) if teacher_eval is not None else {}
+    for column, key in FIDELITY_KEYS.items():
+        row[column] = _number(found.get(key))
+    return row
+
+
+def write_results(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """``results.csv`` and ``results.parquet`` in ``out_dir`` (each written atomically)."""
+    import os
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, parquet_path = out_dir / "results.csv", out_dir / "results.parquet"
+    atomic_write_text(csv_path, frame.to_csv(index=False))
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".parquet.tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, parquet_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return [csv_path, parquet_path]
+
+
+def format_results(frame: pd.DataFrame) -> str:
+    """A compact terminal view: accuracy (and improvement) per run and task."""
+    if frame.empty:
+        return "no finished evaluations yet"
+    view = frame.copy()
+    view["acc"] = view["accuracy"].map(lambda v: f"{v:.3f}")
+    view["CI"] = [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(view["ci_low"], view["ci_high"])]
+    view["gain"] = view["improvement"].map(lambda v: "" if pd.isna(v) else f"{v:+.3f}")
+    view["agree"] = view["agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    view["tau"] = view["temperature"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    columns = ["role", "teacher", "student", "method", "tau", "noise", "seed", "task", "n", "acc", "CI", "gain", "agree"]
+    return view[columns].to_string(index=False)

@@ -1,0 +1,117 @@
+"""Execute one node of a study plan by calling the same functions as the ``kdlab`` commands.
+
+Each kind has a completion marker (a file written last, atomically): a node whose marker exists is done; any other
+existing folder is an interrupted run, which the underlying command resumes (training from its last checkpoint,
+evaluation from its last written batch).
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from kdlab.study.plan import Node, resolve
+
+MARKERS = {"prune": "config.json", "teacher-sft": "result.json", "student-sft": "result.json", "kd": "result.json",
+           "answers": "train.json", "cache": "manifest.json", "eval": "metrics.json", "fidelity": "fidelity.json"}
+
+
+def is_done(node: Node, study_dir: Path) -> bool:
+    return (node.folder(study_dir) / MARKERS[node.kind]).is_file()
+
+
+def execute(node: Node, study_dir: Path) -> None:
+    """Run ``node`` into its folder (resuming it if it was interrupted)."""
+    study_dir = Path(study_dir)
+    out = node.folder(study_dir)
+    p = {key: resolve(value, study_dir) for key, value in node.params.items()}
+    try:
+        RUNNERS[node.kind](p, out, study_dir)
+    finally:
+        gc.collect()
+
+
+def _prune(p: dict, out: Path, study_dir: Path) -> None:
+    from kdlab.models.prune import prune_model
+
+    prune_model(p["model"], p["keep_layers"], out)
+
+
+def _train_flags(p: dict, out: Path, study_dir: Path) -> dict:
+    flags = {key: resolve(value, study_dir) for key, value in p["flags"].items()}
+    return {"model": p["model"], "data": p["data"], "out": str(out), **flags}
+
+
+def _sft(p: dict, out: Path, study_dir: Path) -> None:
+    from kdlab.config import build_config
+    from kdlab.train.run import run_sft
+
+    run_sft(build_config("sft", None, _train_flags(p, out, study_dir), []))
+
+
+def _kd(p: dict, out: Path, study_dir: Path) -> None:
+    if p["kind"] == "sft":  # SeqKD: SFT on the teacher's answers
+        _sft(p, out, study_dir)
+        return
+    from kdlab.config import build_config
+    from kdlab.train.run import run_distill
+
+    flags = _train_flags(p, out, study_dir)
+    flags.update({"teacher": p["teacher"], "teacher_adapter": p["teacher_adapter"]})
+    if p.get("teacher_cache"):
+        flags["teacher_cache"] = p["teacher_cache"]
+    run_distill(build_config("distill", None, flags, []))
+
+
+def _cache(p: dict, out: Path, study_dir: Path) -> None:
+    from kdlab.config import build_config
+    from kdlab.train.run import ensure_teacher_cache
+
+    flags = {key: resolve(value, study_dir) for key, value in p["flags"].items()}
+    config = build_config("distill", None, {**flags, "out": str(out), "teacher_cache": str(out)}, [])
+    ensure_teacher_cache(config)
+
+
+def _answers(p: dict, out: Path, study_dir: Path) -> None:
+    """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``)."""
+    import torch
+
+    from kdlab.data.formats import Example, load_examples, write_json_examples
+    from kdlab.data.tokenize import encode_prompt
+    from kdlab.generation import generate_ids
+    from kdlab.io import atomic_dir
+    from kdlab.models.load import inference_device, load_model, load_tokenizer
+
+    examples = load_examples(p["data"])
+    tokenizer = load_tokenizer(p["teacher"])
+    device = inference_device()
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    teacher = load_model(p["teacher"], dtype=dtype, adapter=p["teacher_adapter"], merge_adapter=True).eval().to(device)
+    prompts = [encode_prompt(tokenizer, example) for example in examples]
+    with torch.no_grad():
+        responses = generate_ids(teacher, tokenizer, prompts, p["max_new_tokens"], p["batch_size"],
+                                 progress="SeqKD: teacher answers")
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
+    generated = [Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer) for e, text in zip(examples, texts)]
+    with atomic_dir(out) as tmp:
+        write_json_examples(generated, tmp / "train.json")
+
+
+def _eval(p: dict, out: Path, study_dir: Path) -> None:
+    from kdlab.eval.runner import EvalSettings, evaluate
+
+    evaluate(EvalSettings(model=p["model"], adapter=p["adapter"], tasks=list(p["tasks"]), out=str(out), data_dir=p["data_dir"],
+                          mode=p["mode"], extraction=p["extraction"], batch_size=p["batch_size"], limit=p["limit"],
+                          max_new_tokens=p["max_new_tokens"], precision=p["precision"]))
+
+
+def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
+    from kdlab.fidelity import run_fidelity
+
+    run_fidelity(p["teacher_eval"], p["student_eval"], out, teacher_model=p.get("teacher_model"),
+                 student_model=p.get("student_model"), teacher_adapter=p.get("teacher_adapter"),
+                 student_adapter=p.get("student_adapter"), embeddings=p["embeddings"])
+
+
+RUNNERS = {"prune": _prune, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache, "answers": _answers,
+           "eval": _eval, "fidelity": _fidelity}
