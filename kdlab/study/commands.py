@@ -63,14 +63,14 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def compute_stats(study_dir: Path, frame, out_dir: Path) -> dict:
+    """Write the results table and the statistics of a study; return the statistics tables."""
     from kdlab.study.results import write_results
-    from kdlab.study.stats import write_study_stats
+    from kdlab.study.stats import compute_study_stats, write_stats_tables
 
     write_results(frame, study_dir / "results")
-    write_study_stats(study_dir, frame, out_dir)
-    import pandas as pd
-
-    return {name: pd.read_csv(out_dir / f"{name}.csv") for name in ("hypotheses", "paired", "seeds")}
+    tables = compute_study_stats(study_dir, frame)
+    write_stats_tables(tables, out_dir)
+    return tables
 
 
 def cmd_stats(args: argparse.Namespace) -> None:

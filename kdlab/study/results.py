@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlab.errors import KdlabError
-from kdlab.io import atomic_write_text
+from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.plan import Node, Plan, model_params
 from kdlab.study.steps import is_done
 
@@ -108,20 +108,15 @@ def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teach
 
 def write_results(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """``results.csv`` and ``results.parquet`` in ``out_dir`` (each written atomically)."""
-    import os
-    import tempfile
+    import io
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, parquet_path = out_dir / "results.csv", out_dir / "results.parquet"
     atomic_write_text(csv_path, frame.to_csv(index=False))
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".parquet.tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(parquet_path, buffer.getvalue())
     return [csv_path, parquet_path]
 
 

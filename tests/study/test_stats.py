@@ -1,0 +1,426 @@
+"""Tests for kdlab.study.stats: each statistic against an independent numpy / scipy computation on a synthetic
+study built in code (tests/study/stats_fixtures/synthetic.py), plus hand-computed cases and the error paths."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kdlab.errors import KdlabError
+from kdlab.study.stats import (holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, paired_tests, seed_summary,
+                               stars, study_hypotheses, t_interval, write_study_stats)
+
+
+def _load_synthetic():
+    path = Path(__file__).with_name("stats_fixtures") / "synthetic.py"
+    spec = importlib.util.spec_from_file_location("kdlab_tests_stats_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_synthetic()
+CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
+
+
+@pytest.fixture(scope="module")
+def kd_study(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("stats") / "study"
+    return root, synthetic.make_study(root, n_examples=60)
+
+
+def _pick(table: pd.DataFrame, hypothesis: str, group: str, task: str) -> pd.Series:
+    rows = table[(table.hypothesis == hypothesis) & (table.group == group) & (table.task == task)]
+    assert len(rows) == 1, (hypothesis, group, task)
+    return rows.iloc[0]
+
+
+def _independent_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Seed-averaged main-grid points, computed by pivoting seeds into columns (not the module's groupby); rounded
+    to 10 decimals so that improvements equal up to float noise tie in the Spearman ranks (as in the module)."""
+    kd = frame[(frame.role == "student-kd") & (frame.teacher_kind == "finetuned") & (frame.noise == 0)].copy()
+    kd["key"] = kd[CONFIG + ["task"]].astype(str).agg("|".join, axis=1)
+    out = {}
+    for column in ("improvement", "teacher_accuracy", "student_size_b", "sft_accuracy", "agreement", "bleu"):
+        out[column] = kd.pivot(index="key", columns="seed", values=column).mean(axis=1).round(10)
+    points = pd.DataFrame(out)
+    first = kd.drop_duplicates("key").set_index("key")
+    points["task"] = first["task"]
+    points["method"] = first["method"]
+    return points
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# H1-H5
+
+
+def test_h1_ttest_and_cohens_d_match_scipy(kd_study):
+    _, frame = kd_study
+    table = study_hypotheses(frame)
+    points = _independent_points(frame)
+    cases = [("all", "gsm8k"), ("fkl", "gsm8k"), ("gkd", "boolq"), ("all", "all"), ("rkl", "all")]
+    for group, task in cases:
+        sub = points if task == "all" else points[points.task == task]
+        sub = sub if group == "all" else sub[sub.method == group]
+        x = sub["improvement"].to_numpy()
+        expected = stats.ttest_1samp(x, 0.0, alternative="greater")
+        row = _pick(table, "H1", group, task)
+        assert row.n == len(x) == (12 if (group, task) == ("all", "gsm8k") else len(x))
+        assert row.statistic == pytest.approx(expected.statistic)
+        assert row.pvalue == pytest.approx(expected.pvalue)
+        assert row.effect_size == pytest.approx(x.mean() / x.std(ddof=1))
+        assert row.effect_name == "cohen_d"
+        assert row["mean"] == pytest.approx(x.mean())
+    # per task: 2 students x 3 methods x 2 temperatures = 12 configurations; pooled over 2 tasks: 24
+    assert _pick(table, "H1", "all", "gsm8k").n == 12
+    assert _pick(table, "H1", "all", "all").n == 24
+
+
+def test_h1_anova_and_eta_squared_match_scipy(kd_study):
+    _, frame = kd_study
+    table = study_hypotheses(frame)
+    points = _independent_points(frame)
+    for task in ("gsm8k", "boolq", "all"):
+        sub = points if task == "all" else points[points.task == task]
+        samples = [sub.loc[sub.method == m, "improvement"].to_numpy() for m in ("fkl", "rkl", "gkd")]
+        expected = stats.f_oneway(*samples)
+        allx = np.concatenate(samples)
+        between = sum(len(s) * (s.mean() - allx.mean()) ** 2 for s in samples)
+        row = _pick(table, "H1-anova", "all", task)
+        assert row.statistic == pytest.approx(expected.statistic)
+        assert row.pvalue == pytest.approx(expected.pvalue)
+        assert row.effect_size == pytest.approx(between / ((allx - allx.mean()) ** 2).sum())
+        assert row.effect_name == "eta_squared"
+    assert table[table.hypothesis == "H1-anova"].group.unique().tolist() == ["all"]
+
+
+@pytest.mark.parametrize("hypothesis,column", [("H2", "teacher_accuracy"), ("H3", "student_size_b"),
+                                               ("H3b", "sft_accuracy"), ("H4", "agreement"), ("H5", "bleu")])
+def test_correlations_match_scipy_spearman(kd_study, hypothesis, column):
+    _, frame = kd_study
+    table = study_hypotheses(frame)
+    points = _independent_points(frame)
+    for group, task in (("all", "all"), ("gkd", "all"), ("all", "gsm8k")):
+        sub = points if task == "all" else points[points.task == task]
+        sub = sub if group == "all" else sub[sub.method == group]
+        row = _pick(table, hypothesis, group, task)
+        if sub[column].nunique() < 2:
+            assert math.isnan(row.statistic) and "constant" in row.note
+            continue
+        expected = stats.spearmanr(sub["improvement"], sub[column])
+        assert row.statistic == pytest.approx(expected.statistic)
+        assert row.pvalue == pytest.approx(expected.pvalue)
+        assert row.effect_size == pytest.approx(expected.statistic)
+        assert row.n == len(sub)
+
+
+def test_seeds_are_averaged_before_testing(kd_study):
+    _, frame = kd_study
+    # doubling the spread between seeds around the same mean must not change the seed-averaged points
+    kd = frame.role == "student-kd"
+    shifted = frame.copy()
+    sign = np.where(shifted.seed == 0, 1.0, -1.0)
+    shifted.loc[kd, "improvement"] = shifted.loc[kd, "improvement"] + 0.05 * sign[kd.to_numpy()]
+    a, b = study_hypotheses(frame), study_hypotheses(shifted)
+    pd.testing.assert_series_equal(a.statistic, b.statistic)
+    # ... while a single seed gives different points
+    single = study_hypotheses(frame[frame.seed == 0])
+    assert not np.allclose(single.statistic.fillna(0), a.statistic.fillna(0))
+
+
+def test_ablation_rows_are_excluded(kd_study):
+    _, frame = kd_study
+    ablation = (frame.role == "student-kd") & ((frame.teacher_kind == "base") | (frame.noise > 0))
+    assert ablation.sum() > 0
+    wild = frame.copy()
+    wild.loc[ablation, "improvement"] = 0.9
+    pd.testing.assert_frame_equal(study_hypotheses(frame), study_hypotheses(wild))
+    pd.testing.assert_frame_equal(study_hypotheses(frame), study_hypotheses(frame[~ablation]))
+
+
+def test_holm_on_hypotheses_is_within_hypothesis_and_group(kd_study):
+    _, frame = kd_study
+    table = study_hypotheses(frame)
+    part = table[(table.hypothesis == "H1") & (table.group == "fkl")]
+    assert list(part.task) == ["gsm8k", "boolq", "all"]
+    np.testing.assert_allclose(part.pvalue_holm, holm(part.pvalue.to_numpy()))
+
+
+def test_undefined_tests_are_nan_with_a_reason_and_no_warning(tmp_path):
+    frame = synthetic.make_study(tmp_path / "s", students={"Tiny-0.5B": 0.5}, methods={"fkl": "fkl"},
+                                 temperatures=(2.0,), seeds=(0,), noise=(), base_teacher=False, fidelity=False,
+                                 n_examples=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = study_hypotheses(frame)
+    h1 = _pick(table, "H1", "all", "gsm8k")
+    assert h1.n == 1 and math.isnan(h1.pvalue) and "too few points" in h1.note
+    anova = _pick(table, "H1-anova", "all", "all")
+    assert math.isnan(anova.pvalue) and "fewer than 2 methods" in anova.note
+    h4 = _pick(table, "H4", "all", "all")
+    assert h4.n == 0 and math.isnan(h4.statistic) and "agreement" in h4.note
+    # constant improvement: the t-test and Spearman are undefined, reported as such
+    constant = frame.copy()
+    constant.loc[constant.role == "student-kd", "improvement"] = 0.05
+    two = pd.concat([constant, constant.assign(task="other", domain="math")], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = study_hypotheses(two)
+    row = _pick(table, "H1", "all", "all")
+    assert math.isnan(row.statistic) and "constant" in row.note and row.n == 3  # gsm8k, boolq, other
+
+
+def test_hypotheses_errors_name_the_problem(kd_study):
+    _, frame = kd_study
+    with pytest.raises(KdlabError, match="missing column.*improvement.*bleu"):
+        study_hypotheses(frame.drop(columns=["improvement", "bleu"]))
+    with pytest.raises(KdlabError, match="empty"):
+        study_hypotheses(frame.iloc[:0])
+    with pytest.raises(KdlabError, match="no student-kd rows"):
+        study_hypotheses(frame[frame.role != "student-kd"])
+    with pytest.raises(KdlabError, match="unknown role.*student-x"):
+        study_hypotheses(frame.assign(role=frame.role.replace("student-kd", "student-x")))
+    with pytest.raises(KdlabError, match="column noise has non-numeric value 'loud'"):
+        study_hypotheses(frame.assign(noise=frame.noise.astype(object).where(frame.noise == 0, "loud")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Holm, McNemar, odds ratio, bootstrap
+
+
+def test_holm_against_hand_table():
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.06
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    # NaN stays NaN and is not counted: m = 2
+    out = holm([0.2, math.nan, 0.5])
+    np.testing.assert_allclose(out[[0, 2]], [0.4, 0.5])
+    assert math.isnan(out[1])
+    # capped at 1, monotone
+    np.testing.assert_allclose(holm([0.6, 0.7]), [1.0, 1.0])
+    np.testing.assert_allclose(holm([0.04, 0.04, 0.04]), [0.12, 0.12, 0.12])
+    np.testing.assert_allclose(holm([0.001]), [0.001])
+    assert holm([]).shape == (0,)
+
+
+def test_mcnemar_exact_hand_computed():
+    # b=8, c=2: two-sided = 2 * P(X <= 2), X ~ Bin(10, 1/2) = 2 * (1 + 10 + 45) / 1024
+    assert mcnemar_exact(8, 2) == pytest.approx(112 / 1024)
+    assert mcnemar_exact(2, 8) == pytest.approx(112 / 1024)
+    # b=5, c=0: 2 * (1/2)^5
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(4, 4) == pytest.approx(1.0)
+
+
+def test_odds_ratio_continuity_rule():
+    assert odds_ratio(8, 2) == 4.0
+    assert odds_ratio(3, 0) == pytest.approx(3.5 / 0.5)
+    assert odds_ratio(0, 0) == 1.0
+    assert odds_ratio(0, 4) == pytest.approx(0.5 / 4.5)
+
+
+def test_bootstrap_ci_contains_difference_is_seeded_and_matches_the_standard_error():
+    rng = np.random.default_rng(3)
+    sft = rng.uniform(size=400) < 0.5
+    kd = sft.copy()
+    flip = rng.choice(400, size=60, replace=False)
+    kd[flip[:45]] = True
+    kd[flip[45:]] = False
+    diff = kd.mean() - sft.mean()
+    low, high = paired_bootstrap_ci(kd, sft, n_boot=20000, seed=7)
+    assert low < diff < high
+    assert (low, high) == paired_bootstrap_ci(kd, sft, n_boot=20000, seed=7)
+    # the interval lies on a grid of 1/400 steps, so two seeds can agree; five cannot all agree
+    assert len({paired_bootstrap_ci(kd, sft, n_boot=2000, seed=s) for s in range(5)}) > 1
+    # independent check: the paired normal-approximation interval diff +- 1.96 * sd(d) / sqrt(n)
+    d = kd.astype(float) - sft.astype(float)
+    se = d.std(ddof=0) / math.sqrt(len(d))
+    assert (high - low) == pytest.approx(2 * 1.96 * se, rel=0.08)
+    assert (low + high) / 2 == pytest.approx(diff, abs=0.15 * se * 1.96)
+    # unpaired resampling would be much wider: the pairing is kept
+    unpaired = math.sqrt(kd.var() / 400 + sft.var() / 400)
+    assert (high - low) < 2 * 1.96 * unpaired * 0.8
+
+
+def test_stars():
+    assert [stars(p) for p in (0.0005, 0.005, 0.03, 0.05, math.nan)] == ["***", "**", "*", "", ""]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paired tests
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _hand_study(root: Path, kd: list[int], sft: list[int], kd_ids=None, sft_ids=None) -> pd.DataFrame:
+    kd_ids = kd_ids if kd_ids is not None else list(range(len(kd)))
+    sft_ids = sft_ids if sft_ids is not None else list(range(len(sft)))
+    # the KD file is written in reverse order: the join is by id, not by line
+    _write_jsonl(root / "kd/eval/predictions/t.jsonl",
+                 [{"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""}
+                  for i, c in reversed(list(zip(kd_ids, kd)))])
+    _write_jsonl(root / "sft/eval/predictions/t.jsonl",
+                 [{"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""} for i, c in zip(sft_ids, sft)])
+    row = {"run": "kd", "role": "student-kd", "domain": "math", "task": "t", "teacher": "T",
+           "teacher_kind": "finetuned", "student": "S", "student_size_b": 0.5, "method": "fkl", "loss": "fkl",
+           "temperature": 2.0, "noise": 0.0, "seed": 0, "eval_dir": "kd/eval", "sft_eval_dir": "sft/eval"}
+    return pd.DataFrame([row])
+
+
+def test_paired_test_hand_computed_case(tmp_path):
+    kd = [1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1]
+    sft = [0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1]
+    # b (KD right, SFT wrong): ids 0, 2, 6, 7, 8, 10 -> 6; c (SFT right, KD wrong): id 5 -> 1
+    out = paired_tests(_hand_study(tmp_path, kd, sft), tmp_path, n_boot=2000, seed=1)
+    row = out.iloc[0]
+    assert (row.b, row.c, row.n) == (6, 1, 12)
+    assert row.kd_accuracy == pytest.approx(10 / 12) and row.sft_accuracy == pytest.approx(5 / 12)
+    assert row["diff"] == pytest.approx(5 / 12)
+    assert row.odds_ratio == pytest.approx(6.0)
+    # Bin(7, 1/2): 2 * P(X <= 1) = 2 * (1 + 7) / 128
+    assert row.pvalue == pytest.approx(16 / 128)
+    assert row.pvalue_holm == pytest.approx(16 / 128) and row.pvalue_holm_all == pytest.approx(16 / 128)
+    assert row.ci_low <= row["diff"] <= row.ci_high
+
+
+def test_paired_ids_must_match(tmp_path):
+    frame = _hand_study(tmp_path, [1, 0, 1], [1, 1, 0], kd_ids=[0, 1, 2], sft_ids=[0, 1, 5])
+    with pytest.raises(KdlabError, match=r"example ids differ between .*kd/eval/predictions/t.jsonl and "
+                                         r".*sft/eval/predictions/t.jsonl: 1 only in the first \(e.g. 2\)"):
+        paired_tests(frame, tmp_path, n_boot=10)
+
+
+def test_paired_file_errors(tmp_path):
+    frame = _hand_study(tmp_path, [1, 0], [0, 0], kd_ids=[3, 3])
+    with pytest.raises(KdlabError, match="kd/eval/predictions/t.jsonl: example id 3 appears more than once"):
+        paired_tests(frame, tmp_path, n_boot=10)
+    frame = _hand_study(tmp_path, [1, 0], [0, 0])
+    (tmp_path / "sft/eval/predictions/t.jsonl").unlink()
+    with pytest.raises(KdlabError, match="sft/eval/predictions/t.jsonl: predictions file not found"):
+        paired_tests(frame, tmp_path, n_boot=10)
+    _write_jsonl(tmp_path / "sft/eval/predictions/t.jsonl", [{"id": 0}])
+    with pytest.raises(KdlabError, match=r"t.jsonl:1: a record needs keys 'id' and 'correct'"):
+        paired_tests(frame, tmp_path, n_boot=10)
+    with pytest.raises(KdlabError, match="n_boot"):
+        paired_tests(frame, tmp_path, n_boot=0)
+    with pytest.raises(KdlabError, match="missing column.*sft_eval_dir"):
+        paired_tests(frame.drop(columns=["sft_eval_dir"]), tmp_path)
+    # a KD row without its SFT pair is reported, not silently dropped
+    out = paired_tests(frame.assign(sft_eval_dir=None), tmp_path, n_boot=10)
+    assert math.isnan(out.iloc[0].pvalue) and "no paired SFT run" in out.iloc[0].note
+
+
+def test_paired_tests_over_a_study(kd_study):
+    root, frame = kd_study
+    out = paired_tests(frame, root, n_boot=500, seed=0)
+    kd = frame[frame.role == "student-kd"]
+    assert len(out) == len(kd)
+    # every row against an independent recomputation from the files
+    for row in out.sample(8, random_state=0).itertuples():
+        a = {r["id"]: r["correct"] for r in map(json.loads, Path(row.kd_file).read_text().splitlines())}
+        b = {r["id"]: r["correct"] for r in map(json.loads, Path(row.sft_file).read_text().splitlines())}
+        assert row.b == sum(a[i] and not b[i] for i in a) and row.c == sum(b[i] and not a[i] for i in a)
+        assert row.pvalue == pytest.approx(stats.binomtest(row.b, row.b + row.c).pvalue if row.b + row.c else 1.0)
+    # the accuracies agree with the table the study wrote
+    merged = out.merge(kd[["run", "task", "accuracy", "sft_accuracy"]], on=["run", "task"], suffixes=("", "_table"))
+    np.testing.assert_allclose(merged.kd_accuracy, merged.accuracy)
+    np.testing.assert_allclose(merged.sft_accuracy, merged.sft_accuracy_table)
+    # Holm: within each (configuration, seed) across its tasks, and across the whole table
+    for _, family in out.groupby(CONFIG + ["seed"], dropna=False):
+        np.testing.assert_allclose(family.pvalue_holm, holm(family.pvalue.to_numpy()))
+    np.testing.assert_allclose(out.pvalue_holm_all, holm(out.pvalue.to_numpy()))
+    assert (out.pvalue_holm_all >= out.pvalue_holm - 1e-12).all()
+    # reproducible with the seed, and independent of the other rows
+    again = paired_tests(frame[frame.run == out.run.iloc[3]], root, n_boot=500, seed=0)
+    assert again.ci_low.iloc[0] == out[out.run == out.run.iloc[3]].ci_low.iloc[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seeds
+
+
+def test_seed_summary_matches_t_interval(kd_study):
+    _, frame = kd_study
+    out = seed_summary(frame)
+    # a configuration whose accuracy and improvement both vary over seeds (scipy gives NaN for sd 0)
+    varied = out[(out.role == "student-kd") & (out.accuracy_sd > 0) & (out.improvement_sd > 0)]
+    assert len(varied) > 5
+    row = varied.iloc[3]
+    runs = frame[(frame.role == "student-kd") & (frame.student == row.student) & (frame.method == row.method)
+                 & (frame.temperature == row.temperature) & (frame.noise == row.noise)
+                 & (frame.teacher_kind == row.teacher_kind) & (frame.task == row.task)]
+    acc = runs.accuracy.to_numpy()
+    low, high = stats.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=stats.sem(acc))
+    assert row.n_seeds == 2 and row.seeds == "0,1"
+    assert row.accuracy_mean == pytest.approx(acc.mean()) and row.accuracy_sd == pytest.approx(acc.std(ddof=1))
+    assert (row.accuracy_ci_low, row.accuracy_ci_high) == pytest.approx((low, high))
+    imp = runs.improvement.to_numpy()
+    low, high = stats.t.interval(0.95, len(imp) - 1, loc=imp.mean(), scale=stats.sem(imp))
+    assert row.improvement_mean == pytest.approx(imp.mean())
+    assert (row.improvement_ci_low, row.improvement_ci_high) == pytest.approx((low, high))
+    assert math.isnan(row.wilson_low)
+    # one seed (the teacher): no t-interval, the run's Wilson interval instead
+    teacher = out[(out.role == "teacher") & (out.task == "gsm8k")].iloc[0]
+    source = frame[(frame.role == "teacher") & (frame.task == "gsm8k")].iloc[0]
+    assert teacher.n_seeds == 1 and math.isnan(teacher.accuracy_ci_low)
+    assert (teacher.wilson_low, teacher.wilson_high) == (source.ci_low, source.ci_high)
+    assert math.isnan(teacher.improvement_mean)
+    # one row per role x configuration x task
+    assert not out.duplicated(["role"] + CONFIG + ["task"]).any()
+    assert out.n_seeds.sum() == len(frame)
+
+
+def test_t_interval_edge_cases():
+    assert t_interval([0.5, 0.5]) == (0.5, 0.0, 0.5, 0.5, 2)  # sd 0: a zero-width interval, not NaN
+    mean, sd, low, high, n = t_interval([0.4, math.nan])
+    assert (mean, n) == (0.4, 1) and math.isnan(sd) and math.isnan(low) and math.isnan(high)
+    assert t_interval([])[-1] == 0
+    mean, sd, low, high, n = t_interval([0.1, 0.3, 0.2])
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem([0.1, 0.3, 0.2])))
+
+
+def test_seed_summary_rejects_duplicate_rows(kd_study):
+    _, frame = kd_study
+    with pytest.raises(KdlabError, match="several rows for run"):
+        seed_summary(pd.concat([frame, frame.iloc[[5]]]))
+    with pytest.raises(KdlabError, match="missing column.*accuracy"):
+        seed_summary(frame.drop(columns=["accuracy"]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+
+
+def test_write_study_stats(kd_study, tmp_path):
+    root, frame = kd_study
+    paths = write_study_stats(root, frame, tmp_path / "out", n_boot=200)
+    assert set(paths) == {"hypotheses", "paired", "seeds", "markdown"}
+    assert all(p.is_file() for p in paths.values())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hypotheses.csv", "paired.csv", "seeds.csv",
+                                                                    "stats.md"]
+    hyp = pd.read_csv(paths["hypotheses"])
+    assert {"hypothesis", "group", "task", "statistic", "pvalue", "n", "effect_size", "effect_name"} <= set(hyp)
+    pd.testing.assert_frame_equal(hyp[["statistic", "pvalue"]], study_hypotheses(frame)[["statistic", "pvalue"]])
+    assert len(pd.read_csv(paths["paired"])) == (frame.role == "student-kd").sum()
+    md = paths["markdown"].read_text()
+    assert "## Hypotheses (H1-H5)" in md and "## Paired tests" in md and "## Seeds" in md
+    h1 = hyp[(hyp.hypothesis == "H1") & (hyp.group == "all") & (hyp.task == "all")].iloc[0]
+    assert h1.pvalue_holm < 0.05  # the synthetic KD gain is real: the pooled H1 row carries stars
+    assert "| H1 | all | all |" in md and stars(h1.pvalue_holm) in md
+
+
+def test_write_study_stats_writes_nothing_on_error(tmp_path):
+    with pytest.raises(KdlabError, match="empty"):
+        write_study_stats(tmp_path, pd.DataFrame(columns=["role"]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
