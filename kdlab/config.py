@@ -79,6 +79,11 @@ class KDConfig:
     max_new_tokens: int = option(128, "max response tokens when generating (on-policy samples, SeqKD answers)")
     sample_temperature: float = option(1.0, "sampling temperature of on-policy student responses")
     generation_batch_size: int = option(16, "prompts per batch when generating")
+    cache_k: int = option(64, "top-k teacher log-probs stored per token when building a --teacher-cache")
+    cache_tail: str = option("bucket", "how the KD loss treats the teacher mass outside the cached top-k (with --teacher-cache): "
+                             "bucket = one extra 'rest of the vocabulary' outcome for both models (exact tail mass); "
+                             "renormalize = both distributions restricted to the top-k and renormalised (tail ignored)",
+                             choices=("bucket", "renormalize"))
 
 
 @dataclass
@@ -90,6 +95,7 @@ class RunConfig:
     adapter: str | None = None  # start the student from this adapter
     teacher: str | None = None
     teacher_adapter: str | None = None
+    teacher_cache: str | None = None  # folder of the teacher signal cache (kdlab.teacher_cache), built on first use
     data: str = ""
     out: str = ""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -216,7 +222,8 @@ def validate(config: RunConfig) -> None:
     positive = {"train.lr": train.lr, "train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
                 "train.max_length": train.max_length, "train.chunk_size": train.chunk_size, "lora.r": lora.r,
                 "kd.max_new_tokens": kd.max_new_tokens, "kd.generation_batch_size": kd.generation_batch_size,
-                "train.keep_checkpoints": train.keep_checkpoints, "train.log_steps": train.log_steps}
+                "train.keep_checkpoints": train.keep_checkpoints, "train.log_steps": train.log_steps,
+                "kd.cache_k": kd.cache_k}
     for name, value in positive.items():
         if value <= 0:
             raise KdlabError(f"{name} must be > 0, got {value}")
@@ -229,6 +236,8 @@ def validate(config: RunConfig) -> None:
         raise KdlabError(f"kd.teacher_noise must be >= 0, got {kd.teacher_noise}")
     if kd.sample_temperature <= 0:
         raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
+    if config.kind == "distill" and config.teacher_cache and kd.loss == "seqkd":
+        raise KdlabError("--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)")
     if config.kind == "distill" and kd.loss != "seqkd":
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
             raise KdlabError(f"temperature must be > 0, got {kd.temperature}")

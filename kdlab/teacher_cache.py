@@ -37,7 +37,8 @@ Decoding (:class:`CacheRows`): the top-k log-probs at temperature 1 are rebuilt 
 tail always sum to exactly 1; quantisation only perturbs the relative weights inside the top-k.
 
 Files: a cache is a folder written atomically (:func:`kdlab.io.atomic_dir`) holding ``cache.npz`` (uncompressed
-``numpy.savez`` of the arrays above) and ``manifest.json`` (format version, teacher spec and weight fingerprint,
+``numpy.savez`` of the arrays above) and ``manifest.json`` (format version, teacher spec and weight fingerprint (256 rows of the output layer rounded to
+bf16, so a teacher loaded in float32 or bfloat16 matches),
 data hash, k, vocab size, quantised or not, token and example counts, bytes per token from the representation and
 measured from the file size).
 
@@ -59,9 +60,43 @@ Temperature: the top-k part is exact at any tau (up to quantisation): ``z_j / ta
 constant. The tail at tau != 1 cannot be rebuilt from its mass alone; it is approximated by spreading the tail mass
 uniformly over the ``V - k`` tail tokens (each has tau=1 log-prob ``log(m / (V - k))``), so the tail's
 unnormalised weight at tau is ``(V - k) * (m / (V - k)) ** (1 / tau)`` next to ``exp(l_j / tau)`` for the top-k.
-This is exact at tau = 1 and when the tail is empty; for tau > 1 it over-estimates the tail mass a little when the
-real tail is skewed (by Jensen, a uniform tail is the flattest possible). In ``renormalize`` mode the tail plays no
-part, so temperature handling is exact up to quantisation.
+This is exact at tau = 1 and when the tail is empty; for tau > 1 it over-estimates the tail mass when the real tail
+is skewed (by Jensen, a uniform tail is the flattest possible). In ``renormalize`` mode the tail plays no part, so
+temperature handling is exact up to quantisation. How much that matters with a real LM (SmolLM2-135M-Instruct,
+V = 49152, k = 64, 4 synthetic arithmetic answers, 316 tokens): the tail holds 0.8% of the teacher's mass at tau = 1,
+but 47% at tau = 2 (uniform approximation: 70%) and 98% at tau = 5 (approximation: 99%). At tau >= 2 a top-64 cache
+therefore describes only about half of the softened teacher. Measured on one batch of 8 (490 tokens) with
+SmolLM2 pruned to 8 layers as the student, fp32, against the live objective: at tau = 1 the bucket loss is 17.55 vs
+17.66 per token (x tau^2 included) and the student's gradient has cosine 1.000 and norm ratio 0.997 with the live
+one; at tau = 2 the loss is 11.5 vs 26.9, cosine 0.977, norm ratio 0.48 (renormalize: cosine 0.85 at tau = 1,
+0.87 at tau = 2). In ``benchmarks/teacher_cache.py`` (fkl, tau = 2, 12 steps) the cached students end 0.38 nats per
+token worse in held-out NLL on average. A larger k, or per-temperature tail sums (``log sum_tail p^(1/tau)`` for the
+study's temperatures, 4 bytes each), would narrow this.
+
+Use in training (``kdlab distill --teacher-cache DIR``, :func:`kdlab.train.run.ensure_teacher_cache`): the folder is
+built on first use with ``k = kd.cache_k`` from the data encoded exactly as the trainer encodes it (the student's
+tokenizer, ``train.max_length``, the same example indices), then checked on every later use against the teacher spec
+(model, adapter folder and a hash of the adapter weights), the data hash and k, without loading any model; the
+weight fingerprint is compared too whenever the teacher is loaded anyway. The objective
+(:class:`kdlab.train.objectives.CachedDistillObjective`, :func:`chunked_cached_distill_loss`) computes the
+student's logits from its hidden states a chunk of ``train.chunk_size`` tokens at a time, sliced to the cache's
+``vocab_size``, and evaluates :func:`cached_divergence` with ``tail = kd.cache_tail`` against the rows of the batch
+(``TeacherCache.rows(batch["index"])``): ``(1 - w) * CE + w * tau**2 * divergence``, summed over response tokens,
+as the live objective. No teacher forward pass runs on these batches, and with ``kd.lmbda = 0`` the teacher is not
+even loaded. On-policy batches (GKD, ``kd.lmbda > 0``: student-sampled responses, which the cache cannot hold) use
+the live teacher.
+
+Teacher noise (``kd.teacher_noise`` sigma, the paper's noise ablation): the live objective adds
+``sigma * randn(C, V)`` to each chunk's teacher logits; the cached objective draws the very same matrix (same
+generator, same seed, same chunks) and passes it as ``logit_noise``. The k cached tokens get their own entries
+exactly (``l_j + eps_j``). The tail tokens' individual logits are not stored, so the tail gets no per-token noise:
+it is modelled as ``V - k`` tokens of equal probability ``m / (V - k)``, each perturbed by one of the draws of the
+non-cached columns, i.e. its weight at tau becomes ``sum_v exp((log(m / (V - k)) + eps_v) / tau)``. At k = V this is
+the live objective exactly. For k < V it keeps the expected unnormalised weight of the noisy tail at tau = 1
+(``m * exp(sigma^2 / 2)`` next to ``p_j * exp(eps_j)``, whatever the real tail) and the effect of large sigma (a tail token whose draw is far
+above the others can take most of the mass), but not which tail tokens receive the mass: the student is only told
+the total. In ``renormalize`` mode the tail, noisy or not, plays no part (the noise can no longer push a tail token
+into the top-k).
 
 Measured (tiny teacher, init_std 0.3, V = k = 384, 634 tokens, bucket): quantised vs exact-teacher fkl at tau = 1
 differs by 2.3e-3 nats per token on average (max 1.4e-2) on a mean fkl of 3.85 nats; rkl 3.0e-3 (max 1.4e-2);
@@ -159,7 +194,8 @@ def teacher_fingerprint(teacher) -> str:
 
     weight = output_weight(teacher).detach()
     step = max(1, weight.shape[0] // 256)
-    sample = weight[::step].float().cpu().contiguous().numpy()
+    # rounded to bf16 first: the same teacher loaded in float32 or bfloat16 has the same fingerprint
+    sample = weight[::step].to(torch.bfloat16).float().cpu().contiguous().numpy()
     return _sha(repr(tuple(weight.shape)).encode() + sample.tobytes())[:32]
 
 
@@ -228,6 +264,7 @@ def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, b
     weight = weight[:vocab_size]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = weight.device
+    weight_f = weight.float()  # one float32 copy (a view when the teacher is already float32)
     was_training = teacher.training
     teacher.eval()
     parts: list[dict[str, np.ndarray]] = []
@@ -250,7 +287,7 @@ def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, b
                 counts.extend(int(n) for n in keep.sum(1).tolist())
                 kept = hidden[:, :-1][keep]
                 for c in range(0, kept.shape[0], chunk_size):
-                    logits = F.linear(kept[c : c + chunk_size].float(), weight.float()).cpu()
+                    logits = F.linear(kept[c : c + chunk_size].float(), weight_f).cpu()
                     parts.append(_encode_batch(logits, k, quantize, vocab_size))
     finally:
         teacher.train(was_training)
@@ -295,6 +332,13 @@ class CacheRows:
 
     def to(self, device) -> "CacheRows":
         return CacheRows(self.ids.to(device), self.logp.to(device), self.tail_logp.to(device), self.lse.to(device), self.vocab_size)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def slice(self, start: int, end: int) -> "CacheRows":
+        """Rows ``start:end`` (views, no copy)."""
+        return CacheRows(self.ids[start:end], self.logp[start:end], self.tail_logp[start:end], self.lse[start:end], self.vocab_size)
 
     @property
     def raw_logits(self) -> torch.Tensor:
@@ -379,9 +423,18 @@ def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher
     return TeacherCache(arrays, manifest)
 
 
-def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str) -> torch.Tensor:
-    """Teacher log-probs over k (renormalize) or k + 1 (bucket) outcomes at ``temperature``."""
-    scaled = rows.logp / temperature
+def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher log-probs over k (renormalize) or k + 1 (bucket) outcomes at ``temperature``.
+
+    ``noise`` [N, V] (vocabulary order) is added to the teacher's logits: the top-k get their own entries; the tail,
+    modelled as ``V - k`` tokens of equal probability, gets the draws of the other ``V - k`` columns (see the module
+    docstring, "Teacher noise").
+    """
+    top = rows.logp
+    if noise is not None:
+        noise = noise.to(device=top.device, dtype=top.dtype)
+        top = top + noise.gather(1, rows.ids)
+    scaled = top / temperature
     if tail == "renormalize":
         return torch.log_softmax(scaled, dim=-1)
     n_tail = rows.vocab_size - rows.ids.shape[1]
@@ -389,7 +442,11 @@ def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str) -> torch.
         return torch.log_softmax(scaled, dim=-1)
     log_n = math.log(n_tail)
     tail_logp = rows.tail_logp.clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite mass
-    tail_term = log_n + (tail_logp - log_n) / temperature
+    if noise is None:
+        tail_term = log_n + (tail_logp - log_n) / temperature
+    else:  # log sum over the tail tokens of exp((log(m / n) + noise_v) / tau)
+        tail_noise = noise.scatter(1, rows.ids, float("-inf"))
+        tail_term = (tail_logp - log_n) / temperature + torch.logsumexp(tail_noise / temperature, dim=-1)
     return torch.log_softmax(torch.cat([scaled, tail_term.unsqueeze(1)], dim=1), dim=-1)
 
 
@@ -433,19 +490,75 @@ def _reduced_divergence(loss: str, log_p_s: torch.Tensor, log_p_t: torch.Tensor,
 
 
 def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss: str, temperature: float = 1.0,
-                      tail: str = "bucket", **kwargs) -> torch.Tensor:
+                      tail: str = "bucket", logit_noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Per-token divergence [N] between the student (full logits [N, V]) and the cached teacher rows.
 
     Same names and directions as :data:`kdlab.losses.TOKEN_DIVERGENCES` (fkl = KL(p_T || p_S), rkl =
     KL(p_S || p_T), gjsd with ``beta``, skl/srkl with ``alpha``, tvd), evaluated on the k + 1 buckets
     (``tail="bucket"``) or the renormalised top-k (``tail="renormalize"``); see the module docstring. No tau**2.
+    ``logit_noise`` [N, V]: noise added to the teacher's raw logits, in vocabulary order (module docstring,
+    "Teacher noise").
     """
     check_loss_args(loss, temperature, **kwargs)
     if tail not in TAIL_MODES:
         raise KdlabError(f"unknown tail mode '{tail}' (choose from {', '.join(TAIL_MODES)})")
     if student_logits.shape[0] != cache_rows.ids.shape[0]:
         raise KdlabError(f"{student_logits.shape[0]} student positions but {cache_rows.ids.shape[0]} cached teacher rows")
+    if logit_noise is not None and tuple(logit_noise.shape) != (student_logits.shape[0], cache_rows.vocab_size):
+        raise KdlabError(f"logit_noise has shape {tuple(logit_noise.shape)}; expected {(student_logits.shape[0], cache_rows.vocab_size)}")
     rows = cache_rows.to(student_logits.device)
     log_p_s = _student_log_probs(student_logits, rows.ids, temperature, tail, rows.vocab_size)
-    log_p_t = _teacher_log_probs(rows, temperature, tail).to(log_p_s.dtype)
+    log_p_t = _teacher_log_probs(rows, temperature, tail, logit_noise).to(log_p_s.dtype)
     return _reduced_divergence(loss, log_p_s, log_p_t, **kwargs)
+
+
+def chunked_cached_distill_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    cache_rows: CacheRows,
+    targets: torch.Tensor,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    kd_weight: float = 1.0,
+    loss_kwargs: dict | None = None,
+    tail: str = "bucket",
+    teacher_noise: float = 0.0,
+    noise_generator: torch.Generator | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """:func:`kdlab.losses.chunked_distill_loss` with the teacher read from the cache instead of computed.
+
+    ``sum_n (1 - w) * CE_n + w * tau^2 * cached_divergence_n`` over the N kept positions: ``student_hidden``
+    [N, H] and ``cache_rows`` (N rows, same order), ``targets`` [N]. The student's logits are computed from the
+    hidden states and ``student_weight`` [V_s, H] (sliced to the cache's ``vocab_size``) ``chunk_size`` tokens at
+    a time (:func:`kdlab.losses.chunked_token_loss`), so one chunk's [C, V] logits exist at a time.
+    ``teacher_noise`` sigma > 0: per chunk, ``sigma * randn(C, V, generator=noise_generator)``, the very draws
+    the live objective adds to the teacher logits (same generator, same chunks), goes to ``cached_divergence``.
+    """
+    from kdlab.losses import _upcast, chunked_token_loss
+
+    loss_kwargs = dict(loss_kwargs or {})
+    check_loss_args(loss, temperature, **loss_kwargs)
+    if tail not in TAIL_MODES:
+        raise KdlabError(f"unknown tail mode '{tail}' (choose from {', '.join(TAIL_MODES)})")
+    vocab = cache_rows.vocab_size
+    if len(cache_rows) != student_hidden.shape[0]:
+        raise KdlabError(f"{student_hidden.shape[0]} student positions but {len(cache_rows)} cached teacher rows")
+    if student_weight.shape[0] < vocab:
+        raise KdlabError(f"the student's output layer has {student_weight.shape[0]} rows; the teacher cache has vocab_size {vocab}")
+    rows = cache_rows.to(student_hidden.device)
+
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        noise = None
+        if teacher_noise > 0:
+            noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(student_logits.device)
+        divergence = cached_divergence(student_logits, rows.slice(start, end), loss, temperature, tail, noise, **loss_kwargs)
+        objective = kd_weight * temperature**2 * divergence
+        if kd_weight < 1:
+            objective = objective + (1 - kd_weight) * F.cross_entropy(_upcast(student_logits), targets[start:end], reduction="none")
+        return objective
+
+    if vocab < student_weight.shape[0]:
+        student_weight = student_weight[:vocab]
+    return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)

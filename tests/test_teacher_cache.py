@@ -155,3 +155,80 @@ def test_bad_arguments(setup, tmp_path):
         cached_divergence(setup["S"][:3], rows, "fkl", 1.0)
     with pytest.raises(KdlabError):
         build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "d", k=0, progress=False)
+
+
+# --- the trainer's cached objective ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def objective_setup(synth_train, tmp_path_factory):
+    """Teacher and student with padded output layers (sliced to the shared 384 tokens), 8 synth examples, and an
+    exact (float32, k = V) cache of the teacher on them."""
+    from kdlab.data.formats import load_examples
+    from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    teacher = build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3).eval().requires_grad_(False)
+    student = build_tiny_model(tok, layers=1, hidden=32, seed=2, vocab_padding=3, init_std=0.3)
+    data = encode_examples(tok, load_examples(synth_train)[:8], max_length=256)
+    V = len(tok)
+    path = tmp_path_factory.mktemp("cache") / "exact"
+    build_cache(teacher, tok, data, path, k=V, quantize=False, progress=False, chunk_size=64)
+    return dict(tok=tok, teacher=teacher, student=student, data=data, V=V, cache=load_cache(path, teacher=teacher, dataset=data))
+
+
+def _loss_and_grads(objective, student, batch):
+    student.zero_grad(set_to_none=True)
+    loss = objective(student, batch, 3)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in student.named_parameters()}
+
+
+@pytest.mark.parametrize("loss,tau,w,noise", [("fkl", 1.0, 1.0, 0.0), ("fkl", 2.0, 1.0, 0.0), ("rkl", 1.0, 1.0, 0.0),
+                                              ("rkl", 2.0, 0.5, 0.0), ("fkl", 2.0, 1.0, 1.0), ("gjsd", 2.0, 1.0, 0.0)])
+def test_cached_objective_equals_the_live_teacher(objective_setup, loss, tau, w, noise):
+    """Exact cache with k = V: one step's loss and gradients equal DistillObjective's, noise draws included."""
+    from kdlab.config import KDConfig
+    from kdlab.train.objectives import CachedDistillObjective, DistillObjective
+
+    s = objective_setup
+    kd = KDConfig(loss=loss, temperature=tau, kd_weight=w, teacher_noise=noise)
+    batch = collate([s["data"][i] for i in (5, 0, 3, 6)], s["tok"].pad_token_id)
+    live = DistillObjective(s["teacher"], kd, s["V"], chunk_size=64, seed=0, rank=0)
+    cached = CachedDistillObjective(s["cache"], kd, chunk_size=64, seed=0, rank=0)
+    ref_loss, ref_grads = _loss_and_grads(live, s["student"], batch)
+    got_loss, got_grads = _loss_and_grads(cached, s["student"], batch)
+    assert batch["labels"][:, 1:].ne(-100).sum() > 64  # several chunks
+    torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for name, ref in ref_grads.items():
+        scale = max(1.0, ref.abs().max().item())
+        assert (got_grads[name] - ref).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_path):
+    """k < V with noise: the top-k get the live draws, the tail bucket the logsumexp of the other draws."""
+    from kdlab.teacher_cache import _teacher_log_probs
+
+    s = objective_setup
+    build_cache(s["teacher"], s["tok"], s["data"], tmp_path / "k8", k=8, quantize=False, progress=False)
+    rows = load_cache(tmp_path / "k8").rows(torch.tensor([s["data"][0].index]))
+    noise = 2.0 * torch.randn(len(rows), s["V"], generator=torch.Generator().manual_seed(0))
+    log_p = _teacher_log_probs(rows, 1.0, "bucket", noise)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(len(rows)), atol=1e-5)
+    # top-k relative weights are exactly the noisy ones
+    top = rows.logp + noise.gather(1, rows.ids)
+    torch.testing.assert_close(log_p[:, :8] - log_p[:, :1], top - top[:, :1], atol=1e-5, rtol=1e-5)
+    # zero noise gives the noiseless teacher
+    torch.testing.assert_close(_teacher_log_probs(rows, 2.0, "bucket", torch.zeros_like(noise)), _teacher_log_probs(rows, 2.0, "bucket"),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_cached_objective_refuses_misaligned_rows(objective_setup):
+    from kdlab.config import KDConfig
+    from kdlab.train.objectives import CachedDistillObjective
+
+    s = objective_setup
+    batch = collate([s["data"][0], s["data"][1]], s["tok"].pad_token_id)
+    batch["labels"][0, len(s["data"][0].input_ids) - 1] = -100  # one response token fewer than the cache holds
+    with pytest.raises(KdlabError, match="cached rows"):
+        CachedDistillObjective(s["cache"], KDConfig(), chunk_size=64, seed=0, rank=0)(s["student"], batch, 1)

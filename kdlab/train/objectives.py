@@ -14,6 +14,7 @@ from accelerate.utils import extract_model_from_parallel
 
 from kdlab.config import KDConfig, loss_kwargs
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
+from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids
 from kdlab.losses import chunked_ce_loss, chunked_distill_loss
 from kdlab.models.heads import final_hidden, output_weight
@@ -63,6 +64,51 @@ class DistillObjective:
             kd_weight=1.0 if on_policy else self.kd.kd_weight,
             loss_kwargs=loss_kwargs(self.kd),
             vocab_size=self.vocab_size,
+            teacher_noise=self.kd.teacher_noise,
+            noise_generator=torch.Generator().manual_seed(int(noise_seed)),
+            chunk_size=self.chunk_size,
+        )
+
+
+class CachedDistillObjective:
+    """:class:`DistillObjective` with the teacher read from a :class:`kdlab.teacher_cache.TeacherCache`.
+
+    Off-policy batches (the training data the cache was built on) run no teacher forward pass: the rows of the
+    batch's examples (``cache.rows(batch["index"])``, batch rows then positions, the order of
+    :func:`response_hidden`) go to :func:`kdlab.teacher_cache.chunked_cached_distill_loss`, with the tail mode
+    ``kd.cache_tail``. Same objective, same sum over response tokens, same noise seeds as :class:`DistillObjective`.
+    With ``kd.teacher_noise`` sigma > 0 the top-k teacher logits get the very noise draws of the live objective;
+    the tail gets the draws of the other columns as if its tokens had equal probability (see
+    :mod:`kdlab.teacher_cache`, "Teacher noise"). On-policy batches (student samples, GKD ``lmbda > 0``) are not in
+    the cache: they go to ``live``, a :class:`DistillObjective` with the loaded teacher.
+    """
+
+    def __init__(self, cache, kd: KDConfig, chunk_size: int, seed: int, rank: int, live: DistillObjective | None = None):
+        self.cache, self.kd, self.chunk_size, self.seed, self.rank, self.live = cache, kd, chunk_size, seed, rank, live
+
+    def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
+        if bool(batch.get("on_policy", torch.tensor(0)).item()):
+            if self.live is None:
+                raise KdlabError("an on-policy batch needs the live teacher, and none was loaded (kd.lmbda is 0?)")
+            return self.live(model, batch, step)
+        from kdlab.teacher_cache import chunked_cached_distill_loss
+
+        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        rows = self.cache.rows(batch["index"].cpu())
+        if len(rows) != hidden.shape[0]:
+            raise KdlabError(f"teacher cache: the batch of examples {batch['index'].tolist()} has {hidden.shape[0]} response "
+                             f"tokens but {len(rows)} cached rows (the cache was built on other tokenisation)")
+        noise_seed = np.random.SeedSequence([self.seed, step, self.rank, int(batch["index"][0])]).generate_state(1)[0]
+        return chunked_cached_distill_loss(
+            hidden,
+            output_weight(model),
+            rows,
+            targets,
+            loss=self.kd.loss,
+            temperature=self.kd.temperature,
+            kd_weight=self.kd.kd_weight,
+            loss_kwargs=loss_kwargs(self.kd),
+            tail=self.kd.cache_tail,
             teacher_noise=self.kd.teacher_noise,
             noise_generator=torch.Generator().manual_seed(int(noise_seed)),
             chunk_size=self.chunk_size,

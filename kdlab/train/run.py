@@ -6,6 +6,8 @@ input leaves no output. Re-running a command on the same ``--out`` resumes it, o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from kdlab.generation import generate_ids
 from kdlab.models.load import check_same_tokenizer, load_adapter, load_model, load_tokenizer
 from kdlab.runs import run_state, start_run
 from kdlab.train.loop import Trainer, make_accelerator, resolve_precision
-from kdlab.train.objectives import DistillObjective, OnPolicyWindows, sft_objective
+from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective
 
 
 def prepare_student(config: RunConfig):
@@ -74,8 +76,107 @@ def run_sft(config: RunConfig) -> Path:
     return run_dir
 
 
+def teacher_spec(config: RunConfig) -> str:
+    """What identifies the teacher of a run in a teacher cache's manifest, without loading it: the model spec
+    (local folders as absolute paths) and, with a teacher adapter, its folder and a hash of its weights file."""
+
+    def name(spec: str) -> str:
+        path = Path(spec).expanduser()
+        return str(path.resolve()) if path.exists() else spec
+
+    spec = name(config.teacher)
+    if config.teacher_adapter:
+        adapter = Path(config.teacher_adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise KdlabError(f"{config.teacher_adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        weights = sorted(adapter.glob("adapter_model.*"))
+        digest = hashlib.sha256(weights[0].read_bytes()).hexdigest()[:16] if weights else "no weights file"
+        spec += f" + adapter {name(config.teacher_adapter)} ({digest})"
+    return spec
+
+
+def _cache_inputs(config: RunConfig):
+    """The student's tokenizer, the shared vocabulary size and the encoded training data, exactly as run_distill."""
+    tokenizer = load_tokenizer(config.model)
+    vocab_size = check_same_tokenizer(load_tokenizer(config.teacher), tokenizer, config.teacher, config.model)
+    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data)
+    return tokenizer, vocab_size, dataset
+
+
+def _check_cache_manifest(config: RunConfig, dataset) -> None:
+    """Refuse a complete cache built for another teacher, other data (tokenisation, max_length) or another k."""
+    from kdlab.teacher_cache import MANIFEST_FILE, data_hash
+
+    path = Path(config.teacher_cache)
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KdlabError(f"{path}: unreadable teacher cache manifest ({exc})") from None
+    diffs, spec = [], teacher_spec(config)
+    if manifest.get("teacher") != spec:
+        diffs.append(f"teacher '{manifest.get('teacher')}', this run '{spec}'")
+    if manifest.get("data_hash") != data_hash(dataset):
+        tokens = sum(len(item.response_ids) for item in dataset)
+        diffs.append(f"other data: built on {manifest.get('examples')} examples / {manifest.get('tokens')} response tokens, "
+                     f"this run has {len(dataset)} / {tokens} (data file, tokenizer or max_length)")
+    if manifest.get("k") != config.kd.cache_k:
+        diffs.append(f"k = {manifest.get('k')}, this run kd.cache_k = {config.kd.cache_k}")
+    if diffs:
+        raise KdlabError(f"{path}: teacher cache does not match this run ({'; '.join(diffs)}); delete it or choose another --teacher-cache")
+
+
+def teacher_cache_ready(path) -> bool:
+    """True for a complete cache folder, False for a missing or empty one; a folder holding anything else is refused
+    (building a cache there would replace it)."""
+    from kdlab.teacher_cache import CACHE_FILE, MANIFEST_FILE
+
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file() and (path / CACHE_FILE).is_file():
+        return True
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise KdlabError(f"{path}: exists and is not a teacher cache (no {MANIFEST_FILE} and {CACHE_FILE}); choose another --teacher-cache")
+    return False
+
+
+def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True, _inputs=None) -> Path:
+    """Make ``config.teacher_cache`` hold the teacher's top-``kd.cache_k`` signal on ``config.data``; return it.
+
+    A complete cache is checked against the run without loading any model (tokenizers only): the teacher spec
+    (:func:`teacher_spec`: model, adapter folder and adapter weights hash), the hash of the data encoded with the
+    student's tokenizer and ``train.max_length`` (the examples and indices run_distill trains on) and k; a mismatch
+    is a :class:`KdlabError` naming the folder and what differs. The teacher's weight fingerprint is compared only
+    when the teacher is loaded anyway (run_distill with ``kd.lmbda > 0``). A missing cache is built (atomically,
+    with a progress bar) from ``teacher``, loaded with :func:`load_teacher` when not given. Safe to call once per
+    (teacher, data) before several runs that share the folder.
+    """
+    from kdlab.teacher_cache import build_cache
+
+    if not config.teacher_cache:
+        raise KdlabError("no teacher cache folder set (--teacher-cache DIR)")
+    tokenizer, vocab_size, dataset = _inputs or _cache_inputs(config)
+    path = Path(config.teacher_cache)
+    if teacher_cache_ready(path):
+        _check_cache_manifest(config, dataset)
+        return path
+    if teacher is None:
+        teacher = load_teacher(config)
+        teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+    vocab_size = min(vocab_size, teacher.get_output_embeddings().weight.shape[0])
+    print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, {len(dataset)} examples)", flush=True)
+    info = build_cache(teacher, tokenizer, dataset, path, k=config.kd.cache_k, batch_size=config.train.batch_size,
+                       vocab_size=vocab_size, progress=progress, teacher_spec=teacher_spec(config),
+                       chunk_size=config.train.chunk_size)
+    print(f"kdlab: teacher cache {path}: {info.tokens} tokens, {info.bytes_per_token:.0f} bytes/token", flush=True)
+    return path
+
+
 def run_distill(config: RunConfig) -> Path:
-    """Knowledge distillation from ``config.teacher`` into ``config.model`` (token-level losses or SeqKD)."""
+    """Knowledge distillation from ``config.teacher`` into ``config.model`` (token-level losses or SeqKD).
+
+    With ``config.teacher_cache`` the teacher's signal on the training data comes from the cache
+    (:func:`ensure_teacher_cache` checks it, or builds it on first use); the teacher is loaded only to build the
+    cache or for on-policy steps (``kd.lmbda > 0``).
+    """
     run_dir = Path(config.out)
     if run_state(config) == "done":
         print(f"kdlab: {run_dir} is complete (result.json); nothing to do", flush=True)
@@ -83,14 +184,29 @@ def run_distill(config: RunConfig) -> Path:
     examples = load_examples(config.data)
     tokenizer = load_tokenizer(config.model)
     vocab_size = check_same_tokenizer(load_tokenizer(config.teacher), tokenizer, config.teacher, config.model)
-    encode_examples(tokenizer, examples, config.train.max_length, source=config.data)  # fail early if empty
-    teacher = load_teacher(config)
+    encoded = encode_examples(tokenizer, examples, config.train.max_length, source=config.data)  # fail early if empty
+    cached = bool(config.teacher_cache) and config.kd.loss != "seqkd"
+    cache_ready = False
+    if cached:
+        cache_ready = teacher_cache_ready(config.teacher_cache)
+        if cache_ready:  # check before any output; no model is loaded for it
+            ensure_teacher_cache(config, _inputs=(tokenizer, vocab_size, encoded))
+    teacher = load_teacher(config) if not cached or not cache_ready or config.kd.lmbda > 0 else None
     model = prepare_student(config)
+    if cached:
+        _check_student_vocab(config, model, teacher, cache_ready, vocab_size)
     run_dir = start_run(config)
     accelerator = make_accelerator(config, run_dir)
-    teacher.to(accelerator.device)
+    if teacher is not None:
+        teacher.to(accelerator.device)
     rank = accelerator.process_index
-    if config.kd.loss == "seqkd":
+    if cached:
+        objective = _cached_objective(config, teacher, (tokenizer, vocab_size, encoded), cache_ready, accelerator)
+        dataset = encoded
+        if config.kd.lmbda == 0:
+            teacher = None  # loaded only to build the cache: free it before training
+        window_hook = OnPolicyWindows(tokenizer, config.kd, config.train.max_length, config.train.seed) if config.kd.lmbda > 0 else None
+    elif config.kd.loss == "seqkd":
         examples = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
         dataset = encode_examples(tokenizer, examples, config.train.max_length, source=str(run_dir / "seqkd_data.json"))
         objective, window_hook = sft_objective(config.train.chunk_size), None
@@ -106,6 +222,33 @@ def run_distill(config: RunConfig) -> Path:
     trainer.save_final(summary)
     _report(run_dir, summary, accelerator)
     return run_dir
+
+
+def _check_student_vocab(config: RunConfig, model, teacher, cache_ready: bool, vocab_size: int) -> None:
+    """The student's logits are sliced to the cache's vocabulary: its output layer must have that many rows."""
+    from kdlab.teacher_cache import MANIFEST_FILE
+
+    if cache_ready:
+        vocab = json.loads((Path(config.teacher_cache) / MANIFEST_FILE).read_text(encoding="utf-8"))["vocab_size"]
+    else:
+        vocab = min(vocab_size, teacher.get_output_embeddings().weight.shape[0])
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows < vocab:
+        raise KdlabError(f"student '{config.model}' has {rows} output rows; the teacher cache needs {vocab} (its vocab_size)")
+
+
+def _cached_objective(config: RunConfig, teacher, inputs, cache_ready: bool, accelerator) -> CachedDistillObjective:
+    from kdlab.teacher_cache import load_cache
+
+    if not cache_ready:  # built once, by the main process
+        if accelerator.is_main_process:
+            ensure_teacher_cache(config, teacher=teacher, progress=accelerator.is_local_main_process, _inputs=inputs)
+        accelerator.wait_for_everyone()
+    cache = load_cache(config.teacher_cache, teacher=teacher)  # the weight fingerprint too, when the teacher is loaded
+    live = None
+    if config.kd.lmbda > 0:  # on-policy steps: the live teacher, sliced to the cache's vocabulary
+        live = DistillObjective(teacher, config.kd, cache.vocab_size, config.train.chunk_size, config.train.seed, accelerator.process_index)
+    return CachedDistillObjective(cache, config.kd, config.train.chunk_size, config.train.seed, accelerator.process_index, live=live)
 
 
 def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator) -> list[Example]:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from kdlab.cli import main
+from kdlab.errors import KdlabError
 from kdlab.train import loop
 
 
@@ -168,6 +169,13 @@ def missing_field(tmp_path):
     return path
 
 
+def not_a_cache(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("not a cache")
+    return folder
+
+
 @pytest.mark.parametrize(
     "case,message",
     [
@@ -183,6 +191,9 @@ def missing_field(tmp_path):
         ("bad-adapter", "not a LoRA adapter folder"),
         ("missing-model", "model folder not found"),
         ("too-short", "no example fits in max_length=4"),
+        ("seqkd-cache", "--teacher-cache works with token-level losses only"),
+        ("cache-k", "kd.cache_k must be > 0"),
+        ("not-a-cache", "exists and is not a teacher cache"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_models, synth_train, tmp_path, capsys):
@@ -190,7 +201,9 @@ def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_mo
             "missing-field": missing_field(tmp_path)}.get(case, synth_train)
     options = {"zero-temperature": ["--temperature", 0], "negative-temperature": ["--temperature", -1], "beta": ["--beta", 1.5],
                "unknown-loss": ["--set", "kd.loss=kl"], "bad-adapter": ["--teacher-adapter", tmp_path],
-               "too-short": ["--max-length", 4]}.get(case, [])
+               "too-short": ["--max-length", 4], "seqkd-cache": ["--loss", "seqkd", "--teacher-cache", tmp_path / "cache"],
+               "cache-k": ["--teacher-cache", tmp_path / "cache", "--cache-k", 0],
+               "not-a-cache": ["--teacher-cache", not_a_cache(tmp_path)]}.get(case, [])
     student = {"tokenizers": tiny_models["other"], "missing-model": tmp_path / "no-model"}.get(case, tiny_models["student"])
     out = tmp_path / "out"
     code = run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", student, "--data", data, "--out", out,
@@ -221,3 +234,66 @@ def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+
+
+def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, synth_train, tmp_path, monkeypatch):
+    """The first run builds the cache; runs with other losses/temperatures reuse it without loading the teacher."""
+    from kdlab.train import run
+
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    cache = tmp_path / "cache"
+    common = ["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
+              "--teacher-cache", cache, "--cache-k", 32, "--no-lora", "--max-steps", 4, "--batch-size", 4, "--lr", 1e-2, *FAST]
+    assert run_cli([*common, "--out", tmp_path / "fkl"]) == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["k"] == 32 and manifest["examples"] == 8 and manifest["vocab_size"] == 384  # sliced (teacher pads 7 rows)
+    stamps = {name: (cache / name).stat().st_mtime_ns for name in ("manifest.json", "cache.npz")}
+    assert "teacher_cache:" in (tmp_path / "fkl" / "config.yaml").read_text()
+
+    def no_teacher(config):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(run, "load_teacher", no_teacher)
+    monkeypatch.setattr("kdlab.teacher_cache.build_cache", no_teacher)
+    out = tmp_path / "rkl-t2"
+    assert run_cli([*common, "--out", out, "--loss", "rkl", "--temperature", 2, "--cache-tail", "renormalize"]) == 0
+    assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
+    curve = losses(out)
+    assert len(curve) == 4 and curve[-1] < curve[0] and all(value >= 0 for value in curve)
+    monkeypatch.undo()
+
+    # GKD with the cache: off-policy steps from the cache, on-policy steps from the (loaded) live teacher
+    out = tmp_path / "gkd"
+    assert run_cli([*common, "--out", out, "--loss", "gjsd", "--lmbda", 0.5, "--max-new-tokens", 4]) == 0
+    assert json.loads((out / "result.json").read_text())["on_policy_steps_this_session"] > 0
+    assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
+def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
+    """ensure_teacher_cache standalone builds the cache; other data, max_length, k or teacher are refused by name."""
+    from kdlab.config import build_config
+    from kdlab.train import run
+
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    cache = tmp_path / "cache"
+
+    def config(**changes):
+        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
+                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32"}
+        return build_config("distill", None, {**flags, **changes}, [])
+
+    assert run.ensure_teacher_cache(config(), progress=False) == cache
+    monkeypatch.setattr(run, "load_teacher", lambda config: pytest.fail("the teacher was loaded"))
+    assert run.ensure_teacher_cache(config()) == cache  # complete: checked, not rebuilt
+    other = small_data(tmp_path / "other.json", synth_train, 6)
+    for changes, message in [({"data": str(other)}, "other data: built on 8 examples"), ({"train.max_length": 200}, "other data"),
+                             ({"kd.cache_k": 8}, "k = 16, this run kd.cache_k = 8"), ({"teacher": str(tiny_models["talker"])}, "teacher '")]:
+        with pytest.raises(KdlabError, match="does not match this run") as error:
+            run.ensure_teacher_cache(config(**changes))
+        assert str(cache) in str(error.value) and message in str(error.value)
+    out = tmp_path / "refused"
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", other,
+                    "--teacher-cache", cache, "--cache-k", 16, "--out", out, "--max-steps", 1, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdlab: error:") and "other data" in err and "\n" not in err
+    assert not out.exists()
