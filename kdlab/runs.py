@@ -27,6 +27,14 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def _with_defaults(old: dict, defaults: dict) -> dict:
+    """``old`` with the settings it lacks (added to kdlab after the run started) taken from ``defaults``."""
+    filled = dict(defaults)
+    for key, value in old.items():
+        filled[key] = _with_defaults(value, defaults[key]) if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value
+    return filled
+
+
 def run_state(config: RunConfig) -> str:
     """'new', 'resume' or 'done' for the run folder ``config.out``; refuses a folder holding another config."""
     run_dir = Path(config.out)
@@ -35,7 +43,7 @@ def run_state(config: RunConfig) -> str:
         return "new"
     if not config_path.is_file():
         raise KdlabError(f"{run_dir}: exists and is not a kdlab run folder (no config.yaml); choose another --out")
-    old = yaml.safe_load(config_path.read_text()) or {}
+    old = _with_defaults(yaml.safe_load(config_path.read_text()) or {}, RunConfig(kind=config.kind).to_dict())
     diffs = _differences(old, config.to_dict())
     if diffs:
         raise KdlabError(f"{run_dir}: holds a run with a different config ({'; '.join(diffs[:3])}); choose another --out")

@@ -297,3 +297,20 @@ def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdlab: error:") and "other data" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train, tmp_path, capsys):
+    """A config.yaml without a setting added to kdlab later counts that setting as its default."""
+    import yaml
+
+    args = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", tmp_path / "run", "--max-steps", 1, *FAST]
+    assert run_cli(args) == 0
+    path = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["kd"]["cache_tail"], old["teacher_cache"]
+    path.write_text(yaml.safe_dump(old))
+    assert run_cli(args) == 0
+    assert "is complete" in capsys.readouterr().out
+    old["train"]["lr"] = 0.5  # a real difference is still refused
+    path.write_text(yaml.safe_dump(old))
+    assert run_cli(args) == 2
