@@ -80,6 +80,7 @@ class KDConfig:
     sample_temperature: float = option(1.0, "sampling temperature of on-policy student responses")
     generation_batch_size: int = option(16, "prompts per batch when generating")
     cache_k: int = option(64, "top-k teacher log-probs stored per token when building a --teacher-cache")
+    cache_temperatures: list = option([1.0, 2.0, 5.0], "temperatures whose exact tail mass the teacher cache stores (4 bytes per token each)")
     cache_tail: str = option("bucket", "how the KD loss treats the teacher mass outside the cached top-k (with --teacher-cache): "
                              "bucket = one extra 'rest of the vocabulary' outcome for both models (exact tail mass); "
                              "renormalize = both distributions restricted to the top-k and renormalised (tail ignored)",
@@ -234,6 +235,16 @@ def validate(config: RunConfig) -> None:
             raise KdlabError(f"{name} must be in [0, 1], got {value}")
     if kd.teacher_noise < 0:
         raise KdlabError(f"kd.teacher_noise must be >= 0, got {kd.teacher_noise}")
+    temperatures = []
+    for value in kd.cache_temperatures:
+        try:
+            tau = float(value)
+        except (TypeError, ValueError):
+            tau = float("nan")
+        if isinstance(value, bool) or not (math.isfinite(tau) and tau > 0):
+            raise KdlabError(f"kd.cache_temperatures: expected numbers > 0, got {value!r}")
+        temperatures.append(tau)
+    kd.cache_temperatures = temperatures
     if kd.sample_temperature <= 0:
         raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
     if config.kind == "distill" and config.teacher_cache and kd.loss == "seqkd":

@@ -21,26 +21,33 @@ array           dtype / shape                 meaning
 ``scale``       float16 [N]                   ``s`` = the largest gap ``d_k`` of that token (rounded up).
 ``lse``         float32 [N]                   ``logsumexp(z)`` of the raw logits: raw top-k logits are
                                               ``z_j = l_j + lse`` (kept for tools that need raw logits).
-``tail_logp``   float32 [N]                   ``log(1 - sum_j p_T(i_j))`` = ``logsumexp(z_tail) - lse``,
-                                              computed exactly from the full logits (-inf when k = V).
+``tail_lse``    float32 [N, T]                for each stored temperature ``tau_t`` (manifest ``temperatures``,
+                                              sorted, always including 1.0): ``logsumexp(l_tail / tau_t)`` over
+                                              the ``V - k`` tokens outside the top-k, computed exactly from the
+                                              full logits (-inf when k = V). At tau = 1 it is the log tail mass
+                                              ``log(1 - sum_j p_T(i_j))``.
 ``example_index`` int64 [E], ``offsets`` int64 [E + 1]: rows ``offsets[e]:offsets[e+1]`` belong to
                 ``Encoded.index == example_index[e]``, in position order.
 ==============  ============================  =================================================================
 
-Bytes per token: ``k * (id_bytes + 1) + 2 + 4 + 4`` = 266 for k = 64 and V = 152k (3-byte ids), 202 for
-V <= 65536 (2-byte ids); the per-example index is negligible. ``quantize=False`` (exact mode, meant for tests and
-for measuring the quantisation error) stores ``logp`` float32 [N, k] = ``l_j`` instead of ``q`` and ``scale``:
-``k * (id_bytes + 4) + 8`` bytes per token.
+Bytes per token: ``k * (id_bytes + 1) + 2 + 4 + 4 * T`` = 274 for k = 64, V = 152k (3-byte ids) and the default
+T = 3 temperatures (1, 2, 5; ``kd.cache_temperatures``), 210 for V <= 65536 (2-byte ids); each further temperature
+adds 4 bytes; the per-example index is negligible. ``quantize=False`` (exact mode, meant for tests and for measuring
+the quantisation error) stores ``logp`` float32 [N, k] = ``l_j`` instead of ``q`` and ``scale``:
+``k * (id_bytes + 4) + 4 + 4 * T`` bytes per token.
 
 Decoding (:class:`CacheRows`): the top-k log-probs at temperature 1 are rebuilt as
-``l_j = log(1 - m) + log_softmax(-d)_j`` with the exact tail mass ``m = exp(tail_logp)``, so the top-k part and the
-tail always sum to exactly 1; quantisation only perturbs the relative weights inside the top-k.
+``l_j = log(1 - m) + log_softmax(-d)_j`` with the exact tail mass ``m = exp(tail_logp)`` (``tail_logp`` = the
+tau = 1 column of ``tail_lse``), so the top-k part and the tail always sum to exactly 1; quantisation only perturbs
+the relative weights inside the top-k.
 
 Files: a cache is a folder written atomically (:func:`kdlab.io.atomic_dir`) holding ``cache.npz`` (uncompressed
 ``numpy.savez`` of the arrays above) and ``manifest.json`` (format version, teacher spec and weight fingerprint (256 rows of the output layer rounded to
 bf16, so a teacher loaded in float32 or bfloat16 matches),
-data hash, k, vocab size, quantised or not, token and example counts, bytes per token from the representation and
-measured from the file size).
+data hash, k, vocab size, quantised or not, the stored ``temperatures``, token and example counts, bytes per token
+from the representation and measured from the file size). Format 2 (this one) added ``tail_lse``; a format-1 cache
+(only the tau = 1 tail mass) is refused by :func:`load_cache` and by ``kdlab distill --teacher-cache`` with a
+message to delete the folder, so that it is rebuilt, rather than silently trained from with the uniform tail below.
 
 Divergences against the cache (``cached_divergence``), with ``tau`` the temperature and the student's full logits
 ``z_S`` [N, V]; as in :mod:`kdlab.losses` the result is per token [N] and does not include the ``tau**2`` factor:
@@ -57,27 +64,37 @@ Divergences against the cache (``cached_divergence``), with ``tau`` the temperat
   set). The tail is ignored entirely; the student gets no signal about the mass it puts outside the top-k.
 
 Temperature: the top-k part is exact at any tau (up to quantisation): ``z_j / tau`` differs from ``l_j / tau`` by a
-constant. The tail at tau != 1 cannot be rebuilt from its mass alone; it is approximated by spreading the tail mass
-uniformly over the ``V - k`` tail tokens (each has tau=1 log-prob ``log(m / (V - k))``), so the tail's
-unnormalised weight at tau is ``(V - k) * (m / (V - k)) ** (1 / tau)`` next to ``exp(l_j / tau)`` for the top-k.
-This is exact at tau = 1 and when the tail is empty; for tau > 1 it over-estimates the tail mass when the real tail
-is skewed (by Jensen, a uniform tail is the flattest possible). In ``renormalize`` mode the tail plays no part, so
-temperature handling is exact up to quantisation. How much that matters with a real LM (SmolLM2-135M-Instruct,
-V = 49152, k = 64, 4 synthetic arithmetic answers, 316 tokens): the tail holds 0.8% of the teacher's mass at tau = 1,
-but 47% at tau = 2 (uniform approximation: 70%) and 98% at tau = 5 (approximation: 99%). At tau >= 2 a top-64 cache
-therefore describes only about half of the softened teacher. Measured on one batch of 8 (490 tokens) with
-SmolLM2 pruned to 8 layers as the student, fp32, against the live objective: at tau = 1 the bucket loss is 17.55 vs
-17.66 per token (x tau^2 included) and the student's gradient has cosine 1.000 and norm ratio 0.997 with the live
-one; at tau = 2 the loss is 11.5 vs 26.9, cosine 0.977, norm ratio 0.48 (renormalize: cosine 0.85 at tau = 1,
-0.87 at tau = 2). In ``benchmarks/teacher_cache.py`` (fkl, tau = 2, 12 steps) the cached students end 0.38 nats per
-token worse in held-out NLL on average. A larger k, or per-temperature tail sums (``log sum_tail p^(1/tau)`` for the
-study's temperatures, 4 bytes each), would narrow this.
+constant. The bucket needs the tail's weight at tau, ``log sum_{v in tail} exp(l_v / tau)``, which depends on the
+shape of the tail, not only on its mass: the cache stores it exactly (``tail_lse``) for each temperature in its
+manifest. At a stored temperature (matched within 1e-6) the teacher's k + 1 log-probs are
+``log_softmax([l_1 / tau, ..., l_k / tau, tail_lse_tau])``: the exact coarsened distribution at tau (up to the
+quantisation of the top-k). At any other tau != 1 the tail is approximated by spreading its mass uniformly over the
+``V - k`` tail tokens (each has tau = 1 log-prob ``log(m / (V - k))``), so its weight at tau becomes
+``(V - k) * (m / (V - k)) ** (1 / tau)``; by Jensen, a uniform tail is the flattest possible, so for tau > 1 this
+over-estimates the tail mass when the real tail is skewed. A :class:`TailApproximationWarning` names the temperature
+and the stored ones (once per process and temperature); ``kdlab distill`` also warns when ``kd.temperature`` is not
+among a reused cache's temperatures, and builds a new cache with ``kd.cache_temperatures`` plus ``kd.temperature``.
+In ``renormalize`` mode the tail plays no part, so temperature handling is exact up to quantisation.
+
+How much the tail matters with a real LM (SmolLM2-135M-Instruct, V = 49152, k = 64, 4 synthetic arithmetic answers,
+316 tokens): it holds 0.8% of the teacher's mass at tau = 1, but 47% at tau = 2 (the uniform approximation said 70%)
+and 98% at tau = 5 (approximation: 99%); at tau >= 2 a top-64 cache describes only about half of the softened
+teacher, the rest as one bucket. Measured before the exact tail sums existed, on one batch of 8 (490 tokens) with
+SmolLM2 pruned to 8 layers as the student, fp32, against the live objective: at tau = 1 the bucket loss was 17.55 vs
+17.66 per token (x tau^2 included) and the student's gradient had cosine 1.000 and norm ratio 0.997 with the live
+one; at tau = 2, with the uniform tail, the loss was 11.5 vs 26.9, cosine 0.977, norm ratio 0.48 (renormalize:
+cosine 0.85 at tau = 1, 0.87 at tau = 2), and in ``benchmarks/teacher_cache.py`` (fkl, tau = 2, 12 steps) the cached
+students ended 0.38 nats per token worse in held-out NLL. With the stored tail sums the tau = 2 teacher bucket is now
+exact (tested against full logits coarsened to the same k + 1 outcomes); the bucket divergence remains a lower bound
+of the full one (the student is not told how the tail mass is spread), so a larger k still brings it closer.
 
 Use in training (``kdlab distill --teacher-cache DIR``, :func:`kdlab.train.run.ensure_teacher_cache`): the folder is
-built on first use with ``k = kd.cache_k`` from the data encoded exactly as the trainer encodes it (the student's
-tokenizer, ``train.max_length``, the same example indices), then checked on every later use against the teacher spec
-(model, adapter folder and a hash of the adapter weights), the data hash and k, without loading any model; the
-weight fingerprint is compared too whenever the teacher is loaded anyway. The objective
+built on first use with ``k = kd.cache_k`` and the tail sums of ``kd.cache_temperatures`` plus ``kd.temperature``
+from the data encoded exactly as the trainer encodes it (the student's tokenizer, ``train.max_length``, the same
+example indices), then checked on every later use against the teacher spec (model, adapter folder and a hash of the
+adapter weights), the data hash, k and the format version, without loading any model (a ``kd.temperature`` the
+cache does not store is a warning, not a rebuild); the weight fingerprint is compared too whenever the teacher is
+loaded anyway. The objective
 (:class:`kdlab.train.objectives.CachedDistillObjective`, :func:`chunked_cached_distill_loss`) computes the
 student's logits from its hidden states a chunk of ``train.chunk_size`` tokens at a time, sliced to the cache's
 ``vocab_size``, and evaluates :func:`cached_divergence` with ``tail = kd.cache_tail`` against the rows of the batch
@@ -90,13 +107,16 @@ Teacher noise (``kd.teacher_noise`` sigma, the paper's noise ablation): the live
 ``sigma * randn(C, V)`` to each chunk's teacher logits; the cached objective draws the very same matrix (same
 generator, same seed, same chunks) and passes it as ``logit_noise``. The k cached tokens get their own entries
 exactly (``l_j + eps_j``). The tail tokens' individual logits are not stored, so the tail gets no per-token noise:
-it is modelled as ``V - k`` tokens of equal probability ``m / (V - k)``, each perturbed by one of the draws of the
-non-cached columns, i.e. its weight at tau becomes ``sum_v exp((log(m / (V - k)) + eps_v) / tau)``. At k = V this is
-the live objective exactly. For k < V it keeps the expected unnormalised weight of the noisy tail at tau = 1
-(``m * exp(sigma^2 / 2)`` next to ``p_j * exp(eps_j)``, whatever the real tail) and the effect of large sigma (a tail token whose draw is far
-above the others can take most of the mass), but not which tail tokens receive the mass: the student is only told
-the total. In ``renormalize`` mode the tail, noisy or not, plays no part (the noise can no longer push a tail token
-into the top-k).
+it is modelled as ``V - k`` tokens that share its weight at tau, ``W_tau = exp(tail_lse_tau)`` (exact at a stored
+temperature, the uniform approximation above otherwise), equally, each perturbed by one of the draws of the
+non-cached columns, i.e. its weight at tau becomes ``(W_tau / (V - k)) * sum_v exp(eps_v / tau)``. With zero noise
+this is the noiseless bucket; at k = V it is the live objective exactly; at tau = 1 (and, approximately, at
+temperatures that are not stored) it is the same as modelling the tail as ``V - k`` tokens of equal probability
+``m / (V - k)``. For k < V it keeps the expected unnormalised weight of the noisy tail at a stored tau
+(``W_tau * exp(sigma^2 / (2 tau^2))``, the real tail's, whatever its shape) and the effect of large sigma (a tail
+token whose draw is far above the others can take most of the mass), but not which tail tokens receive the mass
+nor the correlation of the draws with the tail's own shape: the student is only told the total. In ``renormalize``
+mode the tail, noisy or not, plays no part (the noise can no longer push a tail token into the top-k).
 
 Measured (tiny teacher, init_std 0.3, V = k = 384, 634 tokens, bucket): quantised vs exact-teacher fkl at tau = 1
 differs by 2.3e-3 nats per token on average (max 1.4e-2) on a mean fkl of 3.85 nats; rkl 3.0e-3 (max 1.4e-2);
@@ -110,7 +130,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +143,47 @@ from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
 from kdlab.losses import _kl_from_log_probs, _log_mixture, check_loss_args
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-temperature tail sums (tail_lse); 1 (tail_logp only) is refused
 CACHE_FILE = "cache.npz"
 MANIFEST_FILE = "manifest.json"
 TAIL_MODES = ("bucket", "renormalize")
+DEFAULT_TEMPERATURES = (1.0, 2.0, 5.0)
+TEMPERATURE_TOLERANCE = 1e-6
 _MAX_VOCAB = 1 << 24
+
+
+class TailApproximationWarning(UserWarning):
+    """The bucket tail at a temperature the cache does not store: approximated by a uniform tail."""
+
+
+_warned_temperatures: set = set()
+
+
+def normalize_temperatures(temperatures) -> tuple[float, ...]:
+    """The stored temperatures: sorted, duplicates (within 1e-6) dropped, 1.0 always included; each must be a
+    finite number > 0."""
+    values = []
+    for value in list(temperatures) + [1.0]:
+        try:
+            tau = float(value)
+        except (TypeError, ValueError):
+            raise KdlabError(f"teacher cache temperatures: expected numbers, got {value!r}") from None
+        if not (math.isfinite(tau) and tau > 0):
+            raise KdlabError(f"teacher cache temperatures must be finite and > 0, got {value!r}")
+        values.append(tau)
+    out: list[float] = []
+    for tau in sorted(values):
+        if not out or tau - out[-1] > TEMPERATURE_TOLERANCE:
+            out.append(tau)
+    return tuple(out)
+
+
+def temperature_index(temperatures, temperature: float) -> int | None:
+    """Index of ``temperature`` among the stored ``temperatures`` (within 1e-6), or None."""
+    for i, tau in enumerate(temperatures):
+        if abs(float(tau) - float(temperature)) <= TEMPERATURE_TOLERANCE:
+            return i
+    return None
 
 
 def id_bytes(vocab_size: int) -> int:
@@ -136,11 +193,12 @@ def id_bytes(vocab_size: int) -> int:
     return 2 if vocab_size <= 1 << 16 else 3
 
 
-def bytes_per_token(k: int, vocab_size: int, quantize: bool = True) -> int:
-    """Storage per kept token of the representation documented in the module docstring."""
+def bytes_per_token(k: int, vocab_size: int, quantize: bool = True, n_temperatures: int = len(DEFAULT_TEMPERATURES)) -> int:
+    """Storage per kept token of the representation documented in the module docstring (``n_temperatures`` tail
+    sums, tau = 1 included)."""
     if quantize:
-        return k * (id_bytes(vocab_size) + 1) + 2 + 4 + 4
-    return k * (id_bytes(vocab_size) + 4) + 4 + 4
+        return k * (id_bytes(vocab_size) + 1) + 2 + 4 + 4 * n_temperatures
+    return k * (id_bytes(vocab_size) + 4) + 4 + 4 * n_temperatures
 
 
 def _pack_ids(ids: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -218,20 +276,21 @@ class CacheInfo:
 
 
 @torch.no_grad()
-def _encode_batch(logits: torch.Tensor, k: int, quantize: bool, vocab_size: int) -> dict[str, np.ndarray]:
+def _encode_batch(logits: torch.Tensor, k: int, quantize: bool, vocab_size: int,
+                  temperatures: tuple[float, ...] = (1.0,)) -> dict[str, np.ndarray]:
     """Raw logits [N, V] (float32) -> the stored per-token arrays."""
     lse = torch.logsumexp(logits, dim=-1)
     top_logits, top_ids = torch.topk(logits, k, dim=-1, sorted=True)
     logp = top_logits - lse.unsqueeze(1)
     if k < logits.shape[1]:
-        tail = logits.scatter(1, top_ids, float("-inf"))
-        tail_logp = torch.logsumexp(tail, dim=-1) - lse
+        tail = (logits - lse.unsqueeze(1)).scatter(1, top_ids, float("-inf"))  # l = log_softmax(z) outside the top-k
+        tail_lse = torch.stack([torch.logsumexp(tail / tau if tau != 1 else tail, dim=-1) for tau in temperatures], dim=1)
     else:
-        tail_logp = torch.full_like(lse, float("-inf"))
+        tail_lse = torch.full((logits.shape[0], len(temperatures)), float("-inf"))
     out = {
         "ids": _pack_ids(top_ids.numpy(), vocab_size),
         "lse": lse.numpy().astype(np.float32),
-        "tail_logp": tail_logp.numpy().astype(np.float32),
+        "tail_lse": tail_lse.numpy().astype(np.float32),
     }
     if quantize:
         out["q"], out["scale"] = _quantize(logp)
@@ -241,13 +300,17 @@ def _encode_batch(logits: torch.Tensor, k: int, quantize: bool, vocab_size: int)
 
 
 def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, batch_size: int = 8, vocab_size: int | None = None,
-                progress: bool = True, quantize: bool = True, teacher_spec: str | None = None, chunk_size: int = 256) -> CacheInfo:
+                progress: bool = True, quantize: bool = True, teacher_spec: str | None = None, chunk_size: int = 256,
+                temperatures=DEFAULT_TEMPERATURES) -> CacheInfo:
     """Run ``teacher`` once over ``dataset`` and write its top-k signal to the folder ``path`` (atomically).
 
     ``vocab_size`` (default ``len(tokenizer)``) slices a padded lm_head to the shared tokenizer size. Logits are
     computed from the final hidden states ``chunk_size`` tokens at a time, in float32, at the kept positions only.
     ``quantize=False`` stores exact float32 log-probs (larger; for tests and error measurements).
+    ``temperatures``: those whose exact tail sum is stored (``tail_lse``; 1.0 is always added; 4 bytes per token
+    each); the bucket tail is exact at these, approximated at others (module docstring, "Temperature").
     """
+    temperatures = normalize_temperatures(temperatures)
     from kdlab.models.heads import final_hidden, output_weight
 
     vocab_size = int(vocab_size or len(tokenizer))
@@ -288,7 +351,7 @@ def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, b
                 kept = hidden[:, :-1][keep]
                 for c in range(0, kept.shape[0], chunk_size):
                     logits = F.linear(kept[c : c + chunk_size].float(), weight_f).cpu()
-                    parts.append(_encode_batch(logits, k, quantize, vocab_size))
+                    parts.append(_encode_batch(logits, k, quantize, vocab_size, temperatures))
     finally:
         teacher.train(was_training)
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -305,9 +368,10 @@ def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, b
         "vocab_size": vocab_size,
         "quantized": quantize,
         "id_bytes": id_bytes(vocab_size),
+        "temperatures": list(temperatures),
         "tokens": tokens,
         "examples": len(dataset),
-        "bytes_per_token": bytes_per_token(k, vocab_size, quantize),
+        "bytes_per_token": bytes_per_token(k, vocab_size, quantize, len(temperatures)),
         "bytes_per_token_arrays": per_token / max(tokens, 1),
     }
     path = Path(path)
@@ -322,23 +386,31 @@ def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, b
 @dataclass
 class CacheRows:
     """Decoded cache rows for N kept tokens: ids [N, k] long, ``logp`` [N, k] (tau = 1, top-k + tail sum to 1),
-    ``tail_logp`` [N] (log teacher tail mass, -inf when empty), ``lse`` [N] and the vocabulary size."""
+    ``tail_logp`` [N] (log teacher tail mass, -inf when empty), ``lse`` [N], the vocabulary size, and the tail sums
+    ``tail_lse`` [N, T] (``logsumexp(l_tail / tau)`` for each of the stored ``temperatures``; ``None``: none stored,
+    the tail at tau != 1 is then approximated)."""
 
     ids: torch.Tensor
     logp: torch.Tensor
     tail_logp: torch.Tensor
     lse: torch.Tensor
     vocab_size: int
+    tail_lse: torch.Tensor | None = None
+    temperatures: tuple = field(default_factory=tuple)
 
     def to(self, device) -> "CacheRows":
-        return CacheRows(self.ids.to(device), self.logp.to(device), self.tail_logp.to(device), self.lse.to(device), self.vocab_size)
+        tail_lse = self.tail_lse.to(device) if self.tail_lse is not None else None
+        return CacheRows(self.ids.to(device), self.logp.to(device), self.tail_logp.to(device), self.lse.to(device), self.vocab_size,
+                         tail_lse, self.temperatures)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
     def slice(self, start: int, end: int) -> "CacheRows":
         """Rows ``start:end`` (views, no copy)."""
-        return CacheRows(self.ids[start:end], self.logp[start:end], self.tail_logp[start:end], self.lse[start:end], self.vocab_size)
+        tail_lse = self.tail_lse[start:end] if self.tail_lse is not None else None
+        return CacheRows(self.ids[start:end], self.logp[start:end], self.tail_logp[start:end], self.lse[start:end], self.vocab_size,
+                         tail_lse, self.temperatures)
 
     @property
     def raw_logits(self) -> torch.Tensor:
@@ -354,6 +426,8 @@ class TeacherCache:
         self.manifest = manifest
         self.k = int(manifest["k"])
         self.vocab_size = int(manifest["vocab_size"])
+        self.temperatures = tuple(float(tau) for tau in manifest["temperatures"])
+        self._tau1 = temperature_index(self.temperatures, 1.0)
         self.offsets = arrays["offsets"]
         self._slot = {int(index): slot for slot, index in enumerate(arrays["example_index"])}
 
@@ -367,7 +441,8 @@ class TeacherCache:
     def _decode(self, rows: np.ndarray) -> CacheRows:
         a = self.arrays
         ids = torch.from_numpy(_unpack_ids(a["ids"][rows]))
-        tail_logp = torch.from_numpy(a["tail_logp"][rows].astype(np.float32))
+        tail_lse = torch.from_numpy(a["tail_lse"][rows].astype(np.float32))
+        tail_logp = tail_lse[:, self._tau1]  # at tau = 1 the tail sum is the log tail mass
         if "logp" in a:
             rel = torch.from_numpy(a["logp"][rows].astype(np.float32))
         else:
@@ -376,7 +451,7 @@ class TeacherCache:
         head = torch.log1p(-tail_logp.double().exp().clamp(max=1.0)).float()
         logp = head.unsqueeze(1) + torch.log_softmax(rel, dim=-1)
         lse = torch.from_numpy(a["lse"][rows].astype(np.float32))
-        return CacheRows(ids, logp, tail_logp, lse, self.vocab_size)
+        return CacheRows(ids, logp, tail_logp, lse, self.vocab_size, tail_lse, self.temperatures)
 
     def example_rows(self, index: int) -> CacheRows:
         """Rows of one example (by ``Encoded.index``), one per kept position, in position order."""
@@ -397,6 +472,18 @@ class TeacherCache:
         return self._decode(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
 
 
+def check_format(manifest: dict, path) -> None:
+    """Refuse (KdlabError) a manifest of another format version, e.g. a cache built before the per-temperature tail
+    sums existed (format 1): it must be rebuilt."""
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise KdlabError(f"{path}: teacher cache format {version} was written by an older kdlab (no per-temperature tail sums; "
+                         f"this kdlab reads format {FORMAT_VERSION}); delete the folder to rebuild it")
+    raise KdlabError(f"{path}: teacher cache format_version {version!r} (expected {FORMAT_VERSION})")
+
+
 def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher_spec: str | None = None) -> TeacherCache:
     """Load a cache folder; with ``teacher`` / ``teacher_spec`` / ``dataset`` given, refuse (KdlabError) a cache
     built from another teacher (fingerprint or spec) or other data (hash)."""
@@ -408,8 +495,7 @@ def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise KdlabError(f"{manifest_path}: invalid JSON ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise KdlabError(f"{manifest_path}: format_version {manifest.get('format_version')} (expected {FORMAT_VERSION})")
+    check_format(manifest, path)
     if teacher is not None and teacher_fingerprint(teacher) != manifest["teacher_fingerprint"]:
         raise KdlabError(f"{path}: teacher cache was built from another teacher ({manifest['teacher']}); rebuild it")
     if teacher_spec is not None and teacher_spec != manifest["teacher"]:
@@ -423,12 +509,33 @@ def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher
     return TeacherCache(arrays, manifest)
 
 
+def _tail_weight(rows: CacheRows, temperature: float, n_tail: int) -> torch.Tensor:
+    """``log sum_{v in tail} exp(l_v / tau)`` [N]: stored exactly at the cache's temperatures; elsewhere the
+    uniform-tail approximation ``log n + (log m - log n) / tau`` (one warning per process and temperature)."""
+    column = temperature_index(rows.temperatures, temperature) if rows.tail_lse is not None else None
+    if column is not None:
+        return rows.tail_lse[:, column].clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite weight
+    if temperature != 1:
+        key = (float(temperature), tuple(rows.temperatures))
+        if key not in _warned_temperatures:
+            _warned_temperatures.add(key)
+            stored = ", ".join(f"{tau:g}" for tau in rows.temperatures) or "none"
+            warnings.warn(f"teacher cache: no exact tail sum stored for temperature {temperature:g} (stored: {stored}); "
+                          "the bucket tail is approximated as uniform, which over-estimates the softened tail mass "
+                          "(rebuild the cache with this temperature in kd.cache_temperatures)", TailApproximationWarning, stacklevel=3)
+    log_n = math.log(n_tail)
+    tail_logp = rows.tail_logp.clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite mass
+    return log_n + (tail_logp - log_n) / temperature
+
+
 def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher log-probs over k (renormalize) or k + 1 (bucket) outcomes at ``temperature``.
 
-    ``noise`` [N, V] (vocabulary order) is added to the teacher's logits: the top-k get their own entries; the tail,
-    modelled as ``V - k`` tokens of equal probability, gets the draws of the other ``V - k`` columns (see the module
-    docstring, "Teacher noise").
+    Bucket: unnormalised log-weights ``l_j / tau`` for the top-k and the tail sum ``log sum_tail exp(l_v / tau)``
+    for the bucket (exact at a stored temperature, uniform-tail approximation otherwise), then a log_softmax.
+    ``noise`` [N, V] (vocabulary order) is added to the teacher's logits: the top-k get their own entries; the tail
+    is modelled as ``V - k`` tokens sharing its weight at tau equally, each perturbed by one of the draws of the other
+    ``V - k`` columns (see the module docstring, "Teacher noise").
     """
     top = rows.logp
     if noise is not None:
@@ -440,13 +547,10 @@ def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str, noise: to
     n_tail = rows.vocab_size - rows.ids.shape[1]
     if n_tail == 0:
         return torch.log_softmax(scaled, dim=-1)
-    log_n = math.log(n_tail)
-    tail_logp = rows.tail_logp.clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite mass
-    if noise is None:
-        tail_term = log_n + (tail_logp - log_n) / temperature
-    else:  # log sum over the tail tokens of exp((log(m / n) + noise_v) / tau)
+    tail_term = _tail_weight(rows, temperature, n_tail).to(top.dtype)
+    if noise is not None:  # log sum over the tail tokens of (W_tau / n) * exp(noise_v / tau)
         tail_noise = noise.scatter(1, rows.ids, float("-inf"))
-        tail_term = (tail_logp - log_n) / temperature + torch.logsumexp(tail_noise / temperature, dim=-1)
+        tail_term = tail_term - math.log(n_tail) + torch.logsumexp(tail_noise / temperature, dim=-1)
     return torch.log_softmax(torch.cat([scaled, tail_term.unsqueeze(1)], dim=1), dim=-1)
 
 

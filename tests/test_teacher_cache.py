@@ -1,5 +1,8 @@
 """Teacher signal cache: exactness at k = V, quantisation error, size budget, determinism, manifest checks."""
 
+import json
+import warnings
+
 import pytest
 import torch
 
@@ -7,7 +10,7 @@ from kdlab.data.synth import generate_arith
 from kdlab.data.tokenize import collate, encode_examples
 from kdlab.errors import KdlabError
 from kdlab.losses import TOKEN_DIVERGENCES
-from kdlab.teacher_cache import build_cache, bytes_per_token, cached_divergence, load_cache
+from kdlab.teacher_cache import TailApproximationWarning, build_cache, bytes_per_token, cached_divergence, load_cache
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +70,83 @@ def test_topk_smaller_than_vocab(setup, tmp_path):
     assert torch.isfinite(renorm).all() and (renorm >= -1e-6).all()
     from kdlab.teacher_cache import _teacher_log_probs
 
-    for tau in (0.5, 2.0):  # tail mass approximated (uniform tail) at tau != 1: compare with the true tail mass
+    for tau in (0.5, 2.0, 5.0):  # stored (2, 5): exact tail mass; not stored (0.5): uniform approximation
         true_tail = 1 - torch.softmax(T / tau, -1).gather(1, top).sum(-1)
-        approx_tail = _teacher_log_probs(rows, tau, "bucket")[:, -1].exp()
-        assert (approx_tail - true_tail).abs().max() < 0.15
-        assert torch.isfinite(cached_divergence(S, rows, "fkl", tau)).all()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TailApproximationWarning)
+            got_tail = _teacher_log_probs(rows, tau, "bucket")[:, -1].exp()
+            assert torch.isfinite(cached_divergence(S, rows, "fkl", tau)).all()
+        assert (got_tail - true_tail).abs().max() < (0.15 if tau == 0.5 else 1e-5)
     quant = _cache(setup, tmp_path / "k64q", k=64)
     q = cached_divergence(S, quant.rows(setup["batch"]["index"]), "fkl", 1.0)
     assert (q - bucket).abs().mean() < 5e-3
+
+
+def _coarsened_reference(S, T, ids, tau, loss):
+    """The k + 1 bucket divergence from full logits, written independently: softmax at tau over V for both models,
+    the probabilities of the k ids plus the sum of all the others, then KL over those k + 1 outcomes."""
+    p_t, p_s = torch.softmax(T.double() / tau, -1), torch.softmax(S.double() / tau, -1)
+    coarse = []
+    for p in (p_t, p_s):
+        top = p.gather(1, ids)
+        coarse.append(torch.cat([top, (p.sum(-1) - top.sum(-1)).unsqueeze(1)], dim=1))
+    q_t, q_s = coarse
+    if loss == "rkl":
+        q_t, q_s = q_s, q_t
+    return (q_t * (q_t.log() - q_s.log())).sum(-1)
+
+
+@pytest.mark.parametrize("loss", ["fkl", "rkl"])
+def test_bucket_tail_is_exact_at_a_stored_temperature(setup, tmp_path, loss):
+    """k < V, exact cache: at tau = 2 (stored) the bucket divergence and its gradient equal the full logits coarsened
+    to the same k + 1 outcomes."""
+    S, T, V = setup["S"], setup["T"], setup["V"]
+    cache = _cache(setup, tmp_path / "k16", k=16, quantize=False, temperatures=[2.0])
+    assert cache.temperatures == (1.0, 2.0) and cache.manifest["temperatures"] == [1.0, 2.0]
+    rows = cache.rows(setup["batch"]["index"])
+    tau = 2.0
+    tail_mass = 1 - torch.softmax(T / tau, -1).gather(1, rows.ids).sum(-1)
+    assert tail_mass.mean() > 0.2  # the tail matters at this temperature: a test the uniform approximation fails
+    student = S.double().clone().requires_grad_(True)
+    ref = _coarsened_reference(student, T, rows.ids, tau, loss)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), student)
+    student = S.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TailApproximationWarning)  # no approximation at a stored temperature
+        got = cached_divergence(student, rows, loss, tau, tail="bucket")
+    (grad,) = torch.autograd.grad(got.sum(), student)
+    torch.testing.assert_close(got.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=1e-5, rtol=1e-5)
+    # within 1e-6 of a stored temperature counts as stored
+    torch.testing.assert_close(cached_divergence(S, rows, loss, tau + 5e-7), got.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_unstored_temperature_uses_the_uniform_tail_and_warns_once(setup, tmp_path, monkeypatch):
+    import kdlab.teacher_cache as tc
+
+    monkeypatch.setattr(tc, "_warned_temperatures", set())
+    S, V = setup["S"], setup["V"]
+    rows = _cache(setup, tmp_path / "k16", k=16, quantize=False).rows(setup["batch"]["index"])
+    tau, k = 3.0, 16
+    with pytest.warns(TailApproximationWarning, match=r"temperature 3 \(stored: 1, 2, 5\)"):
+        got = tc._teacher_log_probs(rows, tau, "bucket")
+    n = V - k
+    uniform_tail = torch.log(torch.tensor(float(n))) + (rows.tail_logp - torch.log(torch.tensor(float(n)))) / tau
+    expected = torch.log_softmax(torch.cat([rows.logp / tau, uniform_tail.unsqueeze(1)], 1), -1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TailApproximationWarning)  # once per process and temperature
+        cached_divergence(S, rows, "fkl", tau)
+
+
+def test_old_format_cache_is_refused(setup, tmp_path):
+    path = tmp_path / "old"
+    build_cache(setup["teacher"], setup["tok"], setup["data"], path, k=8, progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(KdlabError, match="older kdlab.*delete the folder to rebuild it"):
+        load_cache(path)
 
 
 def test_gradient_reaches_student(setup, tmp_path):
@@ -103,12 +175,12 @@ def test_bytes_per_token_large_vocab(setup, tmp_path):
     from kdlab.models.tiny import build_tiny_model
 
     tok, V = setup["tok"], 152064
-    assert bytes_per_token(64, V) == 266 <= 300
-    assert bytes_per_token(64, 65536) == 202
+    assert bytes_per_token(64, V) == bytes_per_token(64, V, n_temperatures=3) == 274 <= 300  # 3 tail sums (tau = 1, 2, 5)
+    assert bytes_per_token(64, 65536) == 210
     big = build_tiny_model(tok, layers=1, hidden=16, seed=4, vocab_padding=V - len(tok), init_std=0.3)
     data = setup["data"][:2]
     info = build_cache(big, tok, data, tmp_path / "big", k=64, vocab_size=V, progress=False)
-    assert info.manifest["bytes_per_token"] == 266
+    assert info.manifest["bytes_per_token"] == 274 and info.manifest["temperatures"] == [1.0, 2.0, 5.0]
     assert info.manifest["bytes_per_token_file"] <= 300
     cache = load_cache(tmp_path / "big")
     batch = collate(data, tok.pad_token_id)
@@ -218,9 +290,19 @@ def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_
     # top-k relative weights are exactly the noisy ones
     top = rows.logp + noise.gather(1, rows.ids)
     torch.testing.assert_close(log_p[:, :8] - log_p[:, :1], top - top[:, :1], atol=1e-5, rtol=1e-5)
-    # zero noise gives the noiseless teacher
-    torch.testing.assert_close(_teacher_log_probs(rows, 2.0, "bucket", torch.zeros_like(noise)), _teacher_log_probs(rows, 2.0, "bucket"),
-                               atol=1e-5, rtol=1e-5)
+    # zero noise gives the noiseless teacher, at a stored temperature (exact tail) and at another (uniform tail)
+    for tau in (2.0, 3.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TailApproximationWarning)
+            torch.testing.assert_close(_teacher_log_probs(rows, tau, "bucket", torch.zeros_like(noise)),
+                                       _teacher_log_probs(rows, tau, "bucket"), atol=1e-5, rtol=1e-5)
+    # at a stored tau the tail's weight is the exact tail sum shared over the V - k tail tokens, each with its draw
+    tau = 2.0
+    log_p = _teacher_log_probs(rows, tau, "bucket", noise)
+    tail_noise = noise.scatter(1, rows.ids, float("-inf"))
+    tail = rows.tail_lse[:, 1] - torch.log(torch.tensor(s["V"] - 8.0)) + torch.logsumexp(tail_noise / tau, -1)
+    ref = torch.log_softmax(torch.cat([(rows.logp + noise.gather(1, rows.ids)) / tau, tail.unsqueeze(1)], 1), -1)
+    torch.testing.assert_close(log_p, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_objective_refuses_misaligned_rows(objective_setup):

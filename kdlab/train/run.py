@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -103,15 +104,17 @@ def _cache_inputs(config: RunConfig):
     return tokenizer, vocab_size, dataset
 
 
-def _check_cache_manifest(config: RunConfig, dataset) -> None:
-    """Refuse a complete cache built for another teacher, other data (tokenisation, max_length) or another k."""
-    from kdlab.teacher_cache import MANIFEST_FILE, data_hash
+def _check_cache_manifest(config: RunConfig, dataset) -> dict:
+    """Refuse a complete cache of an older format, or built for another teacher, other data (tokenisation,
+    max_length) or another k; return its manifest."""
+    from kdlab.teacher_cache import MANIFEST_FILE, check_format, data_hash
 
     path = Path(config.teacher_cache)
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise KdlabError(f"{path}: unreadable teacher cache manifest ({exc})") from None
+    check_format(manifest, path)
     diffs, spec = [], teacher_spec(config)
     if manifest.get("teacher") != spec:
         diffs.append(f"teacher '{manifest.get('teacher')}', this run '{spec}'")
@@ -123,6 +126,19 @@ def _check_cache_manifest(config: RunConfig, dataset) -> None:
         diffs.append(f"k = {manifest.get('k')}, this run kd.cache_k = {config.kd.cache_k}")
     if diffs:
         raise KdlabError(f"{path}: teacher cache does not match this run ({'; '.join(diffs)}); delete it or choose another --teacher-cache")
+    return manifest
+
+
+def _warn_cache_temperature(config: RunConfig, manifest: dict) -> None:
+    """A reused cache without the exact tail sum at ``kd.temperature``: warn (the bucket tail is approximated)."""
+    from kdlab.teacher_cache import temperature_index
+
+    stored = manifest.get("temperatures", [])
+    if config.kd.cache_tail == "bucket" and temperature_index(stored, config.kd.temperature) is None:
+        print(f"kdlab: warning: teacher cache {config.teacher_cache} stores the exact tail mass at temperatures "
+              f"{', '.join(f'{tau:g}' for tau in stored)}, not at kd.temperature = {config.kd.temperature:g}: the bucket tail "
+              "is approximated as uniform (over-estimates the softened tail); delete the folder to rebuild it with this "
+              "temperature", file=sys.stderr, flush=True)
 
 
 def teacher_cache_ready(path) -> bool:
@@ -143,29 +159,34 @@ def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True,
 
     A complete cache is checked against the run without loading any model (tokenizers only): the teacher spec
     (:func:`teacher_spec`: model, adapter folder and adapter weights hash), the hash of the data encoded with the
-    student's tokenizer and ``train.max_length`` (the examples and indices run_distill trains on) and k; a mismatch
-    is a :class:`KdlabError` naming the folder and what differs. The teacher's weight fingerprint is compared only
+    student's tokenizer and ``train.max_length`` (the examples and indices run_distill trains on), k and the format
+    version (a cache of an older format must be deleted and rebuilt); a mismatch is a :class:`KdlabError` naming the
+    folder and what differs. A ``kd.temperature`` without an exact tail sum in the cache is a warning (the bucket
+    tail is then approximated), not a rebuild. The teacher's weight fingerprint is compared only
     when the teacher is loaded anyway (run_distill with ``kd.lmbda > 0``). A missing cache is built (atomically,
-    with a progress bar) from ``teacher``, loaded with :func:`load_teacher` when not given. Safe to call once per
+    with a progress bar) from ``teacher``, loaded with :func:`load_teacher` when not given, with the exact tail sums
+    at ``kd.cache_temperatures`` plus ``kd.temperature``. Safe to call once per
     (teacher, data) before several runs that share the folder.
     """
-    from kdlab.teacher_cache import build_cache
+    from kdlab.teacher_cache import build_cache, normalize_temperatures
 
     if not config.teacher_cache:
         raise KdlabError("no teacher cache folder set (--teacher-cache DIR)")
     tokenizer, vocab_size, dataset = _inputs or _cache_inputs(config)
     path = Path(config.teacher_cache)
     if teacher_cache_ready(path):
-        _check_cache_manifest(config, dataset)
+        _warn_cache_temperature(config, _check_cache_manifest(config, dataset))
         return path
     if teacher is None:
         teacher = load_teacher(config)
         teacher.to("cuda" if torch.cuda.is_available() else "cpu")
     vocab_size = min(vocab_size, teacher.get_output_embeddings().weight.shape[0])
-    print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, {len(dataset)} examples)", flush=True)
+    temperatures = normalize_temperatures([*config.kd.cache_temperatures, config.kd.temperature])
+    print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, tail sums at tau = "
+          f"{', '.join(f'{tau:g}' for tau in temperatures)}, {len(dataset)} examples)", flush=True)
     info = build_cache(teacher, tokenizer, dataset, path, k=config.kd.cache_k, batch_size=config.train.batch_size,
                        vocab_size=vocab_size, progress=progress, teacher_spec=teacher_spec(config),
-                       chunk_size=config.train.chunk_size)
+                       chunk_size=config.train.chunk_size, temperatures=temperatures)
     print(f"kdlab: teacher cache {path}: {info.tokens} tokens, {info.bytes_per_token:.0f} bytes/token", flush=True)
     return path
 

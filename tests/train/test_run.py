@@ -299,6 +299,42 @@ def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp
     assert not out.exists()
 
 
+def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
+    """A cache is built with kd.cache_temperatures plus kd.temperature; a reused cache without kd.temperature is a
+    warning (approximate tail), not a rebuild; a cache of the older format is refused with a message to delete it."""
+    from kdlab.config import build_config
+    from kdlab.train import run
+
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    cache = tmp_path / "cache"
+
+    def config(**changes):
+        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
+                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32",
+                 "kd.cache_temperatures": "2,5", "kd.temperature": 3.0}
+        return build_config("distill", None, {**flags, **changes}, [])
+
+    assert config().kd.cache_temperatures == [2.0, 5.0]
+    with pytest.raises(KdlabError, match="kd.cache_temperatures"):
+        config(**{"kd.cache_temperatures": "2,-1"})
+    run.ensure_teacher_cache(config(), progress=False)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["temperatures"] == [1.0, 2.0, 3.0, 5.0] and manifest["bytes_per_token"] == 16 * 3 + 6 + 16
+    capsys.readouterr()
+    monkeypatch.setattr(run, "load_teacher", lambda config: pytest.fail("the teacher was loaded"))
+    stamp = (cache / "cache.npz").stat().st_mtime_ns
+    run.ensure_teacher_cache(config(**{"kd.temperature": 2.0}))
+    assert "warning" not in capsys.readouterr().err
+    run.ensure_teacher_cache(config(**{"kd.temperature": 4.0}))
+    err = capsys.readouterr().err
+    assert "kd.temperature = 4" in err and "1, 2, 3, 5" in err and "approximated" in err
+    assert (cache / "cache.npz").stat().st_mtime_ns == stamp
+    manifest["format_version"] = 1
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(KdlabError, match="older kdlab.*delete the folder"):
+        run.ensure_teacher_cache(config())
+
+
 def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train, tmp_path, capsys):
     """A config.yaml without a setting added to kdlab later counts that setting as its default."""
     import yaml
