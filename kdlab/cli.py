@@ -76,7 +76,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     if args.task != "arith":
         raise KdlabError(f"--task {args.task!r}: unknown synthetic task (available: arith)")
-    write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps)
+    write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps, scale=args.scale)
     print(f"kdlab: wrote {args.n} {args.split} problems to {args.out}")
 
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--split", default="train", help="train or test (disjoint by construction)")
     synth.add_argument("--max-steps", dest="max_steps", type=int, default=3, help="most arithmetic steps per problem (<= 3)")
     synth.add_argument("--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem")
+    synth.add_argument("--scale", default="standard", choices=("standard", "small"),
+                       help="number ranges: standard (two-digit amounts) or small (single-digit operands)")
     synth.add_argument("--out", required=True, help="output JSON file")
     synth.set_defaults(func=cmd_data_synth)
     overlap = data_commands.add_parser("overlap", help="train/test contamination: exact question matches and n-gram overlap")

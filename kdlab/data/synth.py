@@ -66,6 +66,31 @@ QUESTIONS = {
 
 
 @dataclass(frozen=True)
+class Scale:
+    """Number ranges of the generated problems (inclusive upper bounds)."""
+
+    start_items: int = 60       # plain starting amount of objects (from 5; from 3 at small scale)
+    start_money: int = 100      # plain starting amount of dollars (from 20; from 5 at small scale)
+    add: int = 30               # amount added to objects (money: add + 10)
+    sub: int = 40               # amount removed
+    more: int = 25              # "b more than"
+    fewer: int = 30             # "b fewer than"
+    times: int = 5              # "b times as many as"
+    divisor: int = 12           # packing into containers of b (sharing: divisor - 2 friends)
+    product_k: int = 9          # k containers ...
+    product_p: int = 15         # ... of p objects each (money: p + 5 dollars an hour)
+    low: bool = False
+
+
+SCALES = {
+    "standard": Scale(),
+    # single-digit operands: facts a small (or pruned) model can still get right
+    "small": Scale(start_items=12, start_money=20, add=9, sub=9, more=9, fewer=9, times=3, divisor=4, product_k=5,
+                   product_p=5, low=True),
+}
+
+
+@dataclass(frozen=True)
 class _State:
     """The running quantity: ``value`` of ``unit`` held by ``holder`` (name, pronoun)."""
 
@@ -100,8 +125,11 @@ def _divisors(value: int, largest: int) -> list[int]:
 # ---- operations: each returns a _Step, or None when it does not apply to the state. ``first`` is True for the
 # first operation after a plain start ("Tom has 12 apples."), whose rationale then restates the starting amount.
 
+_SCALE = SCALES["standard"]  # set by generate_arith for the duration of one call
+
+
 def _add(rng: random.Random, s: _State, first: bool) -> _Step:
-    b = rng.randint(2, 30 if s.kind == "items" else 40)
+    b = rng.randint(2, _SCALE.add if s.kind == "items" else _SCALE.add + 10 * (not _SCALE.low))
     friend = _other_person(rng, s)
     story_pred, rat_pred = rng.choice(ADD_ACTIONS[s.kind])
     return _action(rng, s, first, story_pred, rat_pred, "+", b, s.value + b, friend, "now")
@@ -110,7 +138,7 @@ def _add(rng: random.Random, s: _State, first: bool) -> _Step:
 def _sub(rng: random.Random, s: _State, first: bool) -> _Step | None:
     if s.value < 4:
         return None
-    b = rng.randint(2, min(s.value - 2, 40))
+    b = rng.randint(2, min(s.value - 2, _SCALE.sub))
     friend = _other_person(rng, s)
     story_pred, rat_pred = rng.choice(SUB_ACTIONS[s.kind])
     return _action(rng, s, first, story_pred, rat_pred, "-", b, s.value - b, friend, "left")
@@ -134,16 +162,16 @@ def _compare(rng: random.Random, s: _State, first: bool) -> _Step | None:
     friend = _other_person(rng, s)
     kind = rng.choice(["more", "fewer", "times", "fraction"])
     if kind == "more":
-        b = rng.randint(2, 25)
+        b = rng.randint(2, _SCALE.more)
         story_pred, rat_pred, op, y = f"{b} more {s.unit} than", f"{b} more than", "+", x + b
     elif kind == "fewer" and x >= 4:
-        b = rng.randint(2, min(x - 2, 30))
+        b = rng.randint(2, min(x - 2, _SCALE.fewer))
         story_pred, rat_pred, op, y = f"{b} fewer {s.unit} than", f"{b} fewer than", "-", x - b
     elif kind == "times" and x <= 60:
-        b = rng.randint(2, min(5, 500 // x))
+        b = rng.randint(2, min(_SCALE.times, 500 // x))
         story_pred, rat_pred, op, y = f"{b} times as many {s.unit} as", f"{b} times as many as", "x", x * b
-    elif kind == "fraction" and _divisors(x, 5):
-        b = rng.choice(_divisors(x, 5))
+    elif kind == "fraction" and _divisors(x, min(5, _SCALE.divisor)):
+        b = rng.choice(_divisors(x, min(5, _SCALE.divisor)))
         story_pred, rat_pred, op, y = f"{FRACTIONS[b]} as many {s.unit} as", f"{FRACTIONS[b]} as many as", "/", x // b
     else:
         return None
@@ -160,18 +188,18 @@ def _share(rng: random.Random, s: _State, first: bool) -> _Step | None:
     name, pronoun = s.holder
     x = s.value
     if s.kind == "items" and rng.random() < 0.5:
-        if not _divisors(x, 12):
+        if not _divisors(x, _SCALE.divisor):
             return None
-        b = rng.choice(_divisors(x, 12))
+        b = rng.choice(_divisors(x, _SCALE.divisor))
         single, plural = s.container
         story = f"{rng.choice(CONNECTORS)}{name} puts all the {s.unit} into {plural}, with {b} {s.unit} in each {single}."
         lead = f"{name} starts with {x} {s.unit} and puts them" if first else f"{name} puts {x} {s.unit}"
         rationale = f"{lead} into {plural} of {b}, so {pronoun} fills {x} / {b} = {x // b} {plural}."
         question = f"How many {plural} does {name} fill?"
         return _Step(story, [rationale], replace(s, value=x // b, unit=plural), question)
-    if not _divisors(x, 10):
+    if not _divisors(x, _SCALE.divisor - 2 * (not _SCALE.low)):
         return None
-    b = rng.choice(_divisors(x, 10))
+    b = rng.choice(_divisors(x, _SCALE.divisor - 2 * (not _SCALE.low)))
     what = "money" if s.kind == "money" else s.unit
     story = f"{rng.choice(CONNECTORS)}{name} shares the {what} equally among {b} friends."
     lead = f"{name} starts with {x} {s.unit} and shares them" if first else f"{name} shares {x} {s.unit}"
@@ -210,17 +238,18 @@ def _start(rng: random.Random, product: bool) -> tuple[_State, str, list[str], s
     container = rng.choice(CONTAINERS)
     name, pronoun = holder
     if not product:
-        value = rng.randint(5, 60) if kind == "items" else rng.randint(20, 100)
+        value = (rng.randint(3 if _SCALE.low else 5, _SCALE.start_items) if kind == "items"
+                 else rng.randint(5 if _SCALE.low else 20, _SCALE.start_money))
         verb = rng.choice(["has", "has", "owns"] if kind == "items" else ["has", "saves", "has"])
         state = _State(holder, unit, kind, value, container, (name,))
         return state, f"{name} {verb} {value} {unit}.", [], _question(rng, "", unit, name)
     if kind == "money":
-        k, p = rng.randint(2, 8), rng.randint(5, 20)
+        k, p = rng.randint(2, _SCALE.product_k - 1 * (not _SCALE.low)), rng.randint(2 if _SCALE.low else 5, _SCALE.product_p + 5)
         story = f"{name} earns {p} dollars an hour and works for {k} hours."
         rationale = f"{name} earns {p} dollars for each of {k} hours, so {pronoun} earns {k} x {p} = {k * p} dollars."
         question = f"How many dollars does {name} earn?"
     else:
-        k, p = rng.randint(2, 9), rng.randint(3, 15)
+        k, p = rng.randint(2, _SCALE.product_k), rng.randint(2 if _SCALE.low else 3, _SCALE.product_p)
         single, plural = container
         story = f"{name} buys {k} {plural} of {unit} with {p} {unit} in each {single}."
         rationale = f"{name} buys {k} {plural} of {p} {unit}, so {pronoun} has {k} x {p} = {k * p} {unit}."
@@ -260,12 +289,17 @@ def is_test_question(question: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
-def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, min_steps: int = 1) -> list[Example]:
+def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, min_steps: int = 1,
+                   scale: str = "standard") -> list[Example]:
     """``n`` distinct problems of the ``split`` ("train" or "test"), each with ``min_steps``..``max_steps`` steps.
 
     The number of steps is drawn uniformly per problem. Problems of the other split and repeated questions are
-    skipped, so a file has no duplicate questions and train and test files never share one.
+    skipped, so a file has no duplicate questions and train and test files never share one. ``scale`` sets the
+    number ranges (:data:`SCALES`): ``standard`` (two-digit amounts) or ``small`` (single-digit operands).
     """
+    global _SCALE
+    if scale not in SCALES:
+        raise KdlabError(f"unknown scale {scale!r}: expected one of {', '.join(SCALES)}")
     if split not in SPLITS:
         raise KdlabError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -277,7 +311,16 @@ def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, 
     ):
         raise KdlabError(f"bad step range min_steps={min_steps!r} max_steps={max_steps!r}: need 1 <= min <= max <= {MAX_STEPS}")
 
-    key = f"kdlab.synth.arith|{seed}|{split}|{min_steps}|{max_steps}".encode("utf-8")
+    key = f"kdlab.synth.arith|{seed}|{split}|{min_steps}|{max_steps}" + ("" if scale == "standard" else f"|{scale}")
+    key = key.encode("utf-8")
+    previous, _SCALE = _SCALE, SCALES[scale]
+    try:
+        return _generate(key, n, split, min_steps, max_steps)
+    finally:
+        _SCALE = previous
+
+
+def _generate(key: bytes, n: int, split: str, min_steps: int, max_steps: int) -> list[Example]:
     rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
     want_test = split == "test"
     examples: list[Example] = []
@@ -295,6 +338,7 @@ def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, 
                      f"(steps {min_steps}..{max_steps}); ask for fewer")
 
 
-def write_synth(path: str | Path, n: int, seed: int, split: str, max_steps: int = 3, min_steps: int = 1) -> None:
+def write_synth(path: str | Path, n: int, seed: int, split: str, max_steps: int = 3, min_steps: int = 1,
+                scale: str = "standard") -> None:
     """Generate with :func:`generate_arith` and write the problems as LLM-Adapters JSON (atomically)."""
-    write_json_examples(generate_arith(n, seed, split, max_steps=max_steps, min_steps=min_steps), path)
+    write_json_examples(generate_arith(n, seed, split, max_steps=max_steps, min_steps=min_steps, scale=scale), path)

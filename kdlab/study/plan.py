@@ -167,6 +167,14 @@ class _Builder:
         self.nodes.setdefault(node.id, node)
         return self.nodes[node.id]
 
+    def cache_temperatures(self) -> list[float]:
+        """Every temperature a KD run of the study uses (and 1): the cache stores their exact tail mass."""
+        spec = self.spec
+        used = {1.0, *spec.temperatures, *(t for m in spec.methods.values() for t in (m.temperatures or []))}
+        if spec.ablations.temperature is not None:
+            used.add(spec.ablations.temperature)
+        return sorted(float(t) for t in used)
+
     # models ---------------------------------------------------------
     def model(self, name: str) -> tuple[str, tuple[str, ...]]:
         """(loadable spec or study folder, dependencies) of a named model."""
@@ -244,6 +252,7 @@ class _Builder:
         t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
         flags = {"teacher": t_model, "teacher_adapter": t_adapter, "model": self.spec.models[teacher].spec,
                  "data": domain.train, "kd.cache_k": int(self.spec.teacher_cache["k"]),
+                 "kd.cache_temperatures": self.cache_temperatures(),
                  **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
                     if key in ("train.max_length", "train.precision")}}
         examples, tokens = data_size(domain.train, domain.examples)
@@ -278,7 +287,8 @@ class _Builder:
         if use_cache:
             cache = self.cache(teacher, domain, base)
             params["teacher_cache"] = study_path(cache.id)
-            flags.update({"kd.cache_k": int(self.spec.teacher_cache["k"]), "kd.cache_tail": self.spec.teacher_cache["tail"]})
+            flags.update({"kd.cache_k": int(self.spec.teacher_cache["k"]), "kd.cache_tail": self.spec.teacher_cache["tail"],
+                          "kd.cache_temperatures": self.cache_temperatures()})
             deps += (cache.id,)
         examples, tokens = data_size(domain.train, domain.examples)
         if not use_cache or float(method.kd.get("lmbda", 0.0)) > 0:

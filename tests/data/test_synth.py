@@ -73,3 +73,28 @@ def test_step_counts_in_range(min_steps, max_steps):
 def test_bad_arguments_raise(kwargs, culprit):
     with pytest.raises(KdlabError, match=re.escape(culprit)):
         generate_arith(**kwargs)
+
+
+def test_small_scale_uses_small_numbers_and_correct_rationales():
+    import re
+
+    examples = generate_arith(200, seed=0, split="train", max_steps=1, scale="small")
+    for example in examples:
+        assert max(int(n) for n in re.findall(r"\d+", example.instruction)) <= 20, example.instruction
+        for a, op, b, c in re.findall(r"(\d+) ([-+x/]) (\d+) = (\d+)", example.output):
+            assert {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b), "/": int(a) / int(b)}[op] == int(c)
+    standard = generate_arith(50, seed=0, split="train", max_steps=1)
+    assert [e.instruction for e in standard] != [e.instruction for e in examples[:50]]
+    assert max(int(n) for e in standard for n in re.findall(r"\d+", e.instruction)) > 20
+    with pytest.raises(KdlabError, match="unknown scale 'huge'"):
+        generate_arith(5, seed=0, scale="huge")
+
+
+def test_standard_scale_output_is_unchanged():
+    """The default ranges are pinned: files written by earlier versions stay reproducible."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([e.__dict__ for e in generate_arith(300, 0, "train")]
+                                       + [e.__dict__ for e in generate_arith(100, 3, "test", max_steps=1)]).encode()).hexdigest()
+    assert digest == "c28dc4247e9e6b6d2276d318768a221d0357f67ae6db3c1cf444786c10f69282"
