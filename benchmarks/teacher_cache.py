@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--lora", action="store_true", help="LoRA students (default: full fine-tuning, as the CPU study does for pruned students)")
     p.add_argument("--max-length", type=int, default=192)
+    p.add_argument("--scale", default="standard", choices=("standard", "small"), help="synthetic number ranges (kdlab data synth --scale)")
+    p.add_argument("--synth-steps", dest="synth_steps", type=int, default=3, help="most arithmetic steps per problem (1-3)")
     p.add_argument("--cache-k", type=int, default=64)
     p.add_argument("--cache-tail", default="bucket", choices=("bucket", "renormalize"))
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -124,8 +126,8 @@ def prepare_models(args) -> tuple[str, dict[int, str]]:
 def prepare_data(args) -> tuple[Path, Path]:
     data = args.out / "data"
     train, test = data / "train.json", data / "arith" / "test.json"  # eval's --data-dir layout
-    write_synth(train, n=args.train, seed=0, split="train")
-    write_synth(test, n=args.test, seed=1, split="test")
+    write_synth(train, n=args.train, seed=0, split="train", max_steps=args.synth_steps, scale=args.scale)
+    write_synth(test, n=args.test, seed=1, split="test", max_steps=args.synth_steps, scale=args.scale)
     return train, data
 
 

@@ -46,6 +46,7 @@ STYLE = {
     "legend.frameon": False, "errorbar.capsize": 3, "lines.linewidth": 1.8, "lines.markersize": 6,
 }
 MAX_WIDTH = 11.5  # inches: the report's column at 110 dpi
+MIN_WIDTH = 8.0  # inches: a one-panel figure still has room for its title and legend
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
 REPORT_INPUT = SEED_INPUT + ["run", "improvement", "sft_accuracy", "teacher_accuracy", "agreement", "bleu",
                              "ci_low", "ci_high"]
@@ -82,10 +83,16 @@ def _pp(value, sign: bool = True) -> str:
     return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
 
 
+def _size_label(billions: float) -> str:
+    """``0.113`` -> ``113M``, ``1.5`` -> ``1.5B``."""
+    return f"{billions * 1000:.0f}M" if billions < 1 else f"{billions:.3g}B"
+
+
 def _new_figure(panels: int, ncols: int = 3, width: float = 4.3, height: float = 3.3):
     ncols = max(1, min(ncols, panels))
     nrows = math.ceil(panels / ncols)
     width = min(width, MAX_WIDTH / ncols)  # the page shows about 11.5 in at 100%: never shrink text below that
+    width = max(width, MIN_WIDTH / ncols)  # room for the title and the legend of a one-panel figure
     fig = Figure(figsize=(width * ncols, height * nrows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -191,9 +198,9 @@ def fig_gain_vs_size(ctx: _Context) -> FigureResult:
         ax.axhline(0, color="black", linewidth=0.9, linestyle="--")
         ax.set_xscale("log")
         ax.set_xticks(sizes)
-        ax.set_xticklabels([f"{s:g}" for s in sizes])
+        ax.set_xticklabels([_size_label(s) for s in sizes])
         ax.minorticks_off()
-        ax.set_xlabel("student size (billion parameters)")
+        ax.set_xlabel("student size (parameters)")
         ax.set_ylabel("gain over SFT (percentage points)")
         ax.set_title(f"{domain} ({', '.join(dict.fromkeys(rows['task']))})")
     _figure_legend(fig, axes, "method")

@@ -160,21 +160,30 @@ class RunSummary:
 
 
 class _Clock:
-    """Estimated time left: the plan's FLOP estimate, calibrated by the runs finished in this session."""
+    """Estimated time left: the plan's FLOP estimate, calibrated by the runs finished in this session.
+
+    Each kind of run (training, evaluation, ...) gets its own correction factor once one of its runs has been
+    measured; kinds not measured yet use the factor of all measured runs.
+    """
 
     def __init__(self, plan: Plan):
-        self.plan, self.estimated, self.measured = plan, 0.0, 0.0
+        self.plan = plan
+        self.estimated: dict[str, float] = {}
+        self.measured: dict[str, float] = {}
 
     def record(self, node: Node, seconds: float) -> None:
         if node.flops > 0:
-            self.estimated += self.plan.seconds(node)
-            self.measured += seconds
+            self.estimated[node.kind] = self.estimated.get(node.kind, 0.0) + self.plan.seconds(node)
+            self.measured[node.kind] = self.measured.get(node.kind, 0.0) + seconds
 
-    def scale(self) -> float:
-        return self.measured / self.estimated if self.estimated > 1.0 else 1.0
+    def scale(self, kind: str | None = None) -> float:
+        if kind in self.estimated and self.estimated[kind] > 1.0:
+            return self.measured[kind] / self.estimated[kind]
+        estimated = sum(self.estimated.values())
+        return sum(self.measured.values()) / estimated if estimated > 1.0 else 1.0
 
     def left(self, nodes) -> float:
-        return sum(self.plan.seconds(node) for node in nodes) * self.scale() + 3.0 * len(nodes)
+        return sum(self.plan.seconds(node) * self.scale(node.kind) for node in nodes) + 3.0 * len(nodes)
 
 
 def _describe(node: Node) -> str:

@@ -5,7 +5,6 @@ restate the statistics tables. The slow test renders the report in headless Chro
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -17,17 +16,8 @@ import pytest
 from kdlab.errors import KdlabError
 from kdlab.study.report import FIGURE_KEYS, make_figures, write_report
 from kdlab.study.stats import compute_study_stats
+import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 
-
-def _load_synthetic():
-    path = Path(__file__).with_name("stats_fixtures") / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("kdlab_tests_report_synthetic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_synthetic()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
 

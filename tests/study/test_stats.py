@@ -1,9 +1,8 @@
 """Tests for kdlab.study.stats: each statistic against an independent numpy / scipy computation on a synthetic
-study built in code (tests/study/stats_fixtures/synthetic.py), plus hand-computed cases and the error paths."""
+study built in code (tests/study/stats_fixtures/synthetic_study.py), plus hand-computed cases and the error paths."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import warnings
@@ -17,17 +16,8 @@ from scipy import stats
 from kdlab.errors import KdlabError
 from kdlab.study.stats import (holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, paired_tests, seed_summary,
                                stars, study_hypotheses, t_interval, write_study_stats)
+import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 
-
-def _load_synthetic():
-    path = Path(__file__).with_name("stats_fixtures") / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("kdlab_tests_stats_synthetic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_synthetic()
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 
 

@@ -163,6 +163,15 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     teacher_rows = frame[frame.role == "base-teacher"].set_index("task")["accuracy"]
     assert (base["teacher_accuracy"].values == teacher_rows.loc[base["task"]].values).all()
 
+    from kdlab.study.commands import compute_stats
+    from kdlab.study.report import write_report
+
+    tables = compute_stats(study_dir, frame, study_dir / "stats")
+    assert len(tables["paired"]) == len(kd) and set(tables["paired"]["run"]) == set(kd["run"])
+    assert (study_dir / "results" / "results.parquet").is_file() and (study_dir / "stats" / "stats.md").is_file()
+    html, markdown = write_report(study_dir, frame, tables, study_dir / "report", title="tiny")
+    assert "data:image/png;base64," in html.read_text() and markdown.is_file()
+
 
 @pytest.mark.parametrize("name, kd_runs", [("paper-qwen2.5", 192), ("paper-llama3", 18), ("smollm2-cpu", 45)])
 def test_ready_specs_plan(name, kd_runs, capsys):
