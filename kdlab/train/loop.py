@@ -105,9 +105,15 @@ def resolve_precision(precision: str) -> str:
 
 
 def make_accelerator(config: RunConfig, run_dir: Path):
+    """A fresh Accelerator for this run. Runs executed one after another in one process (a study, the tests) may
+    differ in precision: accelerate keeps its state in process-wide singletons, so that state is reset first (the
+    process group of a multi-process launch, PartialState, is kept)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     trackers = [name for name in config.train.report_to if _tracker_available(name)]
     return Accelerator(
         cpu=not _has_accelerator(),  # on CPU, multi-process runs (torchrun / accelerate launch) use gloo

@@ -350,3 +350,11 @@ def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train
     old["train"]["lr"] = 0.5  # a real difference is still refused
     path.write_text(yaml.safe_dump(old))
     assert run_cli(args) == 2
+
+
+def test_runs_of_different_precision_in_one_process(tiny_models, synth_train, tmp_path):
+    """A study runs many trainings in one process; accelerate's process-wide state must not pin the first precision."""
+    base = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--max-steps", 1, "--save-steps", 0]
+    assert run_cli([*base, "--out", tmp_path / "bf16", "--precision", "bf16"]) == 0
+    assert run_cli([*base, "--out", tmp_path / "fp32", "--precision", "fp32"]) == 0
+    assert (tmp_path / "fp32" / "result.json").is_file()
