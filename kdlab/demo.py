@@ -157,10 +157,9 @@ def summarize_demo(frame, stats: dict) -> dict:
         for _, row in group[group["role"] == "student-kd"].iterrows():
             entry = {"label": _label(row), "accuracy": row["accuracy"], "ci": (row["ci_low"], row["ci_high"]),
                      "agreement": row["agreement"], "bleu": row["bleu"], "token_kl": row["token_kl"]}
-            if paired is not None and len(paired):
-                match = paired[(paired["run"] == row["run"]) & (paired["task"] == "arith")] if "run" in paired else paired.iloc[0:0]
-                if len(match):
-                    entry["pvalue"] = float(match.iloc[0].get("pvalue", math.nan))
+            match = paired[(paired["run"] == row["run"]) & (paired["task"] == "arith")] if paired is not None else paired
+            if match is not None and len(match):
+                entry["pvalue"] = float(match.iloc[0]["pvalue"])
             kd.append(entry)
         students[student] = {"size_b": float(sft["student_size_b"]), "sft": sft["accuracy"], "sft_ci": (sft["ci_low"], sft["ci_high"]),
                              "sft_agreement": sft["agreement"], "kd": kd}

@@ -76,23 +76,17 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
     """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``)."""
     import torch
 
-    from kdlab.data.formats import Example, load_examples, write_json_examples
-    from kdlab.data.tokenize import encode_prompt
-    from kdlab.generation import generate_ids
+    from kdlab.data.formats import load_examples, write_json_examples
     from kdlab.io import atomic_dir
     from kdlab.models.load import inference_device, load_model, load_tokenizer
+    from kdlab.train.run import teacher_answers
 
-    examples = load_examples(p["data"])
     tokenizer = load_tokenizer(p["teacher"])
     device = inference_device()
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     teacher = load_model(p["teacher"], dtype=dtype, adapter=p["teacher_adapter"], merge_adapter=True).eval().to(device)
-    prompts = [encode_prompt(tokenizer, example) for example in examples]
     with torch.no_grad():
-        responses = generate_ids(teacher, tokenizer, prompts, p["max_new_tokens"], p["batch_size"],
-                                 progress="SeqKD: teacher answers")
-    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
-    generated = [Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer) for e, text in zip(examples, texts)]
+        generated = teacher_answers(teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"])
     with atomic_dir(out) as tmp:
         write_json_examples(generated, tmp / "train.json")
 

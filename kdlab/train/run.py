@@ -272,6 +272,15 @@ def _cached_objective(config: RunConfig, teacher, inputs, cache_ready: bool, acc
     return CachedDistillObjective(cache, config.kd, config.train.chunk_size, config.train.seed, accelerator.process_index, live=live)
 
 
+def teacher_answers(teacher, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
+                    progress: str | None = "SeqKD: teacher answers") -> list[Example]:
+    """``examples`` with their ``output`` replaced by the teacher's greedy answer to the prompt (SeqKD data)."""
+    prompts = [encode_prompt(tokenizer, example) for example in examples]
+    responses = generate_ids(teacher, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
+    return [Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer) for e, text in zip(examples, texts)]
+
+
 def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator) -> list[Example]:
     """SeqKD data: the teacher's greedy answers to the training prompts, generated once, cached in the run folder."""
     from accelerate.utils import gather_object
@@ -281,14 +290,12 @@ def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfi
         return load_json_examples(cache)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(examples), world))
-    prompts = [encode_prompt(tokenizer, examples[i]) for i in mine]
     with accelerator.autocast():
-        responses = generate_ids(teacher, tokenizer, prompts, config.kd.max_new_tokens, config.kd.generation_batch_size,
-                                 progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None)
-    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
-    pairs = sorted(gather_object(list(zip(mine, texts))) if world > 1 else list(zip(mine, texts)))
-    generated = [Example(instruction=examples[i].instruction, input=examples[i].input, output=text, answer=examples[i].answer)
-                 for i, text in pairs]
+        answered = teacher_answers(teacher, tokenizer, [examples[i] for i in mine], config.kd.max_new_tokens,
+                                   config.kd.generation_batch_size,
+                                   progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None)
+    pairs = list(zip(mine, answered))
+    generated = [example for _, example in sorted(gather_object(pairs) if world > 1 else pairs, key=lambda pair: pair[0])]
     if accelerator.is_main_process:
         write_json_examples(generated, cache)
     accelerator.wait_for_everyone()
