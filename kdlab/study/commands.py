@@ -24,14 +24,16 @@ def _study(args: argparse.Namespace):
 
 
 def _results_frame(args: argparse.Namespace):
+    """(spec, study folder, results table, selection table) of a study with finished evaluations."""
     from kdlab.study.plan import build_plan
-    from kdlab.study.results import collect_results
+    from kdlab.study.results import collect_results, collect_selection
 
     spec, study_dir = _study(args)
-    frame = collect_results(build_plan(spec), study_dir)
+    plan = build_plan(spec)
+    frame = collect_results(plan, study_dir)
     if frame.empty:
         raise KdlabError(f"{study_dir}: no finished evaluations yet (see `kdlab study status {study_dir}`)")
-    return spec, study_dir, frame
+    return spec, study_dir, frame, collect_selection(plan, study_dir)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -56,27 +58,28 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from kdlab.study.results import format_results, write_results
 
-    _, study_dir, frame = _results_frame(args)
-    paths = write_results(frame, args.out or study_dir / "results")
+    _, study_dir, frame, selection = _results_frame(args)
+    paths = write_results(frame, args.out or study_dir / "results", selection)
     print(format_results(frame))
     print(f"kdlab: wrote {', '.join(map(str, paths))} ({len(frame)} rows)")
 
 
-def compute_stats(study_dir: Path, frame, out_dir: Path) -> dict:
-    """Write the results table and the statistics of a study; return the statistics tables."""
+def compute_stats(study_dir: Path, frame, out_dir: Path, selection=None) -> dict:
+    """Write the results (and selection) tables and the statistics of a study; return the statistics tables, with
+    ``selection`` among them when given."""
     from kdlab.study.results import write_results
     from kdlab.study.stats import compute_study_stats, write_stats_tables
 
-    write_results(frame, study_dir / "results")
+    write_results(frame, study_dir / "results", selection)
     tables = compute_study_stats(study_dir, frame)
     write_stats_tables(tables, out_dir)
-    return tables
+    return {**tables, "selection": selection} if selection is not None else tables
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    _, study_dir, frame = _results_frame(args)
+    _, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "stats")
-    compute_stats(study_dir, frame, out)
+    compute_stats(study_dir, frame, out, selection)
     print((out / "stats.md").read_text())
     print(f"kdlab: wrote {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md")
 
@@ -84,9 +87,9 @@ def cmd_stats(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from kdlab.study.report import write_report
 
-    spec, study_dir, frame = _results_frame(args)
+    spec, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "report")
-    stats = compute_stats(study_dir, frame, study_dir / "stats")
+    stats = compute_stats(study_dir, frame, study_dir / "stats", selection)
     html, markdown = write_report(study_dir, frame, stats, out, title=f"kdlab study: {spec.name}")
     print(f"kdlab: wrote {html} and {markdown}")
 

@@ -3,13 +3,21 @@
 Runs ("nodes") and their folders under the study folder, in dependency order::
 
     models/<student>-<h>                   prune: a student cut from a loadable model
+    data/<domain>-<h>                      with tuning: train.json (training minus validation) and the validation split
     teacher/<teacher>.<domain>-<h>         teacher SFT on the domain's training data
     answers/<teacher>.<domain>[.base]-<h>  SeqKD data: the teacher's greedy answers to the training prompts
     cache/<teacher>.<domain>[.base]-<h>    teacher signal cache (top-k log-probs), shared by every KD run using it
     sft/<student>.<domain>.s<seed>-<h>     student SFT baseline
     kd/<teacher>.<student>.<domain>.<method>[.t<tau>][.noise<sigma>][.base].s<seed>-<h>   one KD run
+    val/<run folder name>-<h>              with tuning: a candidate run scored on the validation split
+    select/<run name>-<h>                  with tuning: the best candidate by validation accuracy (``selected`` links to it)
     eval/<run folder name>-<h>             evaluation of a teacher, base teacher, SFT or KD run on the domain's tasks
     fidelity/<run folder name>-<h>         the student's fidelity to the teacher it learned from (or the teacher, for SFT)
+
+With ``tuning`` in the spec, each student run is trained once per candidate setting (run folders tagged with the
+setting, e.g. ``.lr0.0003``), each candidate is scored on the validation split, and the select node's choice is the
+run that gets test evaluation and fidelity. Kinds are ordered training, validation, selection, test evaluation, so
+the runner reads no test data before every selection is made.
 
 ``<h>`` is the first 8 hex digits of the SHA-1 of the run's resolved parameters (its config and its inputs'
 folders): changing any setting makes a new folder, so a study never mixes results of different configs, and
@@ -36,8 +44,8 @@ from kdlab.study.spec import Method, StudySpec, flatten_sections
 
 GENERATION_INEFFICIENCY = 5.0  # token-by-token decoding is memory-bound: count its FLOPs 5x against cost.tflops
 STUDY_PREFIX = "study:"  # parameter values that are folders inside the study
-KIND_DIRS = {"prune": "models", "teacher-sft": "teacher", "answers": "answers", "cache": "cache", "student-sft": "sft",
-             "kd": "kd", "eval": "eval", "fidelity": "fidelity"}
+KIND_DIRS = {"prune": "models", "split": "data", "teacher-sft": "teacher", "answers": "answers", "cache": "cache",
+             "student-sft": "sft", "kd": "kd", "val-eval": "val", "select": "select", "eval": "eval", "fidelity": "fidelity"}
 KIND_ORDER = tuple(KIND_DIRS)
 
 
@@ -187,10 +195,27 @@ class _Builder:
         return study_path(node.id), (node.id,)
 
     def trained(self, run: Node, base_model: str) -> tuple[str, str | None]:
-        """(model, adapter) to load the result of training run ``run``."""
-        if run.params["flags"].get("lora.enabled", True):
-            return base_model, study_path(run.id, "final")
-        return study_path(run.id, "final"), None
+        """(model, adapter) to load the result of training run ``run`` (of a select node: of its chosen run)."""
+        if run.kind == "select":
+            final, lora = study_path(run.id, "selected", "final"), run.params["lora"]
+        else:
+            final, lora = study_path(run.id, "final"), run.params["flags"].get("lora.enabled", True)
+        return (base_model, final) if lora else (final, None)
+
+    def train_data(self, domain) -> tuple[str, tuple[str, ...]]:
+        """(training data, dependencies): the domain's file, or with tuning the training part of its split."""
+        if self.spec.tuning is None:
+            return domain.train, ()
+        node = self.split(domain)
+        return study_path(node.id, "train.json"), (node.id,)
+
+    def split(self, domain) -> Node:
+        """The validation split of a domain (kdlab.data.split): ``train.json`` and ``<task folder>/test.json``."""
+        tuning = self.spec.tuning
+        task = tuning.task or domain.tasks[0]
+        params = {"train": domain.train, "n": tuning.n, "seed": tuning.seed, "file": tuning.file, "task": task,
+                  "test_tasks": list(domain.tasks), "test_dir": domain.data_dir}
+        return self.add(_node("split", domain.name, params, meta={"domain": domain.name, "task": task}))
 
     # training runs ---------------------------------------------------
     def train_flops(self, params: float, domain, sections: dict, lora: bool) -> float:
@@ -213,7 +238,9 @@ class _Builder:
         model, deps = self.model(teacher)
         teacher_sections = merge_sections(self.spec.teacher_training, domain.training)
         flags = self.training_flags(teacher_sections, None)
-        params = {"model": model, "data": domain.train, "flags": flags}
+        data, data_deps = self.train_data(domain)
+        deps += data_deps
+        params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"])
         meta = {"role": "teacher", "teacher": teacher, "student": teacher, "domain": domain.name, "method": "sft",
                 "loss": "sft", "teacher_kind": "finetuned", "seed": flags.get("train.seed", 0)}
@@ -227,21 +254,26 @@ class _Builder:
         trained_model, adapter = self.trained(run, model)
         return trained_model, adapter, deps + (run.id,)
 
-    def student_sft(self, student: str, domain, seed: int) -> Node:
+    def student_sft(self, student: str, domain, seed: int, overrides: dict | None = None) -> Node:
         model, deps = self.model(student)
         student_sections = merge_sections(self.spec.student_training, domain.training)
-        flags = self.training_flags(student_sections, seed)
-        params = {"model": model, "data": domain.train, "flags": flags}
+        flags = {**self.training_flags(student_sections, seed), **(overrides or {})}
+        data, data_deps = self.train_data(domain)
+        deps += data_deps
+        params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, student), domain, student_sections, flags["lora.enabled"])
         meta = {"role": "student-sft", "student": student, "domain": domain.name, "method": "sft", "loss": "sft", "seed": seed}
-        return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}", params, deps, meta, flops=flops))
+        return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}" + setting_tag(overrides), params, deps, meta,
+                              flops=flops))
 
     def answers(self, teacher: str, domain, base: bool, method: Method) -> Node:
         t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
         settings = {"max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
                     "batch_size": int(method.kd.get("generation_batch_size", 16)),
                     "max_length": int(merge_sections(self.spec.student_training, domain.training).get("train", {}).get("max_length", 256))}
-        params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": domain.train, **settings}
+        data, data_deps = self.train_data(domain)
+        deps += data_deps
+        params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": data, **settings}
         examples, tokens = data_size(domain.train, domain.examples)
         flops = 2 * model_params(self.spec, teacher) * examples * (tokens + settings["max_new_tokens"]) * GENERATION_INEFFICIENCY
         meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
@@ -250,8 +282,10 @@ class _Builder:
 
     def cache(self, teacher: str, domain, base: bool) -> Node:
         t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
+        data, data_deps = self.train_data(domain)
+        deps += data_deps
         flags = {"teacher": t_model, "teacher_adapter": t_adapter, "model": self.spec.models[teacher].spec,
-                 "data": domain.train, "kd.cache_k": int(self.spec.teacher_cache["k"]),
+                 "data": data, "kd.cache_k": int(self.spec.teacher_cache["k"]),
                  "kd.cache_temperatures": self.cache_temperatures(),
                  **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
                     if key in ("train.max_length", "train.precision")}}
@@ -262,15 +296,16 @@ class _Builder:
                               flops=2 * model_params(self.spec, teacher) * examples * tokens))
 
     def kd(self, teacher: str, student: str, domain, method: Method, temperature: float | None, noise: float, base: bool,
-           seed: int) -> Node:
+           seed: int, overrides: dict | None = None) -> Node:
         s_model, deps = self.model(student)
+        data, data_deps = self.train_data(domain)
+        deps += data_deps
         meta = {"role": "student-kd", "teacher": teacher, "student": student, "domain": domain.name, "method": method.name,
                 "loss": method.loss, "temperature": temperature, "noise": noise, "seed": seed,
                 "teacher_kind": "base" if base else "finetuned"}
-        slug = ".".join([teacher, student, domain.name, method.name] + ([f"t{temperature:g}"] if temperature is not None else [])
-                        + ([f"noise{noise:g}"] if noise else []) + (["base"] if base else []) + [f"s{seed}"])
+        slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(overrides)
         student_sections = merge_sections(self.spec.student_training, domain.training)
-        flags = self.training_flags(student_sections, seed)
+        flags = {**self.training_flags(student_sections, seed), **(overrides or {})}
         s_params = model_params(self.spec, student)
         flops = self.train_flops(s_params, domain, student_sections, flags["lora.enabled"])
         if method.loss == "seqkd":
@@ -281,7 +316,7 @@ class _Builder:
         flags.update({f"kd.{key}": value for key, value in method.kd.items()})
         flags.update({"kd.temperature": temperature, "kd.teacher_noise": noise})
         params = {"kind": "distill", "model": s_model, "teacher": t_model, "teacher_adapter": t_adapter,
-                  "data": domain.train, "flags": flags}
+                  "data": data, "flags": flags}
         deps = deps + t_deps
         use_cache = self.spec.teacher_cache["enabled"]
         if use_cache:
@@ -308,6 +343,48 @@ class _Builder:
         return self.add(_node("eval", name, params, tuple(deps) + run_deps, {**meta, "run": run.id if run else None},
                               group=group, flops=flops))
 
+    def validation(self, run: Node, model: str, adapter: str | None, domain) -> Node:
+        """A candidate run scored on its domain's validation split (all of it: ``evaluation.limit`` is for tests)."""
+        split = self.split(domain)
+        settings = {**self.spec.evaluation, "limit": None}
+        params = {"model": model, "adapter": adapter, "tasks": [split.params["task"]], "data_dir": study_path(split.id),
+                  **settings}
+        size = model_params(self.spec, run.meta["student"])
+        flops = GENERATION_INEFFICIENCY * 2 * size * self.spec.tuning.n * (100 + (settings["max_new_tokens"] or 256) / 2)
+        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), {**run.meta, "run": run.id},
+                              group=run.group, flops=flops))
+
+    def tuned(self, make, slug: str, s_model: str, domain, temperatures: list) -> Node:
+        """The training run a study carries into test evaluation.
+
+        Without tuning: ``make({}, temperatures[0])``. With it: one run ``make(overrides, temperature)`` per candidate
+        setting and temperature, each scored on the validation split, and a select node over them (the carried run).
+        """
+        tuning = self.spec.tuning
+        if tuning is None:
+            return make({}, temperatures[0])
+        candidates = []
+        for overrides in tuning.candidates():
+            for temperature in temperatures:
+                run = make(overrides, temperature)
+                settings = {**overrides, **({"kd.temperature": temperature} if len(temperatures) > 1 else {})}
+                candidates.append((run, self.validation(run, *self.trained(run, s_model), domain), settings))
+        first = candidates[0][0]
+        meta = {**first.meta, "tuned": sorted(candidates[0][2])}
+        if len(temperatures) > 1:
+            meta["temperature"] = None  # selected per run: see the selection
+        params = {"candidates": [{"run": study_path(run.id), "eval": study_path(val.id), "settings": settings}
+                                 for run, val, settings in candidates],
+                  "task": candidates[0][1].params["tasks"][0], "lora": first.params["flags"].get("lora.enabled", True)}
+        return self.add(_node("select", f"{KIND_DIRS[first.kind]}.{slug}", params, tuple(val.id for _, val, _ in candidates),
+                              meta))
+
+    def temperature_groups(self, temperatures: list) -> list[list]:
+        """Temperatures selected together: all at once under ``tuning.temperature: validation``, else one by one."""
+        if self.spec.tuning is not None and self.spec.tuning.temperature == "validation" and len(temperatures) > 1:
+            return [list(temperatures)]
+        return [[temperature] for temperature in temperatures]
+
     def fidelity(self, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node) -> Node:
         settings = self.spec.fidelity
         params = {"teacher_eval": study_path(teacher_eval.id), "student_eval": study_path(student_eval.id),
@@ -317,8 +394,7 @@ class _Builder:
             params.update({"teacher_model": teacher_load[0], "teacher_adapter": teacher_load[1],
                            "student_model": student_load[0], "student_adapter": student_load[1]})
             flops = student_eval.flops * 0.3
-        name = student_eval.id.split("/", 1)[1].rsplit("-", 1)[0]
-        return self.add(_node("fidelity", name, params, (student_eval.id, teacher_eval.id), dict(student_eval.meta),
+        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), dict(student_eval.meta),
                               group=run.group, flops=flops))
 
 
@@ -342,22 +418,26 @@ def build_plan(spec: StudySpec) -> Plan:
                     continue
                 s_model, _ = b.model(student)
                 for seed in spec.seeds:
-                    sft = b.student_sft(student, domain, seed)
+                    sft = b.tuned(lambda o, t: b.student_sft(student, domain, seed, o), f"{student}.{domain.name}.s{seed}",
+                                  s_model, domain, [None])
                     _evaluate_student(b, sft, s_model, domain, evals[False], teacher)
                     for method in spec.methods.values():
-                        for temperature in (method.temperatures or spec.temperatures if method.uses_temperature else [None]):
-                            run = b.kd(teacher, student, domain, method, temperature, 0.0, False, seed)
+                        temperatures = method.temperatures or spec.temperatures if method.uses_temperature else [None]
+                        for group in b.temperature_groups(temperatures):
+                            run = b.tuned(lambda o, t: b.kd(teacher, student, domain, method, t, 0.0, False, seed, o),
+                                          kd_slug(teacher, student, domain.name, method.name, group[0] if len(group) == 1 else None,
+                                                  0.0, False, seed), s_model, domain, group)
                             _evaluate_student(b, run, s_model, domain, evals[False], teacher)
                     if student not in ablation.students or seed not in ablation.seeds:
                         continue
                     for name in ablation.methods:
                         method = spec.methods[name]
-                        for noise in ablation.teacher_noise:
-                            run = b.kd(teacher, student, domain, method, ablation.temperature, noise, False, seed)
-                            _evaluate_student(b, run, s_model, domain, evals[False], teacher)
-                        if ablation.base_teacher:
-                            run = b.kd(teacher, student, domain, method, ablation.temperature, 0.0, True, seed)
-                            _evaluate_student(b, run, s_model, domain, evals[True], teacher)
+                        variants = [(noise, False) for noise in ablation.teacher_noise] + ([(0.0, True)] if ablation.base_teacher else [])
+                        for noise, base in variants:
+                            run = b.tuned(lambda o, t: b.kd(teacher, student, domain, method, t, noise, base, seed, o),
+                                          kd_slug(teacher, student, domain.name, method.name, ablation.temperature, noise, base, seed),
+                                          s_model, domain, [ablation.temperature])
+                            _evaluate_student(b, run, s_model, domain, evals[base], teacher)
     nodes = list(b.nodes.values())
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
     nodes.sort(key=lambda node: order[node.kind])  # stable: dependencies come first within the grid order
@@ -380,10 +460,30 @@ def distils_into(spec: StudySpec, teacher: str, student: str) -> bool:
     return spec.pairs == "all" or model_params(spec, student) < model_params(spec, teacher)
 
 
+def run_name(node: Node) -> str:
+    """A node's folder name without its kind folder and hash: ``kd/a.b.fkl.s0-1a2b3c4d`` -> ``a.b.fkl.s0``."""
+    return node.id.split("/", 1)[1].rsplit("-", 1)[0]
+
+
+def kd_slug(teacher: str, student: str, domain: str, method: str, temperature: float | None, noise: float, base: bool,
+            seed: int) -> str:
+    """The readable part of a KD run's folder name."""
+    return ".".join([teacher, student, domain, method] + ([f"t{temperature:g}"] if temperature is not None else [])
+                    + ([f"noise{noise:g}"] if noise else []) + (["base"] if base else []) + [f"s{seed}"])
+
+
+def setting_tag(overrides: dict | None) -> str:
+    """A candidate's tuned settings in its folder name: ``{"train.lr": 3e-4}`` -> ``.lr0.0003``."""
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "".join(f".{key.split('.', 1)[1]}{text(value)}" for key, value in (overrides or {}).items())
+
+
 def _evaluate_student(b: _Builder, run: Node, s_model: str, domain, teacher_eval: tuple, teacher: str) -> None:
     load = b.trained(run, s_model)
     meta = {**run.meta, "teacher": run.meta.get("teacher", teacher)}
-    evaluation = b.evaluation(run, *load, domain, meta, run.id.split("/", 1)[1].rsplit("-", 1)[0])
+    evaluation = b.evaluation(run, *load, domain, meta, run_name(run))
     if b.spec.fidelity["enabled"]:
         b.fidelity(evaluation, teacher_eval[0], teacher_eval[1], load, run)
 

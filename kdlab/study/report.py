@@ -38,6 +38,7 @@ SFT_COLOR = "#8c8c8c"
 TEACHER_COLOR = "#222222"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
+LINE_STYLES = ["-", "--", ":", "-."]
 STYLE = {
     "font.family": "DejaVu Sans", "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold",
     "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
@@ -467,6 +468,85 @@ def make_figures(frame: pd.DataFrame) -> list[FigureResult]:
         return [build(ctx) for build in FIGURES]
 
 
+def _candidate_label(row) -> str:
+    """The run a candidate set belongs to: ``SFT``, ``fkl``, ``fkl noise=2``, ``fkl (base teacher)``."""
+    label = "SFT" if row["role"] == "student-sft" else str(row["method"])
+    if row.get("noise"):
+        label += f" noise={row['noise']:g}"
+    if row.get("teacher_kind") == "base":
+        label += " (base teacher)"
+    return label
+
+
+def fig_validation(selection: pd.DataFrame) -> FigureResult:
+    """Validation accuracy of every candidate against the tuned setting, one panel per student, the choice ringed."""
+    result = FigureResult("validation", "Settings selected on validation")
+    if selection is None or selection.empty:
+        result.note = "not in this study: no tuning section (every run used the spec's settings)"
+        return result
+    numeric = [c for c in selection.columns if c.startswith("setting:") and c != "setting:kd.temperature"
+               and pd.api.types.is_numeric_dtype(selection[c])]
+    x_col = numeric[0] if numeric else ("setting:kd.temperature" if "setting:kd.temperature" in selection else None)
+    if x_col is None:
+        result.note = "not in this study: no numeric tuned setting to plot"
+        return result
+    students = list(dict.fromkeys(selection["student"]))
+    with rc_context(STYLE):
+        fig, axes = _new_figure(len(students), ncols=min(3, len(students)), width=5.0, height=3.6)
+        labels = list(dict.fromkeys(selection.apply(_candidate_label, axis=1)))
+        colors = {label: ([SFT_COLOR] + PALETTE)[i % (len(PALETTE) + 1)] for i, label in enumerate(labels)}
+        for ax, student in zip(axes, students):
+            rows = selection[selection["student"] == student].assign(label=lambda f: f.apply(_candidate_label, axis=1))
+            other = [c for c in rows.columns if c.startswith("setting:") and c != x_col]
+            for label, runs in rows.groupby("label", sort=False):
+                for style, (keys, line) in zip(LINE_STYLES, runs.groupby(other, dropna=False, sort=False) if other
+                                               else [((), runs)]):
+                    curve = line.groupby(x_col)["val_accuracy"].mean().sort_index()
+                    keys = keys if isinstance(keys, tuple) else (keys,)
+                    extra = " ".join(f"{c.split(':', 1)[1].split('.')[-1]}={v:g}" for c, v in zip(other, keys) if v == v)
+                    ax.plot(curve.index, curve.to_numpy() * 100, marker="o", color=colors[label], linestyle=style,
+                            label=f"{label} {extra}".strip())
+            chosen = rows[rows["selected"]]
+            ax.scatter(chosen[x_col], chosen["val_accuracy"] * 100, s=160, facecolors="none", edgecolors="black",
+                       linewidths=1.5, zorder=5, label="selected")
+            if x_col != "setting:kd.temperature" and (rows[x_col] > 0).all():
+                ax.set_xscale("log")
+            ax.set_title(student)
+            ax.set_xlabel(x_col.split(":", 1)[1])
+            ax.set_ylabel("validation accuracy (%)")
+        _figure_legend(fig, axes, title="run")
+        result.png = _png(fig)
+    n = int(selection["n"].max())
+    result.caption = (f"Each line is one run's candidates scored on the validation split (n = {n}, disjoint from "
+                      "training and test; mean over seeds); the ringed point of each is the setting carried to the "
+                      "test set. Line styles: the other tuned settings (e.g. temperatures).")
+    return result
+
+
+def paper_view_table(paper: pd.DataFrame) -> Table:
+    """The paper's max-over-test-temperatures view, labelled as optimistic."""
+    rows = [[str(r["student"]), str(r["method"]), str(r["seed"]), str(r["task"]), r["temperatures"],
+             f"{r['best_temperature']:g}", _pp(r["accuracy"], False), _pp(r["improvement"])] for _, r in paper.iterrows()]
+    return Table(["student", "method", "seed", "task", "temperatures", "best on test", "accuracy", "gain vs SFT"], rows,
+                 "llllllrr", "Paper-compatible view: best temperature on the test set",
+                 "The paper took the maximum over temperatures on test scores. That selection is optimistic (it reads the "
+                 "test set); kdlab's fair rule is `tuning: {temperature: validation}`. Shown for comparison only.")
+
+
+def selection_table(selection: pd.DataFrame) -> Table:
+    """One row per selection: the chosen settings and every candidate's validation accuracy."""
+    rows = []
+    for _, group in selection.groupby("select", sort=False):
+        first, chosen = group.iloc[0], group[group["selected"]].iloc[0]
+        scores = ", ".join(f"{r['settings']}: {_pp(r['val_accuracy'], False)}" for _, r in group.iterrows())
+        rows.append([str(first["student"]), _candidate_label(first), str(first["seed"]), str(chosen["settings"]),
+                     f"{_pp(chosen['val_accuracy'], False)} (n = {int(chosen['n'])})", scores])
+    return Table(["student", "run", "seed", "selected", "validation accuracy", "all candidates (validation %)"], rows,
+                 "llllrl", "Settings selected on validation",
+                 "Every run was trained once per candidate; the best by validation accuracy (ties: the first listed) was "
+                 "the only one evaluated on the test set. All runs had the same candidates, so the same budget.")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tables and findings (each as a list of rows of cell text, rendered to HTML and Markdown)
 
@@ -789,7 +869,15 @@ def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None,
         except KdlabError as exc:  # e.g. only ablation runs so far: report the rest
             hyp, hyp_note = None, str(exc)
     ctx = _Context(frame)
+    selection = stats.get("selection")
     figures = make_figures(frame)
+    extra_tables = []
+    if selection is not None and not selection.empty:
+        figures.insert(0, fig_validation(selection))
+        extra_tables.append(selection_table(selection))
+    paper = stats.get("paper_temperature")
+    if paper is not None and not paper.empty:
+        extra_tables.append(paper_view_table(paper))
     overview = overview_table(ctx, seeds)
     if hyp is not None:
         hyp_summary, hyp_detail = hypothesis_tables(hyp)
@@ -829,8 +917,10 @@ def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None,
              "<nav>" + "".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in sections) + "</nav>",
              '<h2 id="findings">Findings</h2><ul class="findings">'
              + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>",
-             f'<h2 id="overview">{html.escape(overview.title)}</h2>', _html_table(overview),
-             '<h2 id="figures">Figures</h2>', f'<p class="tnote">{html.escape(bars_note)}</p>']
+             f'<h2 id="overview">{html.escape(overview.title)}</h2>', _html_table(overview)]
+    for table in extra_tables:
+        parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
+    parts += ['<h2 id="figures">Figures</h2>', f'<p class="tnote">{html.escape(bars_note)}</p>']
     for figure in figures:
         parts.append(f"<h3>{html.escape(figure.title)}</h3>")
         if figure.png is None:
@@ -858,7 +948,10 @@ def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None,
     # ---- Markdown ----
     md = [f"# {title}", "", f"_{subtitle}_", "", "## Findings", ""]
     md += [f"- {f}" for f in facts]
-    md += ["", f"## {overview.title}", "", _md_table(overview), "", "## Figures", "", f"_{bars_note}_", ""]
+    md += ["", f"## {overview.title}", "", _md_table(overview), ""]
+    for table in extra_tables:
+        md += [f"## {table.title}", "", _md_table(table), ""]
+    md += ["## Figures", "", f"_{bars_note}_", ""]
     for figure in figures:
         md += [f"### {figure.title}", ""]
         if figure.png is None:

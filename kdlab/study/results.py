@@ -13,6 +13,11 @@ Columns (``RESULT_COLUMNS``):
 - ``agreement``, ``bleu`` (sacrebleu 0-100), ``cosine``, ``token_kl`` (KL(p_T || p_S) teacher-forced on the teacher's
   outputs), ``top1_agreement``: fidelity to that teacher (NaN where not computed)
 - ``eval_dir``, ``sft_eval_dir``: study-relative evaluation folders (``predictions/<task>.jsonl``) for paired tests
+- ``selected`` (with ``tuning``: the settings chosen on the validation split, e.g. ``train.lr=0.0003 kd.temperature=2``;
+  empty otherwise) and ``val_accuracy`` (the chosen candidate's validation accuracy). A temperature that was selected
+  is named there; the ``temperature`` column is then NaN, since temperature is no longer a dimension of the grid.
+
+:func:`collect_selection` gives the validation side: one row per candidate, with its score and whether it was chosen.
 
 A student's SFT run is shared by all teachers; it gets one row per teacher, with that teacher's accuracy and the
 student's fidelity to it. Only finished evaluations appear; ``kdlab study status`` says what is missing.
@@ -34,7 +39,9 @@ from kdlab.study.steps import is_done
 RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",
                   "temperature", "noise", "seed", "n", "correct", "accuracy", "ci_low", "ci_high", "sft_accuracy",
                   "improvement", "teacher_accuracy", "agreement", "bleu", "cosine", "token_kl", "top1_agreement",
-                  "eval_dir", "sft_eval_dir"]
+                  "eval_dir", "sft_eval_dir", "selected", "val_accuracy"]
+SELECTION_COLUMNS = ["select", "role", "teacher", "teacher_kind", "student", "domain", "method", "noise", "seed", "task",
+                     "candidate", "settings", "n", "val_accuracy", "selected", "run"]
 FIDELITY_KEYS = {"agreement": "agreement", "bleu": "bleu", "cosine": "cosine", "token_kl": "kl_teacher_student",
                  "top1_agreement": "top1_agreement"}
 
@@ -65,6 +72,8 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
                      if n.meta["role"] in ("teacher", "base-teacher")}
     sft_evals = {(n.meta["student"], n.meta["domain"], n.meta["seed"]): n for n in evals if n.meta["role"] == "student-sft"}
     sizes = {name: model_params(spec, name) / 1e9 for name in set(spec.teachers) | set(spec.students)}
+    selections = {node.id: _read_json(node.folder(study_dir) / "selection.json") for node in plan.nodes
+                  if node.kind == "select" and is_done(node, study_dir)}
     rows = []
     for node in evals:
         meta = node.meta
@@ -74,7 +83,8 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             teacher_eval = teacher_evals.get((teacher, meta["domain"], base))
             sft_eval = sft_evals.get((meta["student"], meta["domain"], meta.get("seed"))) if meta["role"] == "student-kd" else None
             for task, values in metrics[node.id].items():
-                rows.append(_row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes))
+                row = _row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes)
+                rows.append(_with_selection(row, selections.get(meta.get("run"))))
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for column in ("n", "correct", "seed"):
         frame[column] = frame[column].astype("Int64")
@@ -106,8 +116,45 @@ def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teach
     return row
 
 
-def write_results(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """``results.csv`` and ``results.parquet`` in ``out_dir`` (each written atomically)."""
+def format_settings(settings: dict) -> str:
+    """``{"train.lr": 0.0003, "kd.temperature": 2.0}`` -> ``train.lr=0.0003 kd.temperature=2``."""
+    return " ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in settings.items())
+
+
+def _with_selection(row: dict, selection: dict | None) -> dict:
+    """A row of a selected run: the chosen training run, its settings and validation score."""
+    if selection is None:
+        return {**row, "selected": "", "val_accuracy": math.nan}
+    chosen = selection["selected"]
+    row = {**row, "run": chosen["run"], "selected": format_settings(chosen["settings"]), "val_accuracy": chosen["accuracy"]}
+    if "kd.temperature" in chosen["settings"]:
+        row["temperature"] = math.nan
+    return row
+
+
+def collect_selection(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
+    """Every candidate of every finished selection: its settings, validation accuracy and whether it was chosen."""
+    study_dir = Path(study_dir)
+    rows = []
+    for node in plan.nodes:
+        if node.kind != "select" or not is_done(node, study_dir):
+            continue
+        selection, meta = _read_json(node.folder(study_dir) / "selection.json"), node.meta
+        for i, candidate in enumerate(selection["candidates"]):
+            rows.append({"select": node.id, "role": meta["role"], "teacher": meta.get("teacher"),
+                         "teacher_kind": meta.get("teacher_kind", "finetuned"), "student": meta["student"],
+                         "domain": meta["domain"], "method": meta["method"], "noise": float(meta.get("noise") or 0.0),
+                         "seed": meta.get("seed", 0), "task": selection["task"], "candidate": i,
+                         "settings": format_settings(candidate["settings"]), "n": candidate["n"],
+                         "val_accuracy": candidate["accuracy"], "selected": candidate["run"] == selection["selected"]["run"],
+                         "run": candidate["run"], **{f"setting:{k}": v for k, v in candidate["settings"].items()}})
+    frame = pd.DataFrame(rows)
+    return frame if len(frame) else pd.DataFrame(columns=SELECTION_COLUMNS)
+
+
+def write_results(frame: pd.DataFrame, out_dir: str | Path, selection: pd.DataFrame | None = None) -> list[Path]:
+    """``results.csv`` and ``results.parquet`` in ``out_dir`` (each written atomically), and ``selection.csv`` when
+    the study tuned its runs (a non-empty ``selection``)."""
     import io
 
     out_dir = Path(out_dir)
@@ -117,7 +164,11 @@ def write_results(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     atomic_write_bytes(parquet_path, buffer.getvalue())
-    return [csv_path, parquet_path]
+    paths = [csv_path, parquet_path]
+    if selection is not None and not selection.empty:
+        paths.append(out_dir / "selection.csv")
+        atomic_write_text(paths[-1], selection.to_csv(index=False))
+    return paths
 
 
 def format_results(frame: pd.DataFrame) -> str:

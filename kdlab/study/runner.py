@@ -189,7 +189,7 @@ class _Clock:
 def _describe(node: Node) -> str:
     m = node.meta
     parts = [node.kind]
-    if node.kind in ("kd", "eval", "fidelity") and m.get("role") == "student-kd":
+    if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.get("role") == "student-kd":
         parts.append(f"{m['teacher']}{' (base)' if m.get('teacher_kind') == 'base' else ''} -> {m['student']} {m['method']}"
                      + (f" tau={m['temperature']:g}" if m.get("temperature") is not None else "")
                      + (f" noise={m['noise']:g}" if m.get("noise") else "") + f" seed {m['seed']}")

@@ -38,6 +38,20 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
     evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: fp32}
     fidelity: {enabled: true, token_kl: true, embeddings: false}
     cost: {tflops: 0.05}                 # effective throughput for --dry-run estimates (2 CPU cores ~ 0.05)
+    tuning:                              # fair comparison: settings selected on validation data, per run
+      params: {train.lr: [1.0e-4, 3.0e-4, 1.0e-3]}   # student run settings tried for SFT and every KD method alike
+      temperature: validation            # validation: the temperatures are candidates too (one KD run carried on
+                                         # per method); paper: every temperature goes to the test set (the paper's
+                                         # max over test scores is then shown, labelled, as an optimistic view)
+      validation: {n: 100, seed: 0}      # a seeded slice of the training file, removed from all training (the
+                                         # teacher's too); or {file: val.json} for a separate validation split
+
+With ``tuning``, every student run (SFT baseline, each KD method, each ablation) is trained once per candidate
+setting (the product of ``tuning.params``, times the temperatures under ``temperature: validation``), each candidate
+is evaluated on the validation split (the domain's first task, or ``validation.task``), and only the best one by
+validation accuracy (ties: the first candidate in the listed order) is carried into test evaluation, fidelity and
+statistics. Every method gets the same candidates, so the same training budget. The test split is read only after
+the selections (plan order: training, validation, selection, then test evaluation).
 
 Validation happens when the spec is loaded: unknown keys, unknown model names, missing data files, bad values and
 run-config settings that :func:`kdlab.config.build_config` would refuse are reported with the spec path and the key.
@@ -56,13 +70,17 @@ from kdlab.config import KDConfig, SECTIONS
 from kdlab.errors import KdlabError
 
 TOP_KEYS = {"name", "description", "models", "teachers", "students", "pairs", "domains", "methods", "temperatures", "seeds",
-            "ablations", "teacher_training", "student_training", "kd", "teacher_cache", "evaluation", "fidelity", "cost"}
+            "ablations", "teacher_training", "student_training", "kd", "teacher_cache", "evaluation", "fidelity", "cost",
+            "tuning"}
 TOKEN_LOSSES = ("fkl", "rkl", "gjsd", "skl", "srkl", "tvd")
 EVAL_DEFAULTS = {"mode": "generate", "batch_size": 16, "limit": None, "max_new_tokens": None, "extraction": "strict",
                  "precision": "fp32"}
 FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
 ABLATION_KEYS = {"teacher_noise", "base_teacher", "students", "methods", "temperature", "seeds"}
+TUNING_KEYS = {"params", "temperature", "validation"}
+VALIDATION_KEYS = {"n", "seed", "file", "task"}
+UNTUNABLE = {"train.seed", "lora.enabled", "train.max_length", "train.precision", "train.report_to", "train.trace_data"}
 
 
 @dataclass
@@ -116,6 +134,31 @@ class Ablations:
 
 
 @dataclass
+class Tuning:
+    """Selection of student run settings on a validation split (see the module docstring).
+
+    ``params`` maps a dotted run setting (``train.lr``) to the values tried; ``temperature`` is ``validation``
+    (temperatures are candidates) or ``paper`` (each temperature kept, the paper's max over test shown as a labelled
+    view); the validation split is ``file`` or else a seeded (``seed``) slice of ``n`` training examples; ``task``
+    scores it (default: the domain's first task).
+    """
+
+    params: dict[str, list]
+    temperature: str = "validation"
+    n: int = 100
+    seed: int = 0
+    file: str | None = None
+    task: str | None = None
+
+    def candidates(self) -> list[dict]:
+        """Every combination of ``params``, in the listed order (the first key varies slowest)."""
+        import itertools
+
+        keys = list(self.params)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.params[key] for key in keys))] or [{}]
+
+
+@dataclass
 class StudySpec:
     name: str
     path: Path
@@ -137,6 +180,7 @@ class StudySpec:
     cost: dict
     description: str = ""
     raw: dict = field(default_factory=dict)
+    tuning: Tuning | None = None
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*$")
@@ -353,13 +397,84 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
         fidelity=_with_defaults(data.get("fidelity"), FIDELITY_DEFAULTS, f"{where}: fidelity"),
         cost=_with_defaults(data.get("cost"), {"tflops": 0.05}, f"{where}: cost"),
         description=str(data.get("description") or ""), raw=data,
+        tuning=_load_tuning(data.get("tuning"), f"{where}: tuning", base, check_files) if "tuning" in data else None,
     )
     if spec.teacher_cache["tail"] not in ("bucket", "renormalize"):
         raise KdlabError(f"{where}: teacher_cache.tail: {spec.teacher_cache['tail']!r} is not one of bucket, renormalize")
     if not token_methods and (ablations.teacher_noise or ablations.base_teacher):
         raise KdlabError(f"{where}: ablations need a token-level method (noise acts on teacher logits)")
     _check_run_configs(spec)
+    if spec.tuning is not None:
+        _check_tuning(spec, f"{where}: tuning", check_files)
     return spec
+
+
+def _load_tuning(data, where: str, base: Path, check_files: bool) -> Tuning:
+    data = _mapping(data, where)
+    _check_keys(data, TUNING_KEYS, where)
+    params = {}
+    for key, values in _mapping(data.get("params"), f"{where}.params").items():
+        if not isinstance(key, str) or key.count(".") != 1 or key.split(".")[0] not in ("train", "lora"):
+            raise KdlabError(f"{where}.params: {key!r} is not a student run setting (train.NAME or lora.NAME)")
+        if key in UNTUNABLE:
+            raise KdlabError(f"{where}.params.{key}: cannot be tuned (seeds are the study's 'seeds'; the others change "
+                             "what a run is, not how well it trains)")
+        if isinstance(values, (int, float, str)) and not isinstance(values, bool):
+            values = [values]
+        if not isinstance(values, list) or not values:
+            raise KdlabError(f"{where}.params.{key}: expected a non-empty list of values, got {values!r}")
+        if len(set(map(repr, values))) != len(values):
+            raise KdlabError(f"{where}.params.{key}: values repeat in {values}")
+        params[key] = values
+    rule = data.get("temperature", "validation")
+    if rule not in ("validation", "paper"):
+        raise KdlabError(f"{where}.temperature: {rule!r} is not one of validation (select on the validation split), "
+                         "paper (every temperature to the test set; the paper's max over test scores shown as a labelled view)")
+    validation = _mapping(data.get("validation"), f"{where}.validation")
+    _check_keys(validation, VALIDATION_KEYS, f"{where}.validation")
+    n = validation.get("n", 100)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise KdlabError(f"{where}.validation.n: expected a positive integer, got {n!r}")
+    seed = validation.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise KdlabError(f"{where}.validation.seed: expected an integer, got {seed!r}")
+    file = validation.get("file")
+    if file is not None:
+        if not isinstance(file, str) or not file:
+            raise KdlabError(f"{where}.validation.file: expected a path, got {file!r}")
+        file = _resolve_path(file, base)
+        if check_files and not Path(file).is_file():
+            raise KdlabError(f"{where}.validation.file: file not found: {file}")
+    task = validation.get("task")
+    if task is not None and not isinstance(task, str):
+        raise KdlabError(f"{where}.validation.task: expected a task name, got {task!r}")
+    return Tuning(params, rule, n, seed, file, task)
+
+
+def _check_tuning(spec: StudySpec, where: str, check_files: bool) -> None:
+    """Every candidate builds a valid run config; the validation task exists; the slice leaves training data."""
+    from kdlab.config import build_config
+    from kdlab.eval.tasks import TASKS
+
+    tuning = spec.tuning
+    if tuning.task is not None and tuning.task not in TASKS:
+        raise KdlabError(f"{where}.validation.task: unknown task {tuning.task!r}")
+    for candidate in tuning.candidates():
+        flags = {"model": "m", "data": "d", "out": "o", **flatten_sections(spec.student_training), **candidate}
+        try:
+            build_config("sft", None, flags, [])
+        except KdlabError as exc:
+            raise KdlabError(f"{where}.params: {exc}") from None
+    if tuning.file is None and check_files:
+        from kdlab.data.formats import load_examples
+
+        for domain in spec.domains.values():
+            if domain.train.startswith("hf:"):
+                continue
+            count = len(load_examples(domain.train))
+            if tuning.n >= count:
+                raise KdlabError(f"{where}.validation.n: {tuning.n} validation examples would leave no training data in "
+                                 f"domains.{domain.name}.train ({count} examples)")
 
 
 def _pairs(value, where: str) -> str:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from kdlab.study.plan import Node, resolve
 
-MARKERS = {"prune": "config.json", "teacher-sft": "result.json", "student-sft": "result.json", "kd": "result.json",
-           "answers": "train.json", "cache": "manifest.json", "eval": "metrics.json", "fidelity": "fidelity.json"}
+MARKERS = {"prune": "config.json", "split": "split.json", "teacher-sft": "result.json", "student-sft": "result.json",
+           "kd": "result.json", "answers": "train.json", "cache": "manifest.json", "val-eval": "metrics.json",
+           "select": "selection.json", "eval": "metrics.json", "fidelity": "fidelity.json"}
+SELECTED = "selected"  # a select node's link to the run it chose
 
 
 def is_done(node: Node, study_dir: Path) -> bool:
@@ -91,6 +93,53 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
         write_json_examples(generated, tmp / "train.json")
 
 
+def _split(p: dict, out: Path, study_dir: Path) -> None:
+    """``out/train.json`` (training data minus validation) and ``out/<task folder>/test.json`` (the validation split,
+    disjoint from training and from the domain's test files), then ``split.json`` with the counts."""
+    from kdlab.data.formats import load_examples, load_json_examples, write_json_examples
+    from kdlab.data.split import validation_split
+    from kdlab.eval.tasks import get_task
+    from kdlab.io import atomic_write_json
+
+    test = []
+    for name in p["test_tasks"]:
+        path = Path(p["test_dir"] or "") / get_task(name).folder / "test.json"
+        if p["test_dir"] and path.is_file():
+            test += load_json_examples(path)
+    given = load_json_examples(p["file"]) if p["file"] else None
+    split = validation_split(load_examples(p["train"]), p["n"], p["seed"], given, test, where=p["file"] or p["train"])
+    task = get_task(p["task"])
+    write_json_examples(split.train, out / "train.json")
+    write_json_examples(split.validation, out / task.folder / "test.json")
+    atomic_write_json(out / "split.json", {"train": len(split.train), "validation": len(split.validation),
+                                           "task": task.name, "source": p["file"] or p["train"], "seed": p["seed"],
+                                           "removed_from_train": split.removed_from_train,
+                                           "dropped_test_overlap": split.dropped_test_overlap})
+
+
+def _select(p: dict, out: Path, study_dir: Path) -> None:
+    """Choose the candidate with the best validation accuracy (ties: the first listed); link ``out/selected`` to it
+    and write ``selection.json`` (every candidate's settings and validation score, and the choice)."""
+    import json
+    import os
+
+    from kdlab.io import atomic_write_json
+
+    rows = []
+    for candidate in p["candidates"]:
+        metrics = json.loads((Path(resolve(candidate["eval"], study_dir)) / "metrics.json").read_text())["tasks"][p["task"]]
+        rows.append({"run": candidate["run"].split(":", 1)[1], "eval": candidate["eval"].split(":", 1)[1],
+                     "settings": candidate["settings"], "n": int(metrics["n"]), "accuracy": float(metrics["accuracy"])})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["accuracy"], -i))
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / SELECTED
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(os.path.relpath(study_dir / rows[best]["run"], out), link, target_is_directory=True)
+    atomic_write_json(out / "selection.json", {"task": p["task"], "metric": "accuracy", "candidates": rows,
+                                               "selected": rows[best]})
+
+
 def _eval(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.eval.runner import EvalSettings, evaluate
 
@@ -107,5 +156,5 @@ def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
                  student_adapter=p.get("student_adapter"), embeddings=p["embeddings"])
 
 
-RUNNERS = {"prune": _prune, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache, "answers": _answers,
-           "eval": _eval, "fidelity": _fidelity}
+RUNNERS = {"prune": _prune, "split": _split, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache,
+           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _eval, "fidelity": _fidelity}

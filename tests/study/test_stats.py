@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.study.stats import (holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, paired_tests, seed_summary,
+from kdlab.study.stats import (holm, main_grid, mcnemar_exact, odds_ratio, paired_bootstrap_ci, paired_tests, seed_summary,
                                stars, study_hypotheses, t_interval, write_study_stats)
 import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 
@@ -395,10 +395,14 @@ def test_seed_summary_rejects_duplicate_rows(kd_study):
 def test_write_study_stats(kd_study, tmp_path):
     root, frame = kd_study
     paths = write_study_stats(root, frame, tmp_path / "out", n_boot=200)
-    assert set(paths) == {"hypotheses", "paired", "seeds", "markdown"}
+    assert set(paths) == {"hypotheses", "paired", "seeds", "markdown", "paper_temperature"}  # two temperatures
     assert all(p.is_file() for p in paths.values())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hypotheses.csv", "paired.csv", "seeds.csv",
-                                                                    "stats.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hypotheses.csv", "paired.csv",
+                                                                    "paper_temperature.csv", "seeds.csv", "stats.md"]
+    paper = pd.read_csv(paths["paper_temperature"])
+    main = main_grid(frame).dropna(subset=["temperature"])
+    best = main.groupby(["student", "method", "seed", "task"])["accuracy"].max()
+    assert paper.set_index(["student", "method", "seed", "task"])["accuracy"].sort_index().tolist() == best.sort_index().tolist()
     hyp = pd.read_csv(paths["hypotheses"])
     assert {"hypothesis", "group", "task", "statistic", "pvalue", "n", "effect_size", "effect_name"} <= set(hyp)
     pd.testing.assert_frame_equal(hyp[["statistic", "pvalue"]], study_hypotheses(frame)[["statistic", "pvalue"]])
