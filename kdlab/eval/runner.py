@@ -38,6 +38,7 @@ from kdlab.eval.stats import group_metrics, task_metrics
 from kdlab.eval.tasks import Task, load_task_examples, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.precision import PRECISIONS, uses_bf16
 from kdlab.models.heads import final_hidden, output_weight
 
 
@@ -56,15 +57,15 @@ class EvalSettings:
     limit: int | None = None
     max_new_tokens: int | None = None
     exclude_overlap: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 where the hardware has native bf16 (kdlab.precision), else fp32
 
     def validate(self) -> None:
         if self.mode not in ("generate", "loglik"):
             raise KdlabError(f"--mode {self.mode!r}: choose generate or loglik")
         if self.extraction not in MODES:
             raise KdlabError(f"--extraction {self.extraction!r}: choose {' or '.join(MODES)}")
-        if self.precision not in ("fp32", "bf16"):
-            raise KdlabError(f"--precision {self.precision!r}: choose fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise KdlabError(f"--precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         for name in ("batch_size", "limit", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -140,7 +141,8 @@ def evaluate(settings: EvalSettings) -> dict:
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(settings), sort_keys=False))
     results = {}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+    bf16 = uses_bf16(settings.precision)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for task in tasks:
             path = out / "predictions" / f"{task.name}.jsonl"
             done = _read_done(path)
@@ -150,7 +152,8 @@ def evaluate(settings: EvalSettings) -> dict:
                 run(model, tokenizer, task, pending, settings, path)
             records = _read_done(path)
             results[task.name] = task_metrics([records[index] for index, _ in items[task.name]], settings.mode)
-    metrics = {"tasks": results, "groups": group_metrics(results), "settings": {"mode": settings.mode, "extraction": settings.extraction}}
+    metrics = {"tasks": results, "groups": group_metrics(results), "settings": {"mode": settings.mode, "extraction": settings.extraction,
+                                                                                  "precision": "bf16" if bf16 else "fp32"}}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

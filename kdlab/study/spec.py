@@ -35,7 +35,7 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
     student_training: {lora: {enabled: false}, train: {lr: 5e-4, epochs: 2}}  # student SFT and KD runs
     kd: {max_new_tokens: 128}            # kd.* defaults for every method
     teacher_cache: {enabled: true, k: 64, tail: bucket}
-    evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: fp32}
+    evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: auto}
     fidelity: {enabled: true, token_kl: true, embeddings: false}
     cost: {tflops: 0.05}                 # effective throughput for --dry-run estimates (2 CPU cores ~ 0.05)
     tuning:                              # fair comparison: settings selected on validation data, per run
@@ -74,7 +74,7 @@ TOP_KEYS = {"name", "description", "models", "teachers", "students", "pairs", "d
             "tuning"}
 TOKEN_LOSSES = ("fkl", "rkl", "gjsd", "skl", "srkl", "tvd")
 EVAL_DEFAULTS = {"mode": "generate", "batch_size": 16, "limit": None, "max_new_tokens": None, "extraction": "strict",
-                 "precision": "fp32"}
+                 "precision": "auto"}
 FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
 ABLATION_KEYS = {"teacher_noise", "base_teacher", "students", "methods", "temperature", "seeds"}

@@ -38,6 +38,7 @@ from kdlab.config import RunConfig
 from kdlab.data.tokenize import Encoded, collate, count_response_tokens
 from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdlab.models.load import quiet_loading
+from kdlab.precision import resolve_precision
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"]
 
@@ -90,18 +91,6 @@ class Schedule:
                 if step > start_step:
                     yield step, epoch, batches[start : start + self.grad_accum]
             epoch += 1
-
-
-def resolve_precision(precision: str) -> str:
-    """'bf16' or 'no' (accelerate's names). auto: bf16 on CUDA with bf16, and on CPUs with native bf16 units."""
-    if precision == "bf16":
-        return "bf16"
-    if precision == "fp32":
-        return "no"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    fast_cpu_bf16 = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if fast_cpu_bf16 else "no"
 
 
 def make_accelerator(config: RunConfig, run_dir: Path):

@@ -21,7 +21,8 @@ from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids
 from kdlab.models.load import check_same_tokenizer, load_adapter, load_model, load_tokenizer
 from kdlab.runs import run_state, start_run
-from kdlab.train.loop import Trainer, make_accelerator, resolve_precision
+from kdlab.precision import resolve_precision
+from kdlab.train.loop import Trainer, make_accelerator
 from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective
 
 
