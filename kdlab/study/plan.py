@@ -202,24 +202,25 @@ class _Builder:
             final, lora = study_path(run.id, "final"), run.params["flags"].get("lora.enabled", True)
         return (base_model, final) if lora else (final, None)
 
-    def train_data(self, domain) -> tuple[str, tuple[str, ...]]:
-        """(training data, dependencies): the domain's file, or with tuning the training part of its split."""
+    def train_data(self, domain, teacher: bool = False) -> tuple[str, tuple[str, ...]]:
+        """(training data, dependencies) of the students (or of the teacher): the domain's file, or with tuning that
+        file without the validation split's questions."""
         if self.spec.tuning is None:
-            return domain.train, ()
+            return (domain.teacher_train or domain.train) if teacher else domain.train, ()
         node = self.split(domain)
-        return study_path(node.id, "train.json"), (node.id,)
+        return study_path(node.id, "teacher.json" if teacher else "train.json"), (node.id,)
 
     def split(self, domain) -> Node:
         """The validation split of a domain (kdlab.data.split): ``train.json`` and ``<task folder>/test.json``."""
         tuning = self.spec.tuning
         task = tuning.task or domain.tasks[0]
         params = {"train": domain.train, "n": tuning.n, "seed": tuning.seed, "file": tuning.file, "task": task,
-                  "test_tasks": list(domain.tasks), "test_dir": domain.data_dir}
+                  "test_tasks": list(domain.tasks), "test_dir": domain.data_dir, "teacher_train": domain.teacher_train}
         return self.add(_node("split", domain.name, params, meta={"domain": domain.name, "task": task}))
 
     # training runs ---------------------------------------------------
-    def train_flops(self, params: float, domain, sections: dict, lora: bool) -> float:
-        examples, tokens = data_size(domain.train, domain.examples)
+    def train_flops(self, params: float, domain, sections: dict, lora: bool, data: str | None = None) -> float:
+        examples, tokens = data_size(data or domain.train, domain.examples)
         train = sections.get("train", {})
         epochs = float(train.get("epochs", 1.0))
         if train.get("max_steps"):
@@ -238,10 +239,11 @@ class _Builder:
         model, deps = self.model(teacher)
         teacher_sections = merge_sections(self.spec.teacher_training, domain.training)
         flags = self.training_flags(teacher_sections, None)
-        data, data_deps = self.train_data(domain)
+        data, data_deps = self.train_data(domain, teacher=True)
         deps += data_deps
         params = {"model": model, "data": data, "flags": flags}
-        flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"])
+        flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"],
+                                 domain.teacher_train)
         meta = {"role": "teacher", "teacher": teacher, "student": teacher, "domain": domain.name, "method": "sft",
                 "loss": "sft", "teacher_kind": "finetuned", "seed": flags.get("train.seed", 0)}
         return self.add(_node("teacher-sft", f"{teacher}.{domain.name}", params, deps, meta, flops=flops))

@@ -16,6 +16,7 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
         tasks: [arith]                   # evaluation tasks (kdlab eval names or groups)
         data_dir: data                   # folder holding <task>/test.json (optional for tasks with a Hub source)
         training: {train: {epochs: 3}}   # optional: settings of this domain's teacher and student runs
+        teacher_train: data/teacher.json # optional: the teacher's SFT data, if not `train` (e.g. a larger, disjoint set)
         examples: 10000                  # optional: size of the training set, for --dry-run when it is not here
     methods:                             # KD methods: name -> kd settings (loss plus kd.* overrides)
       fkl: {loss: fkl}
@@ -104,6 +105,7 @@ class Domain:
     data_dir: str | None = None
     training: dict = field(default_factory=dict)
     examples: int | None = None  # size hint for --dry-run when the training file is not available here
+    teacher_train: str | None = None  # the teacher's SFT data when it is not ``train``
 
 
 @dataclass
@@ -288,12 +290,19 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
     for name, entry in _mapping(data, where).items():
         here = f"{where}.{name}"
         entry = _mapping(entry, here)
-        _check_keys(entry, {"train", "tasks", "data_dir", "training", "examples"}, here)
-        if not isinstance(entry.get("train"), str) or not entry["train"]:
-            raise KdlabError(f"{here}.train: expected a training data path or hf:NAME, got {entry.get('train')!r}")
-        train = _resolve_path(entry["train"], base)
-        if check_files and not train.startswith("hf:") and not Path(train).is_file():
-            raise KdlabError(f"{here}.train: file not found: {train}")
+        _check_keys(entry, {"train", "tasks", "data_dir", "training", "examples", "teacher_train"}, here)
+        paths = {}
+        for key in ("train", "teacher_train"):
+            if key not in entry or (key == "teacher_train" and entry[key] is None):
+                continue
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise KdlabError(f"{here}.{key}: expected a training data path or hf:NAME, got {entry.get(key)!r}")
+            paths[key] = _resolve_path(entry[key], base)
+            if check_files and not paths[key].startswith("hf:") and not Path(paths[key]).is_file():
+                raise KdlabError(f"{here}.{key}: file not found: {paths[key]}")
+        if "train" not in paths:
+            raise KdlabError(f"{here}.train: expected a training data path or hf:NAME, got None")
+        train = paths["train"]
         tasks = _names(entry.get("tasks"), f"{here}.tasks")
         try:
             tasks = [task.name for task in resolve_tasks(",".join(tasks))]
@@ -305,7 +314,8 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
         examples = entry.get("examples")
         if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
             raise KdlabError(f"{here}.examples: expected a positive integer, got {examples!r}")
-        domains[name] = Domain(name, train, tasks, data_dir, _load_sections(entry.get("training"), f"{here}.training"), examples)
+        domains[name] = Domain(name, train, tasks, data_dir, _load_sections(entry.get("training"), f"{here}.training"), examples,
+                               paths.get("teacher_train"))
     if not domains:
         raise KdlabError(f"{where}: no domains")
     return domains

@@ -94,8 +94,9 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def _split(p: dict, out: Path, study_dir: Path) -> None:
-    """``out/train.json`` (training data minus validation) and ``out/<task folder>/test.json`` (the validation split,
-    disjoint from training and from the domain's test files), then ``split.json`` with the counts."""
+    """``out/train.json`` (training data minus validation), ``out/teacher.json`` (the teacher's data minus the
+    validation questions) and ``out/<task folder>/test.json`` (the validation split, disjoint from training and from
+    the domain's test files), then ``split.json`` with the counts."""
     from kdlab.data.formats import load_examples, load_json_examples, write_json_examples
     from kdlab.data.split import validation_split
     from kdlab.eval.tasks import get_task
@@ -110,10 +111,14 @@ def _split(p: dict, out: Path, study_dir: Path) -> None:
     split = validation_split(load_examples(p["train"]), p["n"], p["seed"], given, test, where=p["file"] or p["train"])
     task = get_task(p["task"])
     write_json_examples(split.train, out / "train.json")
+    teacher = split.train
+    if p.get("teacher_train"):
+        teacher = validation_split(load_examples(p["teacher_train"]), 0, 0, split.validation, where=p["teacher_train"]).train
+    write_json_examples(teacher, out / "teacher.json")
     write_json_examples(split.validation, out / task.folder / "test.json")
     atomic_write_json(out / "split.json", {"train": len(split.train), "validation": len(split.validation),
                                            "task": task.name, "source": p["file"] or p["train"], "seed": p["seed"],
-                                           "removed_from_train": split.removed_from_train,
+                                           "teacher": len(teacher), "removed_from_train": split.removed_from_train,
                                            "dropped_test_overlap": split.dropped_test_overlap})
 
 

@@ -212,3 +212,40 @@ def test_paper_rule_keeps_every_temperature_and_labels_the_max_over_test(tuned_s
     view = paper_temperature_view(frame)
     assert view["best_temperature"].tolist() == [2.0] and view["accuracy"].tolist() == [0.5]
     assert (view["rule"] == PAPER_RULE).all() and "TEST" in PAPER_RULE
+
+
+def test_split_step_keeps_validation_out_of_the_teachers_data_too(tmp_path):
+    from kdlab.data.formats import load_json_examples, write_json_examples
+
+    train = _examples([f"What is {i} plus 2?" for i in range(12)])
+    write_json_examples(train, tmp_path / "train.json")
+    write_json_examples(train[:3] + _examples(["teacher only"]), tmp_path / "teacher.json")
+    write_json_examples(_examples(["What is 11 plus 2?"]), tmp_path / "tests" / "arith" / "test.json")
+    params = {"train": str(tmp_path / "train.json"), "n": 4, "seed": 0, "file": None, "task": "arith",
+              "test_tasks": ["arith"], "test_dir": str(tmp_path / "tests"), "teacher_train": str(tmp_path / "teacher.json")}
+    out = tmp_path / "split"
+    steps._split(params, out, tmp_path)
+    validation = {e.instruction for e in load_json_examples(out / "arith" / "test.json")}
+    students = {e.instruction for e in load_json_examples(out / "train.json")}
+    teacher = {e.instruction for e in load_json_examples(out / "teacher.json")}
+    assert not validation & students and not validation & teacher and "teacher only" in teacher
+    assert "What is 11 plus 2?" not in validation
+    info = json.loads((out / "split.json").read_text())
+    assert info["validation"] == len(validation) and info["train"] == len(students) == 8 and info["teacher"] == len(teacher)
+
+
+def test_teacher_train_is_the_teachers_data(tuned_spec, tmp_path):
+    from kdlab.data.synth import write_synth
+
+    write_synth(tmp_path / "teacher.json", n=12, seed=9, split="train")
+    edit = lambda d: d["domains"]["arith"].update(teacher_train=str(tmp_path / "teacher.json"))
+    path = _edited(tuned_spec, tmp_path, edit)
+    plan = build_plan(load_spec(path))
+    teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
+    split = next(node for node in plan.nodes if node.kind == "split")
+    assert teacher.params["data"] == f"study:{split.id}/teacher.json" and split.params["teacher_train"] == str(tmp_path / "teacher.json")
+    data = yaml.safe_load(path.read_text())
+    del data["tuning"]
+    path.write_text(yaml.safe_dump(data))
+    teacher = next(node for node in build_plan(load_spec(path)).nodes if node.kind == "teacher-sft")
+    assert teacher.params["data"] == str(tmp_path / "teacher.json")
