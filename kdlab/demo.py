@@ -1,39 +1,43 @@
-"""``kdlab demo``: a real, small KD study on the embedded SmolLM2-135M, offline on a CPU, ending in a report.
+"""``kdlab demo``: a real, small and fair KD study on the embedded SmolLM2-135M, offline on a CPU, ending in a report.
 
 The demo is a study (:mod:`kdlab.study`) whose spec it writes itself:
 
 1. Data: synthetic arithmetic word problems with rationales (``kdlab data synth --scale small``), one step on
-   single-digit numbers each (160 to train, 100 held out): a train split and a
-   disjoint held-out test split. With ``--data-dir`` (LLM-Adapters layout, e.g.
-   ``../shared/data/paper-kd-generalization/eval``) the students are also tested zero-shot on AddSub, SingleEq,
-   MultiArith and SVAMP: transfer from synthetic training problems to real ones.
-2. Teacher: SmolLM2-135M-Instruct, LoRA SFT on the train split.
-3. Students: SmolLM2 pruned to 24 and 27 of its 30 decoder layers, each trained for 18 steps of 8 with SFT (the
-   baseline) and with KD from the teacher: forward KL at tau 1 and 2, reverse KL, generalized JSD (beta 0.5); full
-   fine-tuning (a pruned network needs all its weights to recover). Ablations on the 24-layer student: Gaussian
-   noise (sigma 2) on the teacher's logits, and KD from the base teacher (before its SFT). Why so mild a pruning:
-   measured on this budget, students cut to 6 or 15 layers stay near 0% (they lose even single-digit arithmetic and
-   need far more than a few hundred examples to heal), so no comparison between them could be resolved.
-4. Every model is evaluated on the held-out problems (greedy, strict extraction of "The answer is N."); fidelity of
-   every student to its teacher (answer agreement, BLEU, teacher-forced token KL, top-1 agreement); statistics
-   (McNemar and paired bootstrap of KD vs SFT, the paper's H1-H5) and an HTML report.
+   single-digit numbers each: the students' distillation set (160 problems, plus 60 more that the study holds out as
+   its validation split), the teacher's own SFT set (480 other problems) and 100 disjoint held-out test problems.
+   With ``--data-dir`` (LLM-Adapters layout, e.g. ``../shared/data/paper-kd-generalization/eval``) the students are
+   also tested zero-shot on AddSub, SingleEq, MultiArith and SVAMP.
+2. Teacher: SmolLM2-135M-Instruct, LoRA SFT on its own 480 problems. Why not on the students' set: a teacher
+   fine-tuned on the very problems the students distil on is almost one-hot there (measured in
+   ``docs/kd-vs-sft.md``: argmax = gold on ~99% of tokens), so forward KL reduces to SFT and KD has nothing to add.
+   On problems it has not memorised its distribution carries more than the gold token.
+3. Student: SmolLM2 pruned to 24 of its 30 decoder layers (students cut to 6 or 15 layers stay near 0% at this
+   budget), full fine-tuning, 18 steps of 8: the SFT baseline and KD with forward KL (temperature 1 or 2) and
+   reverse KL, two seeds.
+4. Fair comparison (``tuning`` in the spec): every run -- SFT and each KD method alike -- is trained at each learning
+   rate (1e-4, 3e-4) and, for forward KL, each temperature; each candidate is scored on the validation split and
+   only the best is evaluated on the test set. Nothing is chosen on test scores.
+5. Every selected model is evaluated on the held-out problems (greedy, strict extraction of "The answer is N.",
+   precision ``auto``); fidelity of every student to the teacher (answer agreement, BLEU, teacher-forced token KL,
+   top-1 agreement); statistics (McNemar and paired bootstrap of KD vs SFT per seed, Holm, seed means) and an HTML
+   report with the validation curves.
 
-The teacher's top-k signal is cached once and shared by every KD run (no teacher forward pass while the students
-train); training runs in bf16 on CPUs that support it. Every step is a resumable run folder: re-running the command
-skips what is done and resumes what was interrupted.
+The teacher's top-k signal is cached once and shared by every KD run. Every step is a resumable run folder:
+re-running the command skips what is done and resumes what was interrupted.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from kdlab.data.synth import write_synth
+from kdlab.data.formats import load_json_examples, write_json_examples
+from kdlab.data.split import validation_split
+from kdlab.data.synth import generate_arith, write_synth
 from kdlab.errors import KdlabError
 
 TEACHER = "smollm2-135m"
@@ -42,63 +46,74 @@ TRANSFER_TASKS = ("AddSub", "SingleEq", "MultiArith", "SVAMP")
 
 @dataclass(frozen=True)
 class DemoSize:
-    """Data sizes and optimizer steps of one demo flavour."""
+    """Data sizes, optimizer steps and grid of one demo flavour."""
 
-    train: int
+    train: int  # the students' distillation set
+    validation: int  # held out from it by the study, for selecting settings
+    teacher_train: int  # the teacher's own SFT set (disjoint from the students')
     test: int
     transfer_limit: int
     teacher_steps: int
     student_steps: int
     batch_size: int
     max_new_tokens: int
-    student_layers: tuple[int, int] = (24, 27)  # measured: students cut to 6 or 15 layers stay near 0% at this budget
+    student_layers: tuple[int, ...] = (24,)  # measured: students cut to 6 or 15 layers stay near 0% at this budget
+    seeds: tuple[int, ...] = (0, 1)
+    lrs: tuple[float, ...] = (1e-4, 3e-4)
 
 
-FULL = DemoSize(train=160, test=100, transfer_limit=50, teacher_steps=26, student_steps=18, batch_size=8, max_new_tokens=36)
-# --quick checks the pipeline: smaller students (their numbers carry no meaning anyway) keep it within minutes
-QUICK = DemoSize(train=32, test=8, transfer_limit=8, teacher_steps=3, student_steps=2, batch_size=4, max_new_tokens=32,
-                 student_layers=(4, 6))
+FULL = DemoSize(train=160, validation=60, teacher_train=480, test=100, transfer_limit=50, teacher_steps=60,
+                student_steps=18, batch_size=8, max_new_tokens=36)
+# --quick checks the pipeline: a smaller student (its numbers carry no meaning anyway) keeps it within minutes
+QUICK = DemoSize(train=32, validation=8, teacher_train=32, test=8, transfer_limit=8, teacher_steps=3, student_steps=2,
+                 batch_size=4, max_new_tokens=32, student_layers=(4,), seeds=(0,))
 SYNTH_STEPS, SYNTH_SCALE = 1, "small"  # one operation on single-digit numbers: within reach of a pruned student
 
 
 def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
     """The demo's study spec (written to ``<out>/demo-spec.yaml``)."""
     students = {f"smollm2-{n}l": {"prune": {"model": "smollm2", "keep_layers": n}} for n in size.student_layers}
-    smallest = f"smollm2-{min(size.student_layers)}l"
     train = {"batch_size": size.batch_size, "max_length": 192, "warmup_ratio": 0.1}
+    layers = " and ".join(str(n) for n in size.student_layers)
     return {
         "name": "smollm2-demo",
-        "description": "SmolLM2-135M-Instruct (LoRA SFT teacher) distilled into pruned 6- and 15-layer students "
-                       "on synthetic arithmetic word problems.",
+        "description": f"SmolLM2-135M-Instruct (LoRA SFT teacher on its own problems) distilled into a student pruned "
+                       f"to {layers} layers on synthetic arithmetic word problems; learning rate and temperature "
+                       "selected on a validation split for every method.",
         "models": {"smollm2": {"spec": TEACHER}, **students},
         "teachers": ["smollm2"],
         "students": list(students),
-        "domains": {"arith": {"train": str(data / "train.json"),
+        "domains": {"arith": {"train": str(data / "train.json"), "teacher_train": str(data / "teacher.json"),
                               "tasks": ["arith", *TRANSFER_TASKS] if transfer else ["arith"],
                               "data_dir": str(data)}},
-        "methods": {"fkl": {"loss": "fkl"}, "rkl": {"loss": "rkl", "temperatures": [1.0]},
-                    "gjsd": {"loss": "gjsd", "beta": 0.5, "temperatures": [1.0]}},
+        "methods": {"fkl": {"loss": "fkl"}, "rkl": {"loss": "rkl", "temperatures": [1.0]}},
         "temperatures": [1.0, 2.0],
-        "seeds": [0],
-        "ablations": {"teacher_noise": [2.0], "base_teacher": True, "students": [smallest], "methods": ["fkl"],
-                      "temperature": 1.0},
+        "seeds": list(size.seeds),
+        "tuning": {"params": {"train.lr": list(size.lrs)}, "temperature": "validation",
+                   "validation": {"n": size.validation, "seed": 0, "task": "arith"}},
         "teacher_training": {"lora": {"enabled": True},
-                             "train": {**train, "lr": 1e-3, "max_steps": size.teacher_steps, "save_steps": 10}},
-        # full fine-tuning checkpoints (weights + AdamW state, ~1.5 GB each) would cost more than redoing a 2-minute run
+                             "train": {**train, "lr": 1e-3, "max_steps": size.teacher_steps, "save_steps": 20}},
+        # full fine-tuning checkpoints (weights + AdamW state, ~1.5 GB each) would cost more than redoing a 1-minute run
         "student_training": {"lora": {"enabled": False},
-                             "train": {**train, "lr": 5e-4, "max_steps": size.student_steps, "save_steps": 0}},
+                             "train": {**train, "max_steps": size.student_steps, "save_steps": 0}},
         "teacher_cache": {"enabled": True, "k": 64, "tail": "bucket"},
         "evaluation": {"batch_size": 16, "limit": max(size.test, size.transfer_limit) if transfer else None,
-                       "max_new_tokens": size.max_new_tokens, "precision": "bf16"},
+                       "max_new_tokens": size.max_new_tokens, "precision": "auto"},
         "fidelity": {"enabled": True, "token_kl": True, "embeddings": False},
         "cost": {"tflops": 0.05},
     }
 
 
 def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
+    """The students' set (distillation + validation), the teacher's disjoint set, the test set, transfer links."""
     data = out / "data"
     if not (data / "train.json").is_file():
-        write_synth(data / "train.json", n=size.train, seed=0, split="train", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE)
+        write_synth(data / "train.json", n=size.train + size.validation, seed=0, split="train", max_steps=SYNTH_STEPS,
+                    scale=SYNTH_SCALE)
+    if not (data / "teacher.json").is_file():
+        extra = generate_arith(2 * size.teacher_train, seed=2, split="train", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE)
+        own = validation_split(extra, 0, 0, validation=load_json_examples(data / "train.json")).train  # none of theirs
+        write_json_examples(own[:size.teacher_train], data / "teacher.json")
     if not (data / "arith" / "test.json").is_file():
         write_synth(data / "arith" / "test.json", n=size.test, seed=1, split="test", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE)
     if data_dir:
@@ -118,7 +133,7 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) 
     from kdlab.study.commands import compute_stats
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
-    from kdlab.study.results import collect_results
+    from kdlab.study.results import collect_results, collect_selection
     from kdlab.study.runner import prepare_study, run_plan
 
     started = time.time()
@@ -136,7 +151,7 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) 
     if summary.failed or summary.blocked:
         raise KdlabError(f"{summary.failed} demo runs failed ({summary.blocked} skipped); see `kdlab study status {study_dir}`")
     frame = collect_results(plan, study_dir)
-    stats = compute_stats(study_dir, frame, study_dir / "stats")
+    stats = compute_stats(study_dir, frame, study_dir / "stats", collect_selection(plan, study_dir))
     html, _ = write_report(study_dir, frame, stats, study_dir / "report", title="kdlab demo: SmolLM2 distillation study")
     minutes = (time.time() - started) / 60
     headline = summarize_demo(frame, stats)
@@ -144,27 +159,35 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) 
     return {**headline, "minutes": minutes, "report": str(html)}
 
 
+def _nan_to_none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def summarize_demo(frame, stats: dict) -> dict:
-    """Teacher accuracy, each student's SFT and KD accuracies with CIs and p-values, fidelity, on the held-out task."""
+    """Teacher accuracy; per student and seed the selected SFT and KD runs: accuracy with CI, settings chosen on
+    validation, the paired difference to SFT with its bootstrap CI, McNemar p (and Holm over all comparisons),
+    agreement and BLEU with the teacher; on the held-out task."""
     rows = frame[frame["task"] == "arith"]
     teacher = rows[rows["role"] == "teacher"].iloc[0]
-    base = rows[rows["role"] == "base-teacher"]
     paired = stats.get("paired")
     students = {}
     for student, group in rows[rows["role"].isin(["student-sft", "student-kd"])].groupby("student", sort=False):
-        sft = group[group["role"] == "student-sft"].iloc[0]
-        kd = []
-        for _, row in group[group["role"] == "student-kd"].iterrows():
-            entry = {"label": _label(row), "accuracy": row["accuracy"], "ci": (row["ci_low"], row["ci_high"]),
-                     "agreement": row["agreement"], "bleu": row["bleu"], "token_kl": row["token_kl"]}
-            match = paired[(paired["run"] == row["run"]) & (paired["task"] == "arith")] if paired is not None else paired
-            if match is not None and len(match):
-                entry["pvalue"] = float(match.iloc[0]["pvalue"])
-            kd.append(entry)
-        students[student] = {"size_b": float(sft["student_size_b"]), "sft": sft["accuracy"], "sft_ci": (sft["ci_low"], sft["ci_high"]),
-                             "sft_agreement": sft["agreement"], "kd": kd}
+        runs = []
+        order = group.assign(_sft=group["role"] != "student-sft").sort_values(["seed", "_sft", "method"], kind="stable")
+        for _, row in order.iterrows():
+            entry = {"label": "SFT" if row["role"] == "student-sft" else _label(row), "seed": int(row["seed"]),
+                     "selected": row["selected"], "val_accuracy": _nan_to_none(row["val_accuracy"]),
+                     "accuracy": row["accuracy"], "ci": (row["ci_low"], row["ci_high"]),
+                     "agreement": _nan_to_none(row["agreement"]), "bleu": _nan_to_none(row["bleu"])}
+            match = paired[(paired["run"] == row["run"]) & (paired["task"] == "arith")] if paired is not None else None
+            if row["role"] == "student-kd" and match is not None and len(match):
+                m = match.iloc[0]
+                entry.update(diff=float(m["diff"]), diff_ci=(float(m["ci_low"]), float(m["ci_high"])),
+                             pvalue=float(m["pvalue"]), pvalue_holm=float(m["pvalue_holm_all"]))
+            runs.append(entry)
+        students[student] = {"size_b": float(group["student_size_b"].iloc[0]), "runs": runs}
     return {"n": int(teacher["n"]), "teacher": teacher["accuracy"], "teacher_ci": (teacher["ci_low"], teacher["ci_high"]),
-            "base_teacher": float(base.iloc[0]["accuracy"]) if len(base) else None, "students": students}
+            "students": students}
 
 
 def _label(row) -> str:
@@ -173,32 +196,46 @@ def _label(row) -> str:
         label += f" noise={row['noise']:g}"
     if row["teacher_kind"] == "base":
         label += " (base teacher)"
-    return label
+    return "KD " + label
+
+
+def _short(settings: str) -> str:
+    """``kd.temperature=2 train.lr=0.0003`` -> ``tau=2 lr=3e-04``."""
+    parts = []
+    for item in settings.split():
+        key, value = item.split("=", 1)
+        name = {"kd.temperature": "tau", "train.lr": "lr"}.get(key, key.split(".")[-1])
+        parts.append(f"{name}={float(value):.0e}" if name == "lr" else f"{name}={value}")
+    return " ".join(parts)
 
 
 def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -> str:
     """The plain-language end of the demo's output."""
     pct = lambda v: f"{100 * v:.0f}%"
     ci = lambda c: f"[{100 * c[0]:.0f}-{100 * c[1]:.0f}%]"
-    lines = [f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs):",
-             f"  teacher (SmolLM2-135M + LoRA SFT): {pct(headline['teacher'])} {ci(headline['teacher_ci'])}"
-             + (f"; before its SFT: {pct(headline['base_teacher'])}" if headline["base_teacher"] is not None else "")]
-    wins = total = significant = worse = 0
+    lines = [f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs); "
+             "settings chosen on the validation split:",
+             f"  teacher (SmolLM2-135M + LoRA SFT on its own problems): {pct(headline['teacher'])} {ci(headline['teacher_ci'])}"]
+    better = worse = total = 0
     for student, info in headline["students"].items():
-        lines.append(f"  {student} ({info['size_b'] * 1000:.0f}M params): SFT {pct(info['sft'])} {ci(info['sft_ci'])}")
-        for entry in info["kd"]:
-            p = entry.get("pvalue")
-            total += 1
-            wins += entry["accuracy"] > info["sft"]
-            significant += p is not None and p < 0.05 and entry["accuracy"] > info["sft"]
-            worse += p is not None and p < 0.05 and entry["accuracy"] < info["sft"]
-            lines.append(f"      KD {entry['label']:<28} {pct(entry['accuracy']):>4} {ci(entry['ci'])}"
-                         + (f"  McNemar p={p:.3g}" if p is not None and not math.isnan(p) else "")
-                         + (f"  agreement {entry['agreement']:.2f}" if not math.isnan(entry["agreement"]) else "")
-                         + (f"  BLEU {entry['bleu']:.0f}" if not math.isnan(entry["bleu"]) else ""))
-    lines.append(f"  In plain words: KD beat the SFT baseline in {wins} of {total} comparisons ({significant} significantly) and "
-                 f"was significantly worse in {worse} (exact McNemar p < 0.05 on the same problems, before Holm correction; "
-                 "the report has the corrected values).")
+        lines.append(f"  {student} ({info['size_b'] * 1000:.0f}M params):")
+        for entry in info["runs"]:
+            text = (f"    seed {entry['seed']}  {entry['label']:<12} {_short(entry['selected']):<16} "
+                    f"{pct(entry['accuracy']):>4} {ci(entry['ci']):<10}")
+            if "diff" in entry:
+                total += 1
+                better += entry["pvalue_holm"] < 0.05 and entry["diff"] > 0
+                worse += entry["pvalue_holm"] < 0.05 and entry["diff"] < 0
+                text += (f" vs SFT {100 * entry['diff']:+.0f} pp [{100 * entry['diff_ci'][0]:+.0f}, {100 * entry['diff_ci'][1]:+.0f}]"
+                         f"  McNemar p={entry['pvalue']:.2g} (Holm {entry['pvalue_holm']:.2g})")
+            if entry["agreement"] is not None:
+                text += f"  agreement {entry['agreement']:.2f}"
+            if entry["bleu"] is not None:
+                text += f"  BLEU {entry['bleu']:.0f}"
+            lines.append(text)
+    lines.append(f"  In plain words: of {total} KD-vs-SFT comparisons (same student, seed and problems), {better} "
+                 f"{'was' if better == 1 else 'were'} significantly better and {worse} significantly worse after Holm "
+                 "correction over all of them (exact McNemar); the report has seed means and the validation curves.")
     if size is QUICK:
         lines.append("  (--quick: a few optimizer steps on a few examples; the numbers show the pipeline, not a finding.)")
     lines.append(f"  Report: {html}")

@@ -12,23 +12,39 @@ from kdlab.study.spec import load_spec
 def test_demo_spec_is_the_promised_grid(tmp_path, size, transfer):
     from kdlab.data.synth import write_synth
 
-    write_synth(tmp_path / "train.json", n=8, seed=0, split="train")
+    write_synth(tmp_path / "train.json", n=size.validation + 8, seed=0, split="train")
+    write_synth(tmp_path / "teacher.json", n=8, seed=2, split="train")
     for task in ["arith", "AddSub", "SingleEq", "MultiArith", "SVAMP"]:
         (tmp_path / task).mkdir()
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(demo_spec(tmp_path, size, transfer)))
     spec = load_spec(path)
     assert set(spec.domains["arith"].tasks) == ({"arith", "AddSub", "SingleEq", "MultiArith", "SVAMP"} if transfer else {"arith"})
+    assert spec.evaluation["precision"] == "auto" and spec.tuning.params == {"train.lr": list(size.lrs)}
     plan = build_plan(spec)
     kd = [node.meta for node in plan.nodes if node.kind == "kd"]
-    smallest = f"smollm2-{min(size.student_layers)}l"
     for layers in size.student_layers:
-        runs = {(m["method"], m["temperature"]) for m in kd if m["student"] == f"smollm2-{layers}l" and not m["noise"]
-                and m["teacher_kind"] == "finetuned"}
-        assert runs == {("fkl", 1.0), ("fkl", 2.0), ("rkl", 1.0), ("gjsd", 1.0)}
-    assert [m["student"] for m in kd if m["noise"]] == [smallest]
-    assert [m["student"] for m in kd if m["teacher_kind"] == "base"] == [smallest]
-    assert sum(node.kind == "student-sft" for node in plan.nodes) == len(size.student_layers)
+        for seed in size.seeds:
+            runs = sorted((m["method"], m["temperature"]) for m in kd if m["student"] == f"smollm2-{layers}l" and m["seed"] == seed)
+            assert runs == sorted([("fkl", 1.0), ("fkl", 2.0), ("rkl", 1.0)] * len(size.lrs))  # every candidate
+    selects = [node.meta for node in plan.nodes if node.kind == "select"]
+    assert sorted((m["method"], m["seed"]) for m in selects) == sorted(
+        (method, seed) for method in ("sft", "fkl", "rkl") for seed in size.seeds for _ in size.student_layers)
+    teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
+    assert teacher.params["data"].endswith("/teacher.json")  # the teacher learns from its own problems
+    assert sum(node.kind == "student-sft" for node in plan.nodes) == len(size.student_layers) * len(size.seeds) * len(size.lrs)
+
+
+def test_demo_data_keeps_the_sets_apart(tmp_path):
+    from kdlab.data.formats import load_json_examples
+    from kdlab.demo import _prepare_data
+
+    data = _prepare_data(tmp_path, QUICK, None)
+    questions = {name: {e.instruction for e in load_json_examples(data / name)} for name in ("train.json", "teacher.json",
+                                                                                             "arith/test.json")}
+    assert len(questions["train.json"]) == QUICK.train + QUICK.validation and len(questions["teacher.json"]) == QUICK.teacher_train
+    assert not questions["train.json"] & questions["teacher.json"]
+    assert not (questions["train.json"] | questions["teacher.json"]) & questions["arith/test.json"]
 
 
 @pytest.mark.slow
@@ -38,4 +54,6 @@ def test_quick_demo_end_to_end(tmp_path):
     result = run_demo(tmp_path / "demo", quick=True)
     assert (tmp_path / "demo" / "study" / "report" / "report.html").is_file()
     assert set(result["students"]) == {f"smollm2-{n}l" for n in QUICK.student_layers}
+    runs = result["students"][f"smollm2-{QUICK.student_layers[0]}l"]["runs"]
+    assert len(runs) == 3 * len(QUICK.seeds) and all(run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs)
     assert 0.0 <= result["teacher"] <= 1.0
