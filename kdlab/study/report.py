@@ -501,11 +501,12 @@ def fig_validation(selection: pd.DataFrame) -> FigureResult:
             for label, runs in rows.groupby("label", sort=False):
                 for style, (keys, line) in zip(LINE_STYLES, runs.groupby(other, dropna=False, sort=False) if other
                                                else [((), runs)]):
-                    curve = line.groupby(x_col)["val_accuracy"].mean().sort_index()
                     keys = keys if isinstance(keys, tuple) else (keys,)
                     extra = " ".join(f"{c.split(':', 1)[1].split('.')[-1]}={v:g}" for c, v in zip(other, keys) if v == v)
-                    ax.plot(curve.index, curve.to_numpy() * 100, marker="o", color=colors[label], linestyle=style,
-                            label=f"{label} {extra}".strip())
+                    for i, (_, seed_line) in enumerate(line.groupby("seed", sort=True)):  # one line per seed
+                        curve = seed_line.set_index(x_col)["val_accuracy"].sort_index()
+                        ax.plot(curve.index, curve.to_numpy() * 100, marker="o", color=colors[label], linestyle=style,
+                                alpha=0.85, label=f"{label} {extra}".strip() if i == 0 else None)
             chosen = rows[rows["selected"]]
             ax.scatter(chosen[x_col], chosen["val_accuracy"] * 100, s=160, facecolors="none", edgecolors="black",
                        linewidths=1.5, zorder=5, label="selected")
@@ -517,9 +518,9 @@ def fig_validation(selection: pd.DataFrame) -> FigureResult:
         _figure_legend(fig, axes, title="run")
         result.png = _png(fig)
     n = int(selection["n"].max())
-    result.caption = (f"Each line is one run's candidates scored on the validation split (n = {n}, disjoint from "
-                      "training and test; mean over seeds); the ringed point of each is the setting carried to the "
-                      "test set. Line styles: the other tuned settings (e.g. temperatures).")
+    result.caption = (f"Each line is one run's candidates for one seed, scored on the validation split (n = {n}, "
+                      "disjoint from training and test); the ringed point of each is the setting carried to the test "
+                      "set. Line styles: the other tuned settings (e.g. temperatures).")
     return result
 
 
