@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "problems; student: SmolLM2 pruned to 24 layers, SFT vs KD (forward KL at tau 1 "
                                            "or 2, reverse KL), two seeds, learning rate and temperature selected on a "
                                            "validation split for every method; evaluation, fidelity, statistics, HTML "
-                                           "report. About 35 minutes on 2 CPU cores; --quick about 3.")
+                                           "report. About 30 minutes on 2 CPU cores; --quick under 2.")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
     demo.add_argument("--quick", action="store_true", help="a few minutes: fewer examples and steps, a 4-layer student, same pipeline")
     demo.add_argument("--data-dir", dest="data_dir",
