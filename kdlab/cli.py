@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from kdlab.config import SECTIONS, build_config
+from kdlab.config import KD_PRESETS, SECTIONS, build_config
 from kdlab.errors import KdlabError
 
 
@@ -39,7 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_flags(args: argparse.Namespace) -> dict:
-    ignore = {"command", "config", "overrides", "func", "models_command", "data_command", "stats_command", "study_command"}
+    ignore = {"command", "config", "overrides", "preset", "func", "models_command", "data_command", "stats_command", "study_command"}
     flags = {key: value for key, value in vars(args).items() if key not in ignore}
     if "student" in flags:
         flags["model"] = flags.pop("student")
@@ -55,7 +55,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from kdlab.train.run import run_distill
 
-    run_distill(build_config("distill", args.config, _run_flags(args), args.overrides))
+    run_distill(build_config("distill", args.config, _run_flags(args), args.overrides, preset=args.preset))
 
 
 def cmd_models_prune(args: argparse.Namespace) -> None:
@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "every run on the same teacher and data; no teacher forward pass on off-policy steps")
     distill.add_argument("--student", default=argparse.SUPPRESS, help="student: smollm2-135m, a folder, a .gguf file or a Hub id")
     distill.add_argument("--adapter", default=argparse.SUPPRESS, help="start the student from this LoRA adapter")
+    distill.add_argument("--teacher-answers", dest="teacher_answers", default=argparse.SUPPRESS, metavar="JSON",
+                         help="the teacher's greedy answers to the training prompts (for kd.answer_target: teacher; "
+                              "default: generated at the start of the run)")
+    distill.add_argument("--preset", default=None, choices=sorted(KD_PRESETS),
+                         help="a named KD recipe (explicit settings win): " + "; ".join(
+                             f"{name} = {', '.join(f'{k}={v}' for k, v in values.items())}" for name, values in KD_PRESETS.items()))
     _add_common(distill)
     _add_section_flags(distill, "kd")
     _add_section_flags(distill, "lora")

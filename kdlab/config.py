@@ -85,6 +85,17 @@ class KDConfig:
                              "bucket = one extra 'rest of the vocabulary' outcome for both models (exact tail mass); "
                              "renormalize = both distributions restricted to the top-k and renormalised (tail ignored)",
                              choices=("bucket", "renormalize"))
+    answer_weight: float = option(1.0, "decision-level KD: multiply the divergence on the tokens of the response's decision statement "
+                                  "('The answer is N.', 'the correct answer is X') by this factor (1 = plain KD)")
+    answer_target: str = option("gold", "decision-level KD: what the decision statement is trained on: gold = the training data's "
+                                "answer, by the (weighted) divergence; teacher = the teacher's own greedy answer written into the "
+                                "response, by answer_weight x CE (needs the live teacher or --teacher-answers)",
+                                choices=("gold", "teacher"))
+    disagreement_gamma: float = option(0.0, "disagreement-weighted KD: weight each token's divergence by 1 + gamma * "
+                                       "[argmax p_S != argmax p_T] * max p_T (0 = plain KD)")
+    speculative_k: int = option(0, "speculative KD (Xu et al. 2025): on on-policy steps (kd.lmbda) the student samples and every "
+                                "token outside the teacher's top-k is replaced by a teacher sample from its top-k (0 = plain "
+                                "on-policy sampling)")
 
 
 @dataclass
@@ -97,6 +108,7 @@ class RunConfig:
     teacher: str | None = None
     teacher_adapter: str | None = None
     teacher_cache: str | None = None  # folder of the teacher signal cache (kdlab.teacher_cache), built on first use
+    teacher_answers: str | None = None  # the teacher's greedy answers to the training prompts (LLM-Adapters JSON, same order)
     data: str = ""
     out: str = ""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -190,9 +202,15 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def build_config(kind: str, config_file: str | None, flags: dict, overrides: list[str]) -> RunConfig:
-    """Resolve a run config: defaults < YAML file < flags < ``--set`` overrides; then validate it."""
+def build_config(kind: str, config_file: str | None, flags: dict, overrides: list[str], preset: str | None = None) -> RunConfig:
+    """Resolve a run config: defaults < ``preset`` (:data:`KD_PRESETS`) < YAML file < flags < ``--set`` overrides;
+    then validate it."""
     config = RunConfig(kind=kind)
+    if preset is not None:
+        if preset not in KD_PRESETS:
+            raise KdlabError(f"unknown preset '{preset}' (choose from {', '.join(KD_PRESETS)})")
+        for key, value in KD_PRESETS[preset].items():
+            _apply(config, f"kd.{key}", value, f"preset {preset}")
     if config_file:
         for key, value in load_yaml(config_file).items():
             _apply(config, key, value, config_file)
@@ -249,10 +267,54 @@ def validate(config: RunConfig) -> None:
         raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
     if config.kind == "distill" and config.teacher_cache and kd.loss == "seqkd":
         raise KdlabError("--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)")
+    _validate_fidelity_options(config)
     if config.kind == "distill" and kd.loss != "seqkd":
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
             raise KdlabError(f"temperature must be > 0, got {kd.temperature}")
         check_loss_args(kd.loss, kd.temperature, **loss_kwargs(kd))
+
+
+def _validate_fidelity_options(config: RunConfig) -> None:
+    """Ranges and combinations of the fidelity-aware KD settings (answer_weight, answer_target,
+    disagreement_gamma, speculative_k)."""
+    kd = config.kd
+    if kd.answer_weight < 0:
+        raise KdlabError(f"kd.answer_weight must be >= 0, got {kd.answer_weight}")
+    if kd.disagreement_gamma < 0:
+        raise KdlabError(f"kd.disagreement_gamma must be >= 0, got {kd.disagreement_gamma}")
+    if kd.speculative_k < 0:
+        raise KdlabError(f"kd.speculative_k must be >= 0, got {kd.speculative_k}")
+    if config.kind != "distill":
+        return
+    fidelity_set = [name for name, on in (("kd.answer_weight", kd.answer_weight != 1), ("kd.answer_target", kd.answer_target != "gold"),
+                                           ("kd.disagreement_gamma", kd.disagreement_gamma > 0), ("kd.speculative_k", kd.speculative_k > 0)) if on]
+    if kd.loss == "seqkd" and fidelity_set:
+        raise KdlabError(f"{', '.join(fidelity_set)}: token-level KD settings; seqkd trains on generated answers (use a token-level loss)")
+    if kd.speculative_k > 0 and kd.lmbda == 0:
+        raise KdlabError("kd.speculative_k applies to on-policy steps: set kd.lmbda > 0 (e.g. 0.5, or 1 for every step)")
+    if kd.answer_target == "teacher" and config.teacher_cache:
+        raise KdlabError("kd.answer_target: teacher rewrites the training responses, so the teacher cache (built on the "
+                         "original data) does not apply: drop --teacher-cache")
+    if config.teacher_answers and kd.answer_target != "teacher":
+        raise KdlabError("--teacher-answers is used by kd.answer_target: teacher only")
+
+
+#: Named KD recipes: ``kdlab distill --preset NAME`` and ``preset: NAME`` in a study method set these kd.* values
+#: (explicit settings win).
+KD_PRESETS: dict[str, dict] = {
+    # GKD (Agarwal et al. 2024) with every step on-policy and reverse KL: "on-policy distillation"
+    "on-policy": {"loss": "rkl", "lmbda": 1.0},
+    # GKD as in the paper and TRL's default recipe: JSD(beta = 0.5), half the steps on student samples
+    "gkd": {"loss": "gjsd", "beta": 0.5, "lmbda": 0.5},
+    # Speculative KD (Xu et al., ICLR 2025): student proposals, teacher top-25 check, half the steps
+    "speculative-kd": {"loss": "fkl", "lmbda": 0.5, "speculative_k": 25},
+    # decision-level KD: the divergence on the decision statement weighted 5x
+    "decision-kd": {"loss": "fkl", "answer_weight": 5.0},
+    # decision-level KD on the teacher's own answers (agreement-seeking)
+    "decision-kd-teacher": {"loss": "fkl", "answer_weight": 5.0, "answer_target": "teacher"},
+    # disagreement-weighted token KL
+    "disagreement-kd": {"loss": "fkl", "disagreement_gamma": 2.0},
+}
 
 
 def loss_kwargs(kd: KDConfig) -> dict:

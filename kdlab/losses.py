@@ -31,6 +31,7 @@ never held at once (see ``benchmarks/kd_loss.py``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -176,6 +177,79 @@ def _masked_mean_loss(name: str) -> Callable[..., torch.Tensor]:
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: _masked_mean_loss(name) for name in TOKEN_DIVERGENCES}
 
 
+@dataclass
+class TokenWeights:
+    """Fidelity-aware weights of the KD objective over N kept positions (all optional; the defaults give plain KD).
+
+    - ``gamma`` (disagreement weighting, ``kd.disagreement_gamma``): the divergence of token n is multiplied by
+      ``1 + gamma * [argmax z_S,n != argmax p_T,n] * max_v p_T,n(v)``, with ``p_T`` the teacher at temperature 1
+      without noise; the weight carries no gradient (argmax is piecewise constant). gamma = 0 is plain KD.
+    - ``answer`` [N] bool and ``answer_weight`` a (decision-level KD, ``kd.answer_weight``): the divergence of the
+      tokens of the decision statement (:mod:`kdlab.data.answer_span`) is multiplied by a.
+    - ``answer_hard`` (``kd.answer_target: teacher``): the statement tokens are trained by ``a * CE`` on their
+      targets (the teacher's own answer, written into the response) instead of the divergence.
+
+    Normalisation: every weight multiplies a term of the summed objective, which the trainer divides by the number
+    of response tokens (as for plain KD), so a weight of 1 everywhere is exactly the plain objective.
+    """
+
+    gamma: float = 0.0
+    answer: torch.Tensor | None = None
+    answer_weight: float = 1.0
+    answer_hard: bool = False
+
+    def slice(self, start: int, end: int) -> "TokenWeights":
+        answer = None if self.answer is None else self.answer[start:end]
+        return TokenWeights(self.gamma, answer, self.answer_weight, self.answer_hard)
+
+    @property
+    def plain(self) -> bool:
+        return self.gamma == 0 and (self.answer is None or (self.answer_weight == 1 and not self.answer_hard))
+
+
+def disagreement_weight(student_logits: torch.Tensor, teacher_top1: torch.Tensor, teacher_top1_prob: torch.Tensor,
+                        gamma: float) -> torch.Tensor:
+    """``1 + gamma * [argmax z_S != argmax p_T] * max p_T`` per token: [N, V], [N], [N] -> [N] (no gradient)."""
+    with torch.no_grad():
+        disagree = student_logits.argmax(-1) != teacher_top1.to(student_logits.device)
+        return 1.0 + gamma * disagree.to(teacher_top1_prob.dtype) * teacher_top1_prob.to(student_logits.device)
+
+
+def teacher_top1(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's argmax token [N] and its probability at temperature 1 [N], from logits [N, V]."""
+    with torch.no_grad():
+        log_p = F.log_softmax(_upcast(teacher_logits), dim=-1)
+        top_logp, top_id = log_p.max(-1)
+        return top_id, top_logp.exp()
+
+
+def mix_objective(divergence: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                  kd_weight: float, weights: TokenWeights | None = None, top1: tuple | None = None) -> torch.Tensor:
+    """Per-token training objective [N] from a per-token divergence [N] (no tau^2 in it):
+
+    ``(1 - w) * CE(z_S, y) + w * tau^2 * g * divergence`` with ``g`` from :class:`TokenWeights` (1 without), and on
+    hard answer tokens ``a * CE(z_S, y)``. CE is at temperature 1 on ``targets`` [N] (token ids, no -100).
+    ``top1`` = :func:`teacher_top1` (needed when ``weights.gamma > 0``).
+    """
+    scale = kd_weight * temperature**2
+    if weights is not None and weights.gamma > 0:
+        if top1 is None:
+            raise KdlabError("disagreement weighting needs the teacher's top-1 token and probability")
+        scale = scale * disagreement_weight(student_logits, top1[0], top1[1], weights.gamma)
+    answer = None if weights is None or weights.answer is None else weights.answer.to(divergence.device)
+    if answer is not None and weights.answer_weight != 1 and not weights.answer_hard:
+        scale = scale * torch.where(answer, weights.answer_weight, 1.0).to(divergence.dtype)
+    objective = scale * divergence
+    hard = answer is not None and weights.answer_hard
+    if kd_weight < 1 or hard:
+        ce = F.cross_entropy(_upcast(student_logits), targets, reduction="none")
+        if kd_weight < 1:
+            objective = objective + (1 - kd_weight) * ce
+        if hard:
+            objective = torch.where(answer, weights.answer_weight * ce, objective)
+    return objective
+
+
 def token_objective(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -184,16 +258,19 @@ def token_objective(
     temperature: float,
     kd_weight: float,
     loss_kwargs: dict,
+    weights: TokenWeights | None = None,
+    top1: tuple | None = None,
 ) -> torch.Tensor:
-    """Per-token training objective [N]: ``(1 - w) * CE(z_S, y) + w * tau^2 * divergence(p_S, p_T)``.
+    """Per-token training objective [N]: ``(1 - w) * CE(z_S, y) + w * tau^2 * g * divergence(p_S, p_T)``
+    (:func:`mix_objective`; ``g`` = 1 without ``weights``).
 
-    CE is at temperature 1 on the target token; ``targets`` [N] holds token ids (no -100 here).
+    CE is at temperature 1 on the target token; ``targets`` [N] holds token ids (no -100 here). ``top1`` defaults to
+    the argmax of ``teacher_logits`` (pass the noise-free teacher's when the logits carry noise).
     """
-    objective = kd_weight * temperature**2 * TOKEN_DIVERGENCES[loss](student_logits, teacher_logits, temperature, **loss_kwargs)
-    if kd_weight < 1:
-        ce = F.cross_entropy(_upcast(student_logits), targets, reduction="none")
-        objective = objective + (1 - kd_weight) * ce
-    return objective
+    divergence = TOKEN_DIVERGENCES[loss](student_logits, teacher_logits, temperature, **loss_kwargs)
+    if weights is not None and weights.gamma > 0 and top1 is None:
+        top1 = teacher_top1(teacher_logits)
+    return mix_objective(divergence, student_logits, targets, temperature, kd_weight, weights, top1)
 
 
 TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -265,6 +342,7 @@ def chunked_distill_loss(
     teacher_noise: float = 0.0,
     noise_generator: torch.Generator | None = None,
     chunk_size: int = 256,
+    weights: TokenWeights | None = None,
 ) -> torch.Tensor:
     """Sum over tokens of the distillation objective, computed in chunks of ``chunk_size`` tokens.
 
@@ -277,8 +355,10 @@ def chunked_distill_loss(
         vocab_size: logits of both models are sliced to this many entries (the shared tokenizer size; Qwen pads
             its output layer); default ``min(V_s, V_t)``.
         teacher_noise: standard deviation of Gaussian noise added to the teacher logits (before temperature).
+        weights: fidelity-aware token weights (:class:`TokenWeights`; ``answer`` [N] aligned with the rows); the
+            disagreement weight uses the noise-free teacher.
 
-    Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * divergence_n``. Divide by the number of response
+    Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * g_n * divergence_n`` (:func:`mix_objective`). Divide by the number of response
     tokens (over the whole accumulated batch) to get the mean.
     """
     loss_kwargs = dict(loss_kwargs or {})
@@ -288,18 +368,23 @@ def chunked_distill_loss(
     teacher_hidden = teacher_hidden.detach()
 
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        chunk_weights = None if weights is None or weights.plain else weights.slice(start, end)
         with torch.no_grad():
             teacher_logits = _upcast(F.linear(teacher_hidden[start:end], teacher_weight))
+            top1 = teacher_top1(teacher_logits) if chunk_weights is not None and chunk_weights.gamma > 0 else None
             if teacher_noise > 0:
                 noise = torch.randn(teacher_logits.shape, generator=noise_generator)
                 teacher_logits = teacher_logits + teacher_noise * noise.to(teacher_logits.device)
-        return token_objective(student_logits, teacher_logits, targets[start:end], loss, temperature, kd_weight, loss_kwargs)
+        return token_objective(student_logits, teacher_logits, targets[start:end], loss, temperature, kd_weight, loss_kwargs,
+                               chunk_weights, top1)
 
     if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
         student_weight = student_weight[:vocab]
     return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
 
 
-def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None):
+def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None,
+                       weights: TokenWeights | None = None):
     """Reference for :func:`chunked_distill_loss` from full logits [N, V]: the same sum over tokens, in one piece."""
-    return token_objective(_upcast(student_logits), _upcast(teacher_logits.detach()), targets, loss, temperature, kd_weight, dict(loss_kwargs or {})).sum()
+    return token_objective(_upcast(student_logits), _upcast(teacher_logits.detach()), targets, loss, temperature, kd_weight,
+                           dict(loss_kwargs or {}), weights).sum()

@@ -630,6 +630,7 @@ def chunked_cached_distill_loss(
     teacher_noise: float = 0.0,
     noise_generator: torch.Generator | None = None,
     chunk_size: int = 256,
+    weights=None,
 ) -> torch.Tensor:
     """:func:`kdlab.losses.chunked_distill_loss` with the teacher read from the cache instead of computed.
 
@@ -639,8 +640,11 @@ def chunked_cached_distill_loss(
     a time (:func:`kdlab.losses.chunked_token_loss`), so one chunk's [C, V] logits exist at a time.
     ``teacher_noise`` sigma > 0: per chunk, ``sigma * randn(C, V, generator=noise_generator)``, the very draws
     the live objective adds to the teacher logits (same generator, same chunks), goes to ``cached_divergence``.
+    ``weights`` (:class:`kdlab.losses.TokenWeights`): as in the live loss; the disagreement weight takes the
+    teacher's argmax and its probability from the cache's first column (top-1 id, its log-prob at tau = 1).
+    The per-token mix is :func:`kdlab.losses.mix_objective`, shared with the live loss.
     """
-    from kdlab.losses import _upcast, chunked_token_loss
+    from kdlab.losses import chunked_token_loss, mix_objective
 
     loss_kwargs = dict(loss_kwargs or {})
     check_loss_args(loss, temperature, **loss_kwargs)
@@ -657,11 +661,11 @@ def chunked_cached_distill_loss(
         noise = None
         if teacher_noise > 0:
             noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(student_logits.device)
-        divergence = cached_divergence(student_logits, rows.slice(start, end), loss, temperature, tail, noise, **loss_kwargs)
-        objective = kd_weight * temperature**2 * divergence
-        if kd_weight < 1:
-            objective = objective + (1 - kd_weight) * F.cross_entropy(_upcast(student_logits), targets[start:end], reduction="none")
-        return objective
+        chunk = rows.slice(start, end)
+        divergence = cached_divergence(student_logits, chunk, loss, temperature, tail, noise, **loss_kwargs)
+        chunk_weights = None if weights is None or weights.plain else weights.slice(start, end)
+        top1 = (chunk.ids[:, 0], chunk.logp[:, 0].exp()) if chunk_weights is not None and chunk_weights.gamma > 0 else None
+        return mix_objective(divergence, student_logits, targets[start:end], temperature, kd_weight, chunk_weights, top1)
 
     if vocab < student_weight.shape[0]:
         student_weight = student_weight[:vocab]

@@ -246,7 +246,8 @@ def objective_setup(synth_train, tmp_path_factory):
     V = len(tok)
     path = tmp_path_factory.mktemp("cache") / "exact"
     build_cache(teacher, tok, data, path, k=V, quantize=False, progress=False, chunk_size=64)
-    return dict(tok=tok, teacher=teacher, student=student, data=data, V=V, cache=load_cache(path, teacher=teacher, dataset=data))
+    return dict(tok=tok, teacher=teacher, student=student, data=data, V=V, cache=load_cache(path, teacher=teacher, dataset=data),
+                synth_train=synth_train)
 
 
 def _loss_and_grads(objective, student, batch):
@@ -314,3 +315,32 @@ def test_cached_objective_refuses_misaligned_rows(objective_setup):
     batch["labels"][0, len(s["data"][0].input_ids) - 1] = -100  # one response token fewer than the cache holds
     with pytest.raises(KdlabError, match="cached rows"):
         CachedDistillObjective(s["cache"], KDConfig(), chunk_size=64, seed=0, rank=0)(s["student"], batch, 1)
+
+
+@pytest.mark.parametrize("settings", [dict(disagreement_gamma=2.0), dict(answer_weight=5.0),
+                                      dict(answer_weight=3.0, disagreement_gamma=1.0, kd_weight=0.5, temperature=2.0),
+                                      dict(answer_weight=2.0, answer_target="teacher", loss="rkl")])
+def test_cached_fidelity_weights_equal_the_live_teacher(objective_setup, settings):
+    """Decision-level and disagreement weights: the cached objective (exact cache, k = V) equals the live one."""
+    from kdlab.config import KDConfig
+    from kdlab.data.answer_span import with_answer_masks
+    from kdlab.data.formats import load_examples
+    from kdlab.train.objectives import CachedDistillObjective, DistillObjective
+
+    s = objective_setup
+    data = with_answer_masks(s["tok"], load_examples(s["synth_train"]), s["data"])
+    assert sum(any(item.answer_mask) for item in data) >= 4  # long ones lose the statement to max_length
+    kd = KDConfig(**settings)
+    batch = collate([data[i] for i in (5, 0, 3, 6)], s["tok"].pad_token_id)
+    live = DistillObjective(s["teacher"], kd, s["V"], chunk_size=64, seed=0, rank=0)
+    cached = CachedDistillObjective(s["cache"], kd, chunk_size=64, seed=0, rank=0)
+    ref_loss, ref_grads = _loss_and_grads(live, s["student"], batch)
+    got_loss, got_grads = _loss_and_grads(cached, s["student"], batch)
+    plain_loss, _ = _loss_and_grads(DistillObjective(s["teacher"], KDConfig(loss=kd.loss, temperature=kd.temperature,
+                                                                            kd_weight=kd.kd_weight), s["V"], 64, 0, 0),
+                                    s["student"], batch)
+    assert abs(ref_loss - plain_loss) > 1e-3 * plain_loss  # the weights change the objective
+    torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for name, ref in ref_grads.items():
+        scale = max(1.0, ref.abs().max().item())
+        assert (got_grads[name] - ref).abs().max().item() <= 1e-5 * scale, name

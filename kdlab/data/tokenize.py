@@ -21,11 +21,14 @@ IGNORE_INDEX = -100
 
 @dataclass
 class Encoded:
-    """One tokenised example: ``index`` into the source list, prompt and response token ids."""
+    """One tokenised example: ``index`` into the source list, prompt and response token ids; ``answer_mask`` (one
+    flag per response token, :mod:`kdlab.data.answer_span`) marks the decision statement when decision-level KD
+    needs it."""
 
     index: int
     prompt_ids: list[int]
     response_ids: list[int]
+    answer_mask: list[bool] | None = None
 
     @property
     def input_ids(self) -> list[int]:
@@ -55,7 +58,8 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int, source:
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels [B, T] and the example indices [B]."""
+    """Right-padded batch: input_ids, attention_mask, labels [B, T] and the example indices [B]; with answer masks,
+    also ``answer_mask`` [B, T] (bool, True on the response tokens of the decision statement, aligned like labels)."""
     length = max(len(item.input_ids) for item in items)
     input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
@@ -65,12 +69,19 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
         labels[row, len(item.prompt_ids) : len(ids)] = torch.tensor(item.response_ids)
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
         "index": torch.tensor([item.index for item in items]),
     }
+    if any(item.answer_mask is not None for item in items):
+        answer_mask = torch.zeros((len(items), length), dtype=torch.bool)
+        for row, item in enumerate(items):
+            if item.answer_mask is not None:
+                answer_mask[row, len(item.prompt_ids) : len(item.input_ids)] = torch.tensor(item.answer_mask, dtype=torch.bool)
+        batch["answer_mask"] = answer_mask
+    return batch
 
 
 def count_response_tokens(labels: torch.Tensor) -> int:

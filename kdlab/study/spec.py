@@ -23,6 +23,7 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
       rkl: {loss: rkl}
       gkd: {loss: gjsd, beta: 0.5, lmbda: 0.5, temperatures: [1.0]}   # temperatures: only these for this method
       seqkd: {loss: seqkd}               # SFT on the teacher's greedy answers (no temperature)
+      opd: {preset: on-policy}           # a named recipe (kdlab.config.KD_PRESETS); its kd.* values can be overridden
     temperatures: [1.0, 2.0]             # token-level methods run at each
     seeds: [0, 1]                        # student SFT and KD runs are repeated per seed
     ablations:                           # extra KD runs on a slice of the grid
@@ -67,7 +68,7 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.config import KDConfig, SECTIONS
+from kdlab.config import KD_PRESETS, KDConfig, SECTIONS
 from kdlab.errors import KdlabError
 
 TOP_KEYS = {"name", "description", "models", "teachers", "students", "pairs", "domains", "methods", "temperatures", "seeds",
@@ -331,10 +332,15 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
         if isinstance(entry, str):
             entry = {"loss": entry}
         entry = _mapping(entry, here)
-        _check_keys(entry, kd_fields | {"temperatures"}, here)
-        if "loss" not in entry:
-            raise KdlabError(f"{here}: missing 'loss' (one of {', '.join(TOKEN_LOSSES + ('seqkd',))})")
+        _check_keys(entry, kd_fields | {"temperatures", "preset"}, here)
         entry = dict(entry)
+        preset = entry.pop("preset", None)
+        if preset is not None:
+            if preset not in KD_PRESETS:
+                raise KdlabError(f"{here}.preset: unknown preset {preset!r} (choose from {', '.join(KD_PRESETS)})")
+            entry = {**KD_PRESETS[preset], **entry}
+        if "loss" not in entry:
+            raise KdlabError(f"{here}: missing 'loss' (one of {', '.join(TOKEN_LOSSES + ('seqkd',))}) or 'preset'")
         temperatures = entry.pop("temperatures", None)
         if temperatures is not None:
             temperatures = _numbers(temperatures, f"{here}.temperatures", positive=True)

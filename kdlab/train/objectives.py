@@ -15,8 +15,8 @@ from accelerate.utils import extract_model_from_parallel
 from kdlab.config import KDConfig, loss_kwargs
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
-from kdlab.generation import generate_ids
-from kdlab.losses import chunked_ce_loss, chunked_distill_loss
+from kdlab.generation import generate_ids, speculative_generate_ids
+from kdlab.losses import TokenWeights, chunked_ce_loss, chunked_distill_loss
 from kdlab.models.heads import final_hidden, output_weight
 
 
@@ -24,6 +24,20 @@ def response_hidden(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     """Hidden states [N, H] of the positions that predict response tokens, and those tokens [N]."""
     keep = labels[:, 1:] != IGNORE_INDEX
     return hidden[:, :-1][keep], labels[:, 1:][keep]
+
+
+def token_weights(batch: dict, kd: KDConfig) -> TokenWeights | None:
+    """The fidelity-aware token weights of a batch (:class:`kdlab.losses.TokenWeights`), or None for plain KD.
+
+    ``answer`` [N] is ``batch["answer_mask"]`` at the kept positions, in the order of :func:`response_hidden`
+    (absent on on-policy batches: student samples have no marked statement, so only ``gamma`` applies there).
+    """
+    if kd.disagreement_gamma == 0 and kd.answer_weight == 1 and kd.answer_target == "gold":
+        return None
+    answer = None
+    if "answer_mask" in batch:
+        answer = batch["answer_mask"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX]
+    return TokenWeights(kd.disagreement_gamma, answer, kd.answer_weight, kd.answer_target == "teacher")
 
 
 def sft_objective(chunk_size: int):
@@ -67,6 +81,7 @@ class DistillObjective:
             teacher_noise=self.kd.teacher_noise,
             noise_generator=torch.Generator().manual_seed(int(noise_seed)),
             chunk_size=self.chunk_size,
+            weights=token_weights(batch, self.kd),
         )
 
 
@@ -112,6 +127,7 @@ class CachedDistillObjective:
             teacher_noise=self.kd.teacher_noise,
             noise_generator=torch.Generator().manual_seed(int(noise_seed)),
             chunk_size=self.chunk_size,
+            weights=token_weights(batch, self.kd),
         )
 
 
@@ -119,11 +135,18 @@ class OnPolicyWindows:
     """GKD's lambda: with probability ``lmbda`` an optimizer step trains on student-sampled responses.
 
     The choice depends only on (seed, step), so every process makes the same one and a resumed run repeats it.
+    With ``kd.speculative_k > 0`` the responses are speculative-KD samples
+    (:func:`kdlab.generation.speculative_generate_ids`: student proposals, tokens outside the teacher's top-k
+    replaced by teacher samples), which needs ``teacher`` and the shared ``vocab_size``.
     """
 
-    def __init__(self, tokenizer, kd: KDConfig, max_length: int, seed: int):
+    def __init__(self, tokenizer, kd: KDConfig, max_length: int, seed: int, teacher=None, vocab_size: int | None = None):
         self.tokenizer, self.kd, self.max_length, self.seed = tokenizer, kd, max_length, seed
+        self.teacher, self.vocab_size = teacher, vocab_size
         self.on_policy_steps = 0
+        self.proposed_tokens = self.replaced_tokens = 0
+        if kd.speculative_k > 0 and (teacher is None or vocab_size is None):
+            raise KdlabError("speculative KD (kd.speculative_k > 0) needs the loaded teacher")
 
     def is_on_policy(self, step: int) -> bool:
         return bool(np.random.default_rng([self.seed, step, 7]).random() < self.kd.lmbda)
@@ -141,8 +164,16 @@ class OnPolicyWindows:
             length = int((batch["labels"][row] == IGNORE_INDEX).logical_and(batch["attention_mask"][row] == 1).sum())
             prompts.append(batch["input_ids"][row, :length].tolist())
         room = max(1, min(self.kd.max_new_tokens, self.max_length - max(len(p) for p in prompts)))
-        responses = generate_ids(student, self.tokenizer, prompts, room, batch_size=len(prompts), do_sample=True,
-                                 temperature=self.kd.sample_temperature, seed=int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
+        seed = int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0])
+        if self.kd.speculative_k > 0:
+            responses, proposed, replaced = speculative_generate_ids(
+                student, self.teacher, self.tokenizer, prompts, room, self.kd.speculative_k, self.vocab_size,
+                temperature=self.kd.sample_temperature, seed=seed)
+            self.proposed_tokens += proposed
+            self.replaced_tokens += replaced
+        else:
+            responses = generate_ids(student, self.tokenizer, prompts, room, batch_size=len(prompts), do_sample=True,
+                                     temperature=self.kd.sample_temperature, seed=seed)
         items = [Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
                  for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)]
         resampled = collate(items, self.tokenizer.pad_token_id)

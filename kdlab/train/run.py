@@ -15,6 +15,7 @@ import torch
 from accelerate.utils import set_seed
 
 from kdlab.config import RunConfig
+from kdlab.data.answer_span import with_answer_masks
 from kdlab.data.formats import Example, load_examples, load_json_examples, write_json_examples
 from kdlab.data.tokenize import encode_examples, encode_prompt
 from kdlab.errors import KdlabError
@@ -227,23 +228,55 @@ def run_distill(config: RunConfig) -> Path:
         dataset = encoded
         if config.kd.lmbda == 0:
             teacher = None  # loaded only to build the cache: free it before training
-        window_hook = OnPolicyWindows(tokenizer, config.kd, config.train.max_length, config.train.seed) if config.kd.lmbda > 0 else None
+        window_hook = _window_hook(config, tokenizer, teacher, objective.cache.vocab_size)
     elif config.kd.loss == "seqkd":
         examples = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
         dataset = encode_examples(tokenizer, examples, config.train.max_length, source=str(run_dir / "seqkd_data.json"))
         objective, window_hook = sft_objective(config.train.chunk_size), None
     else:
-        dataset = encode_examples(tokenizer, examples, config.train.max_length, source=config.data)
+        source = config.data
+        if config.kd.answer_target == "teacher":
+            examples = teacher_target_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
+            source = str(run_dir / ANSWER_TARGET_FILE)
+        dataset = encode_examples(tokenizer, examples, config.train.max_length, source=source)
         vocab_size = min(vocab_size, teacher.get_output_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
         objective = DistillObjective(teacher, config.kd, vocab_size, config.train.chunk_size, config.train.seed, rank)
-        window_hook = OnPolicyWindows(tokenizer, config.kd, config.train.max_length, config.train.seed) if config.kd.lmbda > 0 else None
+        window_hook = _window_hook(config, tokenizer, teacher, vocab_size)
+    if needs_answer_masks(config.kd) and config.kd.loss != "seqkd":
+        dataset = with_answer_masks(tokenizer, examples, dataset)
+        _report_answer_spans(dataset, accelerator)
     trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
     summary = trainer.train()
     if window_hook is not None:
         summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
+        if config.kd.speculative_k > 0:
+            summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
+            summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
     trainer.save_final(summary)
     _report(run_dir, summary, accelerator)
     return run_dir
+
+
+def _window_hook(config: RunConfig, tokenizer, teacher, vocab_size: int) -> OnPolicyWindows | None:
+    """On-policy steps (``kd.lmbda > 0``), speculative when ``kd.speculative_k > 0`` (needs the teacher)."""
+    if config.kd.lmbda == 0:
+        return None
+    return OnPolicyWindows(tokenizer, config.kd, config.train.max_length, config.train.seed, teacher=teacher, vocab_size=vocab_size)
+
+
+def needs_answer_masks(kd) -> bool:
+    """Decision-level KD needs the decision statement marked in every training example."""
+    return kd.answer_weight != 1 or kd.answer_target == "teacher"
+
+
+def _report_answer_spans(dataset, accelerator) -> None:
+    marked = sum(1 for item in dataset if item.answer_mask and any(item.answer_mask))
+    tokens = sum(sum(item.answer_mask or []) for item in dataset)
+    accelerator.print(f"kdlab: decision-level KD: answer statement found in {marked} of {len(dataset)} training examples "
+                      f"({tokens} tokens)", flush=True)
+    if marked == 0:
+        raise KdlabError("decision-level KD (kd.answer_weight / kd.answer_target): no training response states its answer "
+                         "('The answer is N.' or 'the correct answer is X'): nothing to weight")
 
 
 def _check_student_vocab(config: RunConfig, model, teacher, cache_ready: bool, vocab_size: int) -> None:
@@ -282,11 +315,12 @@ def teacher_answers(teacher, tokenizer, examples: list[Example], max_new_tokens:
     return [Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer) for e, text in zip(examples, texts)]
 
 
-def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator) -> list[Example]:
+def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator,
+                   file_name: str = "seqkd_data.json") -> list[Example]:
     """SeqKD data: the teacher's greedy answers to the training prompts, generated once, cached in the run folder."""
     from accelerate.utils import gather_object
 
-    cache = run_dir / "seqkd_data.json"
+    cache = run_dir / file_name
     if cache.is_file():
         return load_json_examples(cache)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -301,3 +335,38 @@ def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfi
         write_json_examples(generated, cache)
     accelerator.wait_for_everyone()
     return generated
+
+
+ANSWER_TARGET_FILE = "answer_target_data.json"
+
+
+def teacher_target_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator) -> list[Example]:
+    """``kd.answer_target: teacher``: each training response with the value of its decision statement replaced by the
+    value the teacher states in its own greedy answer to the prompt (:func:`kdlab.data.answer_span.replace_answer_value`);
+    responses without a statement, or whose teacher answer states none, keep the gold value. The teacher's answers
+    come from ``config.teacher_answers`` (same examples, same order) or are generated once and cached in the run
+    folder; the rewritten data is written to ``run_dir / ANSWER_TARGET_FILE``.
+    """
+    from kdlab.data.answer_span import find_answer_span, replace_answer_value
+
+    if config.teacher_answers:
+        answers = load_examples(config.teacher_answers)
+        if len(answers) != len(examples) or any(a.instruction != e.instruction for a, e in zip(answers, examples)):
+            raise KdlabError(f"{config.teacher_answers}: teacher answers do not match {config.data} "
+                             f"({len(answers)} vs {len(examples)} examples, or other instructions)")
+    else:
+        answers = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator, file_name="teacher_answers.json")
+    rewritten, changed, missing = [], 0, 0
+    for example, answer in zip(examples, answers):
+        span = find_answer_span(answer.output.strip())
+        new_output = replace_answer_value(example.output.strip(), span.value(answer.output.strip())) if span else None
+        if new_output is None:
+            missing += 1
+            new_output = example.output
+        changed += new_output.strip() != example.output.strip()
+        rewritten.append(Example(instruction=example.instruction, input=example.input, output=new_output, answer=example.answer))
+    if accelerator.is_main_process:
+        write_json_examples(rewritten, run_dir / ANSWER_TARGET_FILE)
+    accelerator.print(f"kdlab: answer target = teacher: {changed} of {len(examples)} training answers changed to the teacher's "
+                      f"({missing} kept gold: no statement in the response or in the teacher's answer)", flush=True)
+    return rewritten

@@ -358,3 +358,62 @@ def test_runs_of_different_precision_in_one_process(tiny_models, synth_train, tm
     assert run_cli([*base, "--out", tmp_path / "bf16", "--precision", "bf16"]) == 0
     assert run_cli([*base, "--out", tmp_path / "fp32", "--precision", "fp32"]) == 0
     assert (tmp_path / "fp32" / "result.json").is_file()
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("decision", ["--answer-weight", 5.0]),
+    ("disagreement-cached", ["--disagreement-gamma", 2.0, "--teacher-cache", "CACHE"]),
+    ("speculative", ["--preset", "speculative-kd", "--lmbda", 1.0, "--speculative-k", 3]),
+    ("on-policy", ["--preset", "on-policy"]),
+])
+def test_fidelity_aware_objectives_train(tiny_models, synth_train, tmp_path, capsys, name, extra):
+    data = small_data(tmp_path / "four.json", synth_train, 4)
+    out = tmp_path / name
+    extra = [tmp_path / "cache" if value == "CACHE" else value for value in extra]
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
+                    "--out", out, "--no-lora", "--max-steps", 4, "--batch-size", 4, "--lr", 1e-2, "--max-new-tokens", 8,
+                    "--max-length", 400, *extra, *FAST]) == 0
+    result = json.loads((out / "result.json").read_text())
+    config = (out / "config.yaml").read_text()
+    printed = capsys.readouterr().out
+    if name == "decision":
+        assert "answer statement found in 4 of 4 training examples" in printed and "answer_weight: 5.0" in config
+    if name == "speculative":
+        assert "loss: fkl" in config and "speculative_k: 3" in config
+        assert result["on_policy_steps_this_session"] == 4
+        assert 0 < result["speculative_replaced_this_session"] <= result["speculative_tokens_this_session"]
+    if name == "on-policy":
+        assert "loss: rkl" in config and "lmbda: 1.0" in config and result["on_policy_steps_this_session"] == 4
+
+
+def test_answer_target_teacher_trains_on_the_teachers_answers(tiny_models, synth_train, tmp_path, capsys):
+    data = small_data(tmp_path / "four.json", synth_train, 4)
+    examples = json.loads(data.read_text())
+    answers = [dict(item, output="I think so. The answer is 999.") for item in examples]
+    answers[1]["output"] = "no idea"  # no statement: the gold answer is kept
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    out = tmp_path / "teacher-target"
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
+                    "--out", out, "--no-lora", "--max-steps", 2, "--batch-size", 4, "--answer-weight", 2.0, "--max-length", 400,
+                    "--answer-target", "teacher", "--teacher-answers", tmp_path / "answers.json", *FAST]) == 0
+    assert "3 of 4 training answers changed to the teacher's (1 kept gold" in capsys.readouterr().out
+    used = json.loads((out / "answer_target_data.json").read_text())
+    assert [item["output"].endswith("The answer is 999.") for item in used] == [True, False, True, True]
+    assert used[1]["output"] == examples[1]["output"]
+    gold = examples[0]["output"].strip()
+    assert used[0]["output"] == gold[: gold.rindex("The answer is ")] + "The answer is 999."  # only the value changed
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--speculative-k", 4], "set kd.lmbda > 0"),
+    (["--answer-target", "teacher", "--teacher-cache", "CACHE"], "drop --teacher-cache"),
+    (["--loss", "seqkd", "--answer-weight", 3], "token-level KD settings"),
+    (["--disagreement-gamma", -1], "kd.disagreement_gamma must be >= 0"),
+    (["--preset", "nope"], "invalid choice"),
+])
+def test_fidelity_options_are_checked(tiny_models, synth_train, tmp_path, capsys, flags, message):
+    flags = [tmp_path / "cache" if value == "CACHE" else value for value in flags]
+    code = run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
+                    "--out", tmp_path / "out", *flags, *FAST])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
