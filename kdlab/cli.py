@@ -116,7 +116,7 @@ def cmd_stats_paper(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from kdlab.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, data_dir=args.data_dir)
+    run_demo(args.out, quick=args.quick, data_dir=args.data_dir, fidelity=args.fidelity)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "report. About 30 minutes on 2 CPU cores; --quick under 2.")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
     demo.add_argument("--quick", action="store_true", help="a few minutes: fewer examples and steps, a 4-layer student, same pipeline")
+    demo.add_argument("--fidelity", action="store_true",
+                      help="the fidelity study instead: SFT, forward KL, decision-level, disagreement-weighted and "
+                           "speculative KD, learning rate selected on validation, two seeds; accuracy vs agreement with "
+                           "the teacher, paired tests against forward KL (use another --out, e.g. runs/fidelity)")
     demo.add_argument("--data-dir", dest="data_dir",
                       help="also test zero-shot transfer on AddSub, SingleEq, MultiArith, SVAMP from DIR/<task>/test.json "
                            "(e.g. ../shared/data/paper-kd-generalization/eval)")

@@ -105,6 +105,29 @@ def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
     }
 
 
+#: ``kdlab demo --fidelity``: the fidelity-aware objectives against forward KL and SFT (presets of kdlab.config.KD_PRESETS)
+FIDELITY_METHODS = {
+    "fkl": {"loss": "fkl"},
+    "decision": {"preset": "decision-kd"},  # the divergence on "The answer is N." weighted 5x
+    "disagreement": {"preset": "disagreement-kd"},  # gamma = 2: tokens where the student's argmax differs weigh up to 3x
+    "speculative": {"preset": "speculative-kd"},  # half the steps on student samples checked against the teacher's top-25
+}
+
+
+def fidelity_spec(data: Path, size: DemoSize) -> dict:
+    """The fidelity study: the demo's teacher, student, data, budget and validation-based selection of the learning
+    rate, with SFT, forward KL (tau 1) and the three fidelity-aware objectives (decision-level, disagreement-weighted
+    and speculative KD)."""
+    spec = demo_spec(data, size, transfer=False)
+    spec.update(name="smollm2-fidelity",
+                description="Fidelity-aware distillation on SmolLM2: SFT, forward KL, decision-level KD (answer span x5), "
+                            "disagreement-weighted KD (gamma 2) and speculative KD (top-25, lambda 0.5), learning rate "
+                            "selected on a validation split for every method; accuracy and agreement with the teacher.",
+                methods=dict(FIDELITY_METHODS), temperatures=[1.0],
+                kd={"max_new_tokens": 2 * size.max_new_tokens})  # on-policy samples: answers run ~30 tokens
+    return spec
+
+
 def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
     """The students' set (distillation + validation), the teacher's disjoint set, the test set, transfer links."""
     data = out / "data"
@@ -129,8 +152,9 @@ def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
     return data
 
 
-def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) -> dict:
-    """Run the demo study into ``out``; returns its headline numbers."""
+def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, fidelity: bool = False) -> dict:
+    """Run the demo study (or, with ``fidelity``, the fidelity study of :func:`fidelity_spec`) into ``out``; returns
+    its headline numbers."""
     from kdlab.study.commands import compute_stats
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
@@ -142,10 +166,14 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(out, size, data_dir)
     spec_path = out / "demo-spec.yaml"
-    spec_text = yaml.safe_dump(demo_spec(data.resolve(), size, bool(data_dir)), sort_keys=False)
+    if fidelity and data_dir:
+        raise KdlabError("--fidelity runs on the synthetic problems only (drop --data-dir)")
+    spec = fidelity_spec(data.resolve(), size) if fidelity else demo_spec(data.resolve(), size, bool(data_dir))
+    spec_text = yaml.safe_dump(spec, sort_keys=False)
     if not spec_path.is_file() or spec_path.read_text() != spec_text:
         spec_path.write_text(spec_text)
-    print(f"kdlab demo: {'quick' if quick else 'full'} study in {out} (spec: {spec_path}); re-running resumes", flush=True)
+    kind = ("quick " if quick else "full ") + ("fidelity study" if fidelity else "study")
+    print(f"kdlab demo: {kind} in {out} (spec: {spec_path}); re-running resumes", flush=True)
     spec, study_dir = prepare_study(spec_path, out / "study")
     plan = build_plan(spec)
     summary = run_plan(plan, study_dir, poll=5.0)
@@ -153,7 +181,8 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None) 
         raise KdlabError(f"{summary.failed} demo runs failed ({summary.blocked} skipped); see `kdlab study status {study_dir}`")
     frame = collect_results(plan, study_dir)
     stats = compute_stats(study_dir, frame, study_dir / "stats", collect_selection(plan, study_dir))
-    html, _ = write_report(study_dir, frame, stats, study_dir / "report", title="kdlab demo: SmolLM2 distillation study")
+    title = "kdlab demo: fidelity-aware distillation on SmolLM2" if fidelity else "kdlab demo: SmolLM2 distillation study"
+    html, _ = write_report(study_dir, frame, stats, study_dir / "report", title=title)
     minutes = (time.time() - started) / 60
     headline = summarize_demo(frame, stats)
     print("\n" + format_summary(headline, html, minutes, size), flush=True)

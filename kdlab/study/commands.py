@@ -67,11 +67,12 @@ def cmd_results(args: argparse.Namespace) -> None:
 def compute_stats(study_dir: Path, frame, out_dir: Path, selection=None) -> dict:
     """Write the results (and selection) tables and the statistics of a study; return the statistics tables, with
     ``selection`` among them when given."""
+    from kdlab.study.fidelity_stats import fidelity_tables
     from kdlab.study.results import write_results
     from kdlab.study.stats import compute_study_stats, write_stats_tables
 
     write_results(frame, study_dir / "results", selection)
-    tables = compute_study_stats(study_dir, frame)
+    tables = {**compute_study_stats(study_dir, frame), **fidelity_tables(study_dir, frame)}
     write_stats_tables(tables, out_dir)
     return {**tables, "selection": selection} if selection is not None else tables
 

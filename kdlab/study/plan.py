@@ -320,7 +320,11 @@ class _Builder:
         params = {"kind": "distill", "model": s_model, "teacher": t_model, "teacher_adapter": t_adapter,
                   "data": data, "flags": flags}
         deps = deps + t_deps
-        use_cache = self.spec.teacher_cache["enabled"]
+        use_cache = self.spec.teacher_cache["enabled"] and method.kd.get("answer_target", "gold") != "teacher"
+        if method.kd.get("answer_target", "gold") == "teacher":  # the teacher's own answers, generated once per teacher
+            answers = self.answers(teacher, domain, base, method)
+            params["teacher_answers"] = study_path(answers.id, "train.json")
+            deps += (answers.id,)
         if use_cache:
             cache = self.cache(teacher, domain, base)
             params["teacher_cache"] = study_path(cache.id)

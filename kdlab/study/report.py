@@ -29,6 +29,8 @@ from scipy import stats as sps
 import kdlab
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
+from kdlab.study.fidelity_report import (AGREEMENT_HEADER, AGREEMENT_NOTE, AGREEMENT_TITLE, PLANE_CAPTION, PLANE_TITLE,
+                                         agreement_rows, plane_figure)
 from kdlab.study.stats import (CONFIG, SEED_INPUT, check_table, config_label, main_grid, paired_tests, seed_means,
                                seed_summary, stars, study_hypotheses, t_interval)
 
@@ -766,6 +768,28 @@ def findings(ctx: _Context, hyp: pd.DataFrame | None, paired: pd.DataFrame) -> l
     return out
 
 
+def fidelity_plane_figure(frame: pd.DataFrame, plane: pd.DataFrame) -> FigureResult:
+    """The accuracy–agreement plane (:func:`kdlab.study.fidelity_report.plane_figure`) as a report figure."""
+    teachers = frame[(frame["role"] == "teacher")].drop_duplicates("task")
+    png = plane_figure(plane, dict(zip(teachers["task"], teachers["accuracy"])), STYLE)
+    return FigureResult("fidelity_plane", PLANE_TITLE, PLANE_CAPTION, png=png)
+
+
+def agreement_findings(agreement: pd.DataFrame | None) -> list[str]:
+    """One sentence per reference: how many KD runs raised agreement significantly without a significant accuracy loss."""
+    if agreement is None or agreement.empty:
+        return []
+    facts = []
+    for reference, part in agreement.groupby("reference", sort=False):
+        raised = part[(part["agree_pvalue_holm"] < 0.05) & (part["agree_diff"] > 0)]
+        safe = raised[~((raised["acc_pvalue_holm"] < 0.05) & (raised["acc_diff"] < 0))]
+        name = "the SFT baseline" if reference == "sft" else reference
+        which = ", ".join(f"{r['method']} (seed {r['seed']}, {r['task']}: {100 * r['agree_diff']:+.0f} pp)" for r in safe.to_dict("records"))
+        facts.append(f"Agreement with the teacher vs {name}: {len(safe)} of {len(part)} KD runs raised it significantly "
+                     f"(McNemar, Holm) without a significant accuracy loss" + (f": {which}." if which else "."))
+    return facts
+
+
 def error_bar_note(frame: pd.DataFrame) -> str:
     """How to read the error bars, with the t multiplier for the seed counts of this study."""
     runs = frame[frame["role"].isin(["student-sft", "student-kd"])]
@@ -879,11 +903,17 @@ def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None,
     paper = stats.get("paper_temperature")
     if paper is not None and not paper.empty:
         extra_tables.append(paper_view_table(paper))
+    plane, agreement = stats.get("fidelity_plane"), stats.get("agreement")
+    if plane is not None and not plane.empty:
+        figures.insert(0, fidelity_plane_figure(frame, plane))
+    if agreement is not None and not agreement.empty:
+        extra_tables.append(Table(AGREEMENT_HEADER, agreement_rows(agreement), "l" * 4 + "r" * 7 + "l", AGREEMENT_TITLE,
+                                  AGREEMENT_NOTE))
     overview = overview_table(ctx, seeds)
     if hyp is not None:
         hyp_summary, hyp_detail = hypothesis_tables(hyp)
     paired_summary, paired_detail = paired_tables(paired)
-    facts = findings(ctx, hyp, paired)
+    facts = findings(ctx, hyp, paired) + agreement_findings(agreement)
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     roles = frame.groupby("role")["run"].nunique()

@@ -16,6 +16,8 @@ Columns (``RESULT_COLUMNS``):
 - ``selected`` (with ``tuning``: the settings chosen on the validation split, e.g. ``train.lr=0.0003 kd.temperature=2``;
   empty otherwise) and ``val_accuracy`` (the chosen candidate's validation accuracy). A temperature that was selected
   is named there; the ``temperature`` column is then NaN, since temperature is no longer a dimension of the grid.
+- ``fidelity_dir``: the study-relative fidelity folder of the row (``pairs/<task>.jsonl``, per-example agreement),
+  for paired agreement tests (:mod:`kdlab.study.fidelity_stats`); empty where fidelity was not computed
 
 :func:`collect_selection` gives the validation side: one row per candidate, with its score and whether it was chosen.
 
@@ -39,7 +41,7 @@ from kdlab.study.steps import is_done
 RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",
                   "temperature", "noise", "seed", "n", "correct", "accuracy", "ci_low", "ci_high", "sft_accuracy",
                   "improvement", "teacher_accuracy", "agreement", "bleu", "cosine", "token_kl", "top1_agreement",
-                  "eval_dir", "sft_eval_dir", "selected", "val_accuracy"]
+                  "eval_dir", "sft_eval_dir", "selected", "val_accuracy", "fidelity_dir"]
 SELECTION_COLUMNS = ["select", "role", "teacher", "teacher_kind", "student", "domain", "method", "noise", "seed", "task",
                      "candidate", "settings", "n", "val_accuracy", "selected", "run"]
 FIDELITY_KEYS = {"agreement": "agreement", "bleu": "bleu", "cosine": "cosine", "token_kl": "kl_teacher_student",
@@ -64,10 +66,12 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
     evals = [node for node in plan.nodes if node.kind == "eval" and is_done(node, study_dir)]
     metrics = {node.id: _read_json(node.folder(study_dir) / "metrics.json")["tasks"] for node in evals}
     fidelity: dict[tuple[str, str], dict] = {}
+    fidelity_dirs: dict[tuple[str, str], str] = {}
     for node in plan.nodes:
         if node.kind == "fidelity" and is_done(node, study_dir):
             key = (node.params["student_eval"].split(":", 1)[1], node.params["teacher_eval"].split(":", 1)[1])
             fidelity[key] = _read_json(node.folder(study_dir) / "fidelity.json")["tasks"]
+            fidelity_dirs[key] = node.id
     teacher_evals = {(n.meta["teacher"], n.meta["domain"], n.meta["role"] == "base-teacher"): n for n in evals
                      if n.meta["role"] in ("teacher", "base-teacher")}
     sft_evals = {(n.meta["student"], n.meta["domain"], n.meta["seed"]): n for n in evals if n.meta["role"] == "student-sft"}
@@ -84,6 +88,7 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             sft_eval = sft_evals.get((meta["student"], meta["domain"], meta.get("seed"))) if meta["role"] == "student-kd" else None
             for task, values in metrics[node.id].items():
                 row = _row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes)
+                row["fidelity_dir"] = fidelity_dirs.get((node.id, teacher_eval.id)) if teacher_eval is not None else None
                 rows.append(_with_selection(row, selections.get(meta.get("run"))))
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for column in ("n", "correct", "seed"):

@@ -588,15 +588,17 @@ def write_study_stats(study_dir: str | Path, frame: pd.DataFrame, out_dir: str |
 
 
 def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
-    """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``."""
+    """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``; also
+    ``fidelity_plane`` and ``agreement`` (:func:`kdlab.study.fidelity_stats.fidelity_tables`) when present."""
     out_dir = Path(out_dir)
     paths = {"hypotheses": out_dir / "hypotheses.csv", "paired": out_dir / "paired.csv",
              "seeds": out_dir / "seeds.csv", "markdown": out_dir / "stats.md"}
     for name in ("hypotheses", "paired", "seeds"):
         atomic_write_text(paths[name], tables[name].to_csv(index=False))
-    paper = tables.get("paper_temperature")
-    if paper is not None and not paper.empty:
-        paths["paper_temperature"] = out_dir / "paper_temperature.csv"
-        atomic_write_text(paths["paper_temperature"], paper.to_csv(index=False))
+    for name in ("paper_temperature", "fidelity_plane", "agreement"):
+        table = tables.get(name)
+        if table is not None and not table.empty:
+            paths[name] = out_dir / f"{name}.csv"
+            atomic_write_text(paths[name], table.to_csv(index=False))
     atomic_write_text(paths["markdown"], stats_markdown(tables["hypotheses"], tables["paired"], tables["seeds"]))
     return paths

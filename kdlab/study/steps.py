@@ -62,6 +62,8 @@ def _kd(p: dict, out: Path, study_dir: Path) -> None:
     flags.update({"teacher": p["teacher"], "teacher_adapter": p["teacher_adapter"]})
     if p.get("teacher_cache"):
         flags["teacher_cache"] = p["teacher_cache"]
+    if p.get("teacher_answers"):
+        flags["teacher_answers"] = resolve(p["teacher_answers"], study_dir)
     run_distill(build_config("distill", None, flags, []))
 
 
