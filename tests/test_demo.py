@@ -57,3 +57,25 @@ def test_quick_demo_end_to_end(tmp_path):
     runs = result["students"][f"smollm2-{QUICK.student_layers[0]}l"]["runs"]
     assert len(runs) == 3 * len(QUICK.seeds) and all(run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs)
     assert 0.0 <= result["teacher"] <= 1.0
+
+
+def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from kdlab.data.synth import write_synth
+    from kdlab.demo import fidelity_spec
+
+    write_synth(tmp_path / "train.json", n=FULL.validation + 8, seed=0, split="train")
+    write_synth(tmp_path / "teacher.json", n=8, seed=2, split="train")
+    (tmp_path / "arith").mkdir()
+    config = Path(__file__).resolve().parents[1] / "configs" / "studies" / "smollm2-fidelity.yaml"
+    assert yaml.safe_load(config.read_text()) == yaml.safe_load(yaml.safe_dump(fidelity_spec(Path("$KDLAB_FIDELITY_DATA"), FULL)))
+    monkeypatch.setenv("KDLAB_FIDELITY_DATA", str(tmp_path))
+    spec = load_spec(config)
+    assert spec.methods["speculative"].kd["speculative_k"] == 25 and spec.methods["decision"].kd["answer_weight"] == 5.0
+    plan = build_plan(spec)
+    kd = [node for node in plan.nodes if node.kind == "kd"]
+    assert sorted({node.meta["method"] for node in kd}) == ["decision", "disagreement", "fkl", "speculative"]
+    assert len(kd) == 4 * len(FULL.seeds) * len(FULL.lrs)  # the same learning-rate candidates for every method
+    assert all(node.params.get("teacher_cache") for node in kd)  # one teacher cache; speculative adds the live teacher
+    assert sum(node.kind == "fidelity" for node in plan.nodes) == 5 * len(FULL.seeds)
