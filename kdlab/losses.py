@@ -70,16 +70,59 @@ def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return log_p_s, log_p_t
 
 
+def _fkl(log_p_s, log_p_t):
+    return _kl_from_log_probs(log_p_t, log_p_s)
+
+
+def _rkl(log_p_s, log_p_t):
+    return _kl_from_log_probs(log_p_s, log_p_t)
+
+
+def _gjsd(log_p_s, log_p_t, beta=0.5):
+    if beta == 0:
+        return _fkl(log_p_s, log_p_t)
+    if beta == 1:
+        return _rkl(log_p_s, log_p_t)
+    log_m = _log_mixture(log_p_t, log_p_s, beta)
+    return beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
+
+
+def _skl(log_p_s, log_p_t, alpha=0.1):
+    if alpha == 0:
+        return _fkl(log_p_s, log_p_t)
+    return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
+
+
+def _srkl(log_p_s, log_p_t, alpha=0.1):
+    if alpha == 0:
+        return _rkl(log_p_s, log_p_t)
+    return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
+
+
+def _tvd(log_p_s, log_p_t):
+    return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
+
+
+#: The one home of every divergence: ``LOG_PROB_DIVERGENCES[name](log_p_s [N, K], log_p_t [N, K], **kw) -> [N]`` on
+#: log-probabilities over any K outcomes (the full vocabulary, or the teacher cache's top-k plus tail bucket).
+LOG_PROB_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
+    "fkl": _fkl, "rkl": _rkl, "gjsd": _gjsd, "skl": _skl, "srkl": _srkl, "tvd": _tvd,
+}
+
+
+def divergence_from_log_probs(name: str, log_p_s: torch.Tensor, log_p_t: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Per-row divergence ``name`` (directions as in the module docstring) from log-probabilities: [N, K] x2 -> [N]."""
+    return LOG_PROB_DIVERGENCES[name](log_p_s, log_p_t, **kwargs)
+
+
 def forward_kl(student_logits, teacher_logits, temperature=1.0):
     """KL(p_T || p_S) per token: [N, V], [N, V] -> [N]."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_from_log_probs(log_p_t, log_p_s)
+    return _fkl(*_log_probs(student_logits, teacher_logits, temperature))
 
 
 def reverse_kl(student_logits, teacher_logits, temperature=1.0):
     """KL(p_S || p_T) per token: [N, V], [N, V] -> [N]."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_from_log_probs(log_p_s, log_p_t)
+    return _rkl(*_log_probs(student_logits, teacher_logits, temperature))
 
 
 def generalized_jsd(student_logits, teacher_logits, temperature=1.0, beta=0.5):
@@ -87,35 +130,22 @@ def generalized_jsd(student_logits, teacher_logits, temperature=1.0, beta=0.5):
 
     beta = 0 returns forward KL(p_T || p_S) and beta = 1 reverse KL(p_S || p_T) (the GKD convention).
     """
-    if beta == 0:
-        return forward_kl(student_logits, teacher_logits, temperature)
-    if beta == 1:
-        return reverse_kl(student_logits, teacher_logits, temperature)
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    log_m = _log_mixture(log_p_t, log_p_s, beta)
-    return beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
+    return _gjsd(*_log_probs(student_logits, teacher_logits, temperature), beta=beta)
 
 
 def skew_kl(student_logits, teacher_logits, temperature=1.0, alpha=0.1):
     """KL(p_T || alpha * p_T + (1 - alpha) * p_S) per token -> [N]; alpha = 0 is forward KL."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    if alpha == 0:
-        return _kl_from_log_probs(log_p_t, log_p_s)
-    return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
+    return _skl(*_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
 
 
 def skew_reverse_kl(student_logits, teacher_logits, temperature=1.0, alpha=0.1):
     """KL(p_S || alpha * p_S + (1 - alpha) * p_T) per token -> [N]; alpha = 0 is reverse KL."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    if alpha == 0:
-        return _kl_from_log_probs(log_p_s, log_p_t)
-    return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
+    return _srkl(*_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
 
 
 def total_variation(student_logits, teacher_logits, temperature=1.0):
     """0.5 * sum_v |p_T(v) - p_S(v)| per token -> [N]."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
+    return _tvd(*_log_probs(student_logits, teacher_logits, temperature))
 
 
 TOKEN_DIVERGENCES: dict[str, TokenDivergence] = {

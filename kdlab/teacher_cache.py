@@ -141,7 +141,7 @@ import torch.nn.functional as F
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
-from kdlab.losses import _kl_from_log_probs, _log_mixture, check_loss_args
+from kdlab.losses import check_loss_args, divergence_from_log_probs
 
 FORMAT_VERSION = 2  # 2: per-temperature tail sums (tail_lse); 1 (tail_logp only) is refused
 CACHE_FILE = "cache.npz"
@@ -570,29 +570,6 @@ def _student_log_probs(student_logits: torch.Tensor, ids: torch.Tensor, temperat
     return torch.cat([top, rest], dim=1)
 
 
-def _reduced_divergence(loss: str, log_p_s: torch.Tensor, log_p_t: torch.Tensor, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
-    if loss == "gjsd":
-        loss = "fkl" if beta == 0 else "rkl" if beta == 1 else loss
-    if loss == "skl" and alpha == 0:
-        loss = "fkl"
-    if loss == "srkl" and alpha == 0:
-        loss = "rkl"
-    if loss == "fkl":
-        return _kl_from_log_probs(log_p_t, log_p_s)
-    if loss == "rkl":
-        return _kl_from_log_probs(log_p_s, log_p_t)
-    if loss == "gjsd":
-        log_m = _log_mixture(log_p_t, log_p_s, beta)
-        return beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
-    if loss == "skl":
-        return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
-    if loss == "srkl":
-        return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
-    if loss == "tvd":
-        return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
-    raise KdlabError(f"unknown loss '{loss}'")  # pragma: no cover (check_loss_args rejects it first)
-
-
 def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss: str, temperature: float = 1.0,
                       tail: str = "bucket", logit_noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Per-token divergence [N] between the student (full logits [N, V]) and the cached teacher rows.
@@ -613,7 +590,7 @@ def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss:
     rows = cache_rows.to(student_logits.device)
     log_p_s = _student_log_probs(student_logits, rows.ids, temperature, tail, rows.vocab_size)
     log_p_t = _teacher_log_probs(rows, temperature, tail, logit_noise).to(log_p_s.dtype)
-    return _reduced_divergence(loss, log_p_s, log_p_t, **kwargs)
+    return divergence_from_log_probs(loss, log_p_s, log_p_t, **kwargs)
 
 
 def chunked_cached_distill_loss(
