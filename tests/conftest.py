@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 # tests/conftest.py -> parents[1] is the repository root; shared/ lies beside it (e.g. /work/main -> /work/shared)
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
@@ -14,6 +15,15 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"../shared data not available: {SHARED_DIR} does not exist")
     return SHARED_DIR
+
+
+@pytest.fixture
+def float64_by_default():
+    """The formulas are checked in float64; the default dtype is restored for the other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,7 @@ import torch.nn.functional as F
 from kdlab.losses import TokenWeights, chunked_distill_loss, disagreement_weight, naive_distill_loss
 
 
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_by_default")  # tests/conftest.py
 
 
 def reference_objective(zs, zt, targets, loss, tau, w, gamma=0.0, answer=None, a=1.0, hard=False):

@@ -18,13 +18,7 @@ from kdlab.losses import (
 
 
 
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """The formulas are checked in float64; the default dtype is restored for the other test modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_by_default")  # tests/conftest.py
 
 
 def _kl(p, q):
