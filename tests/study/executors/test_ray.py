@@ -33,23 +33,34 @@ def _markers(plan, study_dir: Path) -> dict[str, int]:
             for node in plan.nodes if steps.is_done(node, study_dir)}
 
 
-def _kill_a_running_worker(study_dir: Path, after_done: int, timeout: float = 120.0) -> tuple[str, int]:
-    """Once ``after_done`` runs are done, SIGKILL the Ray worker of a training or evaluation run in progress."""
+def _states(study_dir: Path) -> list[dict]:
+    states = []
+    for path in (study_dir / "state").glob("*.json"):
+        try:
+            states.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return states
+
+
+def _kill_a_running_worker(study_dir: Path, after_done: int, timeout: float = 240.0) -> tuple[str, int]:
+    """Once ``after_done`` runs are done, SIGKILL the Ray worker of a training or evaluation run in progress; returns
+    (that run, the killed pid). A kill that lands just after its run finished does not count: another is tried."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        states = []
-        for path in (study_dir / "state").glob("*.json"):
-            try:
-                states.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
-        if sum(state.get("status") == "done" for state in states) >= after_done:
-            for state in states:
-                if state.get("status") == "running" and state["node"].startswith(("kd/", "sft/", "eval/")) \
-                        and state["pid"] != os.getpid():
-                    os.kill(state["pid"], signal.SIGKILL)
-                    return state["node"], state["pid"]
-        time.sleep(0.01)
+        states = _states(study_dir)
+        running = [state for state in states if state.get("status") == "running" and state["pid"] != os.getpid()
+                   and state["node"].startswith(("kd/", "sft/", "eval/"))]
+        if sum(state.get("status") == "done" for state in states) < after_done or not running:
+            time.sleep(0.01)
+            continue
+        victim = running[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        path = study_dir / "state" / (victim["node"].replace("/", "__") + ".json")
+        time.sleep(0.2)
+        after = json.loads(path.read_text())
+        if not (after["status"] == "done" and after["pid"] == victim["pid"]):  # it did not finish before the kill
+            return victim["node"], victim["pid"]
     raise AssertionError("no run in progress to kill")
 
 
