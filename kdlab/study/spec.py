@@ -40,6 +40,8 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
     evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: auto}
     fidelity: {enabled: true, token_kl: true, embeddings: false}
     cost: {tflops: 0.05}                 # effective throughput for --dry-run estimates (2 CPU cores ~ 0.05)
+    resources: {kd: {gpus: 1}, fidelity: {gpus: 0.5}}   # per run kind, for --executor ray|slurm (kdlab.study.resources)
+    slurm: {partition: gpu, time_min: 240}              # sbatch settings for --executor slurm (kdlab.study.resources)
     tuning:                              # fair comparison: settings selected on validation data, per run
       params: {train.lr: [1.0e-4, 3.0e-4, 1.0e-3]}   # student run settings tried for SFT and every KD method alike
       temperature: validation            # validation: the temperatures are candidates too (one KD run carried on
@@ -73,7 +75,7 @@ from kdlab.errors import KdlabError
 
 TOP_KEYS = {"name", "description", "models", "teachers", "students", "pairs", "domains", "methods", "temperatures", "seeds",
             "ablations", "teacher_training", "student_training", "kd", "teacher_cache", "evaluation", "fidelity", "cost",
-            "tuning"}
+            "tuning", "resources", "slurm"}
 TOKEN_LOSSES = ("fkl", "rkl", "gjsd", "skl", "srkl", "tvd")
 EVAL_DEFAULTS = {"mode": "generate", "batch_size": 16, "limit": None, "max_new_tokens": None, "extraction": "strict",
                  "precision": "auto"}
@@ -184,6 +186,8 @@ class StudySpec:
     description: str = ""
     raw: dict = field(default_factory=dict)
     tuning: Tuning | None = None
+    resources: dict = field(default_factory=dict)  # kind -> kdlab.study.resources.Need (Ray and SLURM executors)
+    slurm: dict = field(default_factory=dict)  # sbatch settings (kdlab.study.resources.load_slurm)
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*$")
@@ -420,6 +424,10 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
     if not token_methods and (ablations.teacher_noise or ablations.base_teacher):
         raise KdlabError(f"{where}: ablations need a token-level method (noise acts on teacher logits)")
     _check_run_configs(spec)
+    from kdlab.study.resources import load_resources, load_slurm  # executors' sections (imports kdlab.study.plan)
+
+    spec.resources = load_resources(data.get("resources"), f"{where}: resources")
+    spec.slurm = load_slurm(data.get("slurm"), f"{where}: slurm")
     if spec.tuning is not None:
         _check_tuning(spec, f"{where}: tuning", check_files)
     return spec
