@@ -105,7 +105,8 @@ def add_study_commands(commands) -> None:
     run.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the plan with status and cost estimate; run nothing")
     run.add_argument("--shard", help="K/N: run the K-th of N deterministic shares (several machines on one study folder)")
     run.add_argument("--poll", type=float, default=30.0, help="seconds between checks while waiting for other shards (default 30)")
-    run.add_argument("--max-wait", dest="max_wait", type=float, help="give up after waiting this many seconds for other shards")
+    run.add_argument("--max-wait", dest="max_wait", type=float,
+                     help="give up after waiting this many seconds for other shards (default: wait as long as needed)")
     run.set_defaults(func=cmd_run)
     for name, func, help_text in (("status", cmd_status, "done, running, failed, interrupted and pending runs"),
                                   ("results", cmd_results, "one tidy table (CSV and Parquet): a row per run x task"),

@@ -111,6 +111,10 @@ def test_loglik_scores_match_a_full_logits_computation_and_batching(tiny_models,
 def test_a_broken_adapter_is_a_hard_error(tiny_models, arith_dir, tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
+    with pytest.raises(KdlabError, match="adapter: LoRA adapter folder has no weights file"):  # not a network error
+        evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(KdlabError, match="LoRA adapter failed to load"):
         evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
     assert not (tmp_path / "bad").exists()
