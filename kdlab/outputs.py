@@ -93,3 +93,14 @@ def same_settings(old: dict, new: dict, paths: tuple[str, ...], ignore: tuple[st
         elif a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs
+
+
+def absolute_paths(settings: dict, paths: tuple[str, ...]) -> dict:
+    """``settings`` with the ``paths`` keys that name a local file or folder made absolute (as recorded in an
+    output folder, so that it can be resumed from another working directory)."""
+    recorded = dict(settings)
+    for key in paths:
+        value = recorded.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            recorded[key] = str(Path(value).expanduser().absolute())
+    return recorded

@@ -15,11 +15,11 @@ from typing import Iterator
 
 import yaml
 
-from kdlab.config import RunConfig, dump_yaml
+from kdlab.config import RunConfig
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
 from kdlab.locks import main_rank_lock
-from kdlab.outputs import check_writable, same_settings
+from kdlab.outputs import absolute_paths, check_writable, same_settings
 
 PATH_SETTINGS = ("model", "adapter", "teacher", "teacher_adapter", "teacher_cache", "data")
 
@@ -53,20 +53,11 @@ def start_run(config: RunConfig) -> Path:
     """Create the run folder and write its resolved config (called once all inputs have been checked)."""
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(recorded_settings(config), sort_keys=False))
     return run_dir
 
 
-@contextmanager
-def claim_run(config: RunConfig, what: str) -> Iterator[Path | None]:
-    """Lock the run folder for the block, check it again under the lock and write its config.
-
-    Yields the run folder, or None when the run is already complete (another process may have finished it
-    meanwhile). A folder locked by another process, or holding another config, is a :class:`KdlabError`.
-    """
-    with main_rank_lock(config.out, what):
-        if run_state(config) == "done":
-            print(f"kdlab: {config.out} is complete (result.json); nothing to do", flush=True)
-            yield None
-            return
-        yield start_run(config)
+def recorded_settings(config: RunConfig) -> dict:
+    """The config as written to ``config.yaml``: path settings that name a local file or folder are made absolute,
+    so the folder can be resumed from another working directory (``out`` is kept as given: it is ignored)."""
+    return absolute_paths(config.to_dict(), PATH_SETTINGS)

@@ -39,7 +39,7 @@ from kdlab.eval.tasks import Task, load_task_examples, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
-from kdlab.outputs import check_output_dir, same_settings
+from kdlab.outputs import absolute_paths, check_output_dir, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
 from kdlab.models.heads import final_hidden, output_weight
 
@@ -146,7 +146,7 @@ def evaluate(settings: EvalSettings) -> dict:
     with folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
         (out / "predictions").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(settings), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False))
         return _run_tasks(model, tokenizer, device, tasks, items, settings, out)
 
 
