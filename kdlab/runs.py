@@ -61,3 +61,18 @@ def recorded_settings(config: RunConfig) -> dict:
     """The config as written to ``config.yaml``: path settings that name a local file or folder are made absolute,
     so the folder can be resumed from another working directory (``out`` is kept as given: it is ignored)."""
     return absolute_paths(config.to_dict(), PATH_SETTINGS)
+
+
+@contextmanager
+def claim_run(config: RunConfig, what: str) -> Iterator[Path | None]:
+    """Lock the run folder for the block, check it again under the lock and write its config.
+
+    Yields the run folder, or None when the run is already complete (another process may have finished it
+    meanwhile). A folder locked by another process, or holding another config, is a :class:`KdlabError`.
+    """
+    with main_rank_lock(config.out, what):
+        if run_state(config) == "done":
+            print(f"kdlab: {config.out} is complete (result.json); nothing to do", flush=True)
+            yield None
+            return
+        yield start_run(config)
