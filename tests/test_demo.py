@@ -57,3 +57,18 @@ def test_quick_demo_end_to_end(tmp_path):
     runs = result["students"][f"smollm2-{QUICK.student_layers[0]}l"]["runs"]
     assert len(runs) == 3 * len(QUICK.seeds) and all(run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs)
     assert 0.0 <= result["teacher"] <= 1.0
+
+
+def test_demo_help_describes_what_the_demo_runs(capsys):
+    """Why: `kdlab demo --help` described students and times that no longer existed; it is now written from the
+    demo's own sizes."""
+    from kdlab.cli import build_parser
+    from kdlab.demo import FULL, QUICK
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    layers = " or ".join(map(str, FULL.student_layers))
+    assert f"pruned to {layers} of its 30 layers" in text and f"{FULL.student_steps} steps of {FULL.batch_size}" in text
+    assert f"pruned to {' or '.join(map(str, QUICK.student_layers))} of its 30 layers" in text
+    assert f"{FULL.teacher_train} synthetic" in text and "two seeds" in text
