@@ -18,7 +18,7 @@ import yaml
 from kdlab.config import RunConfig
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
-from kdlab.locks import main_rank_lock
+from kdlab.locks import is_main_rank, main_rank_lock
 from kdlab.outputs import absolute_paths, check_writable, same_settings
 
 PATH_SETTINGS = ("model", "adapter", "teacher", "teacher_adapter", "teacher_cache", "data")
@@ -68,8 +68,13 @@ def claim_run(config: RunConfig, what: str) -> Iterator[Path | None]:
     """Lock the run folder for the block, check it again under the lock and write its config.
 
     Yields the run folder, or None when the run is already complete (another process may have finished it
-    meanwhile). A folder locked by another process, or holding another config, is a :class:`KdlabError`.
+    meanwhile). A folder locked by another process, or holding another config, is a :class:`KdlabError`. Under a
+    distributed launch only the main process (rank 0) locks, checks and writes; the other ranks yield the folder
+    at once (they checked it before loading, and write nothing to it).
     """
+    if not is_main_rank():
+        yield Path(config.out)
+        return
     with main_rank_lock(config.out, what):
         if run_state(config) == "done":
             print(f"kdlab: {config.out} is complete (result.json); nothing to do", flush=True)
