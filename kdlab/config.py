@@ -51,7 +51,10 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step")
     epochs: float = option(1.0, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = option(0, "optimizer steps; 0 = derived from epochs")
-    max_length: int = option(256, "max prompt+response tokens (longer examples are truncated)")
+    max_length: int = option(256, "max prompt+response tokens per training example (see on_long)")
+    on_long: str = option("truncate", "an example longer than max_length: truncate = cut its response (drop it when the "
+                          "prompt alone is too long), drop = leave it out, error = stop; counts in the output and "
+                          "result.json", choices=("truncate", "drop", "error"))
     warmup_ratio: float = option(0.03, "fraction of steps spent warming up")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")

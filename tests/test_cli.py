@@ -75,3 +75,20 @@ def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
     assert row.statistic.item() == pytest.approx(-0.83, abs=0.01)
     assert {"H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5"} == set(table.hypothesis)
     assert "MultiArith" in (tmp_path / "paper" / "hypotheses.md").read_text()
+
+
+@pytest.mark.parametrize("command, flags", [
+    (["data", "synth"], ["--task", "--seed", "--split", "--max-steps", "--min-steps", "--scale"]),
+    (["eval"], ["--limit", "--max-new-tokens", "--batch-size"]),
+    (["study", "run"], ["--max-wait", "--poll"]),
+    (["fidelity"], ["--allow-partial"]),
+    (["sft"], ["--on-long"]),
+])
+def test_options_state_their_defaults(command, flags, capsys):
+    """Why: several options lacked their defaults in --help (data synth, eval --limit/--max-new-tokens, study --max-wait)."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # past the usage line
+    for flag in flags:
+        help_text = text.split(flag, 1)[1].split(" --", 1)[0]
+        assert "default" in help_text, (flag, help_text)

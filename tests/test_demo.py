@@ -79,3 +79,18 @@ def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tm
     assert len(kd) == 4 * len(FULL.seeds) * len(FULL.lrs)  # the same learning-rate candidates for every method
     assert all(node.params.get("teacher_cache") for node in kd)  # one teacher cache; speculative adds the live teacher
     assert sum(node.kind == "fidelity" for node in plan.nodes) == 5 * len(FULL.seeds)
+
+
+def test_demo_help_describes_what_the_demo_runs(capsys):
+    """Why: `kdlab demo --help` described students and times that no longer existed; it is now written from the
+    demo's own sizes."""
+    from kdlab.cli import build_parser
+    from kdlab.demo import FULL, QUICK
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    layers = " or ".join(map(str, FULL.student_layers))
+    assert f"pruned to {layers} of its 30 layers" in text and f"{FULL.student_steps} steps of {FULL.batch_size}" in text
+    assert f"pruned to {' or '.join(map(str, QUICK.student_layers))} of its 30 layers" in text
+    assert f"{FULL.teacher_train} synthetic" in text and "two seeds" in text

@@ -280,3 +280,34 @@ def test_cli_prints_a_table_and_exits_2_on_mismatched_folders(tmp_path, capsys):
         main(["fidelity", "--teacher", str(teacher), "--student", str(tmp_path), "--out", str(tmp_path / "fid2")])
     assert info.value.code == 2 and "kdlab: error:" in capsys.readouterr().err
     assert not (tmp_path / "fid2").exists()
+
+
+def test_same_ids_over_different_questions_are_refused(tmp_path):
+    """Why: examples were paired by id only, so two evaluations of different test files gave agreement and BLEU
+    over different questions."""
+    teacher, student = folders(tmp_path)
+    path = student / "predictions" / "arith.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[2]["prompt"] = "another question"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(KdlabError, match=r"task arith, example id 2: .*different examples \(prompt differs"):
+        run_fidelity(teacher, student, tmp_path / "fid")
+    lines[2]["prompt"], lines[3]["gold"] = "question 2", "41"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(KdlabError, match=r"example id 3: .*gold differs"):
+        run_fidelity(teacher, student, tmp_path / "fid")
+    assert not (tmp_path / "fid").exists()
+
+
+def test_an_unfinished_evaluation_is_refused_unless_allow_partial(tmp_path, capsys):
+    """Why: a half-finished evaluation folder (killed, no metrics.json) was accepted."""
+    teacher, student = folders(tmp_path)
+    (student / "metrics.json").unlink()
+    path = student / "predictions" / "arith.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))  # killed after 4 examples
+    with pytest.raises(KdlabError, match=r"student folder .*unfinished evaluation \(no metrics.json\).*--allow-partial"):
+        run_fidelity(teacher, student, tmp_path / "fid")
+    assert not (tmp_path / "fid").exists()
+    summary = run_fidelity(teacher, student, tmp_path / "fid", embeddings=False, allow_partial=True)
+    assert summary["tasks"]["arith"]["n"] == 4 and summary["settings"]["allow_partial"] is True
+    assert "2 examples are in only one" in capsys.readouterr().out

@@ -104,9 +104,13 @@ def load_examples(source: str | Path, field_map: dict[str, str] | None = None) -
     return load_json_examples(source)
 
 
+def examples_json(examples: list[Example]) -> str:
+    """Examples as LLM-Adapters JSON text (indented, UTF-8, stable key order)."""
+    return json.dumps([example.to_dict() for example in examples], indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json_examples(examples: list[Example], path: str | Path) -> None:
-    """Write examples as LLM-Adapters JSON (indented, UTF-8, stable key order), atomically."""
+    """Write examples as LLM-Adapters JSON (:func:`examples_json`), atomically."""
     from kdlab.io import atomic_write_text
 
-    text = json.dumps([example.to_dict() for example in examples], indent=2, ensure_ascii=False) + "\n"
-    atomic_write_text(path, text)
+    atomic_write_text(path, examples_json(examples))

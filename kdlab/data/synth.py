@@ -25,7 +25,8 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kdlab.data.formats import Example, write_json_examples
+from kdlab.data.formats import Example, examples_json
+from kdlab.io import atomic_write_text
 from kdlab.data.overlap import normalise_question
 from kdlab.errors import KdlabError
 
@@ -339,6 +340,23 @@ def _generate(key: bytes, n: int, split: str, min_steps: int, max_steps: int) ->
 
 
 def write_synth(path: str | Path, n: int, seed: int, split: str, max_steps: int = 3, min_steps: int = 1,
-                scale: str = "standard") -> None:
-    """Generate with :func:`generate_arith` and write the problems as LLM-Adapters JSON (atomically)."""
-    write_json_examples(generate_arith(n, seed, split, max_steps=max_steps, min_steps=min_steps, scale=scale), path)
+                scale: str = "standard", overwrite: bool = True) -> bool:
+    """Generate with :func:`generate_arith` and write the problems as LLM-Adapters JSON (atomically).
+
+    With ``overwrite=False`` an existing file is kept when it already holds exactly these problems (returns False:
+    nothing written) and refused otherwise, as is a folder at ``path`` (:class:`KdlabError`). Returns True when
+    the file was written.
+    """
+    from kdlab.outputs import check_output_file
+
+    text = examples_json(generate_arith(n, seed, split, max_steps=max_steps, min_steps=min_steps, scale=scale))
+    path = Path(path)
+    if not overwrite and path.is_file():
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return False
+        except (OSError, UnicodeDecodeError):
+            pass
+    check_output_file(path, "--out", overwrite=overwrite)
+    atomic_write_text(path, text)
+    return True

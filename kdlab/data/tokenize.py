@@ -39,22 +39,60 @@ def encode_prompt(tokenizer, example: Example) -> list[int]:
     return tokenizer(format_prompt(example.instruction, example.input), add_special_tokens=True)["input_ids"]
 
 
-def encode_examples(tokenizer, examples: list[Example], max_length: int, source: str = "data") -> list[Encoded]:
-    """Tokenise examples; responses are cut to fit ``max_length``; prompts that leave no room are dropped.
+ON_LONG = ("truncate", "drop", "error")
 
-    Raises :class:`KdlabError` when no example is left.
+
+class EncodedData(list):
+    """The encoded examples (a list of :class:`Encoded`) and what did not fit in ``max_length``:
+    ``total`` examples in the source, ``dropped`` (source indices of examples left out) and ``cut`` (source indices of
+    examples whose response was cut, losing its end and EOS)."""
+
+    def __init__(self, items, total: int, dropped: list[int], cut: list[int], max_length: int, on_long: str):
+        super().__init__(items)
+        self.total, self.dropped, self.cut, self.max_length, self.on_long = total, dropped, cut, max_length, on_long
+
+    def summary(self) -> dict:
+        """{"examples_in_data", "examples", "dropped_long", "cut_responses", "max_length", "on_long"} for result.json."""
+        return {"examples_in_data": self.total, "examples": len(self), "dropped_long": len(self.dropped),
+                "cut_responses": len(self.cut), "max_length": self.max_length, "on_long": self.on_long}
+
+    def message(self, source: str) -> str | None:
+        """One progress line when examples were dropped or cut, else None."""
+        if not self.dropped and not self.cut:
+            return None
+        return (f"kdlab: warning: {source}: {len(self.dropped)} of {self.total} examples dropped and {len(self.cut)} "
+                f"responses cut (the end and EOS lost) to fit train.max_length={self.max_length} "
+                f"(train.on_long={self.on_long}; --on-long drop|truncate|error)")
+
+
+def encode_examples(tokenizer, examples: list[Example], max_length: int, source: str = "data",
+                    on_long: str = "truncate") -> EncodedData:
+    """Tokenise examples into at most ``max_length`` tokens each (prompt + response + EOS).
+
+    An example that does not fit is handled by ``on_long``: ``truncate`` cuts its response to the room left
+    (dropping it when the prompt alone leaves no room), ``drop`` leaves it out, ``error`` raises
+    :class:`KdlabError` naming ``source``, its index and its length. The counts are on the result
+    (:class:`EncodedData`). Raises :class:`KdlabError` when no example is left.
     """
-    encoded = []
+    if on_long not in ON_LONG:
+        raise KdlabError(f"train.on_long: {on_long!r} is not one of {', '.join(ON_LONG)}")
+    encoded, dropped, cut = [], [], []
     for index, example in enumerate(examples):
         prompt_ids = encode_prompt(tokenizer, example)
         response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         room = max_length - len(prompt_ids)
-        if room <= 0:
-            continue
+        if len(response_ids) > room:
+            if on_long == "error":
+                raise KdlabError(f"{source}: example {index} has {len(prompt_ids)} prompt + {len(response_ids)} response "
+                                 f"tokens, more than train.max_length={max_length} (raise it, or --on-long truncate|drop)")
+            if on_long == "drop" or room <= 0:
+                dropped.append(index)
+                continue
+            cut.append(index)
         encoded.append(Encoded(index, prompt_ids, response_ids[:room]))
     if not encoded:
         raise KdlabError(f"{source}: no example fits in max_length={max_length} tokens (the dataset is empty after tokenisation)")
-    return encoded
+    return EncodedData(encoded, len(examples), dropped, cut, max_length, on_long)
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

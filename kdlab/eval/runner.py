@@ -38,6 +38,8 @@ from kdlab.eval.stats import group_metrics, task_metrics
 from kdlab.eval.tasks import Task, load_task_examples, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.locks import folder_lock
+from kdlab.outputs import absolute_paths, check_output_dir, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
 from kdlab.models.heads import final_hidden, output_weight
 
@@ -83,16 +85,19 @@ def _task_items(task: Task, settings: EvalSettings, excluded: set[str]) -> list[
     return items[: settings.limit] if settings.limit else items
 
 
+EVAL_PATH_SETTINGS = ("model", "adapter", "data_dir", "exclude_overlap")
+
+
 def _check_out(settings: EvalSettings) -> Path:
-    out = Path(settings.out)
+    """Refuse an output that is a file, a non-kdlab folder, unwritable, or an evaluation with other settings
+    (compared by content: ``out`` ignored, paths as the files they name, so a moved folder resumes)."""
+    out = check_output_dir(settings.out, "config.yaml", "kdlab evaluation")
     config = out / "config.yaml"
-    if out.exists() and any(out.iterdir()):
-        if not config.is_file():
-            raise KdlabError(f"{out}: exists and is not a kdlab evaluation folder (no config.yaml); choose another --out")
-        old = yaml.safe_load(config.read_text())
-        if old != asdict(settings):
-            changed = sorted(key for key in set(old) | set(asdict(settings)) if old.get(key) != asdict(settings).get(key))
-            raise KdlabError(f"{out}: holds an evaluation with other settings ({', '.join(changed)}); choose another --out")
+    if config.is_file():
+        old = yaml.safe_load(config.read_text()) or {}
+        changed = same_settings(old, asdict(settings), EVAL_PATH_SETTINGS)
+        if changed:
+            raise KdlabError(f"{out}: holds an evaluation with other settings ({'; '.join(changed[:3])}); choose another --out")
     return out
 
 
@@ -138,8 +143,15 @@ def evaluate(settings: EvalSettings) -> dict:
     tokenizer.padding_side = "left"
     device = inference_device()
     model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(settings), sort_keys=False))
+    with folder_lock(out, "kdlab eval"):
+        _check_out(settings)  # again, under the lock: another process may have started meanwhile
+        (out / "predictions").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False))
+        return _run_tasks(model, tokenizer, device, tasks, items, settings, out)
+
+
+def _run_tasks(model, tokenizer, device, tasks: list[Task], items: dict, settings: EvalSettings, out: Path) -> dict:
+    """Evaluate each task (resuming its predictions file), then write and return the metrics."""
     results = {}
     bf16 = uses_bf16(settings.precision)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

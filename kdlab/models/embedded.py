@@ -40,15 +40,34 @@ def embedded_gguf_path(name: str) -> Path:
     return path
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse a file that does not start with the GGUF magic bytes, naming it."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise KdlabError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != GGUF_MAGIC:
+        raise KdlabError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantise a GGUF causal LM and write it (with its tokenizer) as a safetensors folder, atomically."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    check_gguf_file(gguf_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise KdlabError(f"{gguf_path}: could not read this GGUF model ({type(exc).__name__}: "
+                         f"{(str(exc).splitlines() or [''])[0][:200]})") from None
     for attribute in ("quantization_config", "_name_or_path"):
         if hasattr(config, attribute):
             delattr(config, attribute)
@@ -59,7 +78,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         raise KdlabError(f"{gguf_path}: converted weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if config.tie_word_embeddings:
         plain.tie_weights()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker="config.json") as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"converted from {gguf_path}\n")

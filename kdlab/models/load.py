@@ -95,6 +95,22 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, adapter: str | Non
     return model
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_folder(adapter: str | Path) -> Path:
+    """Refuse (naming what is missing) a LoRA adapter folder without ``adapter_config.json`` or a weights file
+    (``adapter_model.safetensors`` / ``.bin``); peft would otherwise look for the weights on the Hub."""
+    adapter_dir = Path(adapter)
+    if not adapter_dir.is_dir():
+        raise KdlabError(f"{adapter}: LoRA adapter folder not found")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise KdlabError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise KdlabError(f"{adapter}: LoRA adapter folder has no weights file ({' or '.join(ADAPTER_WEIGHTS)})")
+    return adapter_dir
+
+
 def load_adapter(model, adapter: str, merge: bool = False, trainable: bool = False):
     """Attach a saved LoRA adapter; a missing or incompatible adapter is a hard error, never a silent fallback.
 
@@ -102,9 +118,7 @@ def load_adapter(model, adapter: str, merge: bool = False, trainable: bool = Fal
     """
     from peft import PeftModel
 
-    adapter_dir = Path(adapter)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise KdlabError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    adapter_dir = check_adapter_folder(adapter)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except Exception as exc:  # shape mismatch, missing weights, wrong target modules

@@ -117,7 +117,8 @@ def add_study_commands(commands) -> None:
     run.add_argument("--shard", help="K/N: run the K-th of N deterministic shares (local executor; machines sharing a study folder "
                           "without Ray or SLURM)")
     run.add_argument("--poll", type=float, default=30.0, help="seconds between checks while waiting for other shards (default 30)")
-    run.add_argument("--max-wait", dest="max_wait", type=float, help="give up after waiting this many seconds for other shards")
+    run.add_argument("--max-wait", dest="max_wait", type=float,
+                     help="give up after waiting this many seconds for other shards (default: wait as long as needed)")
     run.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
                      help="where the runs go: local (this process, default), ray (a Ray cluster: one task per run), "
                           "slurm (one SLURM job per run, through submitit); see docs/distributed.md")

@@ -358,9 +358,15 @@ def write_paper_stats(
     fidelity: Sequence[str | Path],
     out_dir: str | Path,
 ) -> pd.DataFrame:
-    """Write ``out_dir/hypotheses.csv`` and ``out_dir/hypotheses.md``; return the table."""
+    """Write ``out_dir/hypotheses.csv`` and ``out_dir/hypotheses.md``; return the table.
+
+    ``out_dir`` must be missing, empty or an earlier output of this command (``hypotheses.csv``); anything else is
+    refused before any work (:func:`kdlab.outputs.check_output_dir`).
+    """
+    from kdlab.outputs import check_output_dir
+
+    out_dir = check_output_dir(out_dir, "hypotheses.csv", "kdlab stats paper output")
     frame = paper_hypotheses(results, agreement, fidelity)
-    out_dir = Path(out_dir)
     atomic_write_text(
         out_dir / "hypotheses.csv", frame[COLUMNS + ["n"]].to_csv(index=False)
     )

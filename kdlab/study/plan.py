@@ -290,7 +290,7 @@ class _Builder:
                  "data": data, "kd.cache_k": int(self.spec.teacher_cache["k"]),
                  "kd.cache_temperatures": self.cache_temperatures(),
                  **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
-                    if key in ("train.max_length", "train.precision")}}
+                    if key in ("train.max_length", "train.on_long", "train.precision")}}
         examples, tokens = data_size(domain.train, domain.examples)
         meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")

@@ -550,6 +550,20 @@ def selection_table(selection: pd.DataFrame) -> Table:
                  "the only one evaluated on the test set. All runs had the same candidates, so the same budget.")
 
 
+def data_fit_table(study_dir: Path):
+    """The training runs that dropped or cut examples to fit ``train.max_length`` (None when none did)."""
+    from kdlab.study.results import collect_data_fit
+
+    fit = collect_data_fit(study_dir)
+    if fit.empty:
+        return None
+    rows = [[str(r["run"]), f"{r['examples']} of {r['examples_in_data']}", str(r["dropped_long"]), str(r["cut_responses"]),
+             str(r["max_length"]), str(r["on_long"])] for _, r in fit.iterrows()]
+    return Table(["run", "examples trained", "dropped", "responses cut", "max_length", "on_long"], rows, "lrrrrl",
+                 "Training examples that did not fit max_length",
+                 "A cut response loses its end (the final answer and EOS); raise train.max_length or set train.on_long.")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tables and findings (each as a list of rows of cell text, rendered to HTML and Markdown)
 
@@ -909,6 +923,9 @@ def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None,
     if agreement is not None and not agreement.empty:
         extra_tables.append(Table(AGREEMENT_HEADER, agreement_rows(agreement), "l" * 4 + "r" * 7 + "l", AGREEMENT_TITLE,
                                   AGREEMENT_NOTE))
+    fit = data_fit_table(study_dir)
+    if fit is not None:
+        extra_tables.append(fit)
     overview = overview_table(ctx, seeds)
     if hyp is not None:
         hyp_summary, hyp_detail = hypothesis_tables(hyp)

@@ -121,6 +121,20 @@ def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teach
     return row
 
 
+DATA_FIT_COLUMNS = ["run", "examples_in_data", "examples", "dropped_long", "cut_responses", "max_length", "on_long"]
+
+
+def collect_data_fit(study_dir: str | Path) -> pd.DataFrame:
+    """One row per finished training run of the study (``<kind>/<run>/result.json``) that dropped or cut training
+    examples to fit ``train.max_length`` (``DATA_FIT_COLUMNS``, from result.json's ``data``); empty when none did."""
+    rows = []
+    for path in sorted(Path(study_dir).glob("*/*/result.json")):
+        data = _read_json(path).get("data") or {}
+        if data.get("dropped_long") or data.get("cut_responses"):
+            rows.append({"run": f"{path.parent.parent.name}/{path.parent.name}", **{k: data.get(k) for k in DATA_FIT_COLUMNS[1:]}})
+    return pd.DataFrame(rows, columns=DATA_FIT_COLUMNS)
+
+
 def format_settings(settings: dict) -> str:
     """``{"train.lr": 0.0003, "kd.temperature": 2.0}`` -> ``train.lr=0.0003 kd.temperature=2``."""
     return " ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in settings.items())

@@ -31,7 +31,7 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan, format_seconds
-from kdlab.study.spec import StudySpec, load_spec
+from kdlab.study.spec import StudySpec, check_models, load_spec
 from kdlab.study.steps import execute, is_done
 
 STALE_SECONDS = 600
@@ -43,8 +43,10 @@ STATUSES = ("done", "running", "failed", "interrupted", "pending")
 
 
 def prepare_study(spec_path: str | Path, out: str | Path | None) -> tuple[StudySpec, Path]:
-    """Load the spec, create the study folder (default ``runs/<name>``) and record the spec in it."""
+    """Load the spec, check its model folders, create the study folder (default ``runs/<name>``) and record the spec
+    in it."""
     spec = load_spec(spec_path)
+    check_models(spec)
     study_dir = Path(out or Path("runs") / spec.name)
     if study_dir.exists() and any(study_dir.iterdir()) and not (study_dir / "study.json").is_file():
         raise KdlabError(f"{study_dir}: exists and is not a study folder (no study.json); choose another --out")
@@ -371,6 +373,7 @@ def run_study(spec_path, out=None, shard: str | None = None, dry_run: bool = Fal
     shard_index = parse_shard(shard)
     if dry_run:
         spec = load_spec(spec_path, check_files=False)
+        check_models(spec)
         study_dir = Path(out or Path("runs") / spec.name)
         print(format_plan(build_plan(spec), study_dir, shard_index), flush=True)
         missing = [f"{d.name}: {path}" for d in spec.domains.values() for path in (d.train, d.data_dir)

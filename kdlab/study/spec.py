@@ -84,7 +84,7 @@ CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
 ABLATION_KEYS = {"teacher_noise", "base_teacher", "students", "methods", "temperature", "seeds"}
 TUNING_KEYS = {"params", "temperature", "validation"}
 VALIDATION_KEYS = {"n", "seed", "file", "task"}
-UNTUNABLE = {"train.seed", "lora.enabled", "train.max_length", "train.precision", "train.report_to", "train.trace_data"}
+UNTUNABLE = {"train.seed", "lora.enabled", "train.max_length", "train.on_long", "train.precision", "train.report_to", "train.trace_data"}
 
 
 @dataclass
@@ -419,8 +419,7 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
         description=str(data.get("description") or ""), raw=data,
         tuning=_load_tuning(data.get("tuning"), f"{where}: tuning", base, check_files) if "tuning" in data else None,
     )
-    if spec.teacher_cache["tail"] not in ("bucket", "renormalize"):
-        raise KdlabError(f"{where}: teacher_cache.tail: {spec.teacher_cache['tail']!r} is not one of bucket, renormalize")
+    _check_types(spec, where)
     if not token_methods and (ablations.teacher_noise or ablations.base_teacher):
         raise KdlabError(f"{where}: ablations need a token-level method (noise acts on teacher logits)")
     _check_run_configs(spec)
@@ -533,6 +532,69 @@ def _load_ablations(data, where: str, students: list[str], methods: dict[str, Me
         if item not in seeds:
             raise KdlabError(f"{where}.seeds: {item} is not one of the study's seeds ({seeds})")
     return Ablations(noise, base_teacher, chosen_students, chosen_methods, float(temperature), chosen_seeds)
+
+
+#: section -> key -> (check, what it expects); None is allowed where the default is None
+SECTION_TYPES = {
+    "evaluation": {"mode": (lambda v: v in ("generate", "loglik"), "generate or loglik"),
+                   "batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+                   "limit": (lambda v: v is None or (_is_int(v) and v > 0), "an integer > 0 or null"),
+                   "max_new_tokens": (lambda v: v is None or (_is_int(v) and v > 0), "an integer > 0 or null"),
+                   "extraction": (lambda v: v in ("strict", "paper"), "strict or paper"),
+                   "precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16")},
+    "fidelity": {"enabled": (lambda v: isinstance(v, bool), "true or false"),
+                 "token_kl": (lambda v: isinstance(v, bool), "true or false"),
+                 "embeddings": (lambda v: isinstance(v, bool), "true or false")},
+    "teacher_cache": {"enabled": (lambda v: isinstance(v, bool), "true or false"),
+                      "k": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+                      "tail": (lambda v: v in ("bucket", "renormalize"), "bucket or renormalize")},
+    "cost": {"tflops": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0")},
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(spec: StudySpec, where: str) -> None:
+    """Type-check the plain sections (evaluation, fidelity, teacher_cache, cost): a KdlabError names the key and
+    the value (``evaluation.limit: expected an integer > 0 or null, got '2'``)."""
+    for section, checks in SECTION_TYPES.items():
+        values = getattr(spec, section)
+        for key, (check, expected) in checks.items():
+            if not check(values[key]):
+                raise KdlabError(f"{where}: {section}.{key}: expected {expected}, got {values[key]!r}")
+
+
+def missing_models(spec: StudySpec) -> list[str]:
+    """``models.NAME: PATH (why)`` for every model entry that names a local folder or GGUF file that is not usable
+    here (missing, a folder without config.json, a GGUF path that is no file). Embedded names and Hub ids
+    (``org/name``) are not checked (they load by name)."""
+    from kdlab.models.embedded import EMBEDDED_MODELS
+
+    problems = []
+    for entry in spec.models.values():
+        text = entry.spec
+        if text is None or text in EMBEDDED_MODELS:
+            continue
+        path = Path(os.path.expandvars(text)).expanduser()
+        looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix == ".gguf"
+        if path.suffix == ".gguf":
+            why = None if path.is_file() else "GGUF file not found"
+        elif path.exists():
+            why = None if (path / "config.json").is_file() else "not a model folder (no config.json)"
+        else:
+            why = "model folder not found" if looks_local else None
+        if why:
+            problems.append(f"models.{entry.name}: {text} ({why})")
+    return problems
+
+
+def check_models(spec: StudySpec) -> None:
+    """Refuse a spec naming a local model folder or GGUF file that is not here (see :func:`missing_models`)."""
+    problems = missing_models(spec)
+    if problems:
+        raise KdlabError(f"{spec.path}: {'; '.join(problems)}")
 
 
 def _check_run_configs(spec: StudySpec) -> None:

@@ -91,7 +91,7 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
     teacher = load_model(p["teacher"], dtype=dtype, adapter=p["teacher_adapter"], merge_adapter=True).eval().to(device)
     with torch.no_grad():
         generated = teacher_answers(teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"])
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="train.json") as tmp:
         write_json_examples(generated, tmp / "train.json")
 
 

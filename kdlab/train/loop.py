@@ -160,7 +160,7 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            with atomic_dir(self.run_dir / "checkpoints" / f"step-{step:06d}") as tmp:
+            with atomic_dir(self.run_dir / "checkpoints" / f"step-{step:06d}", replace=True) as tmp:
                 torch.save(
                     {
                         "step": step,
@@ -287,7 +287,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
-            with atomic_dir(self.run_dir / "final") as tmp, quiet_loading():
+            with atomic_dir(self.run_dir / "final", replace=True) as tmp, quiet_loading():
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
             atomic_write_json(self.run_dir / "result.json", summary)

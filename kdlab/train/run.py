@@ -20,8 +20,10 @@ from kdlab.data.formats import Example, load_examples, load_json_examples, write
 from kdlab.data.tokenize import encode_examples, encode_prompt
 from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids
-from kdlab.models.load import check_same_tokenizer, load_adapter, load_model, load_tokenizer
-from kdlab.runs import run_state, start_run
+from kdlab.models.load import check_adapter_folder, check_same_tokenizer, load_adapter, load_model, load_tokenizer
+from kdlab.locks import folder_lock
+from kdlab.outputs import check_writable
+from kdlab.runs import claim_run, run_state
 from kdlab.precision import resolve_precision
 from kdlab.train.loop import Trainer, make_accelerator
 from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective
@@ -68,15 +70,27 @@ def run_sft(config: RunConfig) -> Path:
         print(f"kdlab: {run_dir} is complete (result.json); nothing to do", flush=True)
         return run_dir
     tokenizer = load_tokenizer(config.model)
-    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data)
+    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data,
+                              on_long=config.train.on_long)
     model = prepare_student(config)
-    run_dir = start_run(config)
-    accelerator = make_accelerator(config, run_dir)
-    trainer = Trainer(config, run_dir, model, tokenizer, dataset, sft_objective(config.train.chunk_size), accelerator)
-    summary = trainer.train()
-    trainer.save_final(summary)
-    _report(run_dir, summary, accelerator)
+    with claim_run(config, "kdlab sft") as claimed:
+        if claimed is None:
+            return run_dir
+        accelerator = make_accelerator(config, run_dir)
+        _warn_long(dataset, config.data, accelerator)
+        trainer = Trainer(config, run_dir, model, tokenizer, dataset, sft_objective(config.train.chunk_size), accelerator)
+        summary = trainer.train()
+        summary["data"] = dataset.summary()
+        trainer.save_final(summary)
+        _report(run_dir, summary, accelerator)
     return run_dir
+
+
+def _warn_long(dataset, source: str, accelerator) -> None:
+    """Say how many training examples did not fit in max_length (dropped or cut), once, on the main process."""
+    message = dataset.message(source)
+    if message and accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)
 
 
 def teacher_spec(config: RunConfig) -> str:
@@ -89,11 +103,9 @@ def teacher_spec(config: RunConfig) -> str:
 
     spec = name(config.teacher)
     if config.teacher_adapter:
-        adapter = Path(config.teacher_adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise KdlabError(f"{config.teacher_adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        adapter = check_adapter_folder(config.teacher_adapter)
         weights = sorted(adapter.glob("adapter_model.*"))
-        digest = hashlib.sha256(weights[0].read_bytes()).hexdigest()[:16] if weights else "no weights file"
+        digest = hashlib.sha256(weights[0].read_bytes()).hexdigest()[:16]
         spec += f" + adapter {name(config.teacher_adapter)} ({digest})"
     return spec
 
@@ -102,7 +114,8 @@ def _cache_inputs(config: RunConfig):
     """The student's tokenizer, the shared vocabulary size and the encoded training data, exactly as run_distill."""
     tokenizer = load_tokenizer(config.model)
     vocab_size = check_same_tokenizer(load_tokenizer(config.teacher), tokenizer, config.teacher, config.model)
-    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data)
+    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data,
+                              on_long=config.train.on_long)
     return tokenizer, vocab_size, dataset
 
 
@@ -167,11 +180,10 @@ def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True,
     tail is then approximated), not a rebuild. The teacher's weight fingerprint is compared only
     when the teacher is loaded anyway (run_distill with ``kd.lmbda > 0``). A missing cache is built (atomically,
     with a progress bar) from ``teacher``, loaded with :func:`load_teacher` when not given, with the exact tail sums
-    at ``kd.cache_temperatures`` plus ``kd.temperature``. Safe to call once per
-    (teacher, data) before several runs that share the folder.
+    at ``kd.cache_temperatures`` plus ``kd.temperature``. Safe to call once per (teacher, data) before several runs
+    that share the folder, and from several processes at once: the build holds the folder's lock
+    (:mod:`kdlab.locks`); another process waits for it, then checks and reuses the cache.
     """
-    from kdlab.teacher_cache import build_cache, normalize_temperatures
-
     if not config.teacher_cache:
         raise KdlabError("no teacher cache folder set (--teacher-cache DIR)")
     tokenizer, vocab_size, dataset = _inputs or _cache_inputs(config)
@@ -179,6 +191,19 @@ def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True,
     if teacher_cache_ready(path):
         _warn_cache_temperature(config, _check_cache_manifest(config, dataset))
         return path
+    with folder_lock(path, "building a teacher cache", wait=True):  # another process building it: wait, then reuse
+        if teacher_cache_ready(path):
+            _warn_cache_temperature(config, _check_cache_manifest(config, dataset))
+            return path
+        return _build_teacher_cache(config, teacher, progress, tokenizer, vocab_size, dataset)
+
+
+def _build_teacher_cache(config: RunConfig, teacher, progress: bool, tokenizer, vocab_size: int, dataset) -> Path:
+    """Build the missing cache ``config.teacher_cache`` (see :func:`ensure_teacher_cache`); called under its lock."""
+    from kdlab.teacher_cache import build_cache, normalize_temperatures
+
+    path = Path(config.teacher_cache)
+    check_writable(path)
     if teacher is None:
         teacher = load_teacher(config)
         teacher.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -207,7 +232,8 @@ def run_distill(config: RunConfig) -> Path:
     examples = load_examples(config.data)
     tokenizer = load_tokenizer(config.model)
     vocab_size = check_same_tokenizer(load_tokenizer(config.teacher), tokenizer, config.teacher, config.model)
-    encoded = encode_examples(tokenizer, examples, config.train.max_length, source=config.data)  # fail early if empty
+    encoded = encode_examples(tokenizer, examples, config.train.max_length, source=config.data,  # fail early if empty
+                              on_long=config.train.on_long)
     cached = bool(config.teacher_cache) and config.kd.loss != "seqkd"
     cache_ready = False
     if cached:
@@ -218,42 +244,48 @@ def run_distill(config: RunConfig) -> Path:
     model = prepare_student(config)
     if cached:
         _check_student_vocab(config, model, teacher, cache_ready, vocab_size)
-    run_dir = start_run(config)
-    accelerator = make_accelerator(config, run_dir)
-    if teacher is not None:
-        teacher.to(accelerator.device)
-    rank = accelerator.process_index
-    if cached:
-        objective = _cached_objective(config, teacher, (tokenizer, vocab_size, encoded), cache_ready, accelerator)
-        dataset = encoded
-        if config.kd.lmbda == 0:
-            teacher = None  # loaded only to build the cache: free it before training
-        window_hook = _window_hook(config, tokenizer, teacher, objective.cache.vocab_size)
-    elif config.kd.loss == "seqkd":
-        examples = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
-        dataset = encode_examples(tokenizer, examples, config.train.max_length, source=str(run_dir / "seqkd_data.json"))
-        objective, window_hook = sft_objective(config.train.chunk_size), None
-    else:
+    with claim_run(config, "kdlab distill") as claimed:
+        if claimed is None:
+            return run_dir
+        accelerator = make_accelerator(config, run_dir)
+        if teacher is not None:
+            teacher.to(accelerator.device)
+        rank = accelerator.process_index
         source = config.data
-        if config.kd.answer_target == "teacher":
-            examples = teacher_target_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
-            source = str(run_dir / ANSWER_TARGET_FILE)
-        dataset = encode_examples(tokenizer, examples, config.train.max_length, source=source)
-        vocab_size = min(vocab_size, teacher.get_output_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
-        objective = DistillObjective(teacher, config.kd, vocab_size, config.train.chunk_size, config.train.seed, rank)
-        window_hook = _window_hook(config, tokenizer, teacher, vocab_size)
-    if needs_answer_masks(config.kd) and config.kd.loss != "seqkd":
-        dataset = with_answer_masks(tokenizer, examples, dataset)
-        _report_answer_spans(dataset, accelerator)
-    trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
-    summary = trainer.train()
-    if window_hook is not None:
-        summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
-        if config.kd.speculative_k > 0:
-            summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
-            summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
-    trainer.save_final(summary)
-    _report(run_dir, summary, accelerator)
+        if cached:
+            objective = _cached_objective(config, teacher, (tokenizer, vocab_size, encoded), cache_ready, accelerator)
+            dataset = encoded
+            if config.kd.lmbda == 0:
+                teacher = None  # loaded only to build the cache: free it before training
+            window_hook = _window_hook(config, tokenizer, teacher, objective.cache.vocab_size)
+        elif config.kd.loss == "seqkd":
+            examples = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
+            source = str(run_dir / "seqkd_data.json")
+            dataset = encode_examples(tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long)
+            objective, window_hook = sft_objective(config.train.chunk_size), None
+        else:
+            if config.kd.answer_target == "teacher":
+                examples = teacher_target_examples(teacher, tokenizer, examples, config, run_dir, accelerator)
+                source = str(run_dir / ANSWER_TARGET_FILE)
+            dataset = encode_examples(tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long)
+            vocab_size = min(vocab_size, teacher.get_output_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
+            objective = DistillObjective(teacher, config.kd, vocab_size, config.train.chunk_size, config.train.seed, rank)
+            window_hook = _window_hook(config, tokenizer, teacher, vocab_size)
+        _warn_long(dataset, source, accelerator)
+        data_summary = dataset.summary()
+        if needs_answer_masks(config.kd) and config.kd.loss != "seqkd":
+            dataset = with_answer_masks(tokenizer, examples, dataset)
+            _report_answer_spans(dataset, accelerator)
+        trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
+        summary = trainer.train()
+        summary["data"] = data_summary
+        if window_hook is not None:
+            summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
+            if config.kd.speculative_k > 0:
+                summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
+                summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
+        trainer.save_final(summary)
+        _report(run_dir, summary, accelerator)
     return run_dir
 
 

@@ -111,6 +111,10 @@ def test_loglik_scores_match_a_full_logits_computation_and_batching(tiny_models,
 def test_a_broken_adapter_is_a_hard_error(tiny_models, arith_dir, tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
+    with pytest.raises(KdlabError, match="adapter: LoRA adapter folder has no weights file"):  # not a network error
+        evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(KdlabError, match="LoRA adapter failed to load"):
         evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
     assert not (tmp_path / "bad").exists()
@@ -173,3 +177,22 @@ def test_every_shared_choice_item_has_parseable_options_containing_the_gold(shar
     for name in ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa", "AQuA", "mathqa"]:
         for example in load_task_examples(name, data_dir):
             assert example.answer.strip() in parse_options(TASKS[name], example.instruction), (name, example.instruction[-120:])
+
+
+def test_a_moved_or_differently_named_evaluation_folder_resumes(tiny_models, arith_dir, tmp_path, monkeypatch):
+    """Why: the settings check compared `out` and path strings, so a moved folder (or ./x vs x/) was "other settings"."""
+    monkeypatch.chdir(tmp_path)
+    first = settings(tmp_path, tiny_models["talker"], "x", data_dir=str(arith_dir), limit=3)
+    first.out = "x/"
+    evaluate(first)
+    (tmp_path / "x").rename(tmp_path / "moved")
+    lines = (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()
+    (tmp_path / "moved" / "predictions" / "arith.jsonl").write_text(lines[0] + "\n")  # interrupted after one example
+    (tmp_path / "moved" / "metrics.json").unlink()
+    again = settings(tmp_path, tiny_models["talker"], "moved", data_dir=str(arith_dir), limit=3)
+    again.out = "./moved"
+    metrics = evaluate(again)
+    assert metrics["tasks"]["arith"]["n"] == 3
+    assert [json.loads(line)["id"] for line in (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()][0] == 0
+    with pytest.raises(KdlabError, match="other settings .*max_new_tokens"):
+        evaluate(settings(tmp_path, tiny_models["talker"], "moved", data_dir=str(arith_dir), limit=3, max_new_tokens=5))

@@ -4,6 +4,7 @@ restate the statistics tables. The slow test renders the report in headless Chro
 
 from __future__ import annotations
 
+import json
 import base64
 import re
 import shutil
@@ -202,3 +203,19 @@ def test_headless_chromium_renders_the_report(full_report, tmp_path):
     orange = np.all(np.abs(image.astype(int) - [230, 159, 0]) < 12, axis=2).sum()
     assert blue > 5000 and orange > 5000
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_dropped_and_cut_training_examples_are_in_the_report(tmp_path):
+    """Why: examples over max_length were dropped or cut without a word; the report now lists such runs."""
+    root, frame = _minimal(tmp_path)
+    run = root / "kd" / "t.s.arith.fkl.t2.s0-abc"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"steps": 1, "data": {
+        "examples_in_data": 9, "examples": 8, "dropped_long": 1, "cut_responses": 2, "max_length": 256, "on_long": "truncate"}}))
+    _, md_path = write_report(root, frame, {}, tmp_path / "out")
+    md = md_path.read_text(encoding="utf-8")
+    assert "Training examples that did not fit max_length" in md
+    assert "| kd/t.s.arith.fkl.t2.s0-abc | 8 of 9 | 1 | 2 | 256 | truncate |" in md
+    clean_root, clean = _minimal(tmp_path / "clean")
+    _, clean_md = write_report(clean_root, clean, {}, tmp_path / "clean-out")
+    assert "did not fit max_length" not in clean_md.read_text(encoding="utf-8")

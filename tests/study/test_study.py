@@ -185,3 +185,33 @@ def test_ready_specs_plan(name, kd_runs, capsys):
     assert all(spec.models[s].params is None or spec.models[s].params < spec.models[t].params for t, s in pairs)
     run_study(path, out=None, dry_run=True)
     assert "total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("evaluation", "limit", "2", "an integer > 0 or null"),
+    ("evaluation", "batch_size", 0, "an integer > 0"),
+    ("evaluation", "mode", "sample", "generate or loglik"),
+    ("fidelity", "token_kl", "yes", "true or false"),
+    ("teacher_cache", "k", 1.5, "an integer > 0"),
+    ("cost", "tflops", "fast", "a number > 0"),
+])
+def test_spec_values_are_type_checked_and_a_run_writes_nothing(tiny_study_spec, tmp_path, section, key, value, expected):
+    """Why: `evaluation: {limit: "2"}` raised a TypeError and a real run left study.json/spec.yaml behind."""
+    path = _edited(tiny_study_spec, tmp_path, lambda d: d.setdefault(section, {}).update({key: value}))
+    with pytest.raises(KdlabError, match=f"{section}.{key}: expected {expected}, got {value!r}"):
+        prepare_study(path, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_missing_model_folder_fails_the_dry_run_and_the_run_start(tiny_study_spec, tmp_path, capsys):
+    """Why: a spec naming a missing model folder passed --dry-run and failed mid-run."""
+    from kdlab.cli import main
+
+    path = _edited(tiny_study_spec, tmp_path, lambda d: d["models"]["small"].update(spec=str(tmp_path / "no-model")))
+    for extra in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as info:
+            main(["study", "run", str(path), "--out", str(tmp_path / "study"), *extra])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("kdlab: error:") and f"models.small: {tmp_path / 'no-model'} (model folder not found)" in err
+    assert not (tmp_path / "study").exists()

@@ -417,3 +417,54 @@ def test_fidelity_options_are_checked(tiny_models, synth_train, tmp_path, capsys
                     "--out", tmp_path / "out", *flags, *FAST])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_does_not_depend_on_the_path_string_and_a_moved_run_resumes(tiny_models, synth_train, tmp_path, monkeypatch, capsys):
+    """Why: `--out runs/x/`, `./runs/x`, an absolute path, another working directory or a moved folder made a run
+    folder "hold a different config"."""
+    monkeypatch.chdir(tmp_path)
+    data = small_data(tmp_path / "train.json", synth_train, 8)
+    common = ["sft", "--model", tiny_models["student"], "--max-steps", 1, "--batch-size", 4, *FAST]
+    assert run_cli([*common, "--data", "train.json", "--out", "runs/x/"]) == 0
+    capsys.readouterr()
+    assert run_cli([*common, "--data", "./train.json", "--out", "./runs/x"]) == 0
+    assert run_cli([*common, "--data", data, "--out", tmp_path / "runs" / "x"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run_cli([*common, "--data", "../train.json", "--out", "../runs/x"]) == 0
+    (tmp_path / "runs" / "x").rename(tmp_path / "moved")
+    assert run_cli([*common, "--data", data, "--out", tmp_path / "moved"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("is complete (result.json); nothing to do") == 4
+    assert run_cli([*common, "--data", data, "--out", tmp_path / "moved", "--lr", 0.1]) == 2  # a real change still is refused
+    assert "different config (train.lr" in capsys.readouterr().err
+
+
+def long_examples(path: Path, source: Path) -> Path:
+    """9 examples: #0 has a prompt longer than max_length 400, #1 a response that must be cut."""
+    examples = json.loads(source.read_text())[:9]
+    examples[0]["instruction"] = "How many apples? " * 200
+    examples[1]["output"] = "We count them one by one. " * 20 + "The answer is 3."
+    path.write_text(json.dumps(examples))
+    return path
+
+
+def test_examples_that_do_not_fit_are_counted_and_on_long_chooses(tiny_models, synth_train, tmp_path, capsys):
+    """Why: a prompt over max_length was dropped and a long response cut (losing "The answer is" and EOS) without a
+    word; result.json just said 8 examples instead of 9."""
+    data = long_examples(tmp_path / "long.json", synth_train)
+    common = ["sft", "--model", tiny_models["student"], "--data", data, "--max-steps", 1, "--batch-size", 4,
+              "--max-length", 400, *FAST]
+    assert run_cli([*common, "--out", tmp_path / "truncate"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 9 examples dropped and 1 responses cut" in err and "--on-long" in err
+    data_counts = json.loads((tmp_path / "truncate" / "result.json").read_text())["data"]
+    assert data_counts == {"examples_in_data": 9, "examples": 8, "dropped_long": 1, "cut_responses": 1, "max_length": 400,
+                           "on_long": "truncate"}
+    assert run_cli([*common, "--out", tmp_path / "drop", "--on-long", "drop"]) == 0
+    drop = json.loads((tmp_path / "drop" / "result.json").read_text())["data"]
+    assert (drop["examples"], drop["dropped_long"], drop["cut_responses"]) == (7, 2, 0)
+    capsys.readouterr()
+    assert run_cli([*common, "--out", tmp_path / "error", "--on-long", "error"]) == 2
+    assert "long.json: example 0 has" in capsys.readouterr().err
+    assert not (tmp_path / "error").exists()

@@ -1,0 +1,241 @@
+"""Output paths (kdlab.outputs) and, through the CLI, every command's handling of a user's files and of OS errors."""
+
+import errno
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kdlab.cli import main
+from kdlab.errors import KdlabError
+from kdlab.io import atomic_dir, atomic_write_text
+from kdlab.outputs import check_output_dir, check_output_file, check_writable, same_settings
+
+
+def run_cli(argv) -> int:
+    try:
+        main([str(arg) for arg in argv])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdlab: error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def users_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "thesis.txt").write_text("years of work")
+    return path
+
+
+# ------------------------------------------------------------------ the rules
+
+
+def test_output_folder_rules(tmp_path):
+    assert check_output_dir(tmp_path / "new", "m.json", "x") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty", "m.json", "x")
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "m.json").write_text("{}")
+    check_output_dir(tmp_path / "ours", "m.json", "x")
+    with pytest.raises(KdlabError, match="exists and is not a x folder .no m.json."):
+        check_output_dir(users_folder(tmp_path / "user"), "m.json", "x")
+    (tmp_path / "file").write_text("data")
+    with pytest.raises(KdlabError, match="exists and is a file"):
+        check_output_dir(tmp_path / "file", "m.json", "x")
+    with pytest.raises(KdlabError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "file" / "below", "m.json", "x")
+
+
+def test_output_file_rules(tmp_path):
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(KdlabError, match="is a folder"):
+        check_output_file(tmp_path / "dir")
+    (tmp_path / "f.json").write_text("[]")
+    with pytest.raises(KdlabError, match="without --overwrite"):
+        check_output_file(tmp_path / "f.json")
+    check_output_file(tmp_path / "f.json", overwrite=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_a_read_only_place_is_refused(tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(KdlabError, match="not writable"):
+            check_writable(locked / "run")
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_settings_compare_by_content_not_path_strings(tmp_path, monkeypatch):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    monkeypatch.chdir(tmp_path)
+    old = {"out": "runs/x/", "data": "d.json", "train": {"lr": 1}}
+    assert same_settings(old, {"out": str(tmp_path / "moved"), "data": str(data), "train": {"lr": 1}}, ("data",)) == []
+    assert same_settings(old, {"out": "runs/x", "data": "./d.json", "train": {"lr": 2}}, ("data",)) == ["train.lr: 1 -> 2"]
+
+
+# ------------------------------------------------------------------ atomic folders
+
+
+def test_atomic_dir_never_replaces_a_users_file_or_folder(tmp_path):
+    """Why: atomic_dir replaced any existing path (a folder of the user's files, or a file hidden as .NAME.old)."""
+    folder = users_folder(tmp_path / "user")
+    with pytest.raises(KdlabError, match="kdlab does not replace it"):
+        with atomic_dir(folder, marker="PRUNED.txt") as tmp:
+            (tmp / "x").write_text("new")
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(KdlabError, match="exists and is a file"):
+        with atomic_dir(tmp_path / "file") as tmp:
+            pass
+    assert (folder / "thesis.txt").read_text() == "years of work" and (tmp_path / "file").read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "user"]  # no .old, no temporary folder
+    ours = tmp_path / "ours"
+    for text in ("first", "second"):  # a kdlab output of the same kind is replaced
+        with atomic_dir(ours, marker="m.txt") as tmp:
+            (tmp / "m.txt").write_text(text)
+    assert (ours / "m.txt").read_text() == "second"
+
+
+def test_folders_honour_the_umask_like_files(tmp_path):
+    """Why: folders written in one step were created 0700 whatever the umask."""
+    old = os.umask(0o002)
+    try:
+        with atomic_dir(tmp_path / "shared") as tmp:
+            (tmp / "f").write_text("x")
+        atomic_write_text(tmp_path / "file.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o775
+    assert stat.S_IMODE((tmp_path / "file.txt").stat().st_mode) == 0o664
+
+
+# ------------------------------------------------------------------ commands
+
+
+def test_models_prune_refuses_a_users_folder_and_file(tiny_models, tmp_path, capsys):
+    """Why: `models prune --out DIR` deleted a folder of the user's files and hid an existing file as .NAME.old."""
+    folder = users_folder(tmp_path / "mine")
+    assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", folder]) == 2
+    assert "not a pruned model" in one_error_line(capsys)
+    assert [path.name for path in folder.iterdir()] == ["thesis.txt"]
+    (tmp_path / "notes.txt").write_text("keep")
+    assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", tmp_path / "notes.txt"]) == 2
+    assert "exists and is a file" in one_error_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "keep" and not (tmp_path / ".notes.txt.old").exists()
+    out = tmp_path / "pruned"
+    for _ in range(2):  # an earlier pruned model is replaced
+        assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", out]) == 0
+    assert (out / "PRUNED.txt").is_file()
+
+
+def test_eval_out_an_existing_file(tiny_models, tmp_path, capsys):
+    from kdlab.data.synth import write_synth
+
+    write_synth(tmp_path / "data" / "arith" / "test.json", n=2, seed=1, split="test")
+    (tmp_path / "results.txt").write_text("keep")
+    assert run_cli(["eval", "--model", tiny_models["student"], "--tasks", "arith", "--data-dir", tmp_path / "data",
+                    "--out", tmp_path / "results.txt"]) == 2
+    assert "exists and is a file" in one_error_line(capsys)
+    assert (tmp_path / "results.txt").read_text() == "keep"
+
+
+def test_data_synth_out_a_folder_or_a_users_file(tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "dir"]) == 2
+    assert "is a folder" in one_error_line(capsys)
+    (tmp_path / "mine.json").write_text('[{"instruction": "mine"}]')
+    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "mine.json"]) == 2
+    assert "without --overwrite" in one_error_line(capsys)
+    assert "mine" in (tmp_path / "mine.json").read_text()
+    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "s.json"]) == 0
+    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "s.json"]) == 0  # the same problems: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "mine.json", "--overwrite"]) == 0
+    assert len(json.loads((tmp_path / "mine.json").read_text())) == 3
+
+
+def test_stats_paper_out_an_existing_file_or_users_folder(tmp_path, capsys):
+    (tmp_path / "out.txt").write_text("keep")
+    assert run_cli(["stats", "paper", "--results", tmp_path / "r.csv", "--out", tmp_path / "out.txt"]) == 2
+    assert "exists and is a file" in one_error_line(capsys)
+    assert run_cli(["stats", "paper", "--results", tmp_path / "r.csv", "--out", users_folder(tmp_path / "u")]) == 2
+    assert "not a kdlab stats paper output folder" in one_error_line(capsys)
+
+
+def test_models_convert_of_a_file_that_is_not_gguf(tmp_path, capsys):
+    (tmp_path / "model.gguf").write_text("not a model")
+    assert run_cli(["models", "convert", "--model", tmp_path / "model.gguf"]) == 2
+    assert "not a GGUF file" in one_error_line(capsys)
+    (tmp_path / "weights.bin").write_text("x")
+    assert run_cli(["models", "convert", "--model", tmp_path / "weights.bin"]) == 2
+    assert "not a model folder" in one_error_line(capsys)
+
+
+PAPER_CSV = ("Teacher,Student,Method,taskA\n-,M-0.5B,SFT,10\n-,M-2B,SFT,20\nM-7B,M-0.5B,student_KD_temp_1.0,12\n"
+             "M-7B,M-2B,student_KD_temp_1.0,22\nM-7B,M-0.5B,student_RevKD_temp_1.0,11\nM-7B,M-2B,student_RevKD_temp_1.0,26\n")
+
+
+def _denied(path):
+    return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+
+@pytest.mark.parametrize("command", ["sft", "eval", "data synth", "models prune", "fidelity", "stats paper"])
+def test_a_permission_error_on_an_output_is_one_line(command, tiny_models, synth_train, tmp_path, capsys, monkeypatch):
+    """Why: a read-only output folder gave a PermissionError traceback (exit 1). Simulated (tests may run as root):
+    every temporary file or folder creation and every mkdir under the output is denied."""
+    out = tmp_path / "ro"
+
+    def deny_mkstemp(*args, dir=None, **kwargs):
+        raise _denied(dir)
+
+    def deny_mkdtemp(*args, dir=None, **kwargs):
+        raise _denied(dir)
+
+    real_mkdir = Path.mkdir
+
+    def deny_mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(out)):
+            raise _denied(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", deny_mkstemp)
+    monkeypatch.setattr(tempfile, "mkdtemp", deny_mkdtemp)
+    monkeypatch.setattr(Path, "mkdir", deny_mkdir)
+    eval_dir = tmp_path / "e"
+    if command == "fidelity":
+        for side in ("teacher", "student"):
+            real_mkdir(tmp_path / side / "predictions", parents=True)
+            (tmp_path / side / "predictions" / "arith.jsonl").write_text(json.dumps(
+                {"id": 0, "prompt": "q", "gold": "2", "pred": "2", "correct": True, "output": "The answer is 2."}) + "\n")
+            (tmp_path / side / "metrics.json").write_text("{}")
+    argv = {
+        "sft": ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, "--max-steps", 1,
+                "--precision", "fp32"],
+        "eval": ["eval", "--model", tiny_models["student"], "--tasks", "arith", "--data-dir", eval_dir, "--out", out],
+        "data synth": ["data", "synth", "--n", 2, "--out", out / "s.json"],
+        "models prune": ["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", out],
+        "fidelity": ["fidelity", "--teacher", tmp_path / "teacher", "--student", tmp_path / "student", "--out", out,
+                     "--no-embeddings"],
+        "stats paper": ["stats", "paper", "--results", tmp_path / "r.csv", "--out", out],
+    }[command]
+    if command == "eval":
+        real_mkdir(eval_dir / "arith", parents=True)
+        (eval_dir / "arith" / "test.json").write_text(json.dumps(
+            [{"instruction": "1+1?", "input": "", "output": "The answer is 2.", "answer": "2"}]))
+    if command == "stats paper":
+        (tmp_path / "r.csv").write_text(PAPER_CSV)
+    assert run_cli(argv) == 2
+    err = one_error_line(capsys)
+    assert "Permission denied" in err or "not writable" in err or "ro" in err
+    assert not out.exists()
