@@ -48,7 +48,8 @@ def _holder(path: Path) -> tuple[str, int] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this PID exists on this machine (signal 0 probe)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +117,7 @@ def folder_lock(folder: str | Path, what: str = "a kdlab run", wait: bool = Fals
     fd = _open_locked(path, Path(folder), wait, what)
     previous = _holder(path)
     host = socket.gethostname()
-    if previous and previous != (host, os.getpid()) and not (previous[0] == host and _alive(previous[1])):
+    if previous and previous != (host, os.getpid()) and not (previous[0] == host and pid_alive(previous[1])):
         print(f"kdlab: {folder}: taking over the lock left by PID {previous[1]} on host {previous[0]} "
               "(no longer running)", file=sys.stderr, flush=True)
     os.ftruncate(fd, 0)

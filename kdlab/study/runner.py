@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.locks import pid_alive
 from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan, format_seconds
 from kdlab.study.spec import StudySpec, check_models, load_spec
 from kdlab.study.steps import execute, is_done
@@ -87,23 +88,13 @@ def read_state(study_dir: Path, node: Node) -> dict:
         return {}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def node_status(study_dir: Path, node: Node) -> str:
     if is_done(node, study_dir):
         return "done"
     state = read_state(study_dir, node)
     if state.get("status") == "running":
         if state.get("host") == socket.gethostname():
-            alive = _pid_alive(int(state.get("pid", -1))) and state.get("pid") != os.getpid()
+            alive = pid_alive(int(state.get("pid", -1))) and state.get("pid") != os.getpid()
         else:
             alive = time.time() - float(state.get("heartbeat", 0)) < STALE_SECONDS
         return "running" if alive else "interrupted"

@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+from kdlab.io import atomic_write_json
 from kdlab.study.plan import Node
 from kdlab.study.runner import _run_node, read_state, state_path
 from kdlab.study.steps import is_done
@@ -33,6 +34,16 @@ def output_to(path: Path):
         yield
 
 
+def _record_done(node: Node, study_dir: Path) -> None:
+    """A worker lost between writing a node's completion marker and its state file leaves the state 'running': the
+    retry finds the marker and records the node as done, so ``kdlab study status`` and the state agree."""
+    state = read_state(study_dir, node)
+    if state and state.get("status") != "done":
+        atomic_write_json(state_path(study_dir, node), {**state, "status": "done", "finished": time.time(),
+                                                        "host": socket.gethostname(), "pid": os.getpid(),
+                                                        "note": "completed by a worker lost before it recorded so"})
+
+
 def run_node(node: Node, study_dir: str | Path, *deps: dict) -> dict:
     """Run ``node`` into its folder unless it is done; ``deps`` are its dependencies' outcomes, and one that is not
     done skips it. Returns the node's :func:`outcome`."""
@@ -41,6 +52,7 @@ def run_node(node: Node, study_dir: str | Path, *deps: dict) -> dict:
     if blocked:
         return outcome(node, "skipped", error=f"it needs {', '.join(blocked)}, which did not finish")
     if is_done(node, study_dir):
+        _record_done(node, study_dir)
         return outcome(node, "done")
     begin = time.time()
     with output_to(state_path(study_dir, node, ".out")):
