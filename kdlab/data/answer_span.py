@@ -57,33 +57,34 @@ def find_answer_span(text: str) -> AnswerSpan | None:
     return AnswerSpan(match.start(), end, value_start, value_end)
 
 
-def token_char_offsets(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
-    """Character ``(start, end)`` of each token of ``ids`` = ``tokenizer(text, add_special_tokens=False)`` in ``text``.
+def token_char_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tokenizer(text, add_special_tokens=False)`` ids and the character ``(start, end)`` of each in ``text``.
 
     Uses the fast tokenizer's offset mapping; otherwise (slow tokenizers) the lengths of the decoded prefixes.
     """
     try:
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(encoding["input_ids"]) == list(ids):
-            return [tuple(pair) for pair in encoding["offset_mapping"]]
+        return list(encoding["input_ids"]), [tuple(pair) for pair in encoding["offset_mapping"]]
     except (NotImplementedError, TypeError, ValueError, KeyError):
         pass
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     offsets, previous = [], 0
     for i in range(1, len(ids) + 1):
         length = len(tokenizer.decode(ids[:i], skip_special_tokens=True))
         offsets.append((previous, length))
         previous = length
-    return offsets
+    return ids, offsets
 
 
-def answer_token_mask(tokenizer, text: str, ids: list[int]) -> list[bool]:
-    """For each token of ``ids`` (the response ``text`` tokenised without special tokens): True when it overlaps
-    the decision statement (:func:`find_answer_span`). All False when there is no statement. Tokens appended after
-    ``ids`` (EOS) are not covered: callers pad the mask with False."""
+def answer_token_mask(tokenizer, text: str) -> list[bool]:
+    """For each token of ``tokenizer(text, add_special_tokens=False)`` (a response): True when it overlaps the
+    decision statement (:func:`find_answer_span`); all False when there is none. Tokens appended after them (EOS)
+    are not covered: callers pad the mask with False."""
     span = find_answer_span(text)
+    ids, offsets = token_char_offsets(tokenizer, text)
     if span is None:
         return [False] * len(ids)
-    return [start < span.end and end > span.start and end > start for start, end in token_char_offsets(tokenizer, text, ids)]
+    return [start < span.end and end > span.start and end > start for start, end in offsets]
 
 
 def replace_answer_value(text: str, value: str) -> str | None:
@@ -101,8 +102,6 @@ def with_answer_masks(tokenizer, examples, encoded: list):
 
     result = []
     for item in encoded:
-        text = examples[item.index].output.strip()
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        mask = answer_token_mask(tokenizer, text, ids) + [False]  # + EOS
+        mask = answer_token_mask(tokenizer, examples[item.index].output.strip()) + [False]  # + EOS
         result.append(replace(item, answer_mask=mask[: len(item.response_ids)]))
     return result

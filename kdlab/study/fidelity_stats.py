@@ -110,6 +110,14 @@ def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str =
     folder, and the reference runs themselves, are left out. Empty when the study has no such pairs.
     """
     study_dir = Path(study_dir)
+    read: dict[tuple, tuple] = {}  # a reference run is compared with every method: read its files once
+
+    def flags(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (record["fidelity_dir"], record["eval_dir"], record["task"])
+        if key not in read:
+            read[key] = _flags(study_dir, record)
+        return read[key]
+
     runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(_present)]
     is_reference = runs["role"].eq("student-sft") if reference == "sft" else (
         runs["role"].eq("student-kd") & runs["method"].eq(reference) & runs["noise"].eq(0))
@@ -122,8 +130,8 @@ def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str =
         other = references.get(key)
         if other is None:
             continue
-        ids, agree, correct = _flags(study_dir, record)
-        ref_ids, ref_agree, ref_correct = _flags(study_dir, other)
+        ids, agree, correct = flags(record)
+        ref_ids, ref_agree, ref_correct = flags(other)
         if not np.array_equal(ids, ref_ids):
             raise KdlabError(f"{record['fidelity_dir']} and {other['fidelity_dir']}: different examples for task {record['task']}")
         a_diff, a_low, a_high, b_agree, c_agree, a_p = _paired(agree, ref_agree, n_boot, seed)

@@ -273,7 +273,7 @@ def run_distill(config: RunConfig) -> Path:
             window_hook = _window_hook(config, tokenizer, teacher, vocab_size)
         _warn_long(dataset, source, accelerator)
         data_summary = dataset.summary()
-        if needs_answer_masks(config.kd) and config.kd.loss != "seqkd":
+        if needs_answer_masks(config.kd):  # config validation refuses these settings with seqkd
             dataset = with_answer_masks(tokenizer, examples, dataset)
             _report_answer_spans(dataset, accelerator)
         trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)

@@ -48,16 +48,16 @@ def _tokenizers(tiny_models):
 
 @pytest.mark.parametrize("name", ["tiny", "smollm2"])
 def test_token_mask_covers_exactly_the_statement(tiny_models, name):
-    """On real tokenisations: the marked tokens decode to the statement; no token before it is marked."""
+    """On real tokenisations: the marked tokens are one run that decodes to the statement and (at most a space or a
+    neighbouring character) nothing else."""
     tokenizer = _tokenizers(tiny_models)[name]
     for text, statement, _ in CASES:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        mask = answer_token_mask(tokenizer, text, ids)
+        mask = answer_token_mask(tokenizer, text)
         marked = [i for i, flag in enumerate(mask) if flag]
         assert marked == list(range(marked[0], marked[-1] + 1))  # one contiguous run
         decoded = tokenizer.decode([ids[i] for i in marked])
         assert statement.strip() in decoded and len(decoded.strip()) <= len(statement) + 2, (text, decoded)
-        assert statement.split()[0] not in tokenizer.decode(ids[: marked[0]])[-len(statement) :] or text.count("answer is") > 1
 
 
 def test_masks_are_aligned_with_labels_in_a_batch(tiny_models):

@@ -376,6 +376,9 @@ def test_fidelity_aware_objectives_train(tiny_models, synth_train, tmp_path, cap
     result = json.loads((out / "result.json").read_text())
     config = (out / "config.yaml").read_text()
     printed = capsys.readouterr().out
+    if name in ("decision", "disagreement-cached"):  # off-policy: one repeated batch, the loss falls
+        curve = losses(out)
+        assert len(curve) == 4 and curve[-1] < curve[0]
     if name == "decision":
         assert "answer statement found in 4 of 4 training examples" in printed and "answer_weight: 5.0" in config
     if name == "speculative":
