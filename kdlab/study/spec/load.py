@@ -79,6 +79,8 @@ class Method:
 
 @dataclass
 class StudySpec:
+    """A loaded, checked study spec: every section of the YAML file (see :mod:`kdlab.study.spec`), paths resolved."""
+
     name: str
     path: Path
     models: dict[str, ModelEntry]
@@ -105,6 +107,8 @@ class StudySpec:
 
 
 def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
+    """The ``models`` section: a spec string or a mapping (``spec`` or ``prune``, optional ``params``) per name;
+    a pruned entry must name a loadable one."""
     models = {}
     for name, entry in as_mapping(data, where).items():
         here = f"{where}.{name}"
@@ -123,7 +127,7 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
             prune = as_mapping(entry["prune"], f"{here}.prune")
             check_keys(prune, {"model", "keep_layers"}, f"{here}.prune")
             keep = prune.get("keep_layers")
-            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            if not is_int(keep) or keep < 1:
                 raise KdlabError(f"{here}.prune.keep_layers: expected an integer >= 1, got {keep!r}")
             models[name] = ModelEntry(name, prune_from=prune.get("model"), keep_layers=keep, params=params)
     if not models:
@@ -139,6 +143,8 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
 
 
 def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict[str, Domain]:
+    """The ``domains`` section: data paths resolved against ``base`` (checked to exist with ``check_files``), tasks
+    resolved to :mod:`kdlab.eval.tasks` names."""
     from kdlab.eval.tasks import resolve_tasks
 
     domains = {}
@@ -167,7 +173,7 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
         if check_files and data_dir and not Path(data_dir).is_dir():
             raise KdlabError(f"{here}.data_dir: folder not found: {data_dir}")
         examples = entry.get("examples")
-        if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+        if examples is not None and (not is_int(examples) or examples < 1):
             raise KdlabError(f"{here}.examples: expected a positive integer, got {examples!r}")
         domains[name] = Domain(name, train, tasks, data_dir, load_sections(entry.get("training"), f"{here}.training"), examples,
                                paths.get("teacher_train"))
@@ -177,6 +183,7 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
 
 
 def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method]:
+    """The ``methods`` section: a loss name or kd.* settings (optionally a ``preset``) per method, over ``kd_defaults``."""
     kd_fields = {item for item in KDConfig.__dataclass_fields__}
     methods = {}
     for name, entry in as_mapping(data, where).items():
@@ -272,6 +279,7 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
 
 
 def _pairs(value, where: str) -> str:
+    """The ``pairs`` rule: ``smaller`` (KD only into students with fewer parameters than the teacher) or ``all``."""
     if value not in ("smaller", "all"):
         raise KdlabError(f"{where}: {value!r} is not one of smaller (distil only into students with fewer parameters), all")
     return value
