@@ -207,7 +207,7 @@ def fidelity(teacher: str | Path, student: str | Path, out: str | Path, **settin
     token KL and top-1 agreement; ``embeddings`` (bool) the embedding cosine; ``allow_partial``.
 
     >>> fid = kdlab.fidelity("runs/teacher-eval", "runs/kd-eval", "runs/kd-fidelity")
-    >>> fid.summary["tasks"]["arith"]["agreement"]
+    >>> fid.summary["average"]["agreement"]
     """
     from kdlab.fidelity import run_fidelity
 

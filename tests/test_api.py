@@ -128,7 +128,7 @@ def test_evaluate_and_fidelity_match_the_cli(tiny_models, tmp_path):
     fid = kdlab.fidelity(tmp_path / "api-teacher", tmp_path / "api-student", tmp_path / "api-fid",
                          teacher_model=tiny_models["teacher"], student_model=tiny_models["student"], embeddings=False)
     same_json(tmp_path / "cli-fid" / "fidelity.json", fid.path / "fidelity.json", ignore_paths=("settings",))
-    assert fid.summary["overall"]["n"] == 6
+    assert fid.summary["average"]["n"] == 6
 
 
 def test_run_study_matches_the_cli(tiny_models, tmp_path):
