@@ -1,3 +1,22 @@
-"""kdlab: distil language models and measure what transfers (accuracy and fidelity)."""
+"""kdlab: distil language models and measure what transfers (accuracy and fidelity).
+
+The commands as Python functions (:mod:`kdlab.api`)::
+
+    import kdlab
+    run = kdlab.sft(model="smollm2-135m", data="train.json", out="runs/teacher")
+
+They are imported on first use, so ``import kdlab`` stays light (no torch).
+"""
 
 __version__ = "0.1.0"
+
+API = ("sft", "distill", "evaluate", "fidelity", "run_study", "RunResult", "EvalResult", "FidelityResult", "StudyResult")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str):
+    if name in API:
+        from kdlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kdlab' has no attribute {name!r}")

@@ -47,15 +47,15 @@ def _run_flags(args: argparse.Namespace) -> dict:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from kdlab.train.run import run_sft
+    from kdlab.api import sft
 
-    run_sft(build_config("sft", args.config, _run_flags(args), args.overrides))
+    sft(build_config("sft", args.config, _run_flags(args), args.overrides))
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from kdlab.train.run import run_distill
+    from kdlab.api import distill
 
-    run_distill(build_config("distill", args.config, _run_flags(args), args.overrides, preset=args.preset))
+    distill(build_config("distill", args.config, _run_flags(args), args.overrides, preset=args.preset))
 
 
 def cmd_models_prune(args: argparse.Namespace) -> None:
@@ -91,23 +91,23 @@ def cmd_data_overlap(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.api import evaluate
     from kdlab.eval.report import format_metrics
 
-    settings = EvalSettings(model=args.model, adapter=args.adapter, tasks=[args.tasks], out=args.out, data_dir=args.data_dir,
-                            mode=args.mode, extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
-                            max_new_tokens=args.max_new_tokens, exclude_overlap=args.exclude_overlap, precision=args.precision)
-    print(format_metrics(evaluate(settings)))
+    result = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, data_dir=args.data_dir, mode=args.mode,
+                      extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
+                      max_new_tokens=args.max_new_tokens, exclude_overlap=args.exclude_overlap, precision=args.precision)
+    print(format_metrics(result.metrics))
 
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
-    from kdlab.fidelity import format_summary, run_fidelity
+    from kdlab.api import fidelity
+    from kdlab.fidelity import format_summary
 
-    summary = run_fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
-                           student_model=args.student_model, teacher_adapter=args.teacher_adapter,
-                           student_adapter=args.student_adapter, embeddings=args.embeddings,
-                           allow_partial=args.allow_partial)
-    print(format_summary(summary))
+    result = fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
+                      student_model=args.student_model, teacher_adapter=args.teacher_adapter,
+                      student_adapter=args.student_adapter, embeddings=args.embeddings, allow_partial=args.allow_partial)
+    print(format_summary(result.summary))
 
 
 def cmd_stats_paper(args: argparse.Namespace) -> None:

@@ -1,0 +1,241 @@
+"""kdlab from Python: the ``kdlab`` commands as functions that return result objects.
+
+Each function takes the same settings as its command and builds the same config dataclass
+(:class:`kdlab.config.RunConfig`, :class:`kdlab.eval.runner.EvalSettings`), so a call and the command write the
+same files. Settings come as keywords (top-level fields, and the sections ``lora``, ``train``, ``kd`` as dicts),
+a YAML file (``config=``), ``--set``-style strings (``overrides=["train.lr=1e-4"]``) or a ready
+:class:`RunConfig`; precedence is that of the CLI: defaults < preset < YAML file < keywords < overrides.
+
+Example::
+
+    import kdlab
+
+    teacher = kdlab.sft(model="smollm2-135m", data="train.json", out="runs/teacher", train={"max_steps": 200})
+    student = kdlab.distill(teacher="smollm2-135m", teacher_adapter=teacher.final, student="runs/student-init",
+                            data="train.json", out="runs/kd", kd={"loss": "rkl", "temperature": 2.0})
+    scores = kdlab.evaluate(model="runs/student-init", adapter=student.final, tasks="arith", out="runs/kd-eval")
+    print(scores.metrics["tasks"])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdlab.config import SECTIONS, RunConfig, build_config, validate
+from kdlab.errors import KdlabError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished (or already complete) training run: its folder, resolved config and ``result.json``."""
+
+    path: Path
+    config: RunConfig
+    summary: dict = field(repr=False)
+
+    @property
+    def final(self) -> Path:
+        """``path/final``: the trained model (a full model folder, or a LoRA adapter)."""
+        return self.path / "final"
+
+    def log(self):
+        """The training log (``log.csv``) as a pandas DataFrame: step, epoch, loss, lr, tokens, ..."""
+        import pandas as pd
+
+        return pd.read_csv(self.path / "log.csv")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """An evaluation folder and its ``metrics.json`` (per task: accuracy, n, Wilson interval, ...)."""
+
+    path: Path
+    metrics: dict = field(repr=False)
+
+    def predictions(self, task: str) -> list[dict]:
+        """The per-example records of ``task`` (``predictions/<task>.jsonl``)."""
+        path = self.path / "predictions" / f"{task}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """A fidelity folder and its ``fidelity.json`` summary (agreement, right/wrong table, BLEU, ROUGE-L, ...)."""
+
+    path: Path
+    summary: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A study folder; :meth:`results` and :meth:`report` compute the tables and the report from finished runs."""
+
+    path: Path
+    failed: int = 0
+    blocked: int = 0
+
+    def results(self):
+        """The tidy results table (a row per run x task) as a DataFrame; also written to ``path/results``."""
+        return study_tables(self.path)[1]
+
+    def report(self) -> Path:
+        """Write the statistics (``path/stats``) and the HTML report (``path/report``); return the HTML file."""
+        return write_study_report(self.path)[0]
+
+
+def study_tables(study_dir: str | Path):
+    """(spec, results table, selection table) of a study folder with finished evaluations; the tables are also
+    written to ``study_dir/results``."""
+    from kdlab.study.plan import build_plan
+    from kdlab.study.results import collect_results, collect_selection, write_results
+    from kdlab.study.runner import load_study
+
+    spec, study_dir = load_study(study_dir)
+    plan = build_plan(spec)
+    frame = collect_results(plan, study_dir)
+    if frame.empty:
+        raise KdlabError(f"{study_dir}: no finished evaluations yet (see `kdlab study status {study_dir}`)")
+    selection = collect_selection(plan, study_dir)
+    write_results(frame, study_dir / "results", selection)
+    return spec, frame, selection
+
+
+def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write a study's statistics (``study_dir/stats``) and report (``out``, default ``study_dir/report``);
+    return the HTML and Markdown files."""
+    from kdlab.study.commands import compute_stats
+    from kdlab.study.report import write_report
+
+    study_dir = Path(study_dir)
+    spec, frame, selection = study_tables(study_dir)
+    stats = compute_stats(study_dir, frame, study_dir / "stats", selection)
+    return write_report(study_dir, frame, stats, Path(out or study_dir / "report"), title=f"kdlab study: {spec.name}")
+
+
+def _flags(settings: dict) -> dict:
+    """Keyword settings as the CLI's flags: ``train={"lr": 1e-3}`` -> ``{"train.lr": 1e-3}``."""
+    flags = {}
+    for key, value in settings.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise KdlabError(f"{key}=: expected a dict of {key} settings, got {type(value).__name__}")
+            flags.update({f"{key}.{name}": item for name, item in value.items()})
+        elif value is not None:
+            flags[key] = str(value) if isinstance(value, Path) else value
+    return flags
+
+
+def _config(kind: str, config, overrides, settings: dict, preset: str | None = None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        if settings or overrides or preset:
+            raise KdlabError("pass either a RunConfig or settings (keywords, overrides, preset), not both")
+        if config.kind != kind:
+            raise KdlabError(f"config.kind is {config.kind!r}; kdlab.{kind}() needs kind={kind!r}")
+        validate(config)
+        return config
+    return build_config(kind, str(config) if config else None, _flags(settings), list(overrides or []), preset=preset)
+
+
+def _run_result(path: Path, config: RunConfig) -> RunResult:
+    result = path / "result.json"
+    summary = json.loads(result.read_text()) if result.is_file() else {}
+    return RunResult(path=path, config=config, summary=summary)
+
+
+def sft(config: RunConfig | str | Path | None = None, *, overrides: list[str] | None = None, **settings) -> RunResult:
+    """Supervised fine-tuning, as ``kdlab sft``: a teacher, or a student's SFT baseline.
+
+    Keywords: ``model``, ``data``, ``out``, ``adapter`` and the sections ``lora``/``train`` as dicts;
+    ``config``: a YAML file or a :class:`RunConfig`. Re-running on the same ``out`` resumes or returns the
+    finished run.
+
+    >>> run = kdlab.sft(model="smollm2-135m", data="train.json", out="runs/teacher", train={"max_steps": 100})
+    >>> run.final, run.summary["final_loss"]
+    """
+    from kdlab.train.run import run_sft
+
+    config = _config("sft", config, overrides, settings)
+    return _run_result(run_sft(config), config)
+
+
+def distill(config: RunConfig | str | Path | None = None, *, preset: str | None = None,
+            overrides: list[str] | None = None, **settings) -> RunResult:
+    """Knowledge distillation, as ``kdlab distill``.
+
+    Keywords: ``teacher``, ``teacher_adapter``, ``teacher_cache``, ``student`` (or ``model``), ``adapter``,
+    ``data``, ``out`` and the sections ``kd``/``lora``/``train`` as dicts; ``preset``: a named KD recipe
+    (:data:`kdlab.config.KD_PRESETS`; explicit settings win).
+
+    >>> run = kdlab.distill(teacher="smollm2-135m", teacher_adapter="runs/teacher/final", student="runs/pruned",
+    ...                     data="train.json", out="runs/kd", kd={"loss": "fkl", "temperature": 2.0})
+    """
+    from kdlab.train.run import run_distill
+
+    if "student" in settings:
+        if settings.get("model") is not None:
+            raise KdlabError("pass the student as student= or model=, not both")
+        settings["model"] = settings.pop("student")
+    config = _config("distill", config, overrides, settings, preset=preset)
+    return _run_result(run_distill(config), config)
+
+
+def evaluate(model: str | Path, tasks: str | list[str], out: str | Path, **settings) -> EvalResult:
+    """Zero-shot evaluation, as ``kdlab eval``: writes ``out/metrics.json`` and ``out/predictions/<task>.jsonl``.
+
+    ``tasks``: names or groups (``"math"``, ``"gsm8k,svamp"`` or a list); other keywords are the fields of
+    :class:`kdlab.eval.runner.EvalSettings` (``adapter``, ``data_dir``, ``mode``, ``extraction``, ``batch_size``,
+    ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``).
+
+    >>> scores = kdlab.evaluate("smollm2-135m", "arith", "runs/eval", limit=50)
+    >>> scores.metrics["tasks"]["arith"]["accuracy"]
+    """
+    from kdlab.eval.runner import EvalSettings
+    from kdlab.eval.runner import evaluate as run_eval
+
+    names = [tasks] if isinstance(tasks, str) else [",".join(tasks)]
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
+    eval_settings = EvalSettings(model=str(model), tasks=names, out=str(out), **settings)
+    return EvalResult(path=Path(out), metrics=run_eval(eval_settings))
+
+
+def fidelity(teacher: str | Path, student: str | Path, out: str | Path, **settings) -> FidelityResult:
+    """Student-teacher fidelity, as ``kdlab fidelity``, from two evaluation folders on the same examples.
+
+    Keywords: ``teacher_model``/``student_model`` (+ ``teacher_adapter``/``student_adapter``) add teacher-forced
+    token KL and top-1 agreement; ``embeddings`` (bool) the embedding cosine; ``allow_partial``.
+
+    >>> fid = kdlab.fidelity("runs/teacher-eval", "runs/kd-eval", "runs/kd-fidelity")
+    >>> fid.summary["average"]["agreement"]
+    """
+    from kdlab.fidelity import run_fidelity
+
+    summary = run_fidelity(teacher, student, out, **settings)
+    return FidelityResult(path=Path(out), summary=summary)
+
+
+def run_study(spec: str | Path, out: str | Path | None = None, *, executor: str = "local", report: bool = False,
+              **options) -> StudyResult:
+    """Run a study spec, as ``kdlab study run`` (resumable: finished runs are kept); with ``report=True`` also
+    write its statistics and HTML report.
+
+    ``executor``: ``local`` (default; options ``shard``, ``poll``, ``max_wait``), ``ray`` (``address``,
+    ``max_retries``) or ``slurm`` (``slurm_overrides``, ``submitit_local``); see docs/distributed.md.
+
+    >>> study = kdlab.run_study("configs/studies/smollm2-tiny.yaml", out="runs/tiny", report=True)
+    >>> study.results().groupby("method").accuracy.mean()
+    """
+    if executor == "local":
+        from kdlab.study.runner import run_study as run_local
+
+        study_dir, summary = run_local(spec, out, **options)
+    else:
+        from kdlab.study.executors import run_with_executor
+
+        study_dir, summary = run_with_executor(executor, spec, out, **options)
+    result = StudyResult(path=Path(study_dir), failed=getattr(summary, "failed", 0),
+                         blocked=getattr(summary, "blocked", 0))
+    if report:
+        result.report()
+    return result
