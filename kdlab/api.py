@@ -13,7 +13,7 @@ Example::
     teacher = kdlab.sft(model="smollm2-135m", data="train.json", out="runs/teacher", train={"max_steps": 200})
     student = kdlab.distill(teacher="smollm2-135m", teacher_adapter=teacher.final, student="runs/student-init",
                             data="train.json", out="runs/kd", kd={"loss": "rkl", "temperature": 2.0})
-    scores = kdlab.evaluate(model="runs/student-init", adapter=student.final, tasks="arith", out="runs/kd-eval")
+    scores = kdlab.evaluate("runs/student-init", "arith", "runs/kd-eval", adapter=student.final)
     print(scores.metrics["tasks"])
 """
 
