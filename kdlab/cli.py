@@ -92,7 +92,7 @@ def cmd_data_overlap(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from kdlab.eval.runner import EvalSettings, evaluate
-    from kdlab.eval.report import format_metrics
+    from kdlab.eval.metrics import format_metrics
 
     settings = EvalSettings(model=args.model, adapter=args.adapter, tasks=[args.tasks], out=args.out, data_dir=args.data_dir,
                             mode=args.mode, extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
@@ -111,7 +111,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
 
 def cmd_stats_paper(args: argparse.Namespace) -> None:
-    from kdlab.study.paper import to_markdown, write_paper_stats
+    from kdlab.paper_stats import to_markdown, write_paper_stats
 
     table = write_paper_stats(args.results, args.agreement, args.fidelity, args.out)
     print(to_markdown(table))

@@ -74,20 +74,9 @@ def cmd_results(args: argparse.Namespace) -> None:
     print(f"kdlab: wrote {', '.join(map(str, paths))} ({len(frame)} rows)")
 
 
-def compute_stats(study_dir: Path, frame, out_dir: Path, selection=None) -> dict:
-    """Write the results (and selection) tables and the statistics of a study; return the statistics tables, with
-    ``selection`` among them when given."""
-    from kdlab.study.fidelity_stats import fidelity_tables
-    from kdlab.study.results import write_results
-    from kdlab.study.stats import compute_study_stats, write_stats_tables
-
-    write_results(frame, study_dir / "results", selection)
-    tables = {**compute_study_stats(study_dir, frame), **fidelity_tables(study_dir, frame)}
-    write_stats_tables(tables, out_dir)
-    return {**tables, "selection": selection} if selection is not None else tables
-
-
 def cmd_stats(args: argparse.Namespace) -> None:
+    from kdlab.study.stats import compute_stats
+
     _, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "stats")
     compute_stats(study_dir, frame, out, selection)
@@ -97,6 +86,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     spec, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "report")

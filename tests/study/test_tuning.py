@@ -187,8 +187,8 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
     selection = collect_selection(plan, study_dir)
     assert len(selection) == 6 and selection.groupby("select")["selected"].sum().tolist() == [1, 1]
 
-    from kdlab.study.commands import compute_stats
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats", selection)
     assert (study_dir / "results" / "selection.csv").is_file()
