@@ -171,7 +171,7 @@ def test_options_are_parsed_from_instructions(task, instruction, expected):
 
 
 def test_every_shared_choice_item_has_parseable_options_containing_the_gold(shared_dir):
-    from kdlab.eval.tasks import load_task_examples
+    from kdlab.eval.task_examples import load_task_examples
 
     data_dir = shared_dir / "data" / "paper-kd-generalization" / "eval"
     for name in ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa", "AQuA", "mathqa"]:
