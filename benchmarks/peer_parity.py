@@ -18,7 +18,7 @@ whether bf16 would have been available). Gradient checkpointing is off in both (
 
 Each trainer runs in its own fresh process (this script re-run with ``--worker``), so its wall time and its peak
 resident memory (``getrusage(RUSAGE_SELF).ru_maxrss`` of that process: models, optimizer, activations) are its own.
-Then both final students are evaluated by ``kdlab.eval.runner.evaluate`` on the same held-out problems (task arith,
+Then both final students are evaluated by ``kdlab.eval.evaluate.evaluate`` on the same held-out problems (task arith,
 greedy, strict extraction, fp32), and the script reports: accuracy with 95% Wilson intervals; the paired accuracy
 difference kdlab − TRL with a paired bootstrap 95% CI and the exact McNemar p (``kdlab.study.stats``); how many
 greedy outputs are identical; per-step training losses side by side and their max abs difference; the relative
@@ -206,7 +206,7 @@ def worker_eval(spec: dict) -> dict:
     """Evaluate both final students on the held-out problems; compare their weights."""
     from safetensors.torch import load_file
 
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.evaluate import EvalSettings, evaluate
 
     metrics = {}
     for name in ("kdlab", "trl"):

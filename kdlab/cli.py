@@ -91,8 +91,8 @@ def cmd_data_overlap(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from kdlab.eval.evaluate import EvalSettings, evaluate
     from kdlab.eval.metrics import format_metrics
-    from kdlab.eval.runner import EvalSettings, evaluate
 
     settings = EvalSettings(model=args.model, adapter=args.adapter, tasks=[args.tasks], out=args.out, data_dir=args.data_dir,
                             mode=args.mode, extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,

@@ -203,7 +203,7 @@ def test_run_fidelity_writes_summary_and_pairs(tmp_path):
 @pytest.fixture(scope="module")
 def talker_eval(tiny_models, tmp_path_factory):
     from kdlab.data.synth import write_synth
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.evaluate import EvalSettings, evaluate
 
     root = tmp_path_factory.mktemp("fidelity")
     write_synth(root / "data" / "arith" / "test.json", n=4, seed=3, split="test")
