@@ -81,7 +81,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
     out = Path(args.out or study_dir / "stats")
     compute_stats(study_dir, frame, out, selection)
     print((out / "stats.md").read_text())
-    print(f"kdlab: wrote {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md")
+    print(f"kdlab: wrote {study_dir / 'results'} and {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md (and "
+          "paper_temperature.csv, fidelity_plane.csv, agreement.csv when the study has those tables)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -125,7 +126,8 @@ def add_study_commands(commands) -> None:
     run.set_defaults(func=cmd_run)
     for name, func, help_text in (("status", cmd_status, "done, running, failed, interrupted and pending runs"),
                                   ("results", cmd_results, "one tidy table (CSV and Parquet): a row per run x task"),
-                                  ("stats", cmd_stats, "hypothesis tests H1-H5, paired McNemar/bootstrap, Holm, seed CIs"),
+                                  ("stats", cmd_stats, "hypothesis tests H1-H5, paired McNemar/bootstrap, Holm, seed CIs, "
+                                                        "fidelity tables"),
                                   ("report", cmd_report, "self-contained HTML report (and Markdown) with figures")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("study", help="study folder (or spec file; then --study-dir or runs/<name>)")
