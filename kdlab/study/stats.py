@@ -280,6 +280,11 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# the paper's temperature rule, all tables, output
+
+
 PAPER_RULE = "paper-compatible: temperature = max over TEST scores (optimistic; not a fair selection)"
 PAPER_VIEW_COLUMNS = ["teacher", "student", "domain", "method", "seed", "task", "temperatures", "best_temperature",
                       "accuracy", "sft_accuracy", "improvement", "rule"]
