@@ -22,7 +22,7 @@ What runs (all in this process, one after the other, on the same data):
    students; ``--lora`` for LoRA r=8), batch 8, max length 192, ``--epochs`` (2) over the train split,
    ``--precision`` auto (bf16 autocast on CPUs with bf16 units, as the trainer does), ``train.save_steps 0``;
 5. evaluation of every student of both modes (not timed): accuracy on the test split through
-   :func:`kdlab.eval.runner.evaluate` (greedy, strict extraction, bf16, 64 new tokens, as the CPU study), and,
+   :func:`kdlab.eval.evaluate.evaluate` (greedy, strict extraction, bf16, 64 new tokens, as the CPU study), and,
    teacher-forced on the gold test answers (fp32, per response token), the negative log-likelihood and the full
    forward KL(p_teacher || p_student) at tau = 1: finer signals than accuracy for students this weak.
 
@@ -205,7 +205,7 @@ class Heldout:
 
 
 def evaluate_student(args, student: str, run: dict, data_dir: Path, name: str, heldout: Heldout) -> dict:
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.evaluate import EvalSettings, evaluate
     from kdlab.models.load import load_model
 
     final = Path(run["run"]) / "final"

@@ -1,7 +1,7 @@
 """kdlab from Python: the ``kdlab`` commands as functions that return result objects.
 
 Each function takes the same settings as its command and builds the same config dataclass
-(:class:`kdlab.config.RunConfig`, :class:`kdlab.eval.runner.EvalSettings`), so a call and the command write the
+(:class:`kdlab.config.RunConfig`, :class:`kdlab.eval.evaluate.EvalSettings`), so a call and the command write the
 same files. Settings come as keywords (top-level fields, and the sections ``lora``, ``train``, ``kd`` as dicts),
 a YAML file (``config=``), ``--set``-style strings (``overrides=["train.lr=1e-4"]``) or a ready
 :class:`RunConfig`; precedence is that of the CLI: defaults < preset < YAML file < keywords < overrides.
@@ -105,8 +105,8 @@ def study_tables(study_dir: str | Path):
 def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
     """Write a study's statistics (``study_dir/stats``) and report (``out``, default ``study_dir/report``);
     return the HTML and Markdown files."""
-    from kdlab.study.commands import compute_stats
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     study_dir = Path(study_dir)
     spec, frame, selection = study_tables(study_dir)
@@ -185,14 +185,14 @@ def evaluate(model: str | Path, tasks: str | list[str], out: str | Path, **setti
     """Zero-shot evaluation, as ``kdlab eval``: writes ``out/metrics.json`` and ``out/predictions/<task>.jsonl``.
 
     ``tasks``: names or groups (``"math"``, ``"gsm8k,svamp"`` or a list); other keywords are the fields of
-    :class:`kdlab.eval.runner.EvalSettings` (``adapter``, ``data_dir``, ``mode``, ``extraction``, ``batch_size``,
+    :class:`kdlab.eval.evaluate.EvalSettings` (``adapter``, ``data_dir``, ``mode``, ``extraction``, ``batch_size``,
     ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``).
 
     >>> scores = kdlab.evaluate("smollm2-135m", "arith", "runs/eval", limit=50)
     >>> scores.metrics["tasks"]["arith"]["accuracy"]
     """
-    from kdlab.eval.runner import EvalSettings
-    from kdlab.eval.runner import evaluate as run_eval
+    from kdlab.eval.evaluate import EvalSettings
+    from kdlab.eval.evaluate import evaluate as run_eval  # the module's function; this one wraps it
 
     names = [tasks] if isinstance(tasks, str) else [",".join(tasks)]
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}

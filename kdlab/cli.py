@@ -92,7 +92,7 @@ def cmd_data_overlap(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from kdlab.api import evaluate
-    from kdlab.eval.report import format_metrics
+    from kdlab.eval.metrics import format_metrics
 
     result = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, data_dir=args.data_dir, mode=args.mode,
                       extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
@@ -111,7 +111,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
 
 def cmd_stats_paper(args: argparse.Namespace) -> None:
-    from kdlab.study.paper import to_markdown, write_paper_stats
+    from kdlab.paper_stats import to_markdown, write_paper_stats
 
     table = write_paper_stats(args.results, args.agreement, args.fidelity, args.out)
     print(to_markdown(table))
@@ -245,15 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kdlab.demo import help_text
 
-    demo_description, quick_help = help_text()
+    demo_description, quick_help, fidelity_help = help_text()
     demo = commands.add_parser("demo", help="the embedded demo: a whole KD study on SmolLM2 on one CPU, ending in a report",
                                description=demo_description)
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
     demo.add_argument("--quick", action="store_true", help=quick_help)
-    demo.add_argument("--fidelity", action="store_true",
-                      help="the fidelity study instead: SFT, forward KL, decision-level, disagreement-weighted and "
-                           "speculative KD, learning rate selected on validation, two seeds; accuracy vs agreement with "
-                           "the teacher, paired tests against forward KL (use another --out, e.g. runs/fidelity)")
+    demo.add_argument("--fidelity", action="store_true", help=fidelity_help)
     demo.add_argument("--data-dir", dest="data_dir",
                       help="also test zero-shot transfer on AddSub, SingleEq, MultiArith, SVAMP from DIR/<task>/test.json "
                            "(e.g. ../shared/data/paper-kd-generalization/eval)")

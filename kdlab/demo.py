@@ -25,6 +25,11 @@ The demo is a study (:mod:`kdlab.study`) whose spec it writes itself:
 
 The teacher's top-k signal is cached once and shared by every KD run. Every step is a resumable run folder:
 re-running the command skips what is done and resumes what was interrupted.
+
+``--quick`` (:data:`QUICK`) runs the same pipeline on a few problems with a 4-layer student, 2-3 optimizer steps per
+run and one seed: it checks the pipeline, its numbers mean nothing. ``--fidelity`` (:func:`fidelity_spec`) runs the
+fidelity study instead: the same teacher, student, data, budget and selection, with SFT, forward KL and the
+fidelity-aware objectives of :data:`FIDELITY_METHODS` (synthetic problems only).
 """
 
 from __future__ import annotations
@@ -74,13 +79,16 @@ MEASURED_MINUTES = {"full": 29, "quick": 2}  # wall time on 2 CPU cores (README)
 
 def _grid_words(size: DemoSize) -> str:
     layers = " or ".join(str(n) for n in size.student_layers)
-    seeds = {1: "one seed", 2: "two seeds"}.get(len(size.seeds), f"{len(size.seeds)} seeds")
-    return (f"SmolLM2 pruned to {layers} of its 30 layers, {size.student_steps} steps of {size.batch_size}, {seeds}")
+    return f"SmolLM2 pruned to {layers} of its 30 layers, {size.student_steps} steps of {size.batch_size}, {_seed_words(size)}"
 
 
-def help_text() -> tuple[str, str]:
-    """(description, --quick help) of ``kdlab demo --help``, written from :data:`FULL` and :data:`QUICK` so they
-    cannot drift from what the demo runs."""
+def _seed_words(size: DemoSize) -> str:
+    return {1: "one seed", 2: "two seeds"}.get(len(size.seeds), f"{len(size.seeds)} seeds")
+
+
+def help_text() -> tuple[str, str, str]:
+    """(description, --quick help, --fidelity help) of ``kdlab demo --help``, written from :data:`FULL`,
+    :data:`QUICK` and :data:`FIDELITY_METHODS` so they cannot drift from what the demo runs."""
     description = (f"Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
                    f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}: SFT vs KD "
                    "(forward KL at tau 1 or 2, reverse KL), learning rate and temperature selected on a "
@@ -89,7 +97,12 @@ def help_text() -> tuple[str, str]:
                    f"{MEASURED_MINUTES['full']} minutes on 2 CPU cores; --quick under {MEASURED_MINUTES['quick']}.")
     quick = (f"under {MEASURED_MINUTES['quick']} minutes, same pipeline, numbers without meaning: "
              f"{_grid_words(QUICK)}, {QUICK.train} training problems")
-    return description, quick
+    fidelity = (f"the fidelity study instead (same teacher, student, data and budget): SFT vs {len(FIDELITY_METHODS)} "
+                "KD objectives -- forward KL (tau 1), decision-level, disagreement-weighted and speculative KD -- with "
+                f"the learning rate selected on validation, {_seed_words(FULL)} ({_seed_words(QUICK)} with --quick); "
+                "accuracy vs agreement with the teacher, paired tests against forward KL; synthetic problems only (not "
+                "with --data-dir); use another --out, e.g. runs/fidelity")
+    return description, quick, fidelity
 
 
 def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
@@ -176,11 +189,11 @@ def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
 def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, fidelity: bool = False) -> dict:
     """Run the demo study (or, with ``fidelity``, the fidelity study of :func:`fidelity_spec`) into ``out``; returns
     its headline numbers."""
-    from kdlab.study.commands import compute_stats
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
     from kdlab.study.results import collect_results, collect_selection
     from kdlab.study.runner import prepare_study, run_plan
+    from kdlab.study.stats import compute_stats
 
     started = time.time()
     out, size = Path(out), QUICK if quick else FULL

@@ -1,6 +1,6 @@
 """Fidelity: how closely a student follows its teacher, from two ``kdlab eval`` folders (and optionally the models).
 
-Inputs are two evaluation folders (``predictions/<task>.jsonl``, see :mod:`kdlab.eval.runner`) over the same tasks
+Inputs are two evaluation folders (``predictions/<task>.jsonl``, see :mod:`kdlab.eval.evaluate`) over the same tasks
 and the same example ids, both ``generate`` or both ``loglik``. Per task (``summarize``):
 
 - **Answer agreement** ``agreement``: share of examples whose extracted answers (``pred``) are equal. Policy: an

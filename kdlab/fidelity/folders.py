@@ -1,7 +1,7 @@
 """Reading two ``kdlab eval`` folders and pairing their examples (teacher and student, same tasks and ids).
 
 An evaluation folder holds ``predictions/<task>.jsonl`` (one record per example: id, pred, correct, and output for
-``generate`` evaluations; see :mod:`kdlab.eval.runner`), ``config.yaml`` and, once finished, ``metrics.json``.
+``generate`` evaluations; see :mod:`kdlab.eval.evaluate`), ``config.yaml`` and, once finished, ``metrics.json``.
 """
 
 from __future__ import annotations

@@ -74,29 +74,20 @@ def cmd_results(args: argparse.Namespace) -> None:
     print(f"kdlab: wrote {', '.join(map(str, paths))} ({len(frame)} rows)")
 
 
-def compute_stats(study_dir: Path, frame, out_dir: Path, selection=None) -> dict:
-    """Write the results (and selection) tables and the statistics of a study; return the statistics tables, with
-    ``selection`` among them when given."""
-    from kdlab.study.fidelity_stats import fidelity_tables
-    from kdlab.study.results import write_results
-    from kdlab.study.stats import compute_study_stats, write_stats_tables
-
-    write_results(frame, study_dir / "results", selection)
-    tables = {**compute_study_stats(study_dir, frame), **fidelity_tables(study_dir, frame)}
-    write_stats_tables(tables, out_dir)
-    return {**tables, "selection": selection} if selection is not None else tables
-
-
 def cmd_stats(args: argparse.Namespace) -> None:
+    from kdlab.study.stats import compute_stats
+
     _, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "stats")
     compute_stats(study_dir, frame, out, selection)
     print((out / "stats.md").read_text())
-    print(f"kdlab: wrote {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md")
+    print(f"kdlab: wrote {study_dir / 'results'} and {out}/hypotheses.csv, paired.csv, seeds.csv, stats.md (and "
+          "paper_temperature.csv, fidelity_plane.csv, agreement.csv when the study has those tables)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     spec, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "report")
@@ -135,7 +126,8 @@ def add_study_commands(commands) -> None:
     run.set_defaults(func=cmd_run)
     for name, func, help_text in (("status", cmd_status, "done, running, failed, interrupted and pending runs"),
                                   ("results", cmd_results, "one tidy table (CSV and Parquet): a row per run x task"),
-                                  ("stats", cmd_stats, "hypothesis tests H1-H5, paired McNemar/bootstrap, Holm, seed CIs"),
+                                  ("stats", cmd_stats, "hypothesis tests H1-H5, paired McNemar/bootstrap, Holm, seed CIs, "
+                                                        "fidelity tables"),
                                   ("report", cmd_report, "self-contained HTML report (and Markdown) with figures")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("study", help="study folder (or spec file; then --study-dir or runs/<name>)")

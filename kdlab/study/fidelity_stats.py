@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
-from kdlab.eval.stats import wilson_ci
-from kdlab.study.stats import holm, mcnemar_exact, paired_bootstrap_ci, read_predictions
+from kdlab.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
+from kdlab.study.predictions import read_predictions
 
 GROUP = ["teacher", "teacher_kind", "student", "domain", "task", "seed"]
 PLANE_COLUMNS = GROUP + ["run", "role", "method", "temperature", "noise", "n", "accuracy", "acc_low", "acc_high",

@@ -139,7 +139,8 @@ def data_size(path: str, hint: int | None = None) -> tuple[int, float]:
 @lru_cache(maxsize=None)
 def task_size(task_name: str, data_dir: str | None, limit: int | None) -> int:
     """Number of test examples evaluated (500 when the data cannot be read here)."""
-    from kdlab.eval.tasks import TASKS, load_task_examples
+    from kdlab.eval.task_examples import load_task_examples
+    from kdlab.eval.tasks import TASKS
 
     try:
         n = len(load_task_examples(TASKS[task_name], data_dir))

@@ -31,8 +31,10 @@ from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.fidelity_report import (AGREEMENT_HEADER, AGREEMENT_NOTE, AGREEMENT_TITLE, PLANE_CAPTION, PLANE_TITLE,
                                          agreement_rows, plane_figure)
-from kdlab.study.stats import (CONFIG, SEED_INPUT, check_table, config_label, main_grid, paired_tests, seed_means,
-                               seed_summary, stars, study_hypotheses, t_interval)
+from kdlab.significance import stars, t_interval
+from kdlab.study.stats import (CONFIG, SEED_INPUT, check_table, main_grid, paired_tests, seed_means, seed_summary,
+                               study_hypotheses)
+from kdlab.study.stats_markdown import config_label
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]

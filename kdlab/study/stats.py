@@ -2,12 +2,14 @@
 
 Three tables, each a :class:`pandas.DataFrame`:
 
-* :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.study.paper`), on this study's runs.
+* :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.paper_stats`), on this study's runs.
 * :func:`paired_tests` -- per KD run and task: the KD student against its SFT twin on the same examples
   (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction).
 * :func:`seed_summary` -- per configuration x task: mean over seeds with a t-interval.
 
-:func:`write_study_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md``.
+:func:`compute_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` (rendered by
+:mod:`kdlab.study.stats_markdown`), with the paper's temperature view and the fidelity tables
+(:mod:`kdlab.study.fidelity_stats`); the tests and intervals themselves live in :mod:`kdlab.significance`.
 
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
 a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
@@ -16,18 +18,20 @@ the other KD rows are ablations (task-unaware base teacher, noisy teacher logits
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
+from kdlab.significance import (anova, holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, spearman, t_interval,
+                                ttest_greater)
+from kdlab.study.fidelity_stats import fidelity_tables
+from kdlab.study.predictions import read_predictions
+from kdlab.study.stats_markdown import stats_markdown
 
 ROLES = ("teacher", "base-teacher", "student-sft", "student-kd")
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
@@ -58,18 +62,6 @@ NUMERIC = ("student_size_b", "temperature", "noise", "seed", "n", "correct", "ac
 # ----------------------------------------------------------------------------------------------------------------
 # input
 
-
-def load_results_table(path: str | Path) -> pd.DataFrame:
-    """Read ``results.csv`` or ``results.parquet`` (KdlabError naming the file when it cannot be read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise KdlabError(f"{path}: results table not found")
-    try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as exc:  # pandas / pyarrow raise many types for a bad file
-        raise KdlabError(f"{path}: cannot read the results table ({type(exc).__name__}: {exc})".replace("\n", " "))
 
 
 def check_table(frame: pd.DataFrame, columns: Iterable[str], what: str = "results table") -> pd.DataFrame:
@@ -106,124 +98,6 @@ def main_grid(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# small statistics
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values, in the input order; NaN entries stay NaN and do not count in the family.
-
-    Sort the m valid p-values ascending, multiply the i-th smallest (i = 0..m-1) by (m - i), take the running
-    maximum so the adjusted values keep the order of the raw ones, cap at 1.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    valid = p[ok]
-    order = np.argsort(valid, kind="stable")
-    adjusted = np.minimum(np.maximum.accumulate(valid[order] * (m - np.arange(m))), 1.0)
-    back = np.empty(m)
-    back[order] = adjusted
-    out[ok] = back
-    return out
-
-
-def stars(p: float) -> str:
-    """``***`` p < 0.001, ``**`` p < 0.01, ``*`` p < 0.05, else empty (NaN -> empty)."""
-    if p is None or not isinstance(p, (int, float)) or math.isnan(p):
-        return ""
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float, int]:
-    """(mean, sd, low, high, n) of the finite values; a Student-t interval, NaN bounds for fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, math.nan, math.nan, 0
-    mean = float(x.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan, 1
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half, n
-
-
-def _quiet(fn, *args, **kwargs):
-    """Call a scipy test; warnings are caught and returned as text instead of reaching the user."""
-    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
-        warnings.simplefilter("always")
-        result = fn(*args, **kwargs)
-    return result, "; ".join(dict.fromkeys(str(w.message).split("\n")[0] for w in caught))
-
-
-def _ttest_greater(values: np.ndarray) -> dict:
-    x = values[np.isfinite(values)]
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "cohen_d",
-           "mean": mean, "test": "one-sided one-sample t (improvement > 0)", "note": ""}
-    if n < 2:
-        row["note"] = f"too few points ({n}; need 2)"
-    elif np.ptp(x) == 0:
-        row["note"] = "improvement is constant (sd 0)"
-    else:
-        res, note = _quiet(stats.ttest_1samp, x, 0.0, alternative="greater")
-        row.update(statistic=float(res.statistic), pvalue=float(res.pvalue),
-                   effect_size=mean / float(x.std(ddof=1)), note=note)
-    return row
-
-
-def _anova(samples: dict[str, np.ndarray]) -> dict:
-    samples = {k: v[np.isfinite(v)] for k, v in samples.items()}
-    samples = {k: v for k, v in samples.items() if len(v)}
-    n = sum(len(v) for v in samples.values())
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "eta_squared",
-           "mean": math.nan, "test": "one-way ANOVA of improvement across methods", "note": ""}
-    if len(samples) < 2:
-        row["note"] = f"fewer than 2 methods with data ({len(samples)})"
-        return row
-    if n <= len(samples):
-        row["note"] = "one point per method: no within-method variance to compare with"
-        return row
-    pooled = np.concatenate(list(samples.values()))
-    row["mean"] = float(pooled.mean())
-    ss_total = float(((pooled - pooled.mean()) ** 2).sum())
-    ss_within = float(sum(((v - v.mean()) ** 2).sum() for v in samples.values()))
-    if ss_total == 0:
-        row["note"] = "improvement is constant (sd 0)"
-    elif ss_within == 0:
-        row["note"] = "no variance within methods (F is infinite)"
-    else:
-        res, note = _quiet(stats.f_oneway, *samples.values())
-        row.update(statistic=float(res.statistic), pvalue=float(res.pvalue),
-                   effect_size=(ss_total - ss_within) / ss_total, note=note)
-    return row
-
-
-def _spearman(x: np.ndarray, y: np.ndarray, name: str) -> dict:
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "spearman_rho",
-           "mean": math.nan, "test": f"Spearman(improvement, {name})", "note": ""}
-    if n < 3:
-        row["note"] = f"too few points with {name} ({n}; need 3)"
-    elif np.ptp(x) == 0:
-        row["note"] = "improvement is constant"
-    elif np.ptp(y) == 0:
-        row["note"] = f"{name} is constant ({y[0]:.4g})"
-    else:
-        res, note = _quiet(stats.spearmanr, x, y)
-        rho = float(res.statistic)
-        row.update(statistic=rho, pvalue=float(res.pvalue), effect_size=rho, note=note)
-    return row
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # H1-H5
 
 
@@ -245,7 +119,7 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
     Rows used: ``role == 'student-kd'``, ``teacher_kind == 'finetuned'`` and ``noise == 0`` (the main grid; the
     base-teacher and teacher-noise ablations are left out). Seeds are averaged first: one point per configuration x
     task (improvement = mean over seeds of KD accuracy - SFT accuracy, and the mean of each correlate). Unlike
-    :mod:`kdlab.study.paper`, which takes the maximum over temperatures on the test set, every (method, temperature)
+    :mod:`kdlab.paper_stats`, which takes the maximum over temperatures on the test set, every (method, temperature)
     is its own point (no selection on the test set); points sharing a student or teacher are not independent, so
     read the p-values as descriptive, as in the paper.
 
@@ -272,13 +146,13 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
             if sub.empty:
                 continue
             imp = sub["improvement"].to_numpy(float)
-            rows.append({"hypothesis": "H1", "group": group, "task": task, **_ttest_greater(imp)})
+            rows.append({"hypothesis": "H1", "group": group, "task": task, **ttest_greater(imp)})
             if group == "all":
                 samples = {m: s["improvement"].to_numpy(float) for m, s in sub.groupby("method", sort=False)}
-                rows.append({"hypothesis": "H1-anova", "group": group, "task": task, **_anova(samples)})
+                rows.append({"hypothesis": "H1-anova", "group": group, "task": task, **anova(samples)})
             for hypothesis, column in CORRELATES:
                 rows.append({"hypothesis": hypothesis, "group": group, "task": task,
-                             **_spearman(imp, sub[column].to_numpy(float), column)})
+                             **spearman(imp, sub[column].to_numpy(float), column)})
     out = pd.DataFrame(rows)
     out["pvalue_holm"] = out.groupby(["hypothesis", "group"], sort=False)["pvalue"].transform(
         lambda p: pd.Series(holm(p.to_numpy()), index=p.index))
@@ -294,67 +168,6 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------------
 # paired per-example tests
 
-
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids sorted ascending, correct as bool) from a predictions JSONL file; KdlabError naming file and line."""
-    if not path.is_file():
-        raise KdlabError(f"{path}: predictions file not found")
-    ids, correct = [], []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KdlabError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or "id" not in record or "correct" not in record:
-                raise KdlabError(f"{path}:{lineno}: a record needs keys 'id' and 'correct'")
-            ids.append(record["id"])
-            correct.append(bool(record["correct"]))
-    if not ids:
-        raise KdlabError(f"{path}: no predictions")
-    try:
-        id_array = np.asarray(ids, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise KdlabError(f"{path}: example ids must be integers") from None
-    order = np.argsort(id_array, kind="stable")
-    id_array, correct_array = id_array[order], np.asarray(correct, dtype=bool)[order]
-    dup = id_array[1:][id_array[1:] == id_array[:-1]]
-    if len(dup):
-        raise KdlabError(f"{path}: example id {int(dup[0])} appears more than once")
-    return id_array, correct_array
-
-
-def paired_bootstrap_ci(kd: np.ndarray, sft: np.ndarray, n_boot: int = 10000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(kd) - mean(sft): resample example positions (the same ones for both
-    runs, so the pairing is kept) ``n_boot`` times with a generator seeded by ``seed``; vectorised in chunks."""
-    d = kd.astype(np.float64) - sft.astype(np.float64)
-    n = len(d)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, 2_000_000 // n)
-    for start in range(0, n_boot, step):
-        size = min(step, n_boot - start)
-        idx = rng.integers(0, n, size=(size, n), dtype=np.int64 if n > 2**31 - 1 else np.int32)
-        means[start:start + size] = d[idx].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Exact McNemar test: two-sided binomial test of b successes in b + c trials at 1/2 (p = 1 when b + c = 0)."""
-    if b + c == 0:
-        return 1.0
-    return float(stats.binomtest(int(b), int(b + c), 0.5, alternative="two-sided").pvalue)
-
-
-def odds_ratio(b: int, c: int) -> float:
-    """Paired odds ratio b / c; when b or c is 0, 0.5 is added to both (Haldane-Anscombe), so b = c = 0 gives 1."""
-    if b == 0 or c == 0:
-        return (b + 0.5) / (c + 0.5)
-    return b / c
 
 
 def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
@@ -467,87 +280,9 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
 
+
 # ----------------------------------------------------------------------------------------------------------------
-# output
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else f"{value:.{digits}g}"
-    return str(value)
-
-
-def _pct(value) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def config_label(row) -> str:
-    """``method T=2`` (+ ``sigma=1`` for noise, ``base teacher`` for a base teacher) of a configuration row."""
-    get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
-    parts = [str(get("method", ""))]
-    temperature = get("temperature", math.nan)
-    if temperature is not None and not (isinstance(temperature, float) and math.isnan(temperature)):
-        parts.append(f"T={temperature:g}")
-    noise = get("noise", 0.0)
-    if noise is not None and not (isinstance(noise, float) and math.isnan(noise)) and noise > 0:
-        parts.append(f"σ={noise:g}")
-    if get("teacher_kind", None) == "base" and get("role", "student-kd") == "student-kd":
-        parts.append("base teacher")
-    return " ".join(parts)
-
-
-def _md_table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
-    align = align or "l" * len(header)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
-def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.DataFrame) -> str:
-    lines = ["# Study statistics", "",
-             "Significance: * p < 0.05, ** p < 0.01, *** p < 0.001, on the Holm-adjusted p-value of each table.", "",
-             "## Hypotheses (H1-H5)", "",
-             "Main grid only (student-kd, fine-tuned teacher, no noise); seeds averaged per configuration x task. "
-             "p (Holm): adjusted within each hypothesis x group across tasks.", ""]
-    rows = [[r.hypothesis, str(r.group), str(r.task), _fmt(r.statistic), _fmt(r.pvalue),
-             _fmt(r.pvalue_holm) + (" " + stars(r.pvalue_holm) if stars(r.pvalue_holm) else ""), str(r.n),
-             f"{_fmt(r.effect_size, 3)} ({r.effect_name})" if not math.isnan(r.effect_size) else "", r.note]
-            for r in hypotheses.itertuples(index=False)]
-    lines += _md_table(["hypothesis", "group", "task", "statistic", "p", "p (Holm)", "n", "effect", "note"], rows,
-                       "lllrrrrll")
-    lines += ["", "## Paired tests: KD vs SFT on the same examples", "",
-              "Exact McNemar; b = KD right & SFT wrong, c = SFT right & KD wrong; Δ = KD − SFT accuracy in "
-              "percentage points with a 95% paired bootstrap CI. p (Holm) is adjusted across the tasks of each "
-              "(configuration, seed); p (Holm, all) across every comparison.", ""]
-    rows = []
-    for r in paired.to_dict("records"):
-        rows.append([str(r["student"]), config_label(r), _fmt(r["seed"]), str(r["task"]), _fmt(r["n"]),
-                     _pct(r["kd_accuracy"]), _pct(r["sft_accuracy"]),
-                     f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-                     if not math.isnan(r["diff"]) else "",
-                     _fmt(r["b"]), _fmt(r["c"]), _fmt(r["odds_ratio"], 3), _fmt(r["pvalue"]),
-                     _fmt(r["pvalue_holm"]) + (" " + stars(r["pvalue_holm"]) if stars(r["pvalue_holm"]) else ""),
-                     _fmt(r["pvalue_holm_all"]), r["note"]])
-    lines += _md_table(["student", "configuration", "seed", "task", "n", "KD %", "SFT %", "Δ pp [95% CI]", "b", "c",
-                        "odds ratio", "p", "p (Holm)", "p (Holm, all)", "note"], rows, "lllllrrrrrrrrrl")
-    lines += ["", "## Seeds: mean over seeds per configuration x task", "",
-              "Accuracy and improvement in percent; 95% Student-t interval over seeds (blank with one seed).", ""]
-    rows = []
-    for r in seeds.to_dict("records"):
-        ci = (f"[{_pct(r['accuracy_ci_low'])}, {_pct(r['accuracy_ci_high'])}]"
-              if not math.isnan(r["accuracy_ci_low"]) else "")
-        imp = (f"{100 * r['improvement_mean']:+.1f}" if not math.isnan(r["improvement_mean"]) else "")
-        imp_ci = (f"[{100 * r['improvement_ci_low']:+.1f}, {100 * r['improvement_ci_high']:+.1f}]"
-                  if not math.isnan(r["improvement_ci_low"]) else "")
-        label = config_label(r) if r["role"] == "student-kd" else str(r["role"])
-        rows.append([str(r["student"]), label, str(r["task"]), str(r["n_seeds"]), _pct(r["accuracy_mean"]),
-                     _pct(r["accuracy_sd"]), ci, imp, imp_ci])
-    lines += _md_table(["student", "configuration", "task", "seeds", "accuracy %", "sd", "95% CI", "gain pp",
-                        "gain 95% CI"], rows, "lllrrrrrr")
-    return "\n".join(lines) + "\n"
+# the paper's temperature rule, all tables, output
 
 
 PAPER_RULE = "paper-compatible: temperature = max over TEST scores (optimistic; not a fair selection)"
@@ -580,13 +315,6 @@ def compute_study_stats(study_dir: str | Path, frame: pd.DataFrame, n_boot: int 
             "seeds": seed_summary(frame), "paper_temperature": paper_temperature_view(frame)}
 
 
-def write_study_stats(study_dir: str | Path, frame: pd.DataFrame, out_dir: str | Path, n_boot: int = 10000,
-                      seed: int = 0) -> dict[str, Path]:
-    """Write ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` into ``out_dir`` (each atomically;
-    nothing is written when a table cannot be computed); return their paths by name."""
-    return write_stats_tables(compute_study_stats(study_dir, frame, n_boot=n_boot, seed=seed), out_dir)
-
-
 def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``; also
     ``fidelity_plane`` and ``agreement`` (:func:`kdlab.study.fidelity_stats.fidelity_tables`) when present."""
@@ -602,3 +330,17 @@ def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> 
             atomic_write_text(paths[name], table.to_csv(index=False))
     atomic_write_text(paths["markdown"], stats_markdown(tables["hypotheses"], tables["paired"], tables["seeds"]))
     return paths
+
+
+def compute_stats(study_dir: str | Path, frame: pd.DataFrame, out_dir: str | Path, selection: pd.DataFrame | None = None,
+                  n_boot: int = 10000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Everything ``kdlab study stats`` writes: the results (and selection) tables into ``<study_dir>/results``
+    (:func:`kdlab.study.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
+    :func:`kdlab.study.fidelity_stats.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the
+    statistics tables, with ``selection`` among them when given."""
+    from kdlab.study.results import write_results  # results pulls in the plan; the tables alone do not need it
+
+    write_results(frame, Path(study_dir) / "results", selection)
+    tables = {**compute_study_stats(study_dir, frame, n_boot=n_boot, seed=seed), **fidelity_tables(study_dir, frame)}
+    write_stats_tables(tables, out_dir)
+    return {**tables, "selection": selection} if selection is not None else tables

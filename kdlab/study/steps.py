@@ -148,7 +148,7 @@ def _select(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def _eval(p: dict, out: Path, study_dir: Path) -> None:
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.evaluate import EvalSettings, evaluate
 
     evaluate(EvalSettings(model=p["model"], adapter=p["adapter"], tasks=list(p["tasks"]), out=str(out), data_dir=p["data_dir"],
                           mode=p["mode"], extraction=p["extraction"], batch_size=p["batch_size"], limit=p["limit"],

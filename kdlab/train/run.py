@@ -23,7 +23,7 @@ from kdlab.generation import generate_ids
 from kdlab.models.load import check_adapter_folder, check_same_tokenizer, load_adapter, load_model, load_tokenizer
 from kdlab.locks import folder_lock
 from kdlab.outputs import check_writable
-from kdlab.runs import claim_run, run_state
+from kdlab.run_folder import claim_run, run_state
 from kdlab.precision import resolve_precision
 from kdlab.train.loop import Trainer, make_accelerator
 from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective

@@ -69,7 +69,7 @@ def folders():
 def talker_eval(tiny_models, tmp_path_factory):
     """A generate evaluation of the tiny "talker" model on 4 synthetic arithmetic examples."""
     from kdlab.data.synth import write_synth
-    from kdlab.eval.runner import EvalSettings, evaluate
+    from kdlab.eval.evaluate import EvalSettings, evaluate
 
     root = tmp_path_factory.mktemp("fidelity")
     write_synth(root / "data" / "arith" / "test.json", n=4, seed=3, split="test")

@@ -163,8 +163,8 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     teacher_rows = frame[frame.role == "base-teacher"].set_index("task")["accuracy"]
     assert (base["teacher_accuracy"].values == teacher_rows.loc[base["task"]].values).all()
 
-    from kdlab.study.commands import compute_stats
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats")
     assert len(tables["paired"]) == len(kd) and set(tables["paired"]["run"]) == set(kd["run"])

@@ -144,9 +144,9 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
     test_file = (tuned_spec.parent / "eval" / "arith" / "test.json").resolve()
     events = []
 
-    import kdlab.eval.tasks as tasks
+    import kdlab.eval.task_examples as task_examples
 
-    real_load, real_select = tasks.load_json_examples, steps.RUNNERS["select"]
+    real_load, real_select = task_examples.load_json_examples, steps.RUNNERS["select"]
 
     def load(path):
         events.append(("read", Path(path).resolve(), time.monotonic()))
@@ -156,7 +156,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
         real_select(p, out, where)
         events.append(("select", out, time.monotonic()))
 
-    monkeypatch.setattr(tasks, "load_json_examples", load)
+    monkeypatch.setattr(task_examples, "load_json_examples", load)
     monkeypatch.setitem(steps.RUNNERS, "select", select)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 0 and summary.blocked == 0
@@ -187,8 +187,8 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
     selection = collect_selection(plan, study_dir)
     assert len(selection) == 6 and selection.groupby("select")["selected"].sum().tolist() == [1, 1]
 
-    from kdlab.study.commands import compute_stats
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats", selection)
     assert (study_dir / "results" / "selection.csv").is_file()

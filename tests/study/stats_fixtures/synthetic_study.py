@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdlab.eval.stats import wilson_ci
+from kdlab.significance import wilson_ci
 
 TASK_DOMAINS = {"gsm8k": "math", "boolq": "commonsense"}
 METHODS = {"fkl": "fkl", "rkl": "rkl", "gkd": "gjsd"}

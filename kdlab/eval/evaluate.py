@@ -33,9 +33,10 @@ from kdlab.data.overlap import normalise_question, question_text
 from kdlab.data.prompt import format_prompt
 from kdlab.errors import KdlabError
 from kdlab.eval.extract import MODES, extract, is_correct
+from kdlab.eval.metrics import group_metrics, task_metrics
 from kdlab.eval.options import parse_options
-from kdlab.eval.stats import group_metrics, task_metrics
-from kdlab.eval.tasks import Task, load_task_examples, resolve_tasks
+from kdlab.eval.task_examples import load_task_examples
+from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock

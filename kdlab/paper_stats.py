@@ -34,6 +34,7 @@ from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
+from kdlab.significance import spearman
 
 FAMILIES = ("SeqKD", "RevKD", "GKD")
 GROUPS = ("all",) + FAMILIES
@@ -219,16 +220,10 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
-    ok = x.notna() & y.notna()
-    n = int(ok.sum())
-    if n < 3 or x[ok].nunique() < 2 or y[ok].nunique() < 2:
-        return (
-            math.nan,
-            math.nan,
-            n,
-        )  # undefined for fewer than 3 points or a constant input
-    res = stats.spearmanr(x[ok].to_numpy(), y[ok].to_numpy())
-    return float(res.statistic), float(res.pvalue), n
+    """(rho, p, n) of :func:`kdlab.significance.spearman` on the pairs where both are known (NaN for fewer than 3
+    points or a constant input)."""
+    row = spearman(x.to_numpy(float), y.to_numpy(float), "")
+    return row["statistic"], row["pvalue"], row["n"]
 
 
 def paper_hypotheses(

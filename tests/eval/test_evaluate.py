@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kdlab.errors import KdlabError
-from kdlab.eval import runner
+from kdlab.eval import evaluate as evaluate_module
+from kdlab.eval.evaluate import EvalSettings, evaluate, sequence_logprobs
 from kdlab.eval.options import parse_options
-from kdlab.eval.runner import EvalSettings, evaluate, sequence_logprobs
 from kdlab.eval.tasks import GROUPS, TASKS
 
 SHARED_TASKS = [task for task in GROUPS["paper14"] if task != "hellaswag"] + ["mathqa"]
@@ -132,8 +132,8 @@ def test_an_interrupted_evaluation_resumes_without_redoing_examples(tiny_models,
     path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])  # killed while writing line 5
     (tmp_path / "part" / "metrics.json").unlink()
     generated = []
-    original = runner.generate_ids
-    monkeypatch.setattr(runner, "generate_ids", lambda model, tok, prompts, *a, **k: generated.append(len(prompts)) or original(model, tok, prompts, *a, **k))
+    original = evaluate_module.generate_ids
+    monkeypatch.setattr(evaluate_module, "generate_ids", lambda model, tok, prompts, *a, **k: generated.append(len(prompts)) or original(model, tok, prompts, *a, **k))
     metrics = evaluate(part)
     assert generated == [len(expected) - 4]
     resumed = sorted(read_jsonl(path), key=lambda line: line["id"])
@@ -171,7 +171,7 @@ def test_options_are_parsed_from_instructions(task, instruction, expected):
 
 
 def test_every_shared_choice_item_has_parseable_options_containing_the_gold(shared_dir):
-    from kdlab.eval.tasks import load_task_examples
+    from kdlab.eval.task_examples import load_task_examples
 
     data_dir = shared_dir / "data" / "paper-kd-generalization" / "eval"
     for name in ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa", "AQuA", "mathqa"]:

@@ -1,19 +1,11 @@
-"""Metrics of an evaluation: accuracy with a 95% Wilson interval per task, macro averages per group."""
+"""Metrics of an evaluation: accuracy with a 95% Wilson interval per task, macro averages per group, and their
+plain-text summary for the terminal."""
 
 from __future__ import annotations
 
-from scipy.stats import binomtest
-
 from kdlab.eval.extract import MODES
 from kdlab.eval.tasks import GROUPS
-
-
-def wilson_ci(correct: int, n: int) -> list[float]:
-    """95% Wilson score interval of a proportion (scipy's binomtest)."""
-    if n == 0:
-        return [0.0, 1.0]
-    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(interval.low), float(interval.high)]
+from kdlab.significance import wilson_ci
 
 
 def task_metrics(records: list[dict], mode: str) -> dict:
@@ -43,3 +35,16 @@ def group_metrics(results: dict[str, dict]) -> dict:
                         "tasks": present, "missing": [task for task in members if task not in results],
                         "n": sum(results[task]["n"] for task in present)}
     return groups
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line per task (accuracy, 95% CI, n, no answer) and per group."""
+    lines = [f"{'task':<16}{'accuracy':>9}  {'95% CI':<15}{'n':>6}{'no answer':>11}"]
+    for name, task in metrics["tasks"].items():
+        low, high = task["ci95"]
+        extra = f"   norm {task['accuracy_norm']:.3f}" if "accuracy_norm" in task else ""
+        lines.append(f"{name:<16}{task['accuracy']:>9.3f}  [{low:.3f}, {high:.3f}]{task['n']:>6}{task['no_answer']:>11}{extra}")
+    for name, group in metrics["groups"].items():
+        missing = f" (missing: {', '.join(group['missing'])})" if group["missing"] else ""
+        lines.append(f"{'[' + name + ']':<16}{group['accuracy']:>9.3f}  macro over {len(group['tasks'])} tasks{missing}")
+    return "\n".join(lines)
