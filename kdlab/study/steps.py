@@ -156,7 +156,7 @@ def _eval(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
-    from kdlab.fidelity import run_fidelity
+    from kdlab.fidelity_metrics import run_fidelity
 
     run_fidelity(p["teacher_eval"], p["student_eval"], out, teacher_model=p.get("teacher_model"),
                  student_model=p.get("student_model"), teacher_adapter=p.get("teacher_adapter"),

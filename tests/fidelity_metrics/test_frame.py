@@ -1,10 +1,10 @@
-"""The per-example fidelity frame and its summary (kdlab.fidelity.frame)."""
+"""The per-example fidelity frame and its summary (kdlab.fidelity_metrics.frame)."""
 
 import pytest
 import sacrebleu
 
-from kdlab import fidelity
-from kdlab.fidelity import fidelity_frame, summarize
+from kdlab import fidelity_metrics as fidelity
+from kdlab.fidelity_metrics import fidelity_frame, summarize
 
 
 def test_agreement_table_and_no_answer_policy(tmp_path, folders):

@@ -1,4 +1,4 @@
-"""Teacher-forced token KL and top-1 agreement on tiny models (kdlab.fidelity.distribution)."""
+"""Teacher-forced token KL and top-1 agreement on tiny models (kdlab.fidelity_metrics.distribution)."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlab.errors import KdlabError
-from kdlab.fidelity import distribution_fidelity
+from kdlab.fidelity_metrics import distribution_fidelity
 
 
 def test_identical_models_have_zero_kl_and_full_agreement(tiny_models, talker_eval):

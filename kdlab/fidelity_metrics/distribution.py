@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.errors import KdlabError
-from kdlab.fidelity.folders import example_order, read_eval_folder
+from kdlab.fidelity_metrics.folders import example_order, read_eval_folder
 
 DISTRIBUTION_METRICS = ("kl_teacher_student", "kl_student_teacher", "top1_agreement")
 

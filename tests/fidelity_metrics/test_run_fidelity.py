@@ -1,12 +1,12 @@
-"""The fidelity command: run_fidelity's output folder and the CLI table (kdlab.fidelity)."""
+"""The fidelity command: run_fidelity's output folder and the CLI table (kdlab.fidelity_metrics)."""
 
 import json
 import math
 
 import pytest
 
-from kdlab import fidelity
-from kdlab.fidelity import run_fidelity
+from kdlab import fidelity_metrics as fidelity
+from kdlab.fidelity_metrics import run_fidelity
 
 
 def test_run_fidelity_writes_summary_and_pairs(tmp_path, folders):

@@ -1,10 +1,10 @@
-"""ROUGE-L and the bit-parallel LCS (kdlab.fidelity.text)."""
+"""ROUGE-L and the bit-parallel LCS (kdlab.fidelity_metrics.text)."""
 
 import random
 
 import pytest
 
-from kdlab.fidelity import lcs_length, rouge_l
+from kdlab.fidelity_metrics import lcs_length, rouge_l
 
 
 def test_rouge_l_on_hand_computed_examples():

@@ -1,10 +1,10 @@
-"""Sentence-embedding cosine, an optional extra (kdlab.fidelity.embeddings)."""
+"""Sentence-embedding cosine, an optional extra (kdlab.fidelity_metrics.embeddings)."""
 
 import pytest
 
-from kdlab import fidelity
+from kdlab import fidelity_metrics as fidelity
 from kdlab.errors import KdlabError
-from kdlab.fidelity import embeddings, fidelity_frame, summarize
+from kdlab.fidelity_metrics import embeddings, fidelity_frame, summarize
 
 
 def test_embeddings_required_but_missing(tmp_path, monkeypatch, folders):

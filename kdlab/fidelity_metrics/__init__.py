@@ -34,9 +34,9 @@ Output folder of :func:`run_fidelity` (written in one atomic rename)::
     pairs/<task>.jsonl     one line per example: id, teacher_pred, student_pred, teacher_correct, student_correct,
                            agree, sentence_bleu, rougeL, cosine
 
-The package: :mod:`~kdlab.fidelity.folders` (reading and pairing the two evaluation folders),
-:mod:`~kdlab.fidelity.text` (ROUGE-L, BLEU), :mod:`~kdlab.fidelity.embeddings` (sentence embeddings),
-:mod:`~kdlab.fidelity.distribution` (token KL, top-1 agreement), :mod:`~kdlab.fidelity.frame` (the per-example
+The package: :mod:`~kdlab.fidelity_metrics.folders` (reading and pairing the two evaluation folders),
+:mod:`~kdlab.fidelity_metrics.text` (ROUGE-L, BLEU), :mod:`~kdlab.fidelity_metrics.embeddings` (sentence embeddings),
+:mod:`~kdlab.fidelity_metrics.distribution` (token KL, top-1 agreement), :mod:`~kdlab.fidelity_metrics.frame` (the per-example
 frame and the per-task summary); here the command, :func:`run_fidelity`, and its table, :func:`format_summary`.
 """
 
@@ -47,8 +47,8 @@ import math
 from pathlib import Path
 
 from kdlab.errors import KdlabError
-from kdlab.fidelity.distribution import DISTRIBUTION_METRICS, distribution_fidelity
-from kdlab.fidelity.embeddings import (
+from kdlab.fidelity_metrics.distribution import DISTRIBUTION_METRICS, distribution_fidelity
+from kdlab.fidelity_metrics.embeddings import (
     EMBEDDING_INSTALL,
     EMBEDDING_MODEL,
     EMBEDDING_MODULE,
@@ -57,8 +57,8 @@ from kdlab.fidelity.embeddings import (
     embed_texts,
     embeddings_available,
 )
-from kdlab.fidelity.frame import FRAME_COLUMNS, PAIR_FIELDS, fidelity_frame, summarize
-from kdlab.fidelity.text import corpus_bleu, lcs_length, rouge_l, sentence_bleu
+from kdlab.fidelity_metrics.frame import FRAME_COLUMNS, PAIR_FIELDS, fidelity_frame, summarize
+from kdlab.fidelity_metrics.text import corpus_bleu, lcs_length, rouge_l, sentence_bleu
 from kdlab.io import atomic_dir
 from kdlab.locks import folder_lock
 from kdlab.outputs import check_output_dir

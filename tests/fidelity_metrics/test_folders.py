@@ -1,11 +1,11 @@
-"""Reading and pairing the teacher's and the student's evaluation folders (kdlab.fidelity.folders)."""
+"""Reading and pairing the teacher's and the student's evaluation folders (kdlab.fidelity_metrics.folders)."""
 
 import json
 
 import pytest
 
 from kdlab.errors import KdlabError
-from kdlab.fidelity import distribution_fidelity, run_fidelity
+from kdlab.fidelity_metrics import distribution_fidelity, run_fidelity
 
 
 def test_validation_errors_write_nothing(tmp_path, folders, write_eval, answers):

@@ -1,4 +1,4 @@
-"""The per-example fidelity frame of two evaluation folders and its per-task summary (see :mod:`kdlab.fidelity`)."""
+"""The per-example fidelity frame of two evaluation folders and its per-task summary (see :mod:`kdlab.fidelity_metrics`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 import pandas as pd
 
-from kdlab.fidelity.distribution import DISTRIBUTION_METRICS
-from kdlab.fidelity.embeddings import embed_texts, use_embeddings
-from kdlab.fidelity.folders import example_order, paired
-from kdlab.fidelity.text import corpus_bleu, rouge_l, sentence_bleu
+from kdlab.fidelity_metrics.distribution import DISTRIBUTION_METRICS
+from kdlab.fidelity_metrics.embeddings import embed_texts, use_embeddings
+from kdlab.fidelity_metrics.folders import example_order, paired
+from kdlab.fidelity_metrics.text import corpus_bleu, rouge_l, sentence_bleu
 
 FRAME_COLUMNS = ["task", "id", "teacher_pred", "student_pred", "teacher_correct", "student_correct", "agree",
                  "sentence_bleu", "rougeL", "cosine"]
