@@ -1,0 +1,136 @@
+"""Experiment trackers (``train.report_to`` / ``--report-to``): TensorBoard, MLflow and W&B, through accelerate.
+
+Every tracker writes inside the run folder by default::
+
+    RUN/trackers/tensorboard/   TensorBoard event files (``tensorboard --logdir RUN/trackers``)
+    RUN/trackers/mlruns/        an MLflow file store (``mlflow ui --backend-store-uri file:RUN/trackers/mlruns``),
+                                experiment "kdlab", one MLflow run per kdlab run (its id in trackers/mlflow_run_id)
+    RUN/trackers/wandb/         W&B's local files (``WANDB_MODE=offline`` works without network)
+
+``MLFLOW_TRACKING_URI`` set in the environment wins over the run folder's store.
+
+Names: ``tensorboard``, ``mlflow``, ``wandb``; ``all`` = every one of them that is installed; ``none`` = no tracker.
+A tracker that is not installed is left out with a one-line message (log.csv is always written).
+
+Resume: a resumed run appends to the same trackers. TensorBoard gets ``purge_step`` = the first re-run step, so
+readers (TensorBoard, its EventAccumulator) drop the events an interrupted session logged after the checkpoint;
+MLflow keeps one MLflow run for the whole kdlab run and skips the steps it already holds (a step logged before the
+interruption keeps its first value: the same as log.csv's, since a resumed run repeats the same computation).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+KNOWN = ("tensorboard", "mlflow", "wandb")
+_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def installed(name: str) -> bool:
+    module = _MODULES.get(name, name)
+    return importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)
+
+
+def resolve_report_to(names: list) -> list[str]:
+    """Expand ``all``/``none`` and comma lists; keep installed trackers, in order, without repeats.
+
+    >>> resolve_report_to(["none"])
+    []
+    """
+    wanted: list[str] = []
+    for item in names:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if not name or name == "none":
+                continue
+            for one in (KNOWN if name == "all" else (name,)):
+                if one not in wanted:
+                    wanted.append(one)
+    explicit_all = any(str(item).strip().lower() == "all" for item in names)
+    kept = []
+    for name in wanted:
+        if installed(name):
+            kept.append(name)
+        elif not explicit_all:  # 'all' means the installed ones: no message for the others
+            print(f"kdlab: tracker '{name}' is not installed; logging to log.csv only "
+                  f"(pip install 'kdlab[trackers]' for tensorboard and mlflow)", flush=True)
+    return kept
+
+
+def build_trackers(names: list, run_dir: Path) -> list:
+    """accelerate tracker objects for ``names`` (see :func:`resolve_report_to`), all writing under RUN/trackers."""
+    root = Path(run_dir) / "trackers"
+    trackers = []
+    for name in resolve_report_to(names):
+        if name == "tensorboard":
+            from accelerate.tracking import TensorBoardTracker
+
+            trackers.append(TensorBoardTracker("tensorboard", str(root)))
+        elif name == "mlflow":
+            trackers.append(_mlflow_tracker(root, Path(run_dir).name))
+        elif name == "wandb":
+            from accelerate.tracking import WandBTracker
+
+            (root / "wandb").mkdir(parents=True, exist_ok=True)
+            trackers.append(WandBTracker(Path(run_dir).name, dir=str(root / "wandb")))
+        else:
+            trackers.append(name)  # another accelerate tracker by name (comet_ml, aim, ...)
+    return trackers
+
+
+def prepare_resume(trackers: list, start_step: int) -> None:
+    """Before ``init_trackers``: tell the trackers the first step this session logs (``start_step + 1``)."""
+    from accelerate.tracking import TensorBoardTracker
+
+    for tracker in trackers:
+        if isinstance(tracker, TensorBoardTracker) and start_step > 0:
+            tracker.init_kwargs["purge_step"] = start_step + 1
+
+
+def step_metrics(loss: float, lr: float, tokens: int, tokens_per_s: float, epoch: int, on_policy_steps: int | None) -> dict:
+    """The values logged at each log step (the same numbers as log.csv's row, unrounded)."""
+    metrics = {"loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens_per_s, "epoch": epoch}
+    if on_policy_steps is not None:
+        metrics["on_policy_steps"] = on_policy_steps
+    return metrics
+
+
+def _mlflow_tracker(root: Path, run_name: str):
+    from accelerate.tracking import MLflowTracker
+
+    class KdlabMLflowTracker(MLflowTracker):
+        """MLflowTracker with a file store inside the run folder, one MLflow run per kdlab run, no repeated steps."""
+
+        def start(self):
+            from accelerate.state import PartialState
+
+            if not PartialState().is_main_process:
+                return
+            import mlflow
+
+            if "MLFLOW_TRACKING_URI" not in os.environ:
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow>=3.17 asks for an opt-in
+                mlflow.set_tracking_uri(f"file:{(root / 'mlruns').resolve()}")
+            if mlflow.active_run() is not None:  # left open by an interrupted run in this process
+                mlflow.end_run("KILLED")
+            id_file = root / "mlflow_run_id"
+            self.run_id = self.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
+            self.logged_upto = _last_step(mlflow, self.run_id) if self.run_id else 0
+            super().start()
+            root.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(self.active_run.info.run_id + "\n")
+
+        def log(self, values: dict, step: int | None = None, **kwargs):
+            if step is not None and step <= getattr(self, "logged_upto", 0):
+                return
+            super().log(values, step=step, **kwargs)
+
+    return KdlabMLflowTracker(experiment_name="kdlab", run_name=run_name)
+
+
+def _last_step(mlflow, run_id: str) -> int:
+    """The largest step of the ``loss`` series already in MLflow run ``run_id`` (0 if none)."""
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")
+    return max((metric.step for metric in history), default=0)
