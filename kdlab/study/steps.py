@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from kdlab.model_card import card_after_eval
 from kdlab.study.plan import Node, resolve
 
 MARKERS = {"prune": "config.json", "split": "split.json", "teacher-sft": "result.json", "student-sft": "result.json",
@@ -155,13 +156,19 @@ def _eval(p: dict, out: Path, study_dir: Path) -> None:
                           max_new_tokens=p["max_new_tokens"], precision=p["precision"]))
 
 
+def _test_eval(p: dict, out: Path, study_dir: Path) -> None:
+    _eval(p, out, study_dir)
+    card_after_eval(out)  # the evaluated run's model card gets the results (kdlab.model_card)
+
+
 def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.fidelity import run_fidelity
 
     run_fidelity(p["teacher_eval"], p["student_eval"], out, teacher_model=p.get("teacher_model"),
                  student_model=p.get("student_model"), teacher_adapter=p.get("teacher_adapter"),
                  student_adapter=p.get("student_adapter"), embeddings=p["embeddings"])
+    card_after_eval(p["student_eval"], fidelity_dir=out)
 
 
 RUNNERS = {"prune": _prune, "split": _split, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache,
-           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _eval, "fidelity": _fidelity}
+           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _test_eval, "fidelity": _fidelity}

@@ -14,7 +14,7 @@ Run folder layout::
     config.yaml          the resolved config
     log.csv              step, epoch, loss, lr, tokens, tokens_per_s, elapsed_s (one row per log step)
     checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG states (written atomically)
-    final/               the LoRA adapter or full model, with the tokenizer (written atomically)
+    final/               the LoRA adapter or full model, with the tokenizer and a model card README.md (written atomically)
     result.json          summary, written last: its presence marks the run complete
     trackers/            TensorBoard / MLflow / W&B files when train.report_to names them (kdlab.train.trackers)
 """
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from kdlab.config import RunConfig
 from kdlab.data.tokenize import Encoded, collate, count_response_tokens
 from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdlab.model_card import card_text, logged_tokens
 from kdlab.models.load import quiet_loading
 from kdlab.precision import resolve_precision
 from kdlab.train.trackers import prepare_resume, step_metrics
@@ -286,6 +287,8 @@ class Trainer:
             with atomic_dir(self.run_dir / "final", replace=True) as tmp, quiet_loading():
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+                (tmp / "README.md").write_text(card_text(self.config.to_dict(), summary,
+                                                         tokens=logged_tokens(self.run_dir, summary["steps"])))
             atomic_write_json(self.run_dir / "result.json", summary)
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()
