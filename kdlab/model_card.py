@@ -57,22 +57,29 @@ def card_text(config: dict, summary: dict, evaluation: dict | None = None, fidel
               tokens: tuple[int, bool] | None = None) -> str:
     """The whole README.md: front matter and body. ``summary`` is the run's result.json, ``tokens`` the
     :func:`logged_tokens` of its log.csv."""
-    header = front_matter(config, evaluation, fidelity)
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
-             f"# {Path(config.get('out') or 'model').name}", ""]
+    lines = ["", f"# {Path(config.get('out') or 'model').name}", ""]
     lines += _method(config) + _budget(summary, tokens) + _results(evaluation, fidelity)
     lines += ["Trained with kdlab; the run's full settings are in its `config.yaml`.", ""]
-    return "\n".join(lines)
+    return format_card(front_matter(config, evaluation, fidelity), "\n".join(lines))
 
 
 def read_model_card(path: str | Path) -> tuple[dict, str]:
     """(front matter, body) of a model card file or of a folder's README.md; ({}, text) without front matter."""
     path = Path(path)
-    text = (path / "README.md" if path.is_dir() else path).read_text()
+    return parse_card((path / "README.md" if path.is_dir() else path).read_text())
+
+
+def parse_card(text: str) -> tuple[dict, str]:
+    """(front matter, body) of a card's text; ({}, text) without front matter."""
     match = _FRONT.match(text)
     if not match:
         return {}, text
     return yaml.safe_load(match.group(1)) or {}, text[match.end():]
+
+
+def format_card(header: dict, body: str) -> str:
+    """A card's text: ``header`` as YAML front matter, then ``body``."""
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body
 
 
 def write_model_card(run_dir: str | Path, evaluation: dict | None = None, fidelity: dict | None = None) -> Path:
