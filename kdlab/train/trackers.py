@@ -54,8 +54,8 @@ def resolve_report_to(names: list) -> list[str]:
         if installed(name):
             kept.append(name)
         elif not explicit_all:  # 'all' means the installed ones: no message for the others
-            print(f"kdlab: tracker '{name}' is not installed; logging to log.csv only "
-                  f"(pip install 'kdlab[trackers]' for tensorboard and mlflow)", flush=True)
+            hint = "pip install 'kdlab[trackers]'" if name in ("tensorboard", "mlflow") else f"pip install {name}"
+            print(f"kdlab: tracker '{name}' is not installed; logging to log.csv only ({hint})", flush=True)
     return kept
 
 

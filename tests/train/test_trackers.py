@@ -8,7 +8,7 @@ import pytest
 
 from kdlab.cli import main
 from kdlab.train import loop
-from kdlab.train.trackers import resolve_report_to
+from kdlab.train.trackers import installed, resolve_report_to
 
 
 def run_cli(argv: list) -> int:
@@ -99,5 +99,8 @@ def test_report_to_names(capsys):
     assert resolve_report_to(["none"]) == [] and resolve_report_to([]) == []
     assert resolve_report_to(["no-such-tracker"]) == []
     assert "tracker 'no-such-tracker' is not installed" in capsys.readouterr().out
+    if not installed("wandb"):  # wandb is not installed by kdlab: one clear line, training goes on
+        assert resolve_report_to(["wandb"]) == []
+        assert capsys.readouterr().out.strip() == "kdlab: tracker 'wandb' is not installed; logging to log.csv only (pip install wandb)"
     names = resolve_report_to(["all"])
     assert set(names) <= {"tensorboard", "mlflow", "wandb"} and capsys.readouterr().out == ""
