@@ -131,15 +131,21 @@ def update_model_card(evaluated: list, evaluation: dict | None = None, fidelity:
                             fidelity=fidelity and {**fidelity["tasks"], "average": fidelity["average"]})
 
 
+def evaluated_run(eval_dir: str | Path) -> Path | None:
+    """The kdlab run whose ``final/`` the evaluation folder ``eval_dir`` (its config.yaml) evaluated, or None."""
+    settings = yaml.safe_load((Path(eval_dir) / "config.yaml").read_text()) or {}
+    return next((run for run in map(run_of, [settings.get("adapter"), settings.get("model")]) if run is not None), None)
+
+
 def card_after_eval(eval_dir: str | Path, fidelity_dir: str | Path | None = None) -> Path | None:
     """After a study's eval node (``eval_dir``: config.yaml, metrics.json) or fidelity node (``fidelity_dir``:
     fidelity.json, about the student evaluated in ``eval_dir``): add the results to the evaluated run's card."""
-    eval_dir = Path(eval_dir)
-    settings = yaml.safe_load((eval_dir / "config.yaml").read_text()) or {}
-    evaluated = [settings.get("adapter"), settings.get("model")]
+    run_dir = evaluated_run(eval_dir)
+    if run_dir is None:
+        return None
     if fidelity_dir is not None:
-        return update_model_card(evaluated, fidelity=yaml.safe_load((Path(fidelity_dir) / "fidelity.json").read_text()))
-    return update_model_card(evaluated, evaluation=yaml.safe_load((eval_dir / "metrics.json").read_text()))
+        return update_model_card([run_dir / "final"], fidelity=yaml.safe_load((Path(fidelity_dir) / "fidelity.json").read_text()))
+    return update_model_card([run_dir / "final"], evaluation=yaml.safe_load((Path(eval_dir) / "metrics.json").read_text()))
 
 
 def _data_name(data: str) -> str:

@@ -12,6 +12,10 @@ Every tracker writes inside the run folder by default::
 Names: ``tensorboard``, ``mlflow``, ``wandb``; ``all`` = every one of them that is installed; ``none`` = no tracker.
 A tracker that is not installed is left out with a one-line message (log.csv is always written).
 
+Evaluation: when a study evaluates a finished run (its eval and fidelity nodes), :func:`log_evaluation` adds the
+results to the run's TensorBoard and MLflow logs at the run's last step (``eval/TASK/accuracy``,
+``fidelity/TASK/agreement``).
+
 Resume: a resumed run appends to the same trackers. TensorBoard gets ``purge_step`` = the first re-run step, so
 readers (TensorBoard, its EventAccumulator) drop the events an interrupted session logged after the checkpoint;
 MLflow keeps one MLflow run for the whole kdlab run and skips the steps it already holds (a step logged before the
@@ -95,6 +99,51 @@ def step_metrics(loss: float, lr: float, tokens: int, tokens_per_s: float, epoch
     if on_policy_steps is not None:
         metrics["on_policy_steps"] = on_policy_steps
     return metrics
+
+
+def evaluation_values(metrics: dict | None = None, fidelity: dict | None = None) -> dict[str, float]:
+    """Scalars of a metrics.json (``eval/TASK/accuracy``) or fidelity.json (``fidelity/TASK/agreement``, ``.../average``)."""
+    values = {}
+    for task, row in ((metrics or {}).get("tasks") or {}).items():
+        for key in ("accuracy", "accuracy_norm"):
+            if isinstance(row.get(key), (int, float)):
+                values[f"eval/{task}/{key}"] = float(row[key])
+    if fidelity:
+        for task, row in {**fidelity.get("tasks", {}), "average": fidelity.get("average", {})}.items():
+            for key in ("agreement", "teacher_accuracy", "student_accuracy"):
+                if isinstance(row.get(key), (int, float)):
+                    values[f"fidelity/{task}/{key}"] = float(row[key])
+    return values
+
+
+def log_evaluation(run_dir: str | Path | None, values: dict[str, float]) -> list[str]:
+    """Add evaluation results (a study's eval / fidelity node) to the trackers a finished run logged to, at its last
+    step: TensorBoard (RUN/trackers/tensorboard) and MLflow (the run in trackers/mlflow_run_id). Returns their names."""
+    if run_dir is None or not values or not (Path(run_dir) / "result.json").is_file():
+        return []
+    import json
+
+    root = Path(run_dir) / "trackers"
+    step = int(json.loads((Path(run_dir) / "result.json").read_text())["steps"])
+    done = []
+    if (root / "tensorboard").is_dir() and installed("tensorboard"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(root / "tensorboard"))
+        for key, value in values.items():
+            writer.add_scalar(key, value, step)
+        writer.close()
+        done.append("tensorboard")
+    if (root / "mlflow_run_id").is_file() and installed("mlflow"):
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{(root / 'mlruns').resolve()}"
+        client, run_id = MlflowClient(tracking_uri=uri), (root / "mlflow_run_id").read_text().strip()
+        for key, value in values.items():
+            client.log_metric(run_id, key, value, step=step)
+        done.append("mlflow")
+    return done
 
 
 def _mlflow_tracker(root: Path, run_name: str):

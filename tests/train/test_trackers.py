@@ -104,3 +104,32 @@ def test_report_to_names(capsys):
         assert capsys.readouterr().out.strip() == "kdlab: tracker 'wandb' is not installed; logging to log.csv only (pip install wandb)"
     names = resolve_report_to(["all"])
     assert set(names) <= {"tensorboard", "mlflow", "wandb"} and capsys.readouterr().out == ""
+
+
+def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, tmp_path, monkeypatch):
+    """The study's eval node logs eval/TASK/accuracy at the run's last step to the trackers the run logged to."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kdlab.data.synth import write_synth
+    from kdlab.study.steps import RUNNERS
+
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    out = tmp_path / "run"
+    assert run_cli(sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
+    write_synth(tmp_path / "eval-data" / "arith" / "test.json", n=4, seed=3, split="test")
+    RUNNERS["eval"]({"model": str(tiny_models["student"]), "adapter": str(out / "final"), "tasks": ["arith"],
+                     "data_dir": str(tmp_path / "eval-data"), "mode": "generate", "extraction": "strict", "batch_size": 4,
+                     "limit": None, "max_new_tokens": 4, "precision": "fp32"}, tmp_path / "eval", tmp_path)
+    accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text())["tasks"]["arith"]["accuracy"]
+
+    accumulator = EventAccumulator(str(out / "trackers" / "tensorboard"))
+    accumulator.Reload()
+    assert [(event.step, event.value) for event in accumulator.Scalars("eval/arith/accuracy")] == [(2, pytest.approx(accuracy))]
+    assert sorted(event.step for event in accumulator.Scalars("loss")) == [1, 2]
+    run_id = (out / "trackers" / "mlflow_run_id").read_text().strip()
+    history = MlflowClient(tracking_uri=f"file:{out / 'trackers' / 'mlruns'}").get_metric_history(run_id, "eval/arith/accuracy")
+    assert [(metric.step, metric.value) for metric in history] == [(2, pytest.approx(accuracy))]
