@@ -149,7 +149,8 @@ def card_after_eval(eval_dir: str | Path, fidelity_dir: str | Path | None = None
 
 
 def _data_name(data: str) -> str:
-    return data[3:] if data.startswith("hf:") else Path(data).name
+    """A Hub dataset id for ``hf:NAME[:CONFIG][@SPLIT]``, else the file name."""
+    return re.split(r"[:@]", data[3:])[0] if data.startswith("hf:") else Path(data).name
 
 
 def _method(config: dict) -> list[str]:
@@ -164,7 +165,12 @@ def _method(config: dict) -> list[str]:
             lines += [f"- teacher cache: top-{config['kd'].get('cache_k')} log-probs, tail {config['kd'].get('cache_tail')}"]
     else:
         lines += [f"Supervised fine-tuning of `{hub_id(config['model'])}` on the data's responses."]
-    lines += ["", f"- weights: {'LoRA adapter (r=%s, alpha=%s, targets %s)' % (lora.get('r'), lora.get('alpha'), ', '.join(lora.get('target_modules', []))) if lora.get('enabled') else 'full fine-tuning'}"]
+    if config["model"] in HUB_IDS:
+        lines += ["", f"The base model is kdlab's embedded `{config['model']}`: the Q4_1 GGUF of `{HUB_IDS[config['model']]}`, "
+                      "dequantised, so its weights differ slightly from the Hub's."]
+    weights = (f"LoRA adapter (r={lora.get('r')}, alpha={lora.get('alpha')}, targets {', '.join(lora.get('target_modules', []))})"
+               if lora.get("enabled") else "full fine-tuning")
+    lines += ["", f"- weights: {weights}"]
     train = config.get("train", {})
     lines += [f"- optimiser: AdamW, lr {train.get('lr')}, batch {train.get('batch_size')} x {train.get('grad_accum')} accumulation, "
               f"max length {train.get('max_length')}, seed {train.get('seed')}", ""]
