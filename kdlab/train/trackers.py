@@ -29,12 +29,11 @@ import os
 from pathlib import Path
 
 KNOWN = ("tensorboard", "mlflow", "wandb")
-_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def installed(name: str) -> bool:
-    module = _MODULES.get(name, name)
-    return importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)
+    """Whether the tracker's package is importable (its module has the tracker's name)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def resolve_report_to(names: list) -> list[str]:
