@@ -118,6 +118,13 @@ def cmd_stats_paper(args: argparse.Namespace) -> None:
     print(f"kdlab: wrote {args.out}/hypotheses.csv and hypotheses.md")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from kdlab.export import export_run
+
+    out = export_run(args.run, args.out, merge_lora=args.merge_lora, force=args.force, push_to_hub=args.push_to_hub)
+    print(f"kdlab: exported {args.run} to {out}", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from kdlab.demo import run_demo
 
@@ -242,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     from kdlab.study.commands import add_study_commands
 
     add_study_commands(commands)
+
+    export = commands.add_parser("export", help="a finished run's model (or LoRA adapter) + tokenizer + model card, ready to upload",
+                                 description="Write RUN/final as a self-contained folder (weights, config, tokenizer, "
+                                             "README.md model card); see kdlab.export.")
+    export.add_argument("run", help="run folder of a finished sft/distill run (with final/)")
+    export.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
+    export.add_argument("--merge-lora", dest="merge_lora", action="store_true",
+                        help="merge the LoRA adapter into the base model and save a plain transformers model (default: the adapter)")
+    export.add_argument("--force", action="store_true", help="replace an existing non-empty --out (default: refuse)")
+    export.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO",
+                        help="then upload the folder to this Hugging Face model repo (needs network and a token; default: no upload)")
+    export.set_defaults(func=cmd_export)
 
     from kdlab.demo import help_text
 

@@ -64,7 +64,8 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     log_steps: int = option(1, "log the loss every N optimizer steps")
     chunk_size: int = option(256, "tokens per chunk when computing the loss from hidden states (memory ~ chunk x vocab)")
-    report_to: list = option([], "trackers for accelerate (tensorboard, wandb, mlflow, ...) when installed")
+    report_to: list = option([], "trackers: tensorboard, mlflow, wandb, all (the installed ones) or none; files go to "
+                             "RUN/trackers/ (pip install 'kdlab[trackers]'; see kdlab.train.trackers)")
     trace_data: bool = option(False, "write the example ids each process trains on to trace/rank-K.txt")
 
 

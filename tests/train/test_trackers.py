@@ -1,0 +1,135 @@
+"""--report-to tensorboard|mlflow: the tracker's loss series, read back from its files, equals log.csv's."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlab.cli import main
+from kdlab.train import loop
+from kdlab.train.trackers import installed, resolve_report_to
+
+
+def run_cli(argv: list) -> int:
+    try:
+        main([str(arg) for arg in argv])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def csv_losses(run_dir: Path) -> dict[int, float]:
+    with (run_dir / "log.csv").open() as handle:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+
+
+def tensorboard_losses(run_dir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "trackers" / "tensorboard"))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars("loss")}
+
+
+def mlflow_losses(run_dir: Path) -> dict[int, float]:
+    from mlflow.tracking import MlflowClient
+
+    run_id = (run_dir / "trackers" / "mlflow_run_id").read_text().strip()
+    history = MlflowClient(tracking_uri=f"file:{run_dir / 'trackers' / 'mlruns'}").get_metric_history(run_id, "loss")
+    steps = [metric.step for metric in history]
+    assert len(steps) == len(set(steps)), f"a step logged twice: {sorted(steps)}"
+    return {metric.step: metric.value for metric in history}
+
+
+READERS = {"tensorboard": tensorboard_losses, "mlflow": mlflow_losses}
+
+
+def sft_args(tiny_models, data: Path, out: Path, tracker: str, steps: int = 4, save_steps: int = 0) -> list:
+    return ["sft", "--model", tiny_models["student"], "--data", data, "--out", out, "--max-steps", steps, "--batch-size", 4,
+            "--precision", "fp32", "--save-steps", save_steps, "--report-to", tracker]
+
+
+def small_data(path: Path, source: Path, n: int) -> Path:
+    path.write_text(json.dumps(json.loads(source.read_text())[:n]))
+    return path
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_tracker_loss_series_equals_log_csv(tiny_models, synth_train, tmp_path, monkeypatch, tracker):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    pytest.importorskip(tracker)
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    out = tmp_path / "run"
+    assert run_cli(sft_args(tiny_models, data, out, tracker)) == 0
+    expected, logged = csv_losses(out), READERS[tracker](out)
+    assert sorted(logged) == sorted(expected) == [1, 2, 3, 4]
+    for step, value in expected.items():
+        assert logged[step] == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_a_resumed_run_logs_each_step_once(tiny_models, synth_train, tmp_path, monkeypatch, tracker):
+    """Killed after logging step 5 with a checkpoint at step 4: steps 5-6 re-run; the tracker still reads as log.csv."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    pytest.importorskip(tracker)
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    out = tmp_path / "run"
+    args = sft_args(tiny_models, data, out, tracker, steps=6, save_steps=4)
+    original_step = loop.Trainer._step
+
+    def crash_at_step_6(self, step, batches):
+        if step == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, step, batches)
+
+    monkeypatch.setattr(loop.Trainer, "_step", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(args)
+    monkeypatch.setattr(loop.Trainer, "_step", original_step)
+    assert sorted(csv_losses(out)) == [1, 2, 3, 4, 5]
+    assert run_cli(args) == 0
+    expected, logged = csv_losses(out), READERS[tracker](out)
+    assert sorted(logged) == sorted(expected) == [1, 2, 3, 4, 5, 6]
+    for step, value in expected.items():
+        assert logged[step] == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+def test_report_to_names(capsys):
+    assert resolve_report_to(["none"]) == [] and resolve_report_to([]) == []
+    assert resolve_report_to(["no-such-tracker"]) == []
+    assert "tracker 'no-such-tracker' is not installed" in capsys.readouterr().out
+    if not installed("wandb"):  # wandb is not installed by kdlab: one clear line, training goes on
+        assert resolve_report_to(["wandb"]) == []
+        assert capsys.readouterr().out.strip() == "kdlab: tracker 'wandb' is not installed; logging to log.csv only (pip install wandb)"
+    names = resolve_report_to(["all"])
+    assert set(names) <= {"tensorboard", "mlflow", "wandb"} and capsys.readouterr().out == ""
+
+
+def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, tmp_path, monkeypatch):
+    """The study's eval node logs eval/TASK/accuracy at the run's last step to the trackers the run logged to."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kdlab.data.synth import write_synth
+    from kdlab.study.steps import RUNNERS
+
+    data = small_data(tmp_path / "eight.json", synth_train, 8)
+    out = tmp_path / "run"
+    assert run_cli(sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
+    write_synth(tmp_path / "eval-data" / "arith" / "test.json", n=4, seed=3, split="test")
+    RUNNERS["eval"]({"model": str(tiny_models["student"]), "adapter": str(out / "final"), "tasks": ["arith"],
+                     "data_dir": str(tmp_path / "eval-data"), "mode": "generate", "extraction": "strict", "batch_size": 4,
+                     "limit": None, "max_new_tokens": 4, "precision": "fp32"}, tmp_path / "eval", tmp_path)
+    accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text())["tasks"]["arith"]["accuracy"]
+
+    accumulator = EventAccumulator(str(out / "trackers" / "tensorboard"))
+    accumulator.Reload()
+    assert [(event.step, event.value) for event in accumulator.Scalars("eval/arith/accuracy")] == [(2, pytest.approx(accuracy))]
+    assert sorted(event.step for event in accumulator.Scalars("loss")) == [1, 2]
+    run_id = (out / "trackers" / "mlflow_run_id").read_text().strip()
+    history = MlflowClient(tracking_uri=f"file:{out / 'trackers' / 'mlruns'}").get_metric_history(run_id, "eval/arith/accuracy")
+    assert [(metric.step, metric.value) for metric in history] == [(2, pytest.approx(accuracy))]
