@@ -47,13 +47,13 @@ def _run_flags(args: argparse.Namespace) -> dict:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from kdlab.train.run import run_sft
+    from kdlab.train.recipes import run_sft
 
     run_sft(build_config("sft", args.config, _run_flags(args), args.overrides))
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from kdlab.train.run import run_distill
+    from kdlab.train.recipes import run_distill
 
     run_distill(build_config("distill", args.config, _run_flags(args), args.overrides, preset=args.preset))
 

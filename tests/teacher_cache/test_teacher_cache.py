@@ -68,7 +68,7 @@ def test_topk_smaller_than_vocab(setup, tmp_path):
     assert ((ref - bucket).mean() / ref.mean()) < 0.1
     renorm = cached_divergence(S, rows, "fkl", 1.0, tail="renormalize")
     assert torch.isfinite(renorm).all() and (renorm >= -1e-6).all()
-    from kdlab.teacher_cache import _teacher_log_probs
+    from kdlab.teacher_cache.loss import _teacher_log_probs
 
     for tau in (0.5, 2.0, 5.0):  # stored (2, 5): exact tail mass; not stored (0.5): uniform approximation
         true_tail = 1 - torch.softmax(T / tau, -1).gather(1, top).sum(-1)
@@ -122,7 +122,7 @@ def test_bucket_tail_is_exact_at_a_stored_temperature(setup, tmp_path, loss):
 
 
 def test_unstored_temperature_uses_the_uniform_tail_and_warns_once(setup, tmp_path, monkeypatch):
-    import kdlab.teacher_cache as tc
+    import kdlab.teacher_cache.loss as tc
 
     monkeypatch.setattr(tc, "_warned_temperatures", set())
     S, V = setup["S"], setup["V"]
@@ -280,7 +280,7 @@ def test_cached_objective_equals_the_live_teacher(objective_setup, loss, tau, w,
 
 def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_path):
     """k < V with noise: the top-k get the live draws, the tail bucket the logsumexp of the other draws."""
-    from kdlab.teacher_cache import _teacher_log_probs
+    from kdlab.teacher_cache.loss import _teacher_log_probs
 
     s = objective_setup
     build_cache(s["teacher"], s["tok"], s["data"], tmp_path / "k8", k=8, quantize=False, progress=False)
