@@ -1,11 +1,10 @@
 """Teacher cache format: what is stored per kept token, its quantisation and its size.
 
-
 A study distils several students with several losses, temperatures and noise levels from the same teacher on the
-same data; the teacher forward pass is identical in all of them. :func:`build_cache` runs it once and stores, for
+same data; the teacher forward pass is identical in all of them. :func:`kdlab.teacher_cache.build_cache` runs it once and stores, for
 every kept position (hidden state t predicting a response token, ``labels[:, 1:] != -100``, the positions every KD
 loss in :mod:`kdlab.losses` uses), a compact description of ``p_T = softmax(z_T)`` at temperature 1.
-:func:`load_cache` reads it back and :func:`cached_divergence` evaluates the KD divergences of a student against it.
+:func:`kdlab.teacher_cache.load_cache` reads it back and :func:`kdlab.teacher_cache.cached_divergence` evaluates the KD divergences of a student against it.
 
 Representation (per kept token; ``z`` = raw teacher logits over the shared vocabulary ``V``, sliced like the
 trainer slices a padded lm_head; ``l = log_softmax(z)``; ``i_1..i_k`` = top-k token ids, descending):
@@ -41,7 +40,6 @@ Decoding (:class:`CacheRows`): the top-k log-probs at temperature 1 are rebuilt 
 ``l_j = log(1 - m) + log_softmax(-d)_j`` with the exact tail mass ``m = exp(tail_logp)`` (``tail_logp`` = the
 tau = 1 column of ``tail_lse``), so the top-k part and the tail always sum to exactly 1; quantisation only perturbs
 the relative weights inside the top-k.
-
 """
 
 from __future__ import annotations
@@ -60,7 +58,6 @@ TAIL_MODES = ("bucket", "renormalize")
 DEFAULT_TEMPERATURES = (1.0, 2.0, 5.0)
 TEMPERATURE_TOLERANCE = 1e-6
 _MAX_VOCAB = 1 << 24
-
 
 
 def normalize_temperatures(temperatures) -> tuple[float, ...]:

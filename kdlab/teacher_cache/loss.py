@@ -78,7 +78,6 @@ from kdlab.losses import (
     token_objective,
     upcast,
 )
-
 from kdlab.teacher_cache.format import TAIL_MODES, temperature_index
 from kdlab.teacher_cache.store import CacheRows
 

@@ -4,13 +4,13 @@ The teacher's top-k distribution on a training set, computed once (:func:`build_
 (:func:`load_cache`); the stored arrays are described in :mod:`kdlab.teacher_cache.format`.
 
 Files: a cache is a folder written atomically (:func:`kdlab.io.atomic_dir`) holding ``cache.npz`` (uncompressed
-``numpy.savez`` of the arrays above) and ``manifest.json`` (format version, teacher spec and weight fingerprint (256 rows of the output layer rounded to
+``numpy.savez`` of the arrays of :mod:`kdlab.teacher_cache.format`) and ``manifest.json`` (format version, teacher spec and weight fingerprint (256 rows of the output layer rounded to
 bf16, so a teacher loaded in float32 or bfloat16 matches),
 data hash, k, vocab size, quantised or not, the stored ``temperatures``, token and example counts, bytes per token
 from the representation and measured from the file size). Format 2 (this one) added ``tail_lse``; a format-1 cache
 (only the tau = 1 tail mass) is refused by :func:`load_cache` and by ``kdlab distill --teacher-cache`` with a
-message to delete the folder, so that it is rebuilt, rather than silently trained from with the uniform tail below.
-
+message to delete the folder, so that it is rebuilt, rather than silently trained from with the uniform tail
+approximation (:mod:`kdlab.teacher_cache.loss`).
 
 Note: rebuilding with another ``batch_size`` changes the padding and so the float rounding of the teacher pass;
 a rebuild with the same settings is byte-identical.
