@@ -55,8 +55,7 @@ def _report(run_dir: Path, summary: dict, accelerator) -> None:
 def run_sft(config: RunConfig) -> Path:
     """Supervised fine-tuning (teacher or student baseline) on ``config.data``."""
     run_dir = Path(config.out)
-    if run_state(config) == "done":
-        print(f"kdlab: {run_dir} is complete (result.json); nothing to do", flush=True)
+    if _complete(config, run_dir):
         return run_dir
     tokenizer = load_tokenizer(config.model)
     dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data,
@@ -67,12 +66,31 @@ def run_sft(config: RunConfig) -> Path:
             return run_dir
         accelerator = make_accelerator(config, run_dir)
         _warn_long(dataset, config.data, accelerator)
-        trainer = Trainer(config, run_dir, model, tokenizer, dataset, sft_objective(config.train.chunk_size), accelerator)
-        summary = trainer.train()
-        summary["data"] = dataset.summary()
-        trainer.save_final(summary)
-        _report(run_dir, summary, accelerator)
+        _train(config, run_dir, model, tokenizer, dataset, dataset.summary(), sft_objective(config.train.chunk_size), accelerator)
     return run_dir
+
+
+def _complete(config: RunConfig, run_dir: Path) -> bool:
+    """A finished run (result.json) is reported and left as it is."""
+    if run_state(config) != "done":
+        return False
+    print(f"kdlab: {run_dir} is complete (result.json); nothing to do", flush=True)
+    return True
+
+
+def _train(config: RunConfig, run_dir: Path, model, tokenizer, dataset, data_summary: dict, objective, accelerator,
+           window_hook: OnPolicyWindows | None = None) -> None:
+    """Train, then save the final model with its summary (the data's, and the on-policy steps of this session)."""
+    trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
+    summary = trainer.train()
+    summary["data"] = data_summary
+    if window_hook is not None:
+        summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
+        if config.kd.speculative_k > 0:
+            summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
+            summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
+    trainer.save_final(summary)
+    _report(run_dir, summary, accelerator)
 
 
 def _warn_long(dataset, source: str, accelerator) -> None:
@@ -90,8 +108,7 @@ def run_distill(config: RunConfig) -> Path:
     only to build the cache or for on-policy steps (``kd.lmbda > 0``).
     """
     run_dir = Path(config.out)
-    if run_state(config) == "done":
-        print(f"kdlab: {run_dir} is complete (result.json); nothing to do", flush=True)
+    if _complete(config, run_dir):
         return run_dir
     inputs = distill_inputs(config)  # fails early, e.g. on empty data
     cached = bool(config.teacher_cache) and config.kd.loss != "seqkd"
@@ -115,16 +132,7 @@ def run_distill(config: RunConfig) -> Path:
         if needs_answer_masks(config.kd):  # config validation refuses these settings with seqkd
             dataset = with_answer_masks(inputs.tokenizer, examples, dataset)
             _report_answer_spans(dataset, accelerator)
-        trainer = Trainer(config, run_dir, model, inputs.tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
-        summary = trainer.train()
-        summary["data"] = data_summary
-        if window_hook is not None:
-            summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
-            if config.kd.speculative_k > 0:
-                summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
-                summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
-        trainer.save_final(summary)
-        _report(run_dir, summary, accelerator)
+        _train(config, run_dir, model, inputs.tokenizer, dataset, data_summary, objective, accelerator, window_hook)
     return run_dir
 
 
