@@ -119,11 +119,12 @@ def _build_teacher_cache(config: RunConfig, teacher, progress: bool, inputs: Dis
     if teacher is None:
         teacher = load_teacher(config)
         teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+    vocab_size = vocab_size or cache_vocab(None, inputs, teacher)
     temperatures = normalize_temperatures([*config.kd.cache_temperatures, config.kd.temperature])
     print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, tail sums at tau = "
           f"{', '.join(f'{tau:g}' for tau in temperatures)}, {len(inputs.encoded)} examples)", flush=True)
     info = build_cache(teacher, inputs.tokenizer, inputs.encoded, path, k=config.kd.cache_k, batch_size=config.train.batch_size,
-                       vocab_size=vocab_size or cache_vocab(None, inputs, teacher), progress=progress, teacher_spec=teacher_spec(config),
+                       vocab_size=vocab_size, progress=progress, teacher_spec=teacher_spec(config),
                        chunk_size=config.train.chunk_size, temperatures=temperatures)
     print(f"kdlab: teacher cache {path}: {info.tokens} tokens, {info.bytes_per_token:.0f} bytes/token", flush=True)
     return path
