@@ -67,7 +67,8 @@ from kdlab.models.heads import final_hidden, output_weight  # noqa: E402
 from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402
 from kdlab.train.objectives import response_hidden  # noqa: E402
-from kdlab.train.run import ensure_teacher_cache, run_distill, run_sft  # noqa: E402
+from kdlab.teacher_cache.lifecycle import ensure_teacher_cache  # noqa: E402
+from kdlab.train.recipes import run_distill, run_sft  # noqa: E402
 
 MODEL = "smollm2-135m"
 TRAIN = {"train.batch_size": 8, "train.max_length": 192, "train.warmup_ratio": 0.1}  # the demo's shared settings

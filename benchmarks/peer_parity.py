@@ -1,8 +1,8 @@
 """Peer parity with TRL: the same KD run trained by kdlab and by TRL's GKDTrainer, then evaluated the same way.
 
 What it measures. One student (SmolLM2-135M pruned to 24 layers, full fine-tuning) is distilled from one teacher
-(SmolLM2-135M-Instruct + a LoRA adapter from ``kdlab.train.run.run_sft``) twice, with forward KL at tau 1 on
-response tokens, a live teacher (no cache) and kd_weight 1 — once by ``kdlab.train.run.run_distill`` and once by
+(SmolLM2-135M-Instruct + a LoRA adapter from ``kdlab.train.recipes.run_sft``) twice, with forward KL at tau 1 on
+response tokens, a live teacher (no cache) and kd_weight 1 — once by ``kdlab.train.recipes.run_distill`` and once by
 ``trl.experimental.gkd.GKDTrainer`` (lmbda 0: no on-policy samples; beta 0: TRL's forward KL; seq_kd False;
 temperature 1). Per token, both minimise ``KL(p_T || p_S)``, averaged over the response tokens of the step:
 ``L = (1 / N) * sum_{kept t} sum_v p_T(v | t) * (log p_T(v | t) - log p_S(v | t))``.
@@ -13,7 +13,7 @@ response + EOS, labels -100 on the prompt and padding, right padding, the loss o
 (TRL's dataloader replays kdlab's seeded permutation, ``kdlab.train.loop.Schedule``), lr, steps, batch size,
 AdamW (torch's, not fused; weight decay 0), a linear schedule with ``round(warmup_ratio * steps)`` warm-up steps
 (TRL would take ``ceil``: the integer is passed), gradient clipping 1.0, seed 0, the same loaded student and teacher
-(``kdlab.train.run.prepare_student`` / ``load_teacher``), and precision fp32 for both (no autocast; the record says
+(``kdlab.train.recipes.prepare_student`` / ``kdlab.train.teachers.load_teacher``), and precision fp32 for both (no autocast; the record says
 whether bf16 would have been available). Gradient checkpointing is off in both (TRL's default is on).
 
 Each trainer runs in its own fresh process (this script re-run with ``--worker``), so its wall time and its peak
@@ -104,7 +104,7 @@ def environment() -> dict:
 def worker_prepare(spec: dict) -> dict:
     """The teacher adapter (unless given) and the pruned student (unless already there)."""
     from kdlab.models.prune import prune_model
-    from kdlab.train.run import run_sft
+    from kdlab.train.recipes import run_sft
 
     info = {"environment": environment()}
     if not spec["teacher_adapter_given"]:
@@ -119,7 +119,7 @@ def worker_kdlab(spec: dict) -> dict:
     """kdlab's KD run; the per-step losses come from its log.csv."""
     import csv
 
-    from kdlab.train.run import run_distill
+    from kdlab.train.recipes import run_distill
 
     run_dir = run_distill(run_config(spec, "distill", Path(spec["kdlab_run"])))
     result = json.loads((run_dir / "result.json").read_text())
@@ -141,7 +141,8 @@ def worker_trl(spec: dict) -> dict:
     from kdlab.data.tokenize import Encoded, collate, encode_examples
     from kdlab.models.load import load_tokenizer
     from kdlab.train.loop import Schedule
-    from kdlab.train.run import load_teacher, prepare_student
+    from kdlab.train.recipes import prepare_student
+    from kdlab.train.teachers import load_teacher
 
     config = run_config(spec, "distill", Path(spec["trl_run"]))
     train = config.train

@@ -154,7 +154,7 @@ def sft(config: RunConfig | str | Path | None = None, *, overrides: list[str] | 
     >>> run = kdlab.sft(model="smollm2-135m", data="train.json", out="runs/teacher", train={"max_steps": 100})
     >>> run.final, run.summary["final_loss"]
     """
-    from kdlab.train.run import run_sft
+    from kdlab.train.recipes import run_sft
 
     config = _config("sft", config, overrides, settings)
     return _run_result(run_sft(config), config)
@@ -171,7 +171,7 @@ def distill(config: RunConfig | str | Path | None = None, *, preset: str | None 
     >>> run = kdlab.distill(teacher="smollm2-135m", teacher_adapter="runs/teacher/final", student="runs/pruned",
     ...                     data="train.json", out="runs/kd", kd={"loss": "fkl", "temperature": 2.0})
     """
-    from kdlab.train.run import run_distill
+    from kdlab.train.recipes import run_distill
 
     if "student" in settings:
         if settings.get("model") is not None:

@@ -49,7 +49,7 @@ def _train_flags(p: dict, out: Path, study_dir: Path) -> dict:
 
 def _sft(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.config import build_config
-    from kdlab.train.run import run_sft
+    from kdlab.train.recipes import run_sft
 
     run_sft(build_config("sft", None, _train_flags(p, out, study_dir), []))
 
@@ -59,7 +59,7 @@ def _kd(p: dict, out: Path, study_dir: Path) -> None:
         _sft(p, out, study_dir)
         return
     from kdlab.config import build_config
-    from kdlab.train.run import run_distill
+    from kdlab.train.recipes import run_distill
 
     flags = _train_flags(p, out, study_dir)
     flags.update({"teacher": p["teacher"], "teacher_adapter": p["teacher_adapter"]})
@@ -72,7 +72,7 @@ def _kd(p: dict, out: Path, study_dir: Path) -> None:
 
 def _cache(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.config import build_config
-    from kdlab.train.run import ensure_teacher_cache
+    from kdlab.teacher_cache.lifecycle import ensure_teacher_cache
 
     flags = {key: resolve(value, study_dir) for key, value in p["flags"].items()}
     config = build_config("distill", None, {**flags, "out": str(out), "teacher_cache": str(out)}, [])
@@ -80,20 +80,17 @@ def _cache(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def _answers(p: dict, out: Path, study_dir: Path) -> None:
-    """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``)."""
-    import torch
-
+    """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``), generated as
+    SeqKD inside a run generates them (:mod:`kdlab.train.teachers`: one precision rule, ``auto`` here)."""
     from kdlab.data.formats import load_examples, write_json_examples
     from kdlab.io import atomic_dir
-    from kdlab.models.load import inference_device, load_model, load_tokenizer
-    from kdlab.train.run import teacher_answers
+    from kdlab.models.load import inference_device, load_tokenizer
+    from kdlab.train.teachers import load_frozen_teacher, teacher_answers
 
+    precision = p.get("precision", "auto")
     tokenizer = load_tokenizer(p["teacher"])
-    device = inference_device()
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    teacher = load_model(p["teacher"], dtype=dtype, adapter=p["teacher_adapter"], merge_adapter=True).eval().to(device)
-    with torch.no_grad():
-        generated = teacher_answers(teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"])
+    teacher = load_frozen_teacher(p["teacher"], p["teacher_adapter"], precision).to(inference_device())
+    generated = teacher_answers(teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"], precision)
     with atomic_dir(out, marker="train.json") as tmp:
         write_json_examples(generated, tmp / "train.json")
 

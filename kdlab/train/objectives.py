@@ -18,6 +18,7 @@ from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids, speculative_generate_ids
 from kdlab.losses import TokenWeights, chunked_ce_loss, chunked_distill_loss
 from kdlab.models.heads import final_hidden, output_weight
+from kdlab.teacher_cache import chunked_cached_distill_loss
 
 
 def response_hidden(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +107,6 @@ class CachedDistillObjective:
             if self.live is None:
                 raise KdlabError("an on-policy batch needs the live teacher, and none was loaded (kd.lmbda is 0?)")
             return self.live(model, batch, step)
-        from kdlab.teacher_cache import chunked_cached_distill_loss
-
         hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
         rows = self.cache.rows(batch["index"].cpu())
         if len(rows) != hidden.shape[0]:

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from kdlab.cli import main
-from kdlab.errors import KdlabError
 from kdlab.train import loop
 
 
@@ -238,7 +237,8 @@ def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train
 
 def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, synth_train, tmp_path, monkeypatch):
     """The first run builds the cache; runs with other losses/temperatures reuse it without loading the teacher."""
-    from kdlab.train import run
+    from kdlab.teacher_cache import lifecycle
+    from kdlab.train import recipes
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
@@ -253,8 +253,9 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
     def no_teacher(config):
         raise AssertionError("the teacher was loaded")
 
-    monkeypatch.setattr(run, "load_teacher", no_teacher)
-    monkeypatch.setattr("kdlab.teacher_cache.build_cache", no_teacher)
+    monkeypatch.setattr(recipes, "load_teacher", no_teacher)
+    monkeypatch.setattr(lifecycle, "load_teacher", no_teacher)
+    monkeypatch.setattr(lifecycle, "build_cache", no_teacher)
     out = tmp_path / "rkl-t2"
     assert run_cli([*common, "--out", out, "--loss", "rkl", "--temperature", 2, "--cache-tail", "renormalize"]) == 0
     assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
@@ -267,72 +268,6 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
     assert run_cli([*common, "--out", out, "--loss", "gjsd", "--lmbda", 0.5, "--max-new-tokens", 4]) == 0
     assert json.loads((out / "result.json").read_text())["on_policy_steps_this_session"] > 0
     assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
-
-
-def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
-    """ensure_teacher_cache standalone builds the cache; other data, max_length, k or teacher are refused by name."""
-    from kdlab.config import build_config
-    from kdlab.train import run
-
-    data = small_data(tmp_path / "eight.json", synth_train, 8)
-    cache = tmp_path / "cache"
-
-    def config(**changes):
-        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
-                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32"}
-        return build_config("distill", None, {**flags, **changes}, [])
-
-    assert run.ensure_teacher_cache(config(), progress=False) == cache
-    monkeypatch.setattr(run, "load_teacher", lambda config: pytest.fail("the teacher was loaded"))
-    assert run.ensure_teacher_cache(config()) == cache  # complete: checked, not rebuilt
-    other = small_data(tmp_path / "other.json", synth_train, 6)
-    for changes, message in [({"data": str(other)}, "other data: built on 8 examples"), ({"train.max_length": 200}, "other data"),
-                             ({"kd.cache_k": 8}, "k = 16, this run kd.cache_k = 8"), ({"teacher": str(tiny_models["talker"])}, "teacher '")]:
-        with pytest.raises(KdlabError, match="does not match this run") as error:
-            run.ensure_teacher_cache(config(**changes))
-        assert str(cache) in str(error.value) and message in str(error.value)
-    out = tmp_path / "refused"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", other,
-                    "--teacher-cache", cache, "--cache-k", 16, "--out", out, "--max-steps", 1, *FAST]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("kdlab: error:") and "other data" in err and "\n" not in err
-    assert not out.exists()
-
-
-def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
-    """A cache is built with kd.cache_temperatures plus kd.temperature; a reused cache without kd.temperature is a
-    warning (approximate tail), not a rebuild; a cache of the older format is refused with a message to delete it."""
-    from kdlab.config import build_config
-    from kdlab.train import run
-
-    data = small_data(tmp_path / "eight.json", synth_train, 8)
-    cache = tmp_path / "cache"
-
-    def config(**changes):
-        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
-                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32",
-                 "kd.cache_temperatures": "2,5", "kd.temperature": 3.0}
-        return build_config("distill", None, {**flags, **changes}, [])
-
-    assert config().kd.cache_temperatures == [2.0, 5.0]
-    with pytest.raises(KdlabError, match="kd.cache_temperatures"):
-        config(**{"kd.cache_temperatures": "2,-1"})
-    run.ensure_teacher_cache(config(), progress=False)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    assert manifest["temperatures"] == [1.0, 2.0, 3.0, 5.0] and manifest["bytes_per_token"] == 16 * 3 + 6 + 16
-    capsys.readouterr()
-    monkeypatch.setattr(run, "load_teacher", lambda config: pytest.fail("the teacher was loaded"))
-    stamp = (cache / "cache.npz").stat().st_mtime_ns
-    run.ensure_teacher_cache(config(**{"kd.temperature": 2.0}))
-    assert "warning" not in capsys.readouterr().err
-    run.ensure_teacher_cache(config(**{"kd.temperature": 4.0}))
-    err = capsys.readouterr().err
-    assert "kd.temperature = 4" in err and "1, 2, 3, 5" in err and "approximated" in err
-    assert (cache / "cache.npz").stat().st_mtime_ns == stamp
-    manifest["format_version"] = 1
-    (cache / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(KdlabError, match="older kdlab.*delete the folder"):
-        run.ensure_teacher_cache(config())
 
 
 def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train, tmp_path, capsys):

@@ -1,34 +1,15 @@
-"""Teacher signal cache: exactness at k = V, quantisation error, size budget, determinism, manifest checks."""
+"""Teacher cache loss: exactness at k = V, quantisation error, the tail at each temperature, teacher noise, and the
+cached objective against the live teacher."""
 
-import json
 import warnings
 
 import pytest
 import torch
 
-from kdlab.data.synth import generate_arith
-from kdlab.data.tokenize import collate, encode_examples
+from kdlab.data.tokenize import collate
 from kdlab.errors import KdlabError
 from kdlab.losses import TOKEN_DIVERGENCES
-from kdlab.teacher_cache import TailApproximationWarning, build_cache, bytes_per_token, cached_divergence, load_cache
-
-
-@pytest.fixture(scope="module")
-def setup():
-    from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    teacher = build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3)
-    student = build_tiny_model(tok, layers=1, hidden=32, seed=2, init_std=0.3)
-    data = encode_examples(tok, generate_arith(6, seed=0), max_length=400)
-    batch = collate(data, tok.pad_token_id)
-    V = len(tok)
-    with torch.no_grad():
-        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
-        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    keep = batch["labels"][:, 1:] != -100
-    return dict(tok=tok, teacher=teacher, data=data, batch=batch, V=V,
-                T=t_logits[:, :-1][keep], S=s_logits[:, :-1][keep])
+from kdlab.teacher_cache import TailApproximationWarning, build_cache, cached_divergence, load_cache
 
 
 def _cache(setup, path, **kw):
@@ -68,7 +49,7 @@ def test_topk_smaller_than_vocab(setup, tmp_path):
     assert ((ref - bucket).mean() / ref.mean()) < 0.1
     renorm = cached_divergence(S, rows, "fkl", 1.0, tail="renormalize")
     assert torch.isfinite(renorm).all() and (renorm >= -1e-6).all()
-    from kdlab.teacher_cache import _teacher_log_probs
+    from kdlab.teacher_cache.loss import _teacher_log_probs
 
     for tau in (0.5, 2.0, 5.0):  # stored (2, 5): exact tail mass; not stored (0.5): uniform approximation
         true_tail = 1 - torch.softmax(T / tau, -1).gather(1, top).sum(-1)
@@ -122,7 +103,7 @@ def test_bucket_tail_is_exact_at_a_stored_temperature(setup, tmp_path, loss):
 
 
 def test_unstored_temperature_uses_the_uniform_tail_and_warns_once(setup, tmp_path, monkeypatch):
-    import kdlab.teacher_cache as tc
+    import kdlab.teacher_cache.loss as tc
 
     monkeypatch.setattr(tc, "_warned_temperatures", set())
     S, V = setup["S"], setup["V"]
@@ -139,16 +120,6 @@ def test_unstored_temperature_uses_the_uniform_tail_and_warns_once(setup, tmp_pa
         cached_divergence(S, rows, "fkl", tau)
 
 
-def test_old_format_cache_is_refused(setup, tmp_path):
-    path = tmp_path / "old"
-    build_cache(setup["teacher"], setup["tok"], setup["data"], path, k=8, progress=False)
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["format_version"] = 1
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(KdlabError, match="older kdlab.*delete the folder to rebuild it"):
-        load_cache(path)
-
-
 def test_gradient_reaches_student(setup, tmp_path):
     cache = _cache(setup, tmp_path / "c", k=32)
     S = setup["S"].clone().requires_grad_(True)
@@ -157,63 +128,6 @@ def test_gradient_reaches_student(setup, tmp_path):
             value = cached_divergence(S, cache.rows(setup["batch"]["index"]), loss, 2.0, tail=tail).mean()
             (grad,) = torch.autograd.grad(value, S)
             assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
-def test_rows_per_example_and_batch_order(setup, tmp_path):
-    cache = _cache(setup, tmp_path / "c", k=8)
-    data = setup["data"]
-    assert cache.tokens == setup["S"].shape[0] == sum(len(e.response_ids) for e in data)
-    order = torch.tensor([data[2].index, data[0].index])
-    rows = cache.rows(order)
-    parts = [cache.example_rows(data[2].index), cache.example_rows(data[0].index)]
-    assert torch.equal(rows.ids, torch.cat([p.ids for p in parts]))
-    with pytest.raises(KdlabError):
-        cache.rows(torch.tensor([999]))
-
-
-def test_bytes_per_token_large_vocab(setup, tmp_path):
-    from kdlab.models.tiny import build_tiny_model
-
-    tok, V = setup["tok"], 152064
-    assert bytes_per_token(64, V) == bytes_per_token(64, V, n_temperatures=3) == 274 <= 300  # 3 tail sums (tau = 1, 2, 5)
-    assert bytes_per_token(64, 65536) == 210
-    big = build_tiny_model(tok, layers=1, hidden=16, seed=4, vocab_padding=V - len(tok), init_std=0.3)
-    data = setup["data"][:2]
-    info = build_cache(big, tok, data, tmp_path / "big", k=64, vocab_size=V, progress=False)
-    assert info.manifest["bytes_per_token"] == 274 and info.manifest["temperatures"] == [1.0, 2.0, 5.0]
-    assert info.manifest["bytes_per_token_file"] <= 300
-    cache = load_cache(tmp_path / "big")
-    batch = collate(data, tok.pad_token_id)
-    with torch.no_grad():
-        logits = big(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
-    T = logits[:, :-1][batch["labels"][:, 1:] != -100]
-    rows = cache.rows(batch["index"])
-    top = torch.topk(T, 64).indices
-    assert torch.equal(rows.ids, top) and (top > 65535).any()  # 24-bit packing round-trips
-    assert torch.isfinite(cached_divergence(T, rows, "fkl", 1.0)).all()
-
-
-def test_rebuild_is_deterministic(setup, tmp_path):
-    a = build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "a", k=16, progress=False)
-    b = build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "b", k=16, progress=False)
-    assert (a.path / "cache.npz").read_bytes() == (b.path / "cache.npz").read_bytes()
-    assert a.manifest == b.manifest
-
-
-def test_manifest_mismatch_is_rejected(setup, tmp_path):
-    from kdlab.models.tiny import build_tiny_model
-
-    build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "c", k=8, progress=False, teacher_spec="tiny-teacher")
-    load_cache(tmp_path / "c", teacher=setup["teacher"], dataset=setup["data"], teacher_spec="tiny-teacher")
-    other = build_tiny_model(setup["tok"], layers=2, hidden=64, seed=9, vocab_padding=7)
-    with pytest.raises(KdlabError, match="another teacher"):
-        load_cache(tmp_path / "c", teacher=other)
-    with pytest.raises(KdlabError, match="teacher"):
-        load_cache(tmp_path / "c", teacher_spec="someone-else")
-    with pytest.raises(KdlabError, match="other data"):
-        load_cache(tmp_path / "c", dataset=setup["data"][:3])
-    with pytest.raises(KdlabError, match="not a teacher cache"):
-        load_cache(tmp_path / "missing")
 
 
 def test_bad_arguments(setup, tmp_path):
@@ -227,27 +141,6 @@ def test_bad_arguments(setup, tmp_path):
         cached_divergence(setup["S"][:3], rows, "fkl", 1.0)
     with pytest.raises(KdlabError):
         build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "d", k=0, progress=False)
-
-
-# --- the trainer's cached objective ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def objective_setup(synth_train, tmp_path_factory):
-    """Teacher and student with padded output layers (sliced to the shared 384 tokens), 8 synth examples, and an
-    exact (float32, k = V) cache of the teacher on them."""
-    from kdlab.data.formats import load_examples
-    from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    teacher = build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3).eval().requires_grad_(False)
-    student = build_tiny_model(tok, layers=1, hidden=32, seed=2, vocab_padding=3, init_std=0.3)
-    data = encode_examples(tok, load_examples(synth_train)[:8], max_length=256)
-    V = len(tok)
-    path = tmp_path_factory.mktemp("cache") / "exact"
-    build_cache(teacher, tok, data, path, k=V, quantize=False, progress=False, chunk_size=64)
-    return dict(tok=tok, teacher=teacher, student=student, data=data, V=V, cache=load_cache(path, teacher=teacher, dataset=data),
-                synth_train=synth_train)
 
 
 def _loss_and_grads(objective, student, batch):
@@ -280,7 +173,7 @@ def test_cached_objective_equals_the_live_teacher(objective_setup, loss, tau, w,
 
 def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_path):
     """k < V with noise: the top-k get the live draws, the tail bucket the logsumexp of the other draws."""
-    from kdlab.teacher_cache import _teacher_log_probs
+    from kdlab.teacher_cache.loss import _teacher_log_probs
 
     s = objective_setup
     build_cache(s["teacher"], s["tok"], s["data"], tmp_path / "k8", k=8, quantize=False, progress=False)

@@ -1,0 +1,129 @@
+"""The objective over many tokens, a chunk of tokens at a time, from hidden states and lm_head weights.
+
+:func:`chunked_distill_loss` computes the training objective ``(1 - w) * CE + w * tau**2 * divergence``
+(:func:`kdlab.losses.objective.token_objective`) from the two models' final hidden states and output layers, so that
+the full ``[N, V]`` logits of the two models are never held at once (see ``benchmarks/kd_loss.py``);
+:func:`naive_distill_loss` is the same sum from full logits, the reference it is tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.losses.divergences import check_loss_args, upcast
+from kdlab.losses.objective import LiveTeacher, TokenWeights, chunk_weights, token_objective
+
+TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """Sum over tokens of ``token_loss(logits, start, end) -> [end - start]`` with ``logits = hidden @ weight.T``.
+
+    Forward computes, chunk by chunk, the logits, the loss and its gradient ``g = d loss / d logits`` [C, V];
+    then ``d hidden = g @ weight`` and ``d weight += g.T @ hidden`` (accumulated in place). Only one chunk's
+    logits exist at a time; backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, weight, token_loss, chunk_size):
+        weight_needs_grad = weight.requires_grad
+        weight = weight.detach()
+        grad_hidden = torch.empty_like(hidden_states)
+        grad_weight = torch.zeros_like(weight) if weight_needs_grad else None
+        total = None
+        for start in range(0, hidden_states.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden_states.shape[0])
+            hidden = hidden_states[start:end].detach()
+            logits = upcast(F.linear(hidden, weight)).requires_grad_(True)
+            with torch.enable_grad():
+                chunk_sum = token_loss(logits, start, end).sum()
+            (grad_logits,) = torch.autograd.grad(chunk_sum, logits)
+            del logits
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[start:end] = grad_logits @ weight
+            if weight_needs_grad:
+                grad_weight.addmm_(grad_logits.T, hidden.to(weight.dtype))
+            total = chunk_sum.detach() if total is None else total + chunk_sum.detach()
+        ctx.weight_needs_grad = weight_needs_grad
+        ctx.save_for_backward(grad_hidden, *((grad_weight,) if weight_needs_grad else ()))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors  # used once: scale in place
+        grad_weight = saved[1].mul_(grad_output) if ctx.weight_needs_grad else None
+        return saved[0].mul_(grad_output), grad_weight, None, None
+
+
+def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 256) -> torch.Tensor:
+    """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk."""
+    if hidden_states.shape[0] == 0:
+        return (hidden_states.sum() + weight.sum()) * 0.0
+    return _ChunkedTokenLoss.apply(hidden_states, weight, token_loss, chunk_size)
+
+
+def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 256) -> torch.Tensor:
+    """Sum over tokens of cross-entropy(hidden_states @ weight.T, targets), computed in chunks: [N, H] -> scalar."""
+    return chunked_token_loss(hidden_states, weight, lambda logits, s, e: F.cross_entropy(logits, targets[s:e], reduction="none"), chunk_size)
+
+
+def chunked_distill_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    kd_weight: float = 1.0,
+    loss_kwargs: dict | None = None,
+    vocab_size: int | None = None,
+    teacher_noise: float = 0.0,
+    noise_generator: torch.Generator | None = None,
+    chunk_size: int = 256,
+    weights: TokenWeights | None = None,
+) -> torch.Tensor:
+    """Sum over tokens of the distillation objective, computed in chunks of ``chunk_size`` tokens.
+
+    Args:
+        student_hidden: [N, H_s] final (post-norm) student hidden states of the kept (response) positions.
+        student_weight: [V_s, H_s] student lm_head weight (gradients flow to it when it requires grad).
+        teacher_hidden: [N, H_t] teacher hidden states at the same positions (no gradient).
+        teacher_weight: [V_t, H_t] teacher lm_head weight.
+        targets: [N] target token ids (used by the CE term).
+        vocab_size: logits of both models are sliced to this many entries (the shared tokenizer size; Qwen pads
+            its output layer); default ``min(V_s, V_t)``.
+        teacher_noise: standard deviation of Gaussian noise added to the teacher logits (before temperature).
+        weights: fidelity-aware token weights (:class:`TokenWeights`; ``answer`` [N] aligned with the rows); the
+            disagreement weight uses the noise-free teacher.
+
+    Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * g_n * divergence_n`` (:func:`mix_objective`). Divide by the number of response
+    tokens (over the whole accumulated batch) to get the mean.
+    """
+    loss_kwargs = dict(loss_kwargs or {})
+    check_loss_args(loss, temperature, **loss_kwargs)
+    vocab = vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
+    teacher_weight = teacher_weight.detach()[:vocab]  # a view: no copy
+    teacher_hidden = teacher_hidden.detach()
+
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = upcast(F.linear(teacher_hidden[start:end], teacher_weight))
+        noise = teacher_noise * torch.randn(teacher_logits.shape, generator=noise_generator) if teacher_noise > 0 else None
+        return token_objective(student_logits, LiveTeacher(teacher_logits, noise), targets[start:end], loss, temperature,
+                               kd_weight, loss_kwargs, chunk_weights(weights, start, end))
+
+    if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
+        student_weight = student_weight[:vocab]
+    return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
+
+
+def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None,
+                       weights: TokenWeights | None = None):
+    """Reference for :func:`chunked_distill_loss` from full logits [N, V]: the same sum over tokens, in one piece."""
+    return token_objective(upcast(student_logits), upcast(teacher_logits.detach()), targets, loss, temperature, kd_weight,
+                           dict(loss_kwargs or {}), weights).sum()

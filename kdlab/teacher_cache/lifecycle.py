@@ -1,0 +1,154 @@
+"""The teacher cache of a distill run (``kdlab distill --teacher-cache DIR``): checked, built on first use, loaded.
+
+The folder is built on first use with ``k = kd.cache_k`` and the tail sums of ``kd.cache_temperatures`` plus
+``kd.temperature`` from the data encoded exactly as the trainer encodes it (:func:`kdlab.train.inputs.distill_inputs`:
+the student's tokenizer, ``train.max_length``, the same example indices), then checked on every later use against
+the teacher spec (model, adapter folder and a hash of the adapter weights), the data hash, k and the format version,
+without loading any model (a ``kd.temperature`` the cache does not store is a warning, not a rebuild); the weight
+fingerprint is compared too whenever the teacher is loaded anyway. The objective
+(:class:`kdlab.train.objectives.CachedDistillObjective`, :func:`kdlab.teacher_cache.chunked_cached_distill_loss`)
+computes the student's logits from its hidden states a chunk of ``train.chunk_size`` tokens at a time, sliced to
+the cache's ``vocab_size``, against the rows of the batch (``TeacherCache.rows(batch["index"])``) with
+``tail = kd.cache_tail``: ``(1 - w) * CE + w * tau**2 * divergence``, summed over response tokens, as the live
+objective. No teacher forward pass runs on these batches, and with ``kd.lmbda = 0`` the teacher is not even loaded.
+On-policy batches (GKD, ``kd.lmbda > 0``: student-sampled responses, which the cache cannot hold) use the live
+teacher.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from kdlab.config import RunConfig
+from kdlab.errors import KdlabError
+from kdlab.locks import folder_lock
+from kdlab.outputs import check_writable
+from kdlab.teacher_cache.format import CACHE_FILE, MANIFEST_FILE, normalize_temperatures, temperature_index
+from kdlab.teacher_cache.store import TeacherCache, build_cache, data_hash, load_cache, read_manifest
+from kdlab.train.inputs import DistillInputs, distill_inputs, output_vocab
+from kdlab.train.teachers import load_teacher, teacher_spec
+
+
+def teacher_cache_ready(path) -> bool:
+    """True for a complete cache folder, False for a missing or empty one; a folder holding anything else is refused
+    (building a cache there would replace it)."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file() and (path / CACHE_FILE).is_file():
+        return True
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise KdlabError(f"{path}: exists and is not a teacher cache (no {MANIFEST_FILE} and {CACHE_FILE}); choose another --teacher-cache")
+    return False
+
+
+def _check_cache_manifest(config: RunConfig, dataset) -> dict:
+    """Refuse a complete cache of an older format, or built for another teacher, other data (tokenisation,
+    max_length) or another k; return its manifest (read once, by :func:`read_manifest`)."""
+    path = Path(config.teacher_cache)
+    manifest = read_manifest(path)
+    diffs, spec = [], teacher_spec(config)
+    if manifest.get("teacher") != spec:
+        diffs.append(f"teacher '{manifest.get('teacher')}', this run '{spec}'")
+    if manifest.get("data_hash") != data_hash(dataset):
+        tokens = sum(len(item.response_ids) for item in dataset)
+        diffs.append(f"other data: built on {manifest.get('examples')} examples / {manifest.get('tokens')} response tokens, "
+                     f"this run has {len(dataset)} / {tokens} (data file, tokenizer or max_length)")
+    if manifest.get("k") != config.kd.cache_k:
+        diffs.append(f"k = {manifest.get('k')}, this run kd.cache_k = {config.kd.cache_k}")
+    if diffs:
+        raise KdlabError(f"{path}: teacher cache does not match this run ({'; '.join(diffs)}); delete it or choose another --teacher-cache")
+    return manifest
+
+
+def _warn_cache_temperature(config: RunConfig, manifest: dict) -> None:
+    """A reused cache without the exact tail sum at ``kd.temperature``: warn (the bucket tail is approximated)."""
+    stored = manifest.get("temperatures", [])
+    if config.kd.cache_tail == "bucket" and temperature_index(stored, config.kd.temperature) is None:
+        print(f"kdlab: warning: teacher cache {config.teacher_cache} stores the exact tail mass at temperatures "
+              f"{', '.join(f'{tau:g}' for tau in stored)}, not at kd.temperature = {config.kd.temperature:g}: the bucket tail "
+              "is approximated as uniform (over-estimates the softened tail); delete the folder to rebuild it with this "
+              "temperature", file=sys.stderr, flush=True)
+
+
+def check_teacher_cache(config: RunConfig, inputs: DistillInputs) -> dict | None:
+    """The manifest of a complete cache, checked against the run without loading any model (:func:`_check_cache_manifest`,
+    and a warning for a ``kd.temperature`` it does not store), or None when the cache is still to be built."""
+    if not teacher_cache_ready(config.teacher_cache):
+        return None
+    manifest = _check_cache_manifest(config, inputs.encoded)
+    _warn_cache_temperature(config, manifest)
+    return manifest
+
+
+def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True, inputs: DistillInputs | None = None,
+                         vocab_size: int | None = None) -> Path:
+    """Make ``config.teacher_cache`` hold the teacher's top-``kd.cache_k`` signal on ``config.data``; return it.
+
+    A complete cache is checked against the run without loading any model (tokenizers only): the teacher spec
+    (:func:`kdlab.train.teachers.teacher_spec`: model, adapter folder and adapter weights hash), the hash of the data
+    encoded with the student's tokenizer and ``train.max_length`` (the examples and indices run_distill trains on), k
+    and the format version (a cache of an older format must be deleted and rebuilt); a mismatch is a
+    :class:`KdlabError` naming the folder and what differs. A ``kd.temperature`` without an exact tail sum in the
+    cache is a warning (the bucket tail is then approximated), not a rebuild. The teacher's weight fingerprint is
+    compared only when the teacher is loaded anyway (run_distill with ``kd.lmbda > 0``). A missing cache is built
+    (atomically, with a progress bar) from ``teacher``, loaded with :func:`kdlab.train.teachers.load_teacher` when
+    not given, with the exact tail sums at ``kd.cache_temperatures`` plus ``kd.temperature``. Safe to call once per
+    (teacher, data) before several runs that share the folder, and from several processes at once: the build holds
+    the folder's lock (:mod:`kdlab.locks`); another process waits for it, then checks and reuses the cache.
+    ``inputs``: the run's :func:`kdlab.train.inputs.distill_inputs`, when already loaded; ``vocab_size``: the
+    cache's vocabulary (:func:`cache_vocab`), when the run has computed it.
+    """
+    if not config.teacher_cache:
+        raise KdlabError("no teacher cache folder set (--teacher-cache DIR)")
+    inputs = inputs or distill_inputs(config)
+    path = Path(config.teacher_cache)
+    if check_teacher_cache(config, inputs) is not None:
+        return path
+    with folder_lock(path, "building a teacher cache", wait=True):  # another process building it: wait, then reuse
+        if check_teacher_cache(config, inputs) is not None:
+            return path
+        return _build_teacher_cache(config, teacher, progress, inputs, vocab_size)
+
+
+def _build_teacher_cache(config: RunConfig, teacher, progress: bool, inputs: DistillInputs, vocab_size: int | None) -> Path:
+    """Build the missing cache ``config.teacher_cache`` (see :func:`ensure_teacher_cache`); called under its lock."""
+    path = Path(config.teacher_cache)
+    check_writable(path)
+    if teacher is None:
+        teacher = load_teacher(config)
+        teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+    vocab_size = vocab_size or cache_vocab(None, inputs, teacher)
+    temperatures = normalize_temperatures([*config.kd.cache_temperatures, config.kd.temperature])
+    print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, tail sums at tau = "
+          f"{', '.join(f'{tau:g}' for tau in temperatures)}, {len(inputs.encoded)} examples)", flush=True)
+    info = build_cache(teacher, inputs.tokenizer, inputs.encoded, path, k=config.kd.cache_k, batch_size=config.train.batch_size,
+                       vocab_size=vocab_size, progress=progress, teacher_spec=teacher_spec(config),
+                       chunk_size=config.train.chunk_size, temperatures=temperatures)
+    print(f"kdlab: teacher cache {path}: {info.tokens} tokens, {info.bytes_per_token:.0f} bytes/token", flush=True)
+    return path
+
+
+def cache_vocab(manifest: dict | None, inputs: DistillInputs, teacher) -> int:
+    """The vocabulary the cached objective slices the student's logits to: the cache's ``vocab_size``, or, for a
+    cache still to be built, the one it will be built with (the shared tokenizer size cut to the teacher's rows)."""
+    return manifest["vocab_size"] if manifest is not None else output_vocab(inputs.vocab_size, teacher)
+
+
+def check_student_vocab(config: RunConfig, model, vocab: int) -> None:
+    """The student's logits are sliced to the cache's vocabulary: its output layer must have that many rows."""
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows < vocab:
+        raise KdlabError(f"student '{config.model}' has {rows} output rows; the teacher cache needs {vocab} (its vocab_size)")
+
+
+def open_teacher_cache(config: RunConfig, teacher, inputs: DistillInputs, manifest: dict | None, vocab_size: int,
+                       accelerator) -> TeacherCache:
+    """The run's cache, loaded: built first (once, by the main process) when ``manifest`` is None (it was not
+    complete); the teacher's weight fingerprint is checked too when the teacher is loaded."""
+    if manifest is None:
+        if accelerator.is_main_process:
+            ensure_teacher_cache(config, teacher, accelerator.is_local_main_process, inputs, vocab_size)
+        accelerator.wait_for_everyone()
+    return load_cache(config.teacher_cache, teacher=teacher, manifest=manifest)
