@@ -31,6 +31,7 @@ from kdlab.losses.divergences import (
 )
 from kdlab.losses.objective import (
     LiveTeacher,
+    LossParts,
     TeacherSignal,
     TokenWeights,
     chunk_weights,
@@ -41,7 +42,7 @@ from kdlab.losses.objective import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "LOG_PROB_DIVERGENCES", "LOSS_KWARGS", "LOSSES", "TOKEN_DIVERGENCES", "LiveTeacher", "TeacherSignal",
+    "IGNORE_INDEX", "LOG_PROB_DIVERGENCES", "LOSS_KWARGS", "LOSSES", "TOKEN_DIVERGENCES", "LiveTeacher", "LossParts", "TeacherSignal",
     "TokenWeights", "check_loss_args", "chunk_weights", "chunked_ce_loss", "chunked_distill_loss", "chunked_token_loss",
     "disagreement_weight", "divergence_from_log_probs", "forward_kl", "generalized_jsd", "log_probs", "mix_objective",
     "naive_distill_loss", "reverse_kl", "skew_kl", "skew_reverse_kl", "teacher_top1", "token_objective",

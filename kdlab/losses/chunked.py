@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.losses.divergences import check_loss_args, upcast
-from kdlab.losses.objective import LiveTeacher, TokenWeights, chunk_weights, token_objective
+from kdlab.losses.objective import LiveTeacher, LossParts, TokenWeights, chunk_weights, token_objective
 
 TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
 
@@ -86,6 +86,7 @@ def chunked_distill_loss(
     noise_generator: torch.Generator | None = None,
     chunk_size: int = 256,
     weights: TokenWeights | None = None,
+    parts: LossParts | None = None,
 ) -> torch.Tensor:
     """Sum over tokens of the distillation objective, computed in chunks of ``chunk_size`` tokens.
 
@@ -100,6 +101,7 @@ def chunked_distill_loss(
         teacher_noise: standard deviation of Gaussian noise added to the teacher logits (before temperature).
         weights: fidelity-aware token weights (:class:`TokenWeights`; ``answer`` [N] aligned with the rows); the
             disagreement weight uses the noise-free teacher.
+        parts: a :class:`LossParts` to which the KD and CE parts of the sum are added (for logging).
 
     Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * g_n * divergence_n`` (:func:`mix_objective`). Divide by the number of response
     tokens (over the whole accumulated batch) to get the mean.
@@ -115,7 +117,7 @@ def chunked_distill_loss(
             teacher_logits = upcast(F.linear(teacher_hidden[start:end], teacher_weight))
         noise = teacher_noise * torch.randn(teacher_logits.shape, generator=noise_generator) if teacher_noise > 0 else None
         return token_objective(student_logits, LiveTeacher(teacher_logits, noise), targets[start:end], loss, temperature,
-                               kd_weight, loss_kwargs, chunk_weights(weights, start, end))
+                               kd_weight, loss_kwargs, chunk_weights(weights, start, end), parts=parts)
 
     if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
         student_weight = student_weight[:vocab]

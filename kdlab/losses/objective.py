@@ -58,6 +58,26 @@ def chunk_weights(weights: TokenWeights | None, start: int, end: int) -> TokenWe
     return None if weights is None or weights.plain else weights.slice(start, end)
 
 
+@dataclass
+class LossParts:
+    """Running sums of the two parts of the objective, for logging (detached; summed on the device, read once per
+    step): ``kd`` = the weighted KD terms ``w * tau^2 * g_n * divergence_n``; the CE part is the rest of the
+    objective (``(1 - w) * CE_n``, and ``a * CE_n`` on hard answer tokens). :meth:`take` returns
+    ``(kd, ce)`` as floats and starts again."""
+
+    kd: torch.Tensor | float = 0.0
+    total: torch.Tensor | float = 0.0
+
+    def add(self, objective: torch.Tensor, kd_terms: torch.Tensor) -> None:
+        self.kd = self.kd + kd_terms.detach().sum()
+        self.total = self.total + objective.detach().sum()
+
+    def take(self) -> tuple[float, float]:
+        kd, total = float(self.kd), float(self.total)
+        self.kd = self.total = 0.0
+        return kd, total - kd
+
+
 class TeacherSignal(Protocol):
     """Where the teacher's distribution comes from, for N kept positions."""
 
@@ -102,12 +122,14 @@ def disagreement_weight(student_logits: torch.Tensor, teacher_top1: torch.Tensor
 
 
 def mix_objective(divergence: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                  kd_weight: float, weights: TokenWeights | None = None, top1: tuple | None = None) -> torch.Tensor:
+                  kd_weight: float, weights: TokenWeights | None = None, top1: tuple | None = None,
+                  parts: LossParts | None = None) -> torch.Tensor:
     """Per-token training objective [N] from a per-token divergence [N] (no tau^2 in it):
 
     ``(1 - w) * CE(z_S, y) + w * tau^2 * g * divergence`` with ``g`` from :class:`TokenWeights` (1 without), and on
     hard answer tokens ``a * CE(z_S, y)``. CE is at temperature 1 on ``targets`` [N] (token ids, no -100).
-    ``top1`` = :func:`teacher_top1` (needed when ``weights.gamma > 0``).
+    ``top1`` = :func:`teacher_top1` (needed when ``weights.gamma > 0``); ``parts`` (optional) accumulates the KD
+    and CE parts for logging.
     """
     scale = kd_weight * temperature**2
     if weights is not None and weights.gamma > 0:
@@ -125,6 +147,9 @@ def mix_objective(divergence: torch.Tensor, student_logits: torch.Tensor, target
             objective = objective + (1 - kd_weight) * ce
         if hard:
             objective = torch.where(answer, weights.answer_weight * ce, objective)
+    if parts is not None:
+        kd_terms = scale * divergence
+        parts.add(objective, torch.where(answer, 0.0, kd_terms) if hard else kd_terms)
     return objective
 
 
@@ -138,17 +163,19 @@ def token_objective(
     loss_kwargs: dict,
     weights: TokenWeights | None = None,
     top1: tuple | None = None,
+    parts: LossParts | None = None,
 ) -> torch.Tensor:
     """Per-token training objective [N]: ``(1 - w) * CE(z_S, y) + w * tau^2 * g * divergence(p_S, p_T)``
     (:func:`mix_objective`; ``g`` = 1 without ``weights``).
 
     ``teacher``: the teacher's logits [N, V] (a :class:`LiveTeacher`) or any :class:`TeacherSignal` (e.g. the teacher
     cache's rows). CE is at temperature 1 on the target token; ``targets`` [N] holds token ids (no -100 here).
-    ``top1`` defaults to the teacher signal's own (the noise-free teacher's argmax).
+    ``top1`` defaults to the teacher signal's own (the noise-free teacher's argmax); ``parts``: see
+    :func:`mix_objective`.
     """
     if isinstance(teacher, torch.Tensor):
         teacher = LiveTeacher(teacher)
     divergence = divergence_from_log_probs(loss, *teacher.log_probs(student_logits, temperature), **loss_kwargs)
     if weights is not None and weights.gamma > 0 and top1 is None:
         top1 = teacher.top1()
-    return mix_objective(divergence, student_logits, targets, temperature, kd_weight, weights, top1)
+    return mix_objective(divergence, student_logits, targets, temperature, kd_weight, weights, top1, parts)

@@ -70,6 +70,7 @@ import torch
 
 from kdlab.errors import KdlabError
 from kdlab.losses import (
+    LossParts,
     TokenWeights,
     check_loss_args,
     chunk_weights,
@@ -212,6 +213,7 @@ def chunked_cached_distill_loss(
     noise_generator: torch.Generator | None = None,
     chunk_size: int = 256,
     weights: TokenWeights | None = None,
+    parts: LossParts | None = None,
 ) -> torch.Tensor:
     """:func:`kdlab.losses.chunked_distill_loss` with the teacher read from the cache instead of computed.
 
@@ -241,7 +243,7 @@ def chunked_cached_distill_loss(
             noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(student_logits.device)
         teacher = CachedTeacher(rows.slice(start, end), tail, noise)
         return token_objective(student_logits, teacher, targets[start:end], loss, temperature, kd_weight, loss_kwargs,
-                               chunk_weights(weights, start, end))
+                               chunk_weights(weights, start, end), parts=parts)
 
     if vocab < student_weight.shape[0]:
         student_weight = student_weight[:vocab]

@@ -139,6 +139,7 @@ class Trainer:
                  accelerator, prepare_window: WindowHook | None = None):
         self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
         self.dataset, self.objective, self.prepare_window = dataset, objective, prepare_window
+        self.loss_parts: dict | None = None  # the last step's KD and CE parts (KD objectives; see _step)
         self.accelerator = accelerator
         train = config.train
         self.schedule = Schedule(len(dataset), train.batch_size, train.grad_accum, accelerator.num_processes,
@@ -201,7 +202,8 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def _step(self, step: int, batches: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step; returns (mean loss per response token, response tokens on all processes)."""
+        """One optimizer step; returns (mean loss per response token, response tokens on all processes). A KD
+        objective's parts (mean KD and CE terms per token, summing to the loss) are left in ``self.loss_parts``."""
         acc = self.accelerator
         collated = [collate([self.dataset[i] for i in batch], self.tokenizer.pad_token_id) for batch in batches]
         if self.prepare_window is not None:
@@ -224,6 +226,10 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         total = acc.reduce(total, reduction="sum")
+        parts = getattr(self.objective, "parts", None)
+        if parts is not None:
+            sums = acc.reduce(torch.tensor(parts.take(), device=acc.device, dtype=torch.float64), reduction="sum")
+            self.loss_parts = {"kd_loss": float(sums[0]) / max(global_tokens, 1), "ce_loss": float(sums[1]) / max(global_tokens, 1)}
         return float(total) / max(global_tokens, 1), global_tokens
 
     def train(self) -> dict:
@@ -259,7 +265,7 @@ class Trainer:
                 rows.append(row)
                 self._write_log(rows)
                 acc.log(step_metrics(loss, self.scheduler.get_last_lr()[0], tokens, tokens_seen / max(elapsed, 1e-9), epoch,
-                                     getattr(self.prepare_window, "on_policy_steps", None)), step=step)
+                                     getattr(self.prepare_window, "on_policy_steps", None), self.loss_parts), step=step)
             if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
                 self.save_checkpoint(step)
         bar.close()

@@ -16,7 +16,7 @@ from kdlab.config import KDConfig, loss_kwargs
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids, speculative_generate_ids
-from kdlab.losses import TokenWeights, chunked_ce_loss, chunked_distill_loss
+from kdlab.losses import LossParts, TokenWeights, chunked_ce_loss, chunked_distill_loss
 from kdlab.models.heads import final_hidden, output_weight
 from kdlab.teacher_cache import chunked_cached_distill_loss
 
@@ -61,6 +61,7 @@ class DistillObjective:
     def __init__(self, teacher, kd: KDConfig, vocab_size: int, chunk_size: int, seed: int, rank: int):
         self.teacher, self.kd, self.vocab_size, self.chunk_size = teacher, kd, vocab_size, chunk_size
         self.seed, self.rank = seed, rank
+        self.parts = LossParts()  # the KD and CE parts of the summed objective, read by the trainer for logging
 
     def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
         hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
@@ -83,6 +84,7 @@ class DistillObjective:
             noise_generator=torch.Generator().manual_seed(int(noise_seed)),
             chunk_size=self.chunk_size,
             weights=token_weights(batch, self.kd),
+            parts=self.parts,
         )
 
 
@@ -101,6 +103,7 @@ class CachedDistillObjective:
 
     def __init__(self, cache, kd: KDConfig, chunk_size: int, seed: int, rank: int, live: DistillObjective | None = None):
         self.cache, self.kd, self.chunk_size, self.seed, self.rank, self.live = cache, kd, chunk_size, seed, rank, live
+        self.parts = live.parts if live is not None else LossParts()  # one running sum for cached and live batches
 
     def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
         if bool(batch.get("on_policy", torch.tensor(0)).item()):
@@ -127,6 +130,7 @@ class CachedDistillObjective:
             noise_generator=torch.Generator().manual_seed(int(noise_seed)),
             chunk_size=self.chunk_size,
             weights=token_weights(batch, self.kd),
+            parts=self.parts,
         )
 
 

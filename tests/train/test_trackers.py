@@ -133,3 +133,45 @@ def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, t
     run_id = (out / "trackers" / "mlflow_run_id").read_text().strip()
     history = MlflowClient(tracking_uri=f"file:{out / 'trackers' / 'mlruns'}").get_metric_history(run_id, "eval/arith/accuracy")
     assert [(metric.step, metric.value) for metric in history] == [(2, pytest.approx(accuracy))]
+
+
+def tensorboard_series(run_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "trackers" / "tensorboard"))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+def test_a_kd_run_logs_its_kd_and_ce_parts(tiny_models, synth_train, tmp_path):
+    """kd_loss + ce_loss = loss at every step; with kd_weight 0.5 both parts are positive; the first step's parts
+    equal the two terms computed apart (KD-only and CE-only objectives on the same batch and weights)."""
+    pytest.importorskip("tensorboard")
+    import torch
+
+    from kdlab.config import KDConfig
+    from kdlab.data.formats import load_examples
+    from kdlab.data.tokenize import collate, encode_examples
+    from kdlab.models.load import load_model, load_tokenizer
+    from kdlab.train.objectives import DistillObjective, sft_objective
+
+    data = small_data(tmp_path / "four.json", synth_train, 4)
+    out = tmp_path / "kd"
+    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
+                    "--out", out, "--loss", "fkl", "--temperature", 2, "--kd-weight", 0.5, "--no-lora", "--max-steps", 3,
+                    "--batch-size", 4, "--precision", "fp32", "--save-steps", 0, "--report-to", "tensorboard"]) == 0
+    loss, kd, ce = (tensorboard_series(out, tag) for tag in ("loss", "kd_loss", "ce_loss"))
+    assert sorted(loss) == sorted(kd) == sorted(ce) == [1, 2, 3]
+    for step in loss:
+        assert kd[step] + ce[step] == pytest.approx(loss[step], rel=1e-5)
+        assert kd[step] > 0 and ce[step] > 0
+    # step 1 runs on the untrained student: its parts are the two terms of the objective computed apart
+    tokenizer = load_tokenizer(tiny_models["student"])
+    batch = collate(encode_examples(tokenizer, load_examples(str(data)), 256), tokenizer.pad_token_id)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    student, teacher = load_model(tiny_models["student"]), load_model(tiny_models["teacher"])
+    kd_only = DistillObjective(teacher, KDConfig(loss="fkl", temperature=2.0, kd_weight=1.0), 0, 256, 0, 0)
+    with torch.no_grad():
+        expected_kd = 0.5 * float(kd_only(student, batch, 1)) / n
+        expected_ce = 0.5 * float(sft_objective(256)(student, batch, 1)) / n
+    assert kd[1] == pytest.approx(expected_kd, rel=1e-4) and ce[1] == pytest.approx(expected_ce, rel=1e-4)
