@@ -180,7 +180,7 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, 
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
     from kdlab.study.results import collect_results, collect_selection
-    from kdlab.study.runner import prepare_study, run_plan
+    from kdlab.study.executors.local import prepare_study, run_plan
 
     started = time.time()
     out, size = Path(out), QUICK if quick else FULL

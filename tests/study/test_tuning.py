@@ -14,7 +14,7 @@ from kdlab.errors import KdlabError
 from kdlab.study import steps
 from kdlab.study.plan import KIND_ORDER, build_plan
 from kdlab.study.results import collect_results, collect_selection
-from kdlab.study.runner import prepare_study, run_plan
+from kdlab.study.executors.local import prepare_study, run_plan
 from kdlab.study.spec import load_spec
 
 LRS = [1e-3, 2e-2]

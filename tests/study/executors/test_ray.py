@@ -15,7 +15,7 @@ from kdlab.study import steps
 from kdlab.study.executors.ray import check_cluster, run_plan_ray, task_options
 from kdlab.study.plan import build_plan
 from kdlab.study.resources import Need
-from kdlab.study.runner import node_status, prepare_study, run_study, state_path
+from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
 
 ray = pytest.importorskip("ray")
 
