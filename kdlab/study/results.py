@@ -35,7 +35,8 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
-from kdlab.study.plan import Node, Plan, model_params
+from kdlab.study.plan import Node, Plan
+from kdlab.study.sizes import model_params
 from kdlab.study.steps import is_done
 
 RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",

@@ -30,7 +30,8 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import pid_alive
-from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan, format_seconds
+from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan
+from kdlab.study.sizes import format_seconds
 from kdlab.study.spec import StudySpec, check_models, load_spec
 from kdlab.study.steps import execute, is_done
 

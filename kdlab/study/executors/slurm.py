@@ -26,7 +26,8 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
 from kdlab.study.executors.node import run_node
-from kdlab.study.plan import Node, Plan, format_seconds, run_name
+from kdlab.study.plan import Node, Plan, run_name
+from kdlab.study.sizes import format_seconds
 from kdlab.study.resources import Need
 from kdlab.study.executors.local import RunSummary, describe_node, state_path
 from kdlab.study.steps import is_done
