@@ -34,10 +34,11 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kdlab.errors import KdlabError
+from kdlab.study.runmeta import RunMeta
 from kdlab.study.sizes import data_size, model_params, task_size
 from kdlab.study.spec import Method, StudySpec, flatten_sections
 
@@ -56,7 +57,7 @@ class Node:
     kind: str
     params: dict
     deps: tuple[str, ...] = ()
-    meta: dict = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
     group: str = ""
     flops: float = 0.0
 
@@ -79,10 +80,11 @@ def resolve(value, study_dir: Path):
     return value
 
 
-def _node(kind: str, slug: str, params: dict, deps=(), meta=None, group: str | None = None, flops: float = 0.0) -> Node:
+def _node(kind: str, slug: str, params: dict, deps=(), meta: RunMeta | None = None, group: str | None = None,
+          flops: float = 0.0) -> Node:
     digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
     node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
-    return Node(node_id, kind, params, tuple(deps), meta or {}, group or node_id, flops)
+    return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
 
 
 # ---------------------------------------------------------------- the plan
@@ -127,7 +129,7 @@ class _Builder:
         if entry.spec is not None:
             return entry.spec, ()
         parent = self.spec.models[entry.prune_from].spec
-        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta={"model": name},
+        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta=RunMeta(model=name),
                               flops=0.0))
         return study_path(node.id), (node.id,)
 
@@ -153,7 +155,7 @@ class _Builder:
         task = tuning.task or domain.tasks[0]
         params = {"train": domain.train, "n": tuning.n, "seed": tuning.seed, "file": tuning.file, "task": task,
                   "test_tasks": list(domain.tasks), "test_dir": domain.data_dir, "teacher_train": domain.teacher_train}
-        return self.add(_node("split", domain.name, params, meta={"domain": domain.name, "task": task}))
+        return self.add(_node("split", domain.name, params, meta=RunMeta(domain=domain.name, task=task)))
 
     # training runs ---------------------------------------------------
     def train_flops(self, params: float, domain, sections: dict, lora: bool, data: str | None = None) -> float:
@@ -181,8 +183,8 @@ class _Builder:
         params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"],
                                  domain.teacher_train)
-        meta = {"role": "teacher", "teacher": teacher, "student": teacher, "domain": domain.name, "method": "sft",
-                "loss": "sft", "teacher_kind": "finetuned", "seed": flags.get("train.seed", 0)}
+        meta = RunMeta(role="teacher", teacher=teacher, student=teacher, domain=domain.name, method="sft", loss="sft",
+                       teacher_kind="finetuned", seed=flags.get("train.seed", 0))
         return self.add(_node("teacher-sft", f"{teacher}.{domain.name}", params, deps, meta, flops=flops))
 
     def teacher_model(self, teacher: str, domain, base: bool) -> tuple[str, str | None, tuple[str, ...]]:
@@ -201,7 +203,7 @@ class _Builder:
         deps += data_deps
         params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, student), domain, student_sections, flags["lora.enabled"])
-        meta = {"role": "student-sft", "student": student, "domain": domain.name, "method": "sft", "loss": "sft", "seed": seed}
+        meta = RunMeta(role="student-sft", student=student, domain=domain.name, method="sft", loss="sft", seed=seed)
         return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}" + setting_tag(overrides), params, deps, meta,
                               flops=flops))
 
@@ -215,7 +217,7 @@ class _Builder:
         params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": data, **settings}
         examples, tokens = data_size(domain.train, domain.examples)
         flops = 2 * model_params(self.spec, teacher) * examples * (tokens + settings["max_new_tokens"]) * GENERATION_INEFFICIENCY
-        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
         return self.add(_node("answers", slug, params, deps, meta, flops=flops))
 
@@ -229,7 +231,7 @@ class _Builder:
                  **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
                     if key in ("train.max_length", "train.on_long", "train.precision")}}
         examples, tokens = data_size(domain.train, domain.examples)
-        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
         return self.add(_node("cache", slug, {"flags": flags}, deps, meta,
                               flops=2 * model_params(self.spec, teacher) * examples * tokens))
@@ -239,9 +241,9 @@ class _Builder:
         s_model, deps = self.model(student)
         data, data_deps = self.train_data(domain)
         deps += data_deps
-        meta = {"role": "student-kd", "teacher": teacher, "student": student, "domain": domain.name, "method": method.name,
-                "loss": method.loss, "temperature": temperature, "noise": noise, "seed": seed,
-                "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(role="student-kd", teacher=teacher, student=student, domain=domain.name, method=method.name,
+                       loss=method.loss, temperature=temperature, noise=noise, seed=seed,
+                       teacher_kind="base" if base else "finetuned")
         slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(overrides)
         student_sections = merge_sections(self.spec.student_training, domain.training)
         flags = {**self.training_flags(student_sections, seed), **(overrides or {})}
@@ -274,16 +276,17 @@ class _Builder:
         return self.add(_node("kd", slug, params, deps, meta, flops=flops))
 
     # evaluation -------------------------------------------------------
-    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: dict, name: str, deps=()) -> Node:
+    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: RunMeta, name: str,
+                   deps=()) -> Node:
         settings = dict(self.spec.evaluation)
         params = {"model": model, "adapter": adapter, "tasks": list(domain.tasks), "data_dir": domain.data_dir, **settings}
-        size = model_params(self.spec, meta["student"])
+        size = model_params(self.spec, meta.student)
         budget = settings["max_new_tokens"] or 256
         flops = GENERATION_INEFFICIENCY * sum(2 * size * task_size(task, domain.data_dir, settings["limit"]) * (100 + budget / 2)
                                               for task in domain.tasks)
         run_deps = (run.id,) if run is not None else ()
         group = run.group if run is not None else None
-        return self.add(_node("eval", name, params, tuple(deps) + run_deps, {**meta, "run": run.id if run else None},
+        return self.add(_node("eval", name, params, tuple(deps) + run_deps, replace(meta, run=run.id if run else None),
                               group=group, flops=flops))
 
     def validation(self, run: Node, model: str, adapter: str | None, domain) -> Node:
@@ -292,9 +295,9 @@ class _Builder:
         settings = {**self.spec.evaluation, "limit": None}
         params = {"model": model, "adapter": adapter, "tasks": [split.params["task"]], "data_dir": study_path(split.id),
                   **settings}
-        size = model_params(self.spec, run.meta["student"])
+        size = model_params(self.spec, run.meta.student)
         flops = GENERATION_INEFFICIENCY * 2 * size * self.spec.tuning.n * (100 + (settings["max_new_tokens"] or 256) / 2)
-        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), {**run.meta, "run": run.id},
+        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), replace(run.meta, run=run.id),
                               group=run.group, flops=flops))
 
     def tuned(self, make, slug: str, s_model: str, domain, temperatures: list) -> Node:
@@ -313,9 +316,9 @@ class _Builder:
                 settings = {**overrides, **({"kd.temperature": temperature} if len(temperatures) > 1 else {})}
                 candidates.append((run, self.validation(run, *self.trained(run, s_model), domain), settings))
         first = candidates[0][0]
-        meta = {**first.meta, "tuned": sorted(candidates[0][2])}
+        meta = first.meta
         if len(temperatures) > 1:
-            meta["temperature"] = None  # selected per run: see the selection
+            meta = replace(meta, temperature=None)  # selected per run: see the selection
         params = {"candidates": [{"run": study_path(run.id), "eval": study_path(val.id), "settings": settings}
                                  for run, val, settings in candidates],
                   "task": candidates[0][1].params["tasks"][0], "lora": first.params["flags"].get("lora.enabled", True)}
@@ -337,7 +340,7 @@ class _Builder:
             params.update({"teacher_model": teacher_load[0], "teacher_adapter": teacher_load[1],
                            "student_model": student_load[0], "student_adapter": student_load[1]})
             flops = student_eval.flops * 0.3
-        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), dict(student_eval.meta),
+        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), student_eval.meta,
                               group=run.group, flops=flops))
 
 
@@ -353,7 +356,7 @@ def build_plan(spec: StudySpec) -> Plan:
             teacher_eval = b.evaluation(teacher_run, *teacher_load, domain, teacher_run.meta, f"{teacher}.{domain.name}")
             evals = {False: (teacher_eval, teacher_load)}
             if ablation.base_teacher:
-                base_meta = {**teacher_run.meta, "role": "base-teacher", "teacher_kind": "base"}
+                base_meta = replace(teacher_run.meta, role="base-teacher", teacher_kind="base")
                 evals[True] = (b.evaluation(None, t_model, None, domain, base_meta, f"{teacher}.{domain.name}.base",
                                             deps=b.model(teacher)[1]), (t_model, None))
             for student in spec.students:
@@ -425,7 +428,7 @@ def setting_tag(overrides: dict | None) -> str:
 
 def _evaluate_student(b: _Builder, run: Node, s_model: str, domain, teacher_eval: tuple, teacher: str) -> None:
     load = b.trained(run, s_model)
-    meta = {**run.meta, "teacher": run.meta.get("teacher", teacher)}
+    meta = replace(run.meta, teacher=run.meta.teacher or teacher)
     evaluation = b.evaluation(run, *load, domain, meta, run_name(run))
     if b.spec.fidelity["enabled"]:
         b.fidelity(evaluation, teacher_eval[0], teacher_eval[1], load, run)

@@ -65,9 +65,9 @@ def test_plan_expands_the_grid(tiny_study_spec):
     position = {node_id: i for i, node_id in enumerate(ids)}
     assert all(position[dep] < position[node.id] for node in plan.nodes for dep in node.deps)
     kd = [node for node in plan.nodes if node.kind == "kd"]
-    assert sum(node.meta["noise"] > 0 for node in kd) == 1 and sum(node.meta["teacher_kind"] == "base" for node in kd) == 1
-    assert {node.meta["temperature"] for node in kd if node.meta["method"] == "fkl"} == {1.0, 2.0}
-    assert all("teacher_cache" in node.params for node in kd if node.meta["loss"] in ("fkl", "rkl"))
+    assert sum(node.meta.noise > 0 for node in kd) == 1 and sum(node.meta.teacher_kind == "base" for node in kd) == 1
+    assert {node.meta.temperature for node in kd if node.meta.method == "fkl"} == {1.0, 2.0}
+    assert all("teacher_cache" in node.params for node in kd if node.meta.loss in ("fkl", "rkl"))
     assert build_plan(load_spec(tiny_study_spec)).by_id().keys() == plan.by_id().keys()  # deterministic names
 
 
@@ -89,8 +89,8 @@ def test_shards_partition_the_runs(tiny_study_spec, count):
     assert all(shards)
     by_id = plan.by_id()
     for node in plan.nodes:  # a run's evaluation and fidelity stay on its shard
-        if node.kind in ("eval", "fidelity") and node.meta.get("run"):
-            assert node.shard(count) == by_id[node.meta["run"]].shard(count)
+        if node.kind in ("eval", "fidelity") and node.meta.run:
+            assert node.shard(count) == by_id[node.meta.run].shard(count)
     assert parse_shard("2/3") == (1, 3)
     for bad in ("0/3", "4/3", "x"):
         with pytest.raises(KdlabError, match="--shard"):
@@ -105,7 +105,7 @@ def test_ready_specs_plan(name, kd_runs, capsys):
     spec = load_spec(path, check_files=False)
     plan = build_plan(spec)
     assert sum(node.kind == "kd" for node in plan.nodes) == kd_runs
-    pairs = {(node.meta["teacher"], node.meta["student"]) for node in plan.nodes if node.kind == "kd"}
+    pairs = {(node.meta.teacher, node.meta.student) for node in plan.nodes if node.kind == "kd"}
     assert all(spec.models[s].params is None or spec.models[s].params < spec.models[t].params for t, s in pairs)
     run_study(path, out=None, dry_run=True)
     assert "total" in capsys.readouterr().out

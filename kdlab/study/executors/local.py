@@ -180,22 +180,23 @@ class Clock:
 
 
 def describe_node(node: Node) -> str:
+    """A node for the progress lines: ``kd teacher (base) -> student fkl tau=2 noise=1 seed 0 [domain]``."""
     m = node.meta
     parts = [node.kind]
-    if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.get("role") == "student-kd":
-        parts.append(f"{m['teacher']}{' (base)' if m.get('teacher_kind') == 'base' else ''} -> {m['student']} {m['method']}"
-                     + (f" tau={m['temperature']:g}" if m.get("temperature") is not None else "")
-                     + (f" noise={m['noise']:g}" if m.get("noise") else "") + f" seed {m['seed']}")
-    elif m.get("role") == "student-sft":
-        parts.append(f"{m['student']} SFT seed {m['seed']}")
-    elif m.get("role") in ("teacher", "base-teacher"):
-        parts.append(f"{m['teacher']}{' (base)' if m['role'] == 'base-teacher' else ''}")
-    elif m.get("teacher"):
-        parts.append(f"{m['teacher']}{' (base)' if m.get('teacher_kind') == 'base' else ''}")
-    elif m.get("model"):
-        parts.append(m["model"])
-    if m.get("domain"):
-        parts.append(f"[{m['domain']}]")
+    if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.role == "student-kd":
+        parts.append(f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''} -> {m.student} {m.method}"
+                     + (f" tau={m.temperature:g}" if m.temperature is not None else "")
+                     + (f" noise={m.noise:g}" if m.noise else "") + f" seed {m.seed}")
+    elif m.role == "student-sft":
+        parts.append(f"{m.student} SFT seed {m.seed}")
+    elif m.role in ("teacher", "base-teacher"):
+        parts.append(f"{m.teacher}{' (base)' if m.role == 'base-teacher' else ''}")
+    elif m.teacher:
+        parts.append(f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''}")
+    elif m.model:
+        parts.append(m.model)
+    if m.domain:
+        parts.append(f"[{m.domain}]")
     return " ".join(parts)
 
 

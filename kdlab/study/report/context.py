@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kdlab.study.report.canvas import PALETTE
+from kdlab.study.runmeta import RunMeta
 from kdlab.study.stats import main_grid, t_interval
 
 
@@ -83,10 +84,5 @@ class ReportContext:
 
 
 def candidate_label(row) -> str:
-    """The run a candidate set belongs to: ``SFT``, ``fkl``, ``fkl noise=2``, ``fkl (base teacher)``."""
-    label = "SFT" if row["role"] == "student-sft" else str(row["method"])
-    if row.get("noise"):
-        label += f" noise={row['noise']:g}"
-    if row.get("teacher_kind") == "base":
-        label += " (base teacher)"
-    return label
+    """The run a candidate of a selection belongs to: ``SFT``, ``fkl``, ``fkl noise=2``, ``fkl (base teacher)``."""
+    return RunMeta.from_row(row).label(temperature=False)

@@ -26,6 +26,12 @@ from kdlab.study.report.context import (ReportContext, acc_interval, candidate_l
 from kdlab.study.stats import CONFIG, config_label, seed_means
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
+SEED_MARKERS = ["o", "s", "^", "D", "v"]
+PLANE_TITLE = "Accuracy vs agreement with the teacher"
+PLANE_CAPTION = ("One point per student run (colour = method, marker = seed), with 95% Wilson intervals on both axes "
+                 "(n test examples each). Agreement = share of test examples where the student's extracted answer equals "
+                 "the teacher's. The teacher sits at 100% agreement with itself. The dashed line joins each seed's "
+                 "Pareto front: runs that no other run of that seed beats on both axes.")
 
 
 def fig_gain_vs_size(ctx: ReportContext) -> FigureResult:
@@ -345,14 +351,6 @@ def fig_validation(selection: pd.DataFrame) -> FigureResult:
             ax.set_xlabel(x_col.split(":", 1)[1])
             ax.set_ylabel("validation accuracy (%)")
         return finish(result, fig, caption, handles=axes_handles(axes), legend_title="run")
-
-
-SEED_MARKERS = ["o", "s", "^", "D", "v"]
-PLANE_TITLE = "Accuracy vs agreement with the teacher"
-PLANE_CAPTION = ("One point per student run (colour = method, marker = seed), with 95% Wilson intervals on both axes "
-                 "(n test examples each). Agreement = share of test examples where the student's extracted answer equals "
-                 "the teacher's. The teacher sits at 100% agreement with itself. The dashed line joins each seed's "
-                 "Pareto front: runs that no other run of that seed beats on both axes.")
 
 
 def _front(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

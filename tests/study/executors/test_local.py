@@ -43,7 +43,7 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     plan = build_plan(spec)
     assert "pending" in format_plan(plan, study_dir)
     # one evaluation fails on the first resume: it is recorded, its fidelity is skipped, the rest goes on
-    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta["role"] == "student-kd")
+    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta.role == "student-kd")
     real_execute = steps.execute
 
     def flaky(node, where):

@@ -81,7 +81,7 @@ def test_cluster_check_sees_the_folder_and_this_kdlab(ray_cluster, tmp_path):
 def test_tiny_study_on_ray_with_a_failure_and_a_killed_worker(ray_cluster, tiny_study_spec, tmp_path):
     spec, study_dir = prepare_study(tiny_study_spec, tmp_path / "ray")
     plan = build_plan(spec)
-    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta["role"] == "student-kd")
+    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta.role == "student-kd")
     failing.folder(study_dir).parent.mkdir(parents=True)
     failing.folder(study_dir).write_text("a file where the evaluation's folder should be")  # this run will fail
 
