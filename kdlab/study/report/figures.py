@@ -19,8 +19,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import stats as sps
 
-from kdlab.study.report.canvas import (HATCHES, LINE_STYLES, MARKERS, MAX_WIDTH, PALETTE, SFT_COLOR, STYLE, TEACHER_COLOR,
-                                       FigureResult, axes_handles, finish, interval_bars, new_figure, yerr)
+from kdlab.study.report.canvas import (HATCHES, LINE_STYLES, MARKERS, MAX_WIDTH, PALETTE, SFT_COLOR, STYLE,
+                                       TEACHER_COLOR, FigureResult, axes_handles, finish, interval_bars, new_figure,
+                                       yerr)
 from kdlab.study.report.context import (ReportContext, acc_interval, candidate_label, fmt_p, isnan, over_seeds,
                                         size_label)
 from kdlab.study.stats import CONFIG, config_label, seed_means
@@ -254,7 +255,8 @@ def fig_methods(ctx: ReportContext) -> FigureResult:
     caption = ("Bars give each student's accuracy after SFT (grey) and after each KD method and temperature "
                "(colour = method, hatching = temperature), mean over seeds with 95% t-intervals (Wilson for a "
                "single run); the dashed line is the fine-tuned teacher's accuracy.")
-    return finish(result, fig, caption, "KD methods compared with SFT, per task (fine-tuned teacher, no noise)", handles)
+    return finish(result, fig, caption, "KD methods compared with SFT, per task (fine-tuned teacher, no noise)",
+                  handles)
 
 
 def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: float, unit: str) -> FigureResult:
@@ -324,8 +326,8 @@ def fig_validation(selection: pd.DataFrame) -> FigureResult:
         return result
     students = list(dict.fromkeys(selection["student"]))
     caption = (f"Each line is one run's candidates for one seed, scored on the validation split (n = "
-               f"{int(selection['n'].max())}, disjoint from training and test); the ringed point of each is the setting "
-               "carried to the test set. Line styles: the other tuned settings (e.g. temperatures).")
+               f"{int(selection['n'].max())}, disjoint from training and test); the ringed point of each is the "
+               "setting carried to the test set. Line styles: the other tuned settings (e.g. temperatures).")
     with rc_context(STYLE):
         fig, axes = new_figure(len(students), ncols=min(3, len(students)), width=5.0, height=3.6)
         labels = list(dict.fromkeys(selection.apply(candidate_label, axis=1)))
