@@ -8,7 +8,7 @@ The commands as Python functions (:mod:`kdlab.api`)::
 They are imported on first use, so ``import kdlab`` stays light (no torch).
 """
 
-__version__ = "0.1.0"
+from kdlab.version import __version__
 
 API = ("sft", "distill", "evaluate", "fidelity", "run_study", "RunResult", "EvalResult", "FidelityResult", "StudyResult")
 __all__ = ["__version__", *API]

@@ -90,7 +90,7 @@ def study_tables(study_dir: str | Path):
     written to ``study_dir/results``."""
     from kdlab.study.plan import build_plan
     from kdlab.study.results import collect_results, collect_selection, write_results
-    from kdlab.study.runner import load_study
+    from kdlab.study.executors.local import load_study
 
     spec, study_dir = load_study(study_dir)
     plan = build_plan(spec)
@@ -227,7 +227,7 @@ def run_study(spec: str | Path, out: str | Path | None = None, *, executor: str 
     >>> study.results().groupby("method").accuracy.mean()
     """
     if executor == "local":
-        from kdlab.study.runner import run_study as run_local
+        from kdlab.study.executors.local import run_study as run_local
 
         study_dir, summary = run_local(spec, out, **options)
     else:

@@ -45,6 +45,7 @@ from kdlab.data.formats import load_json_examples, write_json_examples
 from kdlab.data.split import validation_split
 from kdlab.data.synth import generate_arith, write_synth
 from kdlab.errors import KdlabError
+from kdlab.study.runmeta import RunMeta
 
 TEACHER = "smollm2-135m"
 TRANSFER_TASKS = ("AddSub", "SingleEq", "MultiArith", "SVAMP")
@@ -192,7 +193,7 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, 
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
     from kdlab.study.results import collect_results, collect_selection
-    from kdlab.study.runner import prepare_study, run_plan
+    from kdlab.study.executors.local import prepare_study, run_plan
     from kdlab.study.stats import compute_stats
 
     started = time.time()
@@ -239,7 +240,8 @@ def summarize_demo(frame, stats: dict) -> dict:
         runs = []
         order = group.assign(_sft=group["role"] != "student-sft").sort_values(["seed", "_sft", "method"], kind="stable")
         for _, row in order.iterrows():
-            entry = {"label": "SFT" if row["role"] == "student-sft" else _label(row), "seed": int(row["seed"]),
+            entry = {"label": ("" if row["role"] == "student-sft" else "KD ") + RunMeta.from_row(row).label(),
+                     "seed": int(row["seed"]),
                      "selected": row["selected"], "val_accuracy": _nan_to_none(row["val_accuracy"]),
                      "accuracy": row["accuracy"], "ci": (row["ci_low"], row["ci_high"]),
                      "agreement": _nan_to_none(row["agreement"]), "bleu": _nan_to_none(row["bleu"])}
@@ -252,15 +254,6 @@ def summarize_demo(frame, stats: dict) -> dict:
         students[student] = {"size_b": float(group["student_size_b"].iloc[0]), "runs": runs}
     return {"n": int(teacher["n"]), "teacher": teacher["accuracy"], "teacher_ci": (teacher["ci_low"], teacher["ci_high"]),
             "students": students}
-
-
-def _label(row) -> str:
-    label = row["method"] + (f" tau={row['temperature']:g}" if not math.isnan(row["temperature"]) else "")
-    if row["noise"]:
-        label += f" noise={row['noise']:g}"
-    if row["teacher_kind"] == "base":
-        label += " (base teacher)"
-    return "KD " + label
 
 
 def _short(settings: str) -> str:

@@ -25,10 +25,10 @@ def test_demo_spec_is_the_promised_grid(tmp_path, size, transfer):
     kd = [node.meta for node in plan.nodes if node.kind == "kd"]
     for layers in size.student_layers:
         for seed in size.seeds:
-            runs = sorted((m["method"], m["temperature"]) for m in kd if m["student"] == f"smollm2-{layers}l" and m["seed"] == seed)
+            runs = sorted((m.method, m.temperature) for m in kd if m.student == f"smollm2-{layers}l" and m.seed == seed)
             assert runs == sorted([("fkl", 1.0), ("fkl", 2.0), ("rkl", 1.0)] * len(size.lrs))  # every candidate
     selects = [node.meta for node in plan.nodes if node.kind == "select"]
-    assert sorted((m["method"], m["seed"]) for m in selects) == sorted(
+    assert sorted((m.method, m.seed) for m in selects) == sorted(
         (method, seed) for method in ("sft", "fkl", "rkl") for seed in size.seeds for _ in size.student_layers)
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
     assert teacher.params["data"].endswith("/teacher.json")  # the teacher learns from its own problems
@@ -75,7 +75,7 @@ def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tm
     assert spec.methods["speculative"].kd["speculative_k"] == 25 and spec.methods["decision"].kd["answer_weight"] == 5.0
     plan = build_plan(spec)
     kd = [node for node in plan.nodes if node.kind == "kd"]
-    assert sorted({node.meta["method"] for node in kd}) == ["decision", "disagreement", "fkl", "speculative"]
+    assert sorted({node.meta.method for node in kd}) == ["decision", "disagreement", "fkl", "speculative"]
     assert len(kd) == 4 * len(FULL.seeds) * len(FULL.lrs)  # the same learning-rate candidates for every method
     assert all(node.params.get("teacher_cache") for node in kd)  # one teacher cache; speculative adds the live teacher
     assert sum(node.kind == "fidelity" for node in plan.nodes) == 5 * len(FULL.seeds)

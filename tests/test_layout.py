@@ -83,8 +83,6 @@ def test_find_cycle_reports_the_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 in progress: kdlab.study.plan -> spec -> resources -> plan "
-                                        "(resources imports KIND_ORDER from plan; plan and spec are split on other branches)")
 def test_no_import_cycle():
     graph = import_graph()
     assert "kdlab.cli" in graph and graph["kdlab.cli"], "the import graph is empty: the parser found no imports"
@@ -92,7 +90,6 @@ def test_no_import_cycle():
     assert cycle is None, f"import cycle between kdlab modules: {' -> '.join(cycle)}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 in progress")
 def test_no_module_over_450_lines():
     sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()}
     big = {name: n for name, n in sorted(sizes.items()) if n > MAX_LINES}

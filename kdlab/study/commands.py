@@ -11,7 +11,7 @@ from kdlab.errors import KdlabError
 
 def _study(args: argparse.Namespace):
     """(spec, study_dir) from a study folder, or from a spec file plus ``--out`` (default runs/<name>)."""
-    from kdlab.study.runner import load_study
+    from kdlab.study.executors.local import load_study
     from kdlab.study.spec import load_spec
 
     target = Path(args.study)
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                                                slurm_overrides={key: getattr(args, key) for key in SLURM_FLAGS},
                                                submitit_local=args.submitit_local)
     else:
-        from kdlab.study.runner import run_study
+        from kdlab.study.executors.local import run_study
 
         study_dir, summary = run_study(args.spec, args.out, shard=args.shard, dry_run=args.dry_run, poll=args.poll,
                                        max_wait=args.max_wait)
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     from kdlab.study.plan import build_plan
-    from kdlab.study.runner import format_status
+    from kdlab.study.executors.local import format_status
 
     spec, study_dir = _study(args)
     print(format_status(build_plan(spec), study_dir))

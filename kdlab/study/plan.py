@@ -1,18 +1,6 @@
 """Expand a study spec into a plan: the runs of the grid, their folders, their dependencies and their cost.
 
-Runs ("nodes") and their folders under the study folder, in dependency order::
-
-    models/<student>-<h>                   prune: a student cut from a loadable model
-    data/<domain>-<h>                      with tuning: train.json (training minus validation) and the validation split
-    teacher/<teacher>.<domain>-<h>         teacher SFT on the domain's training data
-    answers/<teacher>.<domain>[.base]-<h>  SeqKD data: the teacher's greedy answers to the training prompts
-    cache/<teacher>.<domain>[.base]-<h>    teacher signal cache (top-k log-probs), shared by every KD run using it
-    sft/<student>.<domain>.s<seed>-<h>     student SFT baseline
-    kd/<teacher>.<student>.<domain>.<method>[.t<tau>][.noise<sigma>][.base].s<seed>-<h>   one KD run
-    val/<run folder name>-<h>              with tuning: a candidate run scored on the validation split
-    select/<run name>-<h>                  with tuning: the best candidate by validation accuracy (``selected`` links to it)
-    eval/<run folder name>-<h>             evaluation of a teacher, base teacher, SFT or KD run on the domain's tasks
-    fidelity/<run folder name>-<h>         the student's fidelity to the teacher it learned from (or the teacher, for SFT)
+Runs ("nodes"), their kinds and folders: :mod:`kdlab.study.kinds`.
 
 With ``tuning`` in the spec, each student run is trained once per candidate setting (run folders tagged with the
 setting, e.g. ``.lr0.0003``), each candidate is scored on the validation split, and the select node's choice is the
@@ -33,20 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import zlib
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kdlab.errors import KdlabError
+from kdlab.study.kinds import KIND_DIRS, KIND_ORDER
+from kdlab.study.runmeta import RunMeta
+from kdlab.study.sizes import data_size, model_params, task_size
 from kdlab.study.spec import Method, StudySpec, flatten_sections
 
 GENERATION_INEFFICIENCY = 5.0  # token-by-token decoding is memory-bound: count its FLOPs 5x against cost.tflops
 STUDY_PREFIX = "study:"  # parameter values that are folders inside the study
-KIND_DIRS = {"prune": "models", "split": "data", "teacher-sft": "teacher", "answers": "answers", "cache": "cache",
-             "student-sft": "sft", "kd": "kd", "val-eval": "val", "select": "select", "eval": "eval", "fidelity": "fidelity"}
-KIND_ORDER = tuple(KIND_DIRS)
 
 
 @dataclass
@@ -57,7 +43,7 @@ class Node:
     kind: str
     params: dict
     deps: tuple[str, ...] = ()
-    meta: dict = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
     group: str = ""
     flops: float = 0.0
 
@@ -80,73 +66,11 @@ def resolve(value, study_dir: Path):
     return value
 
 
-def _node(kind: str, slug: str, params: dict, deps=(), meta=None, group: str | None = None, flops: float = 0.0) -> Node:
+def _node(kind: str, slug: str, params: dict, deps=(), meta: RunMeta | None = None, group: str | None = None,
+          flops: float = 0.0) -> Node:
     digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
     node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
-    return Node(node_id, kind, params, tuple(deps), meta or {}, group or node_id, flops)
-
-
-# ---------------------------------------------------------------- sizes for the cost estimate
-
-
-@lru_cache(maxsize=None)
-def count_params(spec: str, keep_layers: int | None = None) -> float:
-    """Parameters of a model spec (optionally pruned to ``keep_layers``), counted on the meta device from its config."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from kdlab.models.load import resolve_model_path
-
-    path = resolve_model_path(spec)
-    if not Path(path).is_dir():
-        raise KdlabError(f"model {spec!r}: give its size in the spec (params: 0.5B); it is not available locally to count")
-    config = AutoConfig.from_pretrained(path)
-    if keep_layers is not None:
-        config.num_hidden_layers = keep_layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[:keep_layers]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    unique = {id(p): p.numel() for p in model.parameters()}
-    return float(sum(unique.values()))
-
-
-def model_params(spec: StudySpec, name: str) -> float:
-    entry = spec.models[name]
-    if entry.params is not None:
-        return entry.params
-    if entry.spec is not None:
-        return count_params(entry.spec)
-    parent = spec.models[entry.prune_from]
-    return count_params(parent.spec, entry.keep_layers)
-
-
-@lru_cache(maxsize=None)
-def data_size(path: str, hint: int | None = None) -> tuple[int, float]:
-    """(examples, mean tokens per example) of a training file; tokens ~ characters / 4.
-
-    Hub data or a file that is not here: (``hint`` or 1000 examples, 200 tokens each).
-    """
-    if path.startswith("hf:") or not Path(path).is_file():
-        return hint or 1000, 200.0
-    from kdlab.data.formats import load_json_examples
-
-    examples = load_json_examples(path)
-    chars = sum(len(e.instruction) + len(e.input or "") + len(e.output or "") for e in examples)
-    return len(examples), chars / 4 / max(len(examples), 1)
-
-
-@lru_cache(maxsize=None)
-def task_size(task_name: str, data_dir: str | None, limit: int | None) -> int:
-    """Number of test examples evaluated (500 when the data cannot be read here)."""
-    from kdlab.eval.task_examples import load_task_examples
-    from kdlab.eval.tasks import TASKS
-
-    try:
-        n = len(load_task_examples(TASKS[task_name], data_dir))
-    except (KdlabError, OSError, KeyError):
-        n = 500
-    return min(n, limit) if limit else n
+    return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
 
 
 # ---------------------------------------------------------------- the plan
@@ -191,7 +115,7 @@ class _Builder:
         if entry.spec is not None:
             return entry.spec, ()
         parent = self.spec.models[entry.prune_from].spec
-        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta={"model": name},
+        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta=RunMeta(model=name),
                               flops=0.0))
         return study_path(node.id), (node.id,)
 
@@ -217,7 +141,7 @@ class _Builder:
         task = tuning.task or domain.tasks[0]
         params = {"train": domain.train, "n": tuning.n, "seed": tuning.seed, "file": tuning.file, "task": task,
                   "test_tasks": list(domain.tasks), "test_dir": domain.data_dir, "teacher_train": domain.teacher_train}
-        return self.add(_node("split", domain.name, params, meta={"domain": domain.name, "task": task}))
+        return self.add(_node("split", domain.name, params, meta=RunMeta(domain=domain.name, task=task)))
 
     # training runs ---------------------------------------------------
     def train_flops(self, params: float, domain, sections: dict, lora: bool, data: str | None = None) -> float:
@@ -245,8 +169,8 @@ class _Builder:
         params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"],
                                  domain.teacher_train)
-        meta = {"role": "teacher", "teacher": teacher, "student": teacher, "domain": domain.name, "method": "sft",
-                "loss": "sft", "teacher_kind": "finetuned", "seed": flags.get("train.seed", 0)}
+        meta = RunMeta(role="teacher", teacher=teacher, student=teacher, domain=domain.name, method="sft", loss="sft",
+                       teacher_kind="finetuned", seed=flags.get("train.seed", 0))
         return self.add(_node("teacher-sft", f"{teacher}.{domain.name}", params, deps, meta, flops=flops))
 
     def teacher_model(self, teacher: str, domain, base: bool) -> tuple[str, str | None, tuple[str, ...]]:
@@ -265,7 +189,7 @@ class _Builder:
         deps += data_deps
         params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, student), domain, student_sections, flags["lora.enabled"])
-        meta = {"role": "student-sft", "student": student, "domain": domain.name, "method": "sft", "loss": "sft", "seed": seed}
+        meta = RunMeta(role="student-sft", student=student, domain=domain.name, method="sft", loss="sft", seed=seed)
         return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}" + setting_tag(overrides), params, deps, meta,
                               flops=flops))
 
@@ -279,7 +203,7 @@ class _Builder:
         params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": data, **settings}
         examples, tokens = data_size(domain.train, domain.examples)
         flops = 2 * model_params(self.spec, teacher) * examples * (tokens + settings["max_new_tokens"]) * GENERATION_INEFFICIENCY
-        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
         return self.add(_node("answers", slug, params, deps, meta, flops=flops))
 
@@ -293,7 +217,7 @@ class _Builder:
                  **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
                     if key in ("train.max_length", "train.on_long", "train.precision")}}
         examples, tokens = data_size(domain.train, domain.examples)
-        meta = {"teacher": teacher, "domain": domain.name, "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
         return self.add(_node("cache", slug, {"flags": flags}, deps, meta,
                               flops=2 * model_params(self.spec, teacher) * examples * tokens))
@@ -303,9 +227,9 @@ class _Builder:
         s_model, deps = self.model(student)
         data, data_deps = self.train_data(domain)
         deps += data_deps
-        meta = {"role": "student-kd", "teacher": teacher, "student": student, "domain": domain.name, "method": method.name,
-                "loss": method.loss, "temperature": temperature, "noise": noise, "seed": seed,
-                "teacher_kind": "base" if base else "finetuned"}
+        meta = RunMeta(role="student-kd", teacher=teacher, student=student, domain=domain.name, method=method.name,
+                       loss=method.loss, temperature=temperature, noise=noise, seed=seed,
+                       teacher_kind="base" if base else "finetuned")
         slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(overrides)
         student_sections = merge_sections(self.spec.student_training, domain.training)
         flags = {**self.training_flags(student_sections, seed), **(overrides or {})}
@@ -338,16 +262,17 @@ class _Builder:
         return self.add(_node("kd", slug, params, deps, meta, flops=flops))
 
     # evaluation -------------------------------------------------------
-    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: dict, name: str, deps=()) -> Node:
+    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: RunMeta, name: str,
+                   deps=()) -> Node:
         settings = dict(self.spec.evaluation)
         params = {"model": model, "adapter": adapter, "tasks": list(domain.tasks), "data_dir": domain.data_dir, **settings}
-        size = model_params(self.spec, meta["student"])
+        size = model_params(self.spec, meta.student)
         budget = settings["max_new_tokens"] or 256
         flops = GENERATION_INEFFICIENCY * sum(2 * size * task_size(task, domain.data_dir, settings["limit"]) * (100 + budget / 2)
                                               for task in domain.tasks)
         run_deps = (run.id,) if run is not None else ()
         group = run.group if run is not None else None
-        return self.add(_node("eval", name, params, tuple(deps) + run_deps, {**meta, "run": run.id if run else None},
+        return self.add(_node("eval", name, params, tuple(deps) + run_deps, replace(meta, run=run.id if run else None),
                               group=group, flops=flops))
 
     def validation(self, run: Node, model: str, adapter: str | None, domain) -> Node:
@@ -356,9 +281,9 @@ class _Builder:
         settings = {**self.spec.evaluation, "limit": None}
         params = {"model": model, "adapter": adapter, "tasks": [split.params["task"]], "data_dir": study_path(split.id),
                   **settings}
-        size = model_params(self.spec, run.meta["student"])
+        size = model_params(self.spec, run.meta.student)
         flops = GENERATION_INEFFICIENCY * 2 * size * self.spec.tuning.n * (100 + (settings["max_new_tokens"] or 256) / 2)
-        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), {**run.meta, "run": run.id},
+        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), replace(run.meta, run=run.id),
                               group=run.group, flops=flops))
 
     def tuned(self, make, slug: str, s_model: str, domain, temperatures: list) -> Node:
@@ -377,9 +302,9 @@ class _Builder:
                 settings = {**overrides, **({"kd.temperature": temperature} if len(temperatures) > 1 else {})}
                 candidates.append((run, self.validation(run, *self.trained(run, s_model), domain), settings))
         first = candidates[0][0]
-        meta = {**first.meta, "tuned": sorted(candidates[0][2])}
+        meta = first.meta
         if len(temperatures) > 1:
-            meta["temperature"] = None  # selected per run: see the selection
+            meta = replace(meta, temperature=None)  # selected per run: see the selection
         params = {"candidates": [{"run": study_path(run.id), "eval": study_path(val.id), "settings": settings}
                                  for run, val, settings in candidates],
                   "task": candidates[0][1].params["tasks"][0], "lora": first.params["flags"].get("lora.enabled", True)}
@@ -401,7 +326,7 @@ class _Builder:
             params.update({"teacher_model": teacher_load[0], "teacher_adapter": teacher_load[1],
                            "student_model": student_load[0], "student_adapter": student_load[1]})
             flops = student_eval.flops * 0.3
-        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), dict(student_eval.meta),
+        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), student_eval.meta,
                               group=run.group, flops=flops))
 
 
@@ -417,7 +342,7 @@ def build_plan(spec: StudySpec) -> Plan:
             teacher_eval = b.evaluation(teacher_run, *teacher_load, domain, teacher_run.meta, f"{teacher}.{domain.name}")
             evals = {False: (teacher_eval, teacher_load)}
             if ablation.base_teacher:
-                base_meta = {**teacher_run.meta, "role": "base-teacher", "teacher_kind": "base"}
+                base_meta = replace(teacher_run.meta, role="base-teacher", teacher_kind="base")
                 evals[True] = (b.evaluation(None, t_model, None, domain, base_meta, f"{teacher}.{domain.name}.base",
                                             deps=b.model(teacher)[1]), (t_model, None))
             for student in spec.students:
@@ -489,7 +414,7 @@ def setting_tag(overrides: dict | None) -> str:
 
 def _evaluate_student(b: _Builder, run: Node, s_model: str, domain, teacher_eval: tuple, teacher: str) -> None:
     load = b.trained(run, s_model)
-    meta = {**run.meta, "teacher": run.meta.get("teacher", teacher)}
+    meta = replace(run.meta, teacher=run.meta.teacher or teacher)
     evaluation = b.evaluation(run, *load, domain, meta, run_name(run))
     if b.spec.fidelity["enabled"]:
         b.fidelity(evaluation, teacher_eval[0], teacher_eval[1], load, run)
@@ -514,13 +439,3 @@ def _topological(nodes: list[Node]) -> list[Node]:
     for node in nodes:
         visit(node)
     return ordered
-
-
-def format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdlab.errors import KdlabError
-from kdlab.study.plan import KIND_ORDER
+from kdlab.study.kinds import KIND_ORDER
 
 RESOURCE_KEYS = {"gpus", "cpus", "memory_gb", "time_min"}
 SLURM_DEFAULTS = {"partition": None, "account": None, "qos": None, "time_min": 240, "setup": [], "additional": {}}

@@ -35,7 +35,8 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
-from kdlab.study.plan import Node, Plan, model_params
+from kdlab.study.plan import Node, Plan
+from kdlab.study.sizes import model_params
 from kdlab.study.steps import is_done
 
 RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",
@@ -72,24 +73,24 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             key = (node.params["student_eval"].split(":", 1)[1], node.params["teacher_eval"].split(":", 1)[1])
             fidelity[key] = _read_json(node.folder(study_dir) / "fidelity.json")["tasks"]
             fidelity_dirs[key] = node.id
-    teacher_evals = {(n.meta["teacher"], n.meta["domain"], n.meta["role"] == "base-teacher"): n for n in evals
-                     if n.meta["role"] in ("teacher", "base-teacher")}
-    sft_evals = {(n.meta["student"], n.meta["domain"], n.meta["seed"]): n for n in evals if n.meta["role"] == "student-sft"}
+    teacher_evals = {(n.meta.teacher, n.meta.domain, n.meta.role == "base-teacher"): n for n in evals
+                     if n.meta.role in ("teacher", "base-teacher")}
+    sft_evals = {(n.meta.student, n.meta.domain, n.meta.seed): n for n in evals if n.meta.role == "student-sft"}
     sizes = {name: model_params(spec, name) / 1e9 for name in set(spec.teachers) | set(spec.students)}
     selections = {node.id: _read_json(node.folder(study_dir) / "selection.json") for node in plan.nodes
                   if node.kind == "select" and is_done(node, study_dir)}
     rows = []
     for node in evals:
         meta = node.meta
-        teachers = spec.teachers if meta["role"] == "student-sft" else [meta["teacher"]]
+        teachers = spec.teachers if meta.role == "student-sft" else [meta.teacher]
         for teacher in teachers:
-            base = meta.get("teacher_kind") == "base"
-            teacher_eval = teacher_evals.get((teacher, meta["domain"], base))
-            sft_eval = sft_evals.get((meta["student"], meta["domain"], meta.get("seed"))) if meta["role"] == "student-kd" else None
+            base = meta.teacher_kind == "base"
+            teacher_eval = teacher_evals.get((teacher, meta.domain, base))
+            sft_eval = sft_evals.get((meta.student, meta.domain, meta.seed)) if meta.role == "student-kd" else None
             for task, values in metrics[node.id].items():
                 row = _row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes)
                 row["fidelity_dir"] = fidelity_dirs.get((node.id, teacher_eval.id)) if teacher_eval is not None else None
-                rows.append(_with_selection(row, selections.get(meta.get("run"))))
+                rows.append(_with_selection(row, selections.get(meta.run)))
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for column in ("n", "correct", "seed"):
         frame[column] = frame[column].astype("Int64")
@@ -100,13 +101,13 @@ def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teach
          fidelity: dict, sizes: dict) -> dict:
     meta = node.meta
     n, accuracy = int(values["n"]), float(values["accuracy"])
-    role = meta["role"]
-    row = {"run": meta.get("run") or node.id, "role": role, "domain": meta["domain"], "task": task, "teacher": teacher,
-           "teacher_kind": meta.get("teacher_kind", "finetuned") if role != "student-sft" else "finetuned",
-           "student": meta["student"], "student_size_b": sizes[meta["student"]],
-           "method": "base" if role == "base-teacher" else meta["method"], "loss": meta.get("loss", "sft"),
-           "temperature": _number(meta.get("temperature")), "noise": float(meta.get("noise") or 0.0),
-           "seed": meta.get("seed", 0), "n": n, "correct": int(round(accuracy * n)), "accuracy": accuracy,
+    role = meta.role
+    row = {"run": meta.run or node.id, "role": role, "domain": meta.domain, "task": task, "teacher": teacher,
+           "teacher_kind": meta.teacher_kind if role != "student-sft" else "finetuned",
+           "student": meta.student, "student_size_b": sizes[meta.student],
+           "method": "base" if role == "base-teacher" else meta.method, "loss": meta.loss or "sft",
+           "temperature": _number(meta.temperature), "noise": float(meta.noise or 0.0),
+           "seed": meta.seed if meta.seed is not None else 0, "n": n, "correct": int(round(accuracy * n)), "accuracy": accuracy,
            "ci_low": float(values["ci95"][0]), "ci_high": float(values["ci95"][1]), "eval_dir": node.id,
            "sft_accuracy": math.nan, "improvement": math.nan, "sft_eval_dir": None}
     row["teacher_accuracy"] = (float(metrics[teacher_eval.id][task]["accuracy"])
@@ -160,10 +161,10 @@ def collect_selection(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             continue
         selection, meta = _read_json(node.folder(study_dir) / "selection.json"), node.meta
         for i, candidate in enumerate(selection["candidates"]):
-            rows.append({"select": node.id, "role": meta["role"], "teacher": meta.get("teacher"),
-                         "teacher_kind": meta.get("teacher_kind", "finetuned"), "student": meta["student"],
-                         "domain": meta["domain"], "method": meta["method"], "noise": float(meta.get("noise") or 0.0),
-                         "seed": meta.get("seed", 0), "task": selection["task"], "candidate": i,
+            rows.append({"select": node.id, "role": meta.role, "teacher": meta.teacher,
+                         "teacher_kind": meta.teacher_kind, "student": meta.student,
+                         "domain": meta.domain, "method": meta.method, "noise": float(meta.noise or 0.0),
+                         "seed": meta.seed if meta.seed is not None else 0, "task": selection["task"], "candidate": i,
                          "settings": format_settings(candidate["settings"]), "n": candidate["n"],
                          "val_accuracy": candidate["accuracy"], "selected": candidate["run"] == selection["selected"]["run"],
                          "run": candidate["run"], **{f"setting:{k}": v for k, v in candidate["settings"].items()}})

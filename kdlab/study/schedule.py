@@ -74,7 +74,7 @@ def estimate(plan: Plan, nodes: list[Node], gpus: int) -> Estimate:
 
 def format_estimates(plan: Plan, nodes: list[Node], gpu_counts=(1, 4, 8, 32)) -> str:
     """A table of expected wall times for several GPU counts."""
-    from kdlab.study.plan import format_seconds
+    from kdlab.study.sizes import format_seconds
 
     lines = [f"expected wall time on N GPUs (list schedule over the dependency graph, {plan.spec.cost['tflops']:g} "
              "TFLOP/s per GPU, GPUs per run from `resources`):", f"{'GPUs':>6}{'wall time':>12}{'total / N':>12}{'critical path':>15}"]

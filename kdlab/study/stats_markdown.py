@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kdlab.significance import stars
+from kdlab.study.markdown import markdown_table
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -37,14 +38,6 @@ def config_label(row) -> str:
     return " ".join(parts)
 
 
-def _md_table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
-    align = align or "l" * len(header)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
 def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.DataFrame) -> str:
     lines = ["# Study statistics", "",
              "Significance: * p < 0.05, ** p < 0.01, *** p < 0.001, on the Holm-adjusted p-value of each table.", "",
@@ -55,7 +48,7 @@ def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.Dat
              _fmt(r.pvalue_holm) + (" " + stars(r.pvalue_holm) if stars(r.pvalue_holm) else ""), str(r.n),
              f"{_fmt(r.effect_size, 3)} ({r.effect_name})" if not math.isnan(r.effect_size) else "", r.note]
             for r in hypotheses.itertuples(index=False)]
-    lines += _md_table(["hypothesis", "group", "task", "statistic", "p", "p (Holm)", "n", "effect", "note"], rows,
+    lines += markdown_table(["hypothesis", "group", "task", "statistic", "p", "p (Holm)", "n", "effect", "note"], rows,
                        "lllrrrrll")
     lines += ["", "## Paired tests: KD vs SFT on the same examples", "",
               "Exact McNemar; b = KD right & SFT wrong, c = SFT right & KD wrong; Δ = KD − SFT accuracy in "
@@ -70,7 +63,7 @@ def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.Dat
                      _fmt(r["b"]), _fmt(r["c"]), _fmt(r["odds_ratio"], 3), _fmt(r["pvalue"]),
                      _fmt(r["pvalue_holm"]) + (" " + stars(r["pvalue_holm"]) if stars(r["pvalue_holm"]) else ""),
                      _fmt(r["pvalue_holm_all"]), r["note"]])
-    lines += _md_table(["student", "configuration", "seed", "task", "n", "KD %", "SFT %", "Δ pp [95% CI]", "b", "c",
+    lines += markdown_table(["student", "configuration", "seed", "task", "n", "KD %", "SFT %", "Δ pp [95% CI]", "b", "c",
                         "odds ratio", "p", "p (Holm)", "p (Holm, all)", "note"], rows, "lllllrrrrrrrrrl")
     lines += ["", "## Seeds: mean over seeds per configuration x task", "",
               "Accuracy and improvement in percent; 95% Student-t interval over seeds (blank with one seed).", ""]
@@ -84,7 +77,7 @@ def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.Dat
         label = config_label(r) if r["role"] == "student-kd" else str(r["role"])
         rows.append([str(r["student"]), label, str(r["task"]), str(r["n_seeds"]), _pct(r["accuracy_mean"]),
                      _pct(r["accuracy_sd"]), ci, imp, imp_ci])
-    lines += _md_table(["student", "configuration", "task", "seeds", "accuracy %", "sd", "95% CI", "gain pp",
+    lines += markdown_table(["student", "configuration", "task", "seeds", "accuracy %", "sd", "95% CI", "gain pp",
                         "gain 95% CI"], rows, "lllrrrrrr")
     return "\n".join(lines) + "\n"
 

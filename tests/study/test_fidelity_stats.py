@@ -100,7 +100,8 @@ def test_no_fidelity_folders_no_tables():
 
 
 def test_report_parts(study):
-    from kdlab.study.fidelity_report import AGREEMENT_HEADER, agreement_rows, plane_figure
+    from kdlab.study.report.figures import plane_figure
+    from kdlab.study.report.tables import AGREEMENT_HEADER, agreement_rows
 
     study_dir, frame, _ = study
     tables = fidelity_tables(study_dir, frame, n_boot=200)

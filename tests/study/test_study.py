@@ -1,10 +1,5 @@
-"""Study specs, plans, shards, and a whole tiny study run end to end with a kill and a resume."""
+"""Study specs, plans and shards, checked without running a study (the kill-and-resume run is in executors/test_local.py)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +7,8 @@ import pytest
 import yaml
 
 from kdlab.errors import KdlabError
-from kdlab.study import steps
 from kdlab.study.plan import build_plan
-from kdlab.study.results import RESULT_COLUMNS, collect_results
-from kdlab.study.runner import format_plan, format_status, node_status, parse_shard, prepare_study, run_plan, study_status
+from kdlab.study.executors.local import parse_shard, prepare_study
 from kdlab.study.spec import load_spec, parse_params
 
 EXPECTED_KINDS = {"prune": 1, "teacher-sft": 1, "answers": 1, "cache": 2, "student-sft": 4, "kd": 22, "eval": 28, "fidelity": 26}
@@ -72,9 +65,9 @@ def test_plan_expands_the_grid(tiny_study_spec):
     position = {node_id: i for i, node_id in enumerate(ids)}
     assert all(position[dep] < position[node.id] for node in plan.nodes for dep in node.deps)
     kd = [node for node in plan.nodes if node.kind == "kd"]
-    assert sum(node.meta["noise"] > 0 for node in kd) == 1 and sum(node.meta["teacher_kind"] == "base" for node in kd) == 1
-    assert {node.meta["temperature"] for node in kd if node.meta["method"] == "fkl"} == {1.0, 2.0}
-    assert all("teacher_cache" in node.params for node in kd if node.meta["loss"] in ("fkl", "rkl"))
+    assert sum(node.meta.noise > 0 for node in kd) == 1 and sum(node.meta.teacher_kind == "base" for node in kd) == 1
+    assert {node.meta.temperature for node in kd if node.meta.method == "fkl"} == {1.0, 2.0}
+    assert all("teacher_cache" in node.params for node in kd if node.meta.loss in ("fkl", "rkl"))
     assert build_plan(load_spec(tiny_study_spec)).by_id().keys() == plan.by_id().keys()  # deterministic names
 
 
@@ -96,92 +89,23 @@ def test_shards_partition_the_runs(tiny_study_spec, count):
     assert all(shards)
     by_id = plan.by_id()
     for node in plan.nodes:  # a run's evaluation and fidelity stay on its shard
-        if node.kind in ("eval", "fidelity") and node.meta.get("run"):
-            assert node.shard(count) == by_id[node.meta["run"]].shard(count)
+        if node.kind in ("eval", "fidelity") and node.meta.run:
+            assert node.shard(count) == by_id[node.meta.run].shard(count)
     assert parse_shard("2/3") == (1, 3)
     for bad in ("0/3", "4/3", "x"):
         with pytest.raises(KdlabError, match="--shard"):
             parse_shard(bad)
 
 
-def _markers(study_dir: Path) -> dict[str, float]:
-    plan = build_plan(load_spec(study_dir / "spec.yaml", base=yaml.safe_load((study_dir / "study.json").read_text())["spec_base"]))
-    return {node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
-            for node in plan.nodes if steps.is_done(node, study_dir)}
-
-
-def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
-    study_dir = tmp_path / "study"
-    command = [sys.executable, "-m", "kdlab.cli", "study", "run", str(tiny_study_spec), "--out", str(study_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:  # kill -9 once a few runs have finished (and, most likely, while one is in progress)
-        deadline = time.time() + 240
-        while time.time() < deadline and process.poll() is None:
-            if len(list((study_dir / "state").glob("*.json")) if (study_dir / "state").is_dir() else []) >= 8:
-                break
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    finished = _markers(study_dir)
-    assert 4 <= len(finished) < sum(EXPECTED_KINDS.values())
-
-    spec, study_dir = prepare_study(tiny_study_spec, study_dir)
-    plan = build_plan(spec)
-    assert "pending" in format_plan(plan, study_dir)
-    # one evaluation fails on the first resume: it is recorded, its fidelity is skipped, the rest goes on
-    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta["role"] == "student-kd")
-    real_execute = steps.execute
-
-    def flaky(node, where):
-        if node.id == failing.id:
-            raise RuntimeError("disk on fire")
-        real_execute(node, where)
-
-    monkeypatch.setattr("kdlab.study.runner.execute", flaky)
-    summary = run_plan(plan, study_dir, poll=0.1)
-    assert summary.failed == 1 and summary.blocked == 1
-    assert node_status(study_dir, failing) == "failed"
-    assert "disk on fire" in format_status(plan, study_dir)
-    monkeypatch.setattr("kdlab.study.runner.execute", real_execute)
-    summary = run_plan(plan, study_dir, poll=0.1)
-    assert summary.failed == 0 and summary.ran == 2
-    groups = study_status(plan, study_dir)
-    assert len(groups["done"]) == len(plan.nodes)
-    after = _markers(study_dir)
-    assert all(after[node_id] == mtime for node_id, mtime in finished.items())  # nothing finished was redone
-
-    frame = collect_results(plan, study_dir)
-    assert list(frame.columns) == RESULT_COLUMNS
-    assert frame.groupby("role").size().to_dict() == {"base-teacher": 2, "student-kd": 44, "student-sft": 8, "teacher": 2}
-    kd = frame[frame.role == "student-kd"]
-    assert kd["improvement"].notna().all() and kd["token_kl"].notna().all() and kd["agreement"].notna().all()
-    assert (kd["improvement"] == kd["accuracy"] - kd["sft_accuracy"]).all()
-    assert set(kd["task"]) == {"arith", "AddSub"} and set(kd["seed"]) == {0, 1}
-    assert frame["student_size_b"].gt(0).all()
-    base = kd[kd.teacher_kind == "base"]
-    teacher_rows = frame[frame.role == "base-teacher"].set_index("task")["accuracy"]
-    assert (base["teacher_accuracy"].values == teacher_rows.loc[base["task"]].values).all()
-
-    from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
-
-    tables = compute_stats(study_dir, frame, study_dir / "stats")
-    assert len(tables["paired"]) == len(kd) and set(tables["paired"]["run"]) == set(kd["run"])
-    assert (study_dir / "results" / "results.parquet").is_file() and (study_dir / "stats" / "stats.md").is_file()
-    html, markdown = write_report(study_dir, frame, tables, study_dir / "report", title="tiny")
-    assert "data:image/png;base64," in html.read_text() and markdown.is_file()
-
-
 @pytest.mark.parametrize("name, kd_runs", [("paper-qwen2.5", 192), ("paper-llama3", 18), ("smollm2-cpu", 45)])
 def test_ready_specs_plan(name, kd_runs, capsys):
-    from kdlab.study.runner import run_study
+    from kdlab.study.executors.local import run_study
 
     path = Path(__file__).resolve().parents[2] / "configs" / "studies" / f"{name}.yaml"
     spec = load_spec(path, check_files=False)
     plan = build_plan(spec)
     assert sum(node.kind == "kd" for node in plan.nodes) == kd_runs
-    pairs = {(node.meta["teacher"], node.meta["student"]) for node in plan.nodes if node.kind == "kd"}
+    pairs = {(node.meta.teacher, node.meta.student) for node in plan.nodes if node.kind == "kd"}
     assert all(spec.models[s].params is None or spec.models[s].params < spec.models[t].params for t, s in pairs)
     run_study(path, out=None, dry_run=True)
     assert "total" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from kdlab.errors import KdlabError
 from kdlab.study import steps
 from kdlab.study.plan import KIND_ORDER, build_plan
 from kdlab.study.results import collect_results, collect_selection
-from kdlab.study.runner import prepare_study, run_plan
+from kdlab.study.executors.local import prepare_study, run_plan
 from kdlab.study.spec import load_spec
 
 LRS = [1e-3, 2e-2]
@@ -134,7 +134,7 @@ def test_plan_gives_every_method_the_same_candidates(tuned_spec):
     split = next(node for node in plan.nodes if node.kind == "split")
     training = [node for node in plan.nodes if node.kind in ("teacher-sft", "student-sft", "kd", "cache")]
     assert all(split.id in node.deps for node in training)  # nobody trains on the validation examples
-    tests = [node for node in plan.nodes if node.kind == "eval" and node.meta["role"] != "teacher"]
+    tests = [node for node in plan.nodes if node.kind == "eval" and node.meta.role != "teacher"]
     assert all(node.params["model"].startswith("study:select/") for node in tests)
 
 

@@ -1,4 +1,4 @@
-"""Where a study's plan runs: ``local`` (this process, :mod:`kdlab.study.runner`), ``ray`` (a Ray cluster,
+"""Where a study's plan runs: ``local`` (this process, :mod:`kdlab.study.executors.local`), ``ray`` (a Ray cluster,
 :mod:`kdlab.study.executors.ray`) or ``slurm`` (one SLURM job per run through submitit,
 :mod:`kdlab.study.executors.slurm`). Every executor keeps the run folders, completion markers and state files of
 the local runner, so a study can move between them and a finished run is never redone."""
@@ -23,7 +23,7 @@ def slurm_settings(spec, overrides: dict) -> dict:
 def _dry_run(executor: str, spec_path, out, slurm_overrides: dict) -> Path:
     """Print the plan, its expected wall time on 1/4/8/32 GPUs and, for SLURM, every job script; write nothing."""
     from kdlab.study.plan import build_plan
-    from kdlab.study.runner import format_plan
+    from kdlab.study.executors.local import format_plan
     from kdlab.study.schedule import format_estimates
     from kdlab.study.spec import load_spec
     from kdlab.study.steps import is_done
@@ -49,7 +49,7 @@ def run_with_executor(executor: str, spec_path, out=None, dry_run: bool = False,
     if dry_run:
         return _dry_run(executor, spec_path, out, slurm_overrides), None
     from kdlab.study.plan import build_plan
-    from kdlab.study.runner import prepare_study
+    from kdlab.study.executors.local import prepare_study
 
     if executor == "slurm" and not submitit_local and shutil.which("sbatch") is None:
         raise KdlabError("--executor slurm: no `sbatch` on this machine; run on a SLURM login node "

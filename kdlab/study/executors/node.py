@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kdlab.io import atomic_write_json
 from kdlab.study.plan import Node
-from kdlab.study.runner import _run_node, read_state, state_path
+from kdlab.study.executors.local import read_state, record_run, state_path
 from kdlab.study.steps import is_done
 
 
@@ -56,7 +56,7 @@ def run_node(node: Node, study_dir: str | Path, *deps: dict) -> dict:
         return outcome(node, "done")
     begin = time.time()
     with output_to(state_path(study_dir, node, ".out")):
-        ok = _run_node(node, study_dir)
+        ok = record_run(node, study_dir)
     if ok:
         return outcome(node, "done", ran=True, seconds=time.time() - begin)
     return outcome(node, "failed", ran=True, seconds=time.time() - begin, error=read_state(study_dir, node).get("error"))

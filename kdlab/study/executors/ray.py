@@ -19,13 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
-from kdlab import __version__
+from kdlab.version import __version__
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
 from kdlab.study.executors.node import run_node
-from kdlab.study.plan import Node, Plan, format_seconds
+from kdlab.study.plan import Node, Plan
+from kdlab.study.sizes import format_seconds
 from kdlab.study.resources import Need
-from kdlab.study.runner import RunSummary, _Clock, _describe, state_path
+from kdlab.study.executors.local import RunSummary, Clock, describe_node, state_path
 from kdlab.study.steps import is_done
 
 PROBE_TIMEOUT = 120.0
@@ -59,13 +60,13 @@ def connect(address: str | None) -> bool:
 
 def _probe(path: str, token: str) -> dict:
     """Run on a Ray node: can it read the driver's probe file, and which kdlab does it import?"""
-    import kdlab
+    import kdlab.version as version
 
     try:
         seen = Path(path).read_text() == token
     except OSError:
         seen = False
-    return {"seen": seen, "version": kdlab.__version__, "file": kdlab.__file__, "host": socket.gethostname()}
+    return {"seen": seen, "version": version.__version__, "file": version.__file__, "host": socket.gethostname()}
 
 
 def check_cluster(study_dir: Path, kinds: dict[str, Need], use_gpus: bool) -> list[dict]:
@@ -142,7 +143,7 @@ def follow(plan: Plan, study_dir: Path, refs: dict, summary: RunSummary) -> dict
     """Wait for the tasks, printing a line as each node finishes; returns node id -> outcome."""
     import ray
 
-    by_id, clock = plan.by_id(), _Clock(plan)
+    by_id, clock = plan.by_id(), Clock(plan)
     order = list(refs)
     waiting = [refs[node_id] for node_id in order]
     node_of = {ref: node_id for node_id, ref in refs.items()}
@@ -164,7 +165,7 @@ def follow(plan: Plan, study_dir: Path, refs: dict, summary: RunSummary) -> dict
         detail = {"done": f"in {format_seconds(result.get('seconds', 0.0))} on {result.get('host')}",
                   "failed": f"FAILED: {result.get('error')} (traceback: {state_path(study_dir, node, '.log')})",
                   "skipped": f"skipped: {result.get('error')}"}[result["status"]]
-        print(f"kdlab study: [{len(outcomes)}/{len(order)}] {_describe(node)}  ->  {node.id}: {detail}; "
+        print(f"kdlab study: [{len(outcomes)}/{len(order)}] {describe_node(node)}  ->  {node.id}: {detail}; "
               f"{len(left)} left (~{format_seconds(clock.left(left))} of run time)", flush=True)
     return outcomes
 

@@ -26,9 +26,10 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
 from kdlab.study.executors.node import run_node
-from kdlab.study.plan import Node, Plan, format_seconds, run_name
+from kdlab.study.plan import Node, Plan, run_name
+from kdlab.study.sizes import format_seconds
 from kdlab.study.resources import Need
-from kdlab.study.runner import RunSummary, _describe, state_path
+from kdlab.study.executors.local import RunSummary, describe_node, state_path
 from kdlab.study.steps import is_done
 
 JOB_FOLDER = "slurm/%j"
@@ -162,7 +163,7 @@ def _collect_finished(running: dict, outcomes: dict, summary: RunSummary, study_
         summary.failed += result["status"] == "failed"
         detail = (f"in {format_seconds(result['seconds'])}" if result["status"] == "done"
                   else f"FAILED (see {state_path(study_dir, by_id[node_id], '.log')})")
-        print(f"kdlab study: [{len(outcomes)}/{total}] {_describe(by_id[node_id])}  ->  {node_id}: {detail}", flush=True)
+        print(f"kdlab study: [{len(outcomes)}/{total}] {describe_node(by_id[node_id])}  ->  {node_id}: {detail}", flush=True)
 
 
 def run_plan_submitit_local(plan: Plan, study_dir: Path, slurm: dict, parallel: int = 2, poll: float = 0.2) -> RunSummary:

@@ -31,7 +31,7 @@ def results_table():
 def _results_table(study_dir: Path):
     from kdlab.study.plan import build_plan
     from kdlab.study.results import collect_results
-    from kdlab.study.runner import load_study
+    from kdlab.study.executors.local import load_study
 
     spec, study_dir = load_study(study_dir)
     frame = collect_results(build_plan(spec), study_dir)

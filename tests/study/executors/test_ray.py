@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import kdlab
+import kdlab.version
 from kdlab.study import steps
 from kdlab.study.executors.ray import check_cluster, run_plan_ray, task_options
 from kdlab.study.plan import build_plan
 from kdlab.study.resources import Need
-from kdlab.study.runner import node_status, prepare_study, run_study, state_path
+from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
 
 ray = pytest.importorskip("ray")
 
@@ -72,7 +72,7 @@ def test_task_options():
 
 def test_cluster_check_sees_the_folder_and_this_kdlab(ray_cluster, tmp_path):
     answers = check_cluster(tmp_path, {"kd": Need(gpus=0)}, use_gpus=False)
-    assert len(answers) == 1 and answers[0]["seen"] and answers[0]["file"] == kdlab.__file__
+    assert len(answers) == 1 and answers[0]["seen"] and answers[0]["file"] == kdlab.version.__file__
     assert not list((tmp_path / "state").glob(".probe-*"))
     with pytest.raises(kdlab.errors.KdlabError, match="resources.kd: asks for 1 GPU"):
         check_cluster(tmp_path, {"kd": Need(gpus=1)}, use_gpus=True)
@@ -81,7 +81,7 @@ def test_cluster_check_sees_the_folder_and_this_kdlab(ray_cluster, tmp_path):
 def test_tiny_study_on_ray_with_a_failure_and_a_killed_worker(ray_cluster, tiny_study_spec, tmp_path):
     spec, study_dir = prepare_study(tiny_study_spec, tmp_path / "ray")
     plan = build_plan(spec)
-    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta["role"] == "student-kd")
+    failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta.role == "student-kd")
     failing.folder(study_dir).parent.mkdir(parents=True)
     failing.folder(study_dir).write_text("a file where the evaluation's folder should be")  # this run will fail
 

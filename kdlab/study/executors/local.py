@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import pid_alive
-from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan, format_seconds
+from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan
+from kdlab.study.sizes import format_seconds
 from kdlab.study.spec import StudySpec, check_models, load_spec
 from kdlab.study.steps import execute, is_done
 
@@ -152,7 +152,7 @@ class RunSummary:
     seconds: float = 0.0
 
 
-class _Clock:
+class Clock:
     """Estimated time left: the plan's FLOP estimate, calibrated by the runs finished in this session.
 
     Each kind of run (training, evaluation, ...) gets its own correction factor once one of its runs has been
@@ -179,23 +179,24 @@ class _Clock:
         return sum(self.plan.seconds(node) * self.scale(node.kind) for node in nodes) + 3.0 * len(nodes)
 
 
-def _describe(node: Node) -> str:
+def describe_node(node: Node) -> str:
+    """A node for the progress lines: ``kd teacher (base) -> student fkl tau=2 noise=1 seed 0 [domain]``."""
     m = node.meta
     parts = [node.kind]
-    if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.get("role") == "student-kd":
-        parts.append(f"{m['teacher']}{' (base)' if m.get('teacher_kind') == 'base' else ''} -> {m['student']} {m['method']}"
-                     + (f" tau={m['temperature']:g}" if m.get("temperature") is not None else "")
-                     + (f" noise={m['noise']:g}" if m.get("noise") else "") + f" seed {m['seed']}")
-    elif m.get("role") == "student-sft":
-        parts.append(f"{m['student']} SFT seed {m['seed']}")
-    elif m.get("role") in ("teacher", "base-teacher"):
-        parts.append(f"{m['teacher']}{' (base)' if m['role'] == 'base-teacher' else ''}")
-    elif m.get("teacher"):
-        parts.append(f"{m['teacher']}{' (base)' if m.get('teacher_kind') == 'base' else ''}")
-    elif m.get("model"):
-        parts.append(m["model"])
-    if m.get("domain"):
-        parts.append(f"[{m['domain']}]")
+    if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.role == "student-kd":
+        parts.append(f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''} -> {m.student} {m.method}"
+                     + (f" tau={m.temperature:g}" if m.temperature is not None else "")
+                     + (f" noise={m.noise:g}" if m.noise else "") + f" seed {m.seed}")
+    elif m.role == "student-sft":
+        parts.append(f"{m.student} SFT seed {m.seed}")
+    elif m.role in ("teacher", "base-teacher"):
+        parts.append(f"{m.teacher}{' (base)' if m.role == 'base-teacher' else ''}")
+    elif m.teacher:
+        parts.append(f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''}")
+    elif m.model:
+        parts.append(m.model)
+    if m.domain:
+        parts.append(f"[{m.domain}]")
     return " ".join(parts)
 
 
@@ -208,7 +209,7 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
     study_dir = Path(study_dir)
     by_id = plan.by_id()
     mine = plan.shard(*shard)
-    summary, clock = RunSummary(), _Clock(plan)
+    summary, clock = RunSummary(), Clock(plan)
     pending = [node for node in mine if node_status(study_dir, node) != "done"]
     summary.done = len(mine) - len(pending)
     total = len(pending)
@@ -246,11 +247,11 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
         waited_since = None
         pending.remove(ready)
         index = total - len(pending)
-        print(f"\nkdlab study: [{index}/{total}] {_describe(ready)}  ->  {ready.id}\n"
+        print(f"\nkdlab study: [{index}/{total}] {describe_node(ready)}  ->  {ready.id}\n"
               f"kdlab study: this run ~{format_seconds(clock.left([ready]))}, study left ~{format_seconds(clock.left(pending + [ready]))}",
               flush=True)
         begin = time.time()
-        if _run_node(ready, study_dir):
+        if record_run(ready, study_dir):
             summary.ran += 1
             clock.record(ready, time.time() - begin)
         else:
@@ -266,7 +267,9 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
     return summary
 
 
-def _run_node(node: Node, study_dir: Path) -> bool:
+def record_run(node: Node, study_dir: Path) -> bool:
+    """Run ``node`` in this process with a heartbeat and record its state (done, or failed with the first line of
+    its error and the traceback in ``state/<node>.log``); True when it finished."""
     state_path(study_dir, node).parent.mkdir(parents=True, exist_ok=True)
     log = state_path(study_dir, node, ".log")
     beat = _Heartbeat(study_dir, node)
@@ -302,7 +305,7 @@ def format_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1)) ->
     width = max((len(node.id) for node in nodes), default=10)
     lines.append(f"{'status':<12}{'run':<{width + 2}}{'est.':>9}  what")
     for node in nodes:
-        lines.append(f"{node_status(study_dir, node):<12}{node.id:<{width + 2}}{format_seconds(plan.seconds(node)):>9}  {_describe(node)}")
+        lines.append(f"{node_status(study_dir, node):<12}{node.id:<{width + 2}}{format_seconds(plan.seconds(node)):>9}  {describe_node(node)}")
     lines += ["", f"{'kind':<14}{'runs':>6}{'left':>7}{'est. left':>11}"]
     left_total = 0.0
     for kind in KIND_ORDER:
@@ -346,17 +349,6 @@ def format_status(plan: Plan, study_dir: Path) -> str:
     left = [node for status in ("running", "interrupted", "pending", "failed") for node in groups[status]]
     lines.append(f"estimated time left: {format_seconds(sum(plan.seconds(node) for node in left))}")
     return "\n".join(lines)
-
-
-def clean_failed(plan: Plan, study_dir: Path) -> int:
-    """Forget failed attempts (state files and partial folders); returns how many."""
-    count = 0
-    for node in plan.nodes:
-        if node_status(study_dir, node) == "failed":
-            shutil.rmtree(node.folder(study_dir), ignore_errors=True)
-            state_path(study_dir, node).unlink(missing_ok=True)
-            count += 1
-    return count
 
 
 def run_study(spec_path, out=None, shard: str | None = None, dry_run: bool = False, poll: float = 30.0,
