@@ -31,10 +31,16 @@ def one_at_a_time_without_cache(model, tokenizer, prompt_ids, max_new_tokens):
     """Greedy decoding of each prompt alone, recomputing the whole sequence at every step (no KV cache)."""
     outputs = []
     for ids in prompt_ids:
-        output = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        outputs.append(cut_at_eos(output[0, len(ids):].tolist(), tokenizer.eos_token_id))
+        output = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        outputs.append(cut_at_eos(output[0, len(ids) :].tolist(), tokenizer.eos_token_id))
     return outputs
 
 
@@ -42,7 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--adapter", default=None)
-    parser.add_argument("--data", default=None, help="LLM-Adapters JSON with the prompts (default: synthetic test split)")
+    parser.add_argument(
+        "--data", default=None, help="LLM-Adapters JSON with the prompts (default: synthetic test split)"
+    )
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -50,15 +58,25 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
 
-    examples = load_json_examples(args.data)[: args.prompts] if args.data else generate_arith(args.prompts, seed=1, split="test")
+    examples = (
+        load_json_examples(args.data)[: args.prompts]
+        if args.data
+        else generate_arith(args.prompts, seed=1, split="test")
+    )
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, adapter=args.adapter, merge_adapter=True).eval()
     prompt_ids = [encode_prompt(tokenizer, example) for example in examples]
     rows = {}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
         for name, run in [
-            ("batched+cache", lambda: generate_ids(model, tokenizer, prompt_ids, args.max_new_tokens, batch_size=args.batch_size)),
-            ("one-at-a-time, no cache", lambda: one_at_a_time_without_cache(model, tokenizer, prompt_ids, args.max_new_tokens)),
+            (
+                "batched+cache",
+                lambda: generate_ids(model, tokenizer, prompt_ids, args.max_new_tokens, batch_size=args.batch_size),
+            ),
+            (
+                "one-at-a-time, no cache",
+                lambda: one_at_a_time_without_cache(model, tokenizer, prompt_ids, args.max_new_tokens),
+            ),
         ]:
             start = time.perf_counter()
             outputs = run()
@@ -75,7 +93,11 @@ def main() -> None:
     print(f"speed-up (tokens/s): {ratio:.1f}x; same extracted answer on {same}/{len(examples)} prompts")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "rows": rows, "ratio": ratio, "same_answers": same, "n": len(examples)}, handle, indent=2)
+            json.dump(
+                {"args": vars(args), "rows": rows, "ratio": ratio, "same_answers": same, "n": len(examples)},
+                handle,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -82,17 +82,27 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tokens", type=int, default=2048, help="N, number of token positions")
     p.add_argument("--vocab", type=int, default=49152, help="V, vocabulary size (both models)")
     p.add_argument("--hidden", type=int, default=576, help="H, hidden size (both models)")
-    p.add_argument("--chunk-size", type=int, nargs="+", default=[256], help="one or more chunk sizes to compare (kdlab default: 256)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="one or more chunk sizes to compare (kdlab default: 256)",
+    )
     p.add_argument("--loss", default="fkl", choices=sorted(LOSS_KWARGS))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--kd-weight", type=float, default=1.0, help="w in (1 - w) * CE + w * tau^2 * divergence")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of hidden states and weights")
-    p.add_argument("--bf16", action="store_true", help="run both paths under torch.autocast('cpu', dtype=torch.bfloat16)")
+    p.add_argument(
+        "--bf16", action="store_true", help="run both paths under torch.autocast('cpu', dtype=torch.bfloat16)"
+    )
     p.add_argument("--tol", type=float, default=1e-5, help="gradient/loss tolerance (see module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -144,8 +154,13 @@ def run_naive(inp: dict, args) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = inp["t_hidden"] @ inp["t_weight"].T
         loss = naive_distill_loss(
-            student_logits, teacher_logits, inp["targets"], loss=args.loss, temperature=args.temperature,
-            kd_weight=args.kd_weight, loss_kwargs=loss_kwargs(args),
+            student_logits,
+            teacher_logits,
+            inp["targets"],
+            loss=args.loss,
+            temperature=args.temperature,
+            kd_weight=args.kd_weight,
+            loss_kwargs=loss_kwargs(args),
         )
     loss.backward()
     return loss.detach()
@@ -155,8 +170,16 @@ def run_chunked(inp: dict, args, chunk_size: int) -> torch.Tensor:
     """Forward + backward of the chunked path; returns the (detached) loss."""
     with autocast_ctx(args):
         loss = chunked_distill_loss(
-            inp["hidden"], inp["weight"], inp["t_hidden"], inp["t_weight"], inp["targets"], loss=args.loss,
-            temperature=args.temperature, kd_weight=args.kd_weight, loss_kwargs=loss_kwargs(args), chunk_size=chunk_size,
+            inp["hidden"],
+            inp["weight"],
+            inp["t_hidden"],
+            inp["t_weight"],
+            inp["targets"],
+            loss=args.loss,
+            temperature=args.temperature,
+            kd_weight=args.kd_weight,
+            loss_kwargs=loss_kwargs(args),
+            chunk_size=chunk_size,
         )
     loss.backward()
     return loss.detach()
@@ -208,17 +231,44 @@ def measure_child(args) -> dict:
     peak = _status_kib("VmHWM")
     after = _status_kib("VmRSS")
     return {
-        "path": args.measure, "chunk_size": chunk, "hwm_reset": hwm_reset, "warmup": probe,
-        "baseline_mib": baseline / 1024.0, "peak_mib": peak / 1024.0, "peak_extra_mib": (peak - baseline) / 1024.0,
-        "after_extra_mib": (after - baseline) / 1024.0, "seconds_single": seconds, "loss": float(loss),
+        "path": args.measure,
+        "chunk_size": chunk,
+        "hwm_reset": hwm_reset,
+        "warmup": probe,
+        "baseline_mib": baseline / 1024.0,
+        "peak_mib": peak / 1024.0,
+        "peak_extra_mib": (peak - baseline) / 1024.0,
+        "after_extra_mib": (after - baseline) / 1024.0,
+        "seconds_single": seconds,
+        "loss": float(loss),
     }
 
 
 def child_argv(args, path: str, chunk_size: int | None) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--measure", path,
-            "--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
-            "--loss", args.loss, "--temperature", repr(args.temperature), "--kd-weight", repr(args.kd_weight),
-            "--dtype", args.dtype, "--seed", str(args.seed), "--chunk-size", str(chunk_size or args.chunk_size[0])]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure",
+        path,
+        "--tokens",
+        str(args.tokens),
+        "--vocab",
+        str(args.vocab),
+        "--hidden",
+        str(args.hidden),
+        "--loss",
+        args.loss,
+        "--temperature",
+        repr(args.temperature),
+        "--kd-weight",
+        repr(args.kd_weight),
+        "--dtype",
+        args.dtype,
+        "--seed",
+        str(args.seed),
+        "--chunk-size",
+        str(chunk_size or args.chunk_size[0]),
+    ]
     if args.bf16:
         argv.append("--bf16")
     if args.threads:
@@ -236,8 +286,10 @@ def measure_in_child(args, path: str, chunk_size: int | None = None) -> dict:
     proc = subprocess.run(child_argv(args, path, chunk_size), env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MEASURE_TAG)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory child for {path} (chunk {chunk_size}) failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len(MEASURE_TAG):])
+        raise RuntimeError(
+            f"memory child for {path} (chunk {chunk_size}) failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len(MEASURE_TAG) :])
 
 
 # ------------------------------------------------------------------------------------------------------ time + check
@@ -247,8 +299,12 @@ def compare(ref: torch.Tensor, other: torch.Tensor, tol: float) -> dict:
     ref64, other64 = ref.double(), other.double()
     max_abs = float((other64 - ref64).abs().max())
     scale = float(ref64.abs().max())
-    return {"max_abs": max_abs, "ref_max": scale, "rel": max_abs / scale if scale > 0 else 0.0,
-            "ok": max_abs <= tol * max(1.0, scale)}
+    return {
+        "max_abs": max_abs,
+        "ref_max": scale,
+        "rel": max_abs / scale if scale > 0 else 0.0,
+        "ok": max_abs <= tol * max(1.0, scale),
+    }
 
 
 def time_and_check(args) -> dict:
@@ -277,7 +333,8 @@ def time_and_check(args) -> dict:
     for name, chunk in paths[1:]:
         c_loss, c_gh, c_gw = ref[(name, chunk)]
         checks[chunk] = {
-            "loss": compare(n_loss.reshape(1), c_loss.reshape(1), args.tol) | {"naive": float(n_loss), "chunked": float(c_loss)},
+            "loss": compare(n_loss.reshape(1), c_loss.reshape(1), args.tol)
+            | {"naive": float(n_loss), "chunked": float(c_loss)},
             "grad_hidden": compare(n_gh, c_gh, args.tol),
             "grad_weight": compare(n_gw, c_gw, args.tol),
         }
@@ -301,14 +358,18 @@ def main(argv=None) -> int:
     elem = torch.finfo(DTYPES[args.dtype]).bits // 8
     logits_mib = n * v * 4 / MIB
     weight_mib = v * h * elem / MIB
-    print(f"kd_loss benchmark: N={n} V={v} H={h} loss={args.loss} tau={args.temperature} w={args.kd_weight} "
-          f"mode={mode} chunk_size={args.chunk_size} repeats={args.repeats} threads={torch.get_num_threads()}")
+    print(
+        f"kd_loss benchmark: N={n} V={v} H={h} loss={args.loss} tau={args.temperature} w={args.kd_weight} "
+        f"mode={mode} chunk_size={args.chunk_size} repeats={args.repeats} threads={torch.get_num_threads()}"
+    )
     print(f"  one [N, V] fp32 logits tensor = {logits_mib:.1f} MiB; one [V, H] weight = {weight_mib:.1f} MiB")
 
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
-        print(f"  note: load average {load_before[0]:.2f} before the run; other processes may inflate the wall times "
-              "(the CPU-time column is less sensitive to that)")
+        print(
+            f"  note: load average {load_before[0]:.2f} before the run; other processes may inflate the wall times "
+            "(the CPU-time column is less sensitive to that)"
+        )
     memory = {}
     if not args.no_memory:
         memory[("naive", None)] = measure_in_child(args, "naive")
@@ -326,10 +387,19 @@ def main(argv=None) -> int:
         mem = memory.get(key, {}).get("peak_extra_mib")
         med = statistics.median(ts)
         cpu = statistics.median(tc["cpu_times"][key])
-        row = {"path": name, "chunk_size": chunk, "peak_extra_mib": mem, "median_s": med, "times_s": ts,
-               "median_cpu_s": cpu, "cpu_times_s": tc["cpu_times"][key],
-               "mem_ratio": (mem / naive_mem) if (mem is not None and naive_mem) else None, "time_ratio": med / naive_t,
-               "cpu_ratio": cpu / naive_cpu, "memory_detail": memory.get(key)}
+        row = {
+            "path": name,
+            "chunk_size": chunk,
+            "peak_extra_mib": mem,
+            "median_s": med,
+            "times_s": ts,
+            "median_cpu_s": cpu,
+            "cpu_times_s": tc["cpu_times"][key],
+            "mem_ratio": (mem / naive_mem) if (mem is not None and naive_mem) else None,
+            "time_ratio": med / naive_t,
+            "cpu_ratio": cpu / naive_cpu,
+            "memory_detail": memory.get(key),
+        }
         if name == "chunked":
             row["check"] = tc["checks"][chunk]
             row["meets_memory_goal"] = None if row["mem_ratio"] is None else row["mem_ratio"] <= 0.25
@@ -338,38 +408,61 @@ def main(argv=None) -> int:
 
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     print()
-    print(f"{'path':<8} {'chunk':>6} {'peak extra MiB':>15} {'median s':>9} {'cpu s':>7} {'mem x':>6} {'time x':>7} {'cpu x':>6} "
-          f"{'|dloss|/|loss|':>14} {'dGrad_h abs':>11} {'(rel)':>8} {'dGrad_W abs':>11} {'(rel)':>8} {'grads':>5}")
+    print(
+        f"{'path':<8} {'chunk':>6} {'peak extra MiB':>15} {'median s':>9} {'cpu s':>7} {'mem x':>6} {'time x':>7} {'cpu x':>6} "
+        f"{'|dloss|/|loss|':>14} {'dGrad_h abs':>11} {'(rel)':>8} {'dGrad_W abs':>11} {'(rel)':>8} {'grads':>5}"
+    )
     for r in rows:
         c = r.get("check")
-        print(f"{r['path']:<8} {fmt(r['chunk_size'], 'd'):>6} {fmt(r['peak_extra_mib'], '.1f'):>15} {r['median_s']:>9.3f} "
-              f"{r['median_cpu_s']:>7.2f} "
-              f"{fmt(r['mem_ratio'], '.3f'):>6} {r['time_ratio']:>7.3f} {r['cpu_ratio']:>6.3f} "
-              + (f"{c['loss']['rel']:>14.2e} {c['grad_hidden']['max_abs']:>11.2e} {c['grad_hidden']['rel']:>8.1e} "
-                 f"{c['grad_weight']['max_abs']:>11.2e} {c['grad_weight']['rel']:>8.1e} "
-                 f"{('ok' if all(c[k]['ok'] for k in c) else 'FAIL') if enforce else 'n/a':>5}" if c else ""))
+        print(
+            f"{r['path']:<8} {fmt(r['chunk_size'], 'd'):>6} {fmt(r['peak_extra_mib'], '.1f'):>15} {r['median_s']:>9.3f} "
+            f"{r['median_cpu_s']:>7.2f} "
+            f"{fmt(r['mem_ratio'], '.3f'):>6} {r['time_ratio']:>7.3f} {r['cpu_ratio']:>6.3f} "
+            + (
+                f"{c['loss']['rel']:>14.2e} {c['grad_hidden']['max_abs']:>11.2e} {c['grad_hidden']['rel']:>8.1e} "
+                f"{c['grad_weight']['max_abs']:>11.2e} {c['grad_weight']['rel']:>8.1e} "
+                f"{('ok' if all(c[k]['ok'] for k in c) else 'FAIL') if enforce else 'n/a':>5}"
+                if c
+                else ""
+            )
+        )
     print()
-    print("goals: chunked peak extra <= 0.25 x naive, time <= 1.0 x naive, grads within "
-          f"{args.tol:g} (abs, or relative to max|grad| when that exceeds 1){'' if enforce else ' [not enforced: not plain fp32]'}")
+    print(
+        "goals: chunked peak extra <= 0.25 x naive, time <= 1.0 x naive, grads within "
+        f"{args.tol:g} (abs, or relative to max|grad| when that exceeds 1){'' if enforce else ' [not enforced: not plain fp32]'}"
+    )
     for r in rows[1:]:
         c = r["check"]
         mem_goal = {None: "not measured", True: "met", False: "MISSED"}[r["meets_memory_goal"]]
-        print(f"  chunk {r['chunk_size']}: memory goal {mem_goal}, "
-              f"time goal {'met' if r['meets_time_goal'] else 'MISSED'}; loss naive={c['loss']['naive']:.6f} "
-              f"chunked={c['loss']['chunked']:.6f}; max|grad_h|={c['grad_hidden']['ref_max']:.3e} "
-              f"max|grad_W|={c['grad_weight']['ref_max']:.3e}")
+        print(
+            f"  chunk {r['chunk_size']}: memory goal {mem_goal}, "
+            f"time goal {'met' if r['meets_time_goal'] else 'MISSED'}; loss naive={c['loss']['naive']:.6f} "
+            f"chunked={c['loss']['chunked']:.6f}; max|grad_h|={c['grad_hidden']['ref_max']:.3e} "
+            f"max|grad_W|={c['grad_weight']['ref_max']:.3e}"
+        )
 
     grads_ok = all(all(r["check"][k]["ok"] for k in r["check"]) for r in rows[1:])
     goals_ok = all(r["meets_memory_goal"] is not False and r["meets_time_goal"] for r in rows[1:])
     if args.json:
         result = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                        "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "measure"},
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "mode": mode, "logits_mib": logits_mib, "weight_mib": weight_mib,
-            "rows": rows, "grads_ok": grads_ok, "grad_check_enforced": enforce, "goals_ok": goals_ok,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "mode": mode,
+            "logits_mib": logits_mib,
+            "weight_mib": weight_mib,
+            "rows": rows,
+            "grads_ok": grads_ok,
+            "grad_check_enforced": enforce,
+            "goals_ok": goals_ok,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")

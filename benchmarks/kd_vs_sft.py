@@ -66,8 +66,8 @@ from kdlab.fidelity_metrics import run_fidelity  # noqa: E402
 from kdlab.models.heads import final_hidden, output_weight  # noqa: E402
 from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402
-from kdlab.train.objectives import response_hidden  # noqa: E402
 from kdlab.teacher_cache.lifecycle import ensure_teacher_cache  # noqa: E402
+from kdlab.train.objectives import response_hidden  # noqa: E402
 from kdlab.train.recipes import run_distill, run_sft  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -89,8 +89,17 @@ class Size:
 
 
 FULL = Size()
-QUICK = Size(train=32, test=8, teacher_steps=3, teacher2_n=48, teacher2_steps=3, student_layers=4, student_steps=2,
-             batch_size=4, max_new_tokens=32)
+QUICK = Size(
+    train=32,
+    test=8,
+    teacher_steps=3,
+    teacher2_n=48,
+    teacher2_steps=3,
+    student_layers=4,
+    student_steps=2,
+    batch_size=4,
+    max_new_tokens=32,
+)
 
 
 @dataclass(frozen=True)
@@ -111,14 +120,18 @@ class Run:
 def grid(quick: bool) -> list[Run]:
     """The student runs in order of priority (--quick: one lr per part)."""
     runs = []
-    for lr in ([5e-4] if quick else [5e-4, 1e-4, 2e-4]):
+    for lr in [5e-4] if quick else [5e-4, 1e-4, 2e-4]:
         runs += [Run("a", lr, "sft"), Run("a", lr, "fkl", 1.0), Run("a", lr, "fkl", 1.0, cached=True)]
     for part, lrs in (("b", [5e-4] if quick else [5e-4, 1e-4]), ("d", [] if quick else [2e-4])):
         for lr in lrs:
-            runs += [Run(part, lr, "fkl", 2.0), Run(part, lr, "fkl", 2.0, cached=True),
-                     Run(part, lr, "rkl", 1.0), Run(part, lr, "rkl", 1.0, cached=True)]
+            runs += [
+                Run(part, lr, "fkl", 2.0),
+                Run(part, lr, "fkl", 2.0, cached=True),
+                Run(part, lr, "rkl", 1.0),
+                Run(part, lr, "rkl", 1.0, cached=True),
+            ]
         if part == "b":
-            for lr in ([2e-3] if quick else [5e-4, 2e-3]):
+            for lr in [2e-3] if quick else [5e-4, 2e-3]:
                 runs += [Run("c", lr, "sft", lora=True), Run("c", lr, "fkl", 1.0, cached=True, lora=True)]
     return runs
 
@@ -137,15 +150,32 @@ def prepare_data(out: Path, size: Size) -> dict:
         raw = data / "teacher2-raw.json"
         write_synth(raw, n=size.teacher2_n, seed=5, split="train", max_steps=1, scale="small")
         students = {normalise_question(question_text(e)) for e in load_examples(train)}
-        write_json_examples([e for e in load_examples(raw) if normalise_question(question_text(e)) not in students], train2)
-    return {"dir": data, "train": train, "test": test, "train2": train2,
-            "teacher2_examples": len(load_examples(train2)), "teacher2_raw": size.teacher2_n}
+        write_json_examples(
+            [e for e in load_examples(raw) if normalise_question(question_text(e)) not in students], train2
+        )
+    return {
+        "dir": data,
+        "train": train,
+        "test": test,
+        "train2": train2,
+        "teacher2_examples": len(load_examples(train2)),
+        "teacher2_raw": size.teacher2_n,
+    }
 
 
 def train_flags(size: Size, lr: float, steps: int, lora: bool, save_steps: int) -> dict:
-    return {**TRAIN, "train.batch_size": size.batch_size, "train.lr": lr, "train.max_steps": steps,
-            "train.save_steps": save_steps, "train.precision": "auto", "train.seed": 0, "lora.enabled": lora,
-            "lora.r": 8, "lora.alpha": 16}
+    return {
+        **TRAIN,
+        "train.batch_size": size.batch_size,
+        "train.lr": lr,
+        "train.max_steps": steps,
+        "train.save_steps": save_steps,
+        "train.precision": "auto",
+        "train.seed": 0,
+        "lora.enabled": lora,
+        "lora.r": 8,
+        "lora.alpha": 16,
+    }
 
 
 def train_teacher(folder: Path, data: Path, size: Size, steps: int) -> Path:
@@ -157,8 +187,16 @@ def train_teacher(folder: Path, data: Path, size: Size, steps: int) -> Path:
 def build_cache(out: Path, data: Path, teacher_adapter: Path) -> Path:
     """The shared teacher cache, built with the very flags of the study's ``cache`` node (kdlab/study/plan.py)."""
     cache = out / "teacher_cache"
-    flags = {"teacher": MODEL, "teacher_adapter": str(teacher_adapter), "model": MODEL, "data": str(data),
-             **CACHE, "train.max_length": 192, "out": str(cache), "teacher_cache": str(cache)}
+    flags = {
+        "teacher": MODEL,
+        "teacher_adapter": str(teacher_adapter),
+        "model": MODEL,
+        "data": str(data),
+        **CACHE,
+        "train.max_length": 192,
+        "out": str(cache),
+        "teacher_cache": str(cache),
+    }
     ensure_teacher_cache(build_config("distill", None, flags, []))
     return cache
 
@@ -167,7 +205,9 @@ def build_cache(out: Path, data: Path, teacher_adapter: Path) -> Path:
 
 
 @torch.no_grad()
-def token_diagnostics(model_spec: str, adapter: str | None, data: Path, max_length: int = 192, batch_size: int = 8) -> dict:
+def token_diagnostics(
+    model_spec: str, adapter: str | None, data: Path, max_length: int = 192, batch_size: int = 8
+) -> dict:
     """Teacher-forced statistics of a model's next-token distribution on the gold responses of ``data``."""
     tokenizer = load_tokenizer(model_spec)
     dataset = encode_examples(tokenizer, load_examples(data), max_length, source=str(data))
@@ -177,7 +217,9 @@ def token_diagnostics(model_spec: str, adapter: str | None, data: Path, max_leng
     tokens = 0
     for start in range(0, len(dataset), batch_size):
         batch = collate(dataset[start : start + batch_size], tokenizer.pad_token_id)
-        hidden, gold = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        hidden, gold = response_hidden(
+            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
         logits = F.linear(hidden, weight).float()
         values = {}
         for tau in (1, 2):
@@ -200,7 +242,10 @@ def diagnostics(out: Path, name: str, model_spec: str, adapter, data: Path) -> d
     path = out / "diagnostics" / f"{name}.json"
     if not path.is_file():
         started = time.time()
-        result = {**token_diagnostics(model_spec, str(adapter) if adapter else None, data), "seconds": time.time() - started}
+        result = {
+            **token_diagnostics(model_spec, str(adapter) if adapter else None, data),
+            "seconds": time.time() - started,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
     return json.loads(path.read_text())
@@ -209,15 +254,28 @@ def diagnostics(out: Path, name: str, model_spec: str, adapter, data: Path) -> d
 # ------------------------------------------------------------------------------------------------ students and evals
 
 
-def train_student(run: Run, out: Path, size: Size, student: Path, data: Path, teacher_adapter: Path, cache: Path) -> Path:
+def train_student(
+    run: Run, out: Path, size: Size, student: Path, data: Path, teacher_adapter: Path, cache: Path
+) -> Path:
     folder = out / "students" / run.name
-    flags = {"model": str(student), "data": str(data), "out": str(folder),
-             **train_flags(size, run.lr, size.student_steps, run.lora, 0)}
+    flags = {
+        "model": str(student),
+        "data": str(data),
+        "out": str(folder),
+        **train_flags(size, run.lr, size.student_steps, run.lora, 0),
+    }
     if run.method == "sft":
         run_sft(build_config("sft", None, flags, []))
         return folder
-    flags.update({"teacher": MODEL, "teacher_adapter": str(teacher_adapter), "kd.loss": run.method,
-                  "kd.temperature": run.tau, "kd.teacher_noise": 0.0})
+    flags.update(
+        {
+            "teacher": MODEL,
+            "teacher_adapter": str(teacher_adapter),
+            "kd.loss": run.method,
+            "kd.temperature": run.tau,
+            "kd.teacher_noise": 0.0,
+        }
+    )
     if run.cached:
         flags.update({"teacher_cache": str(cache), **CACHE, "kd.cache_tail": "bucket"})
     run_distill(build_config("distill", None, flags, []))
@@ -227,17 +285,39 @@ def train_student(run: Run, out: Path, size: Size, student: Path, data: Path, te
 def evaluate_model(out: Path, name: str, model: str, adapter, data_dir: Path, size: Size) -> Path:
     folder = out / "eval" / name
     if not (folder / "metrics.json").is_file():
-        evaluate(EvalSettings(model=str(model), adapter=str(adapter) if adapter else None, tasks=["arith"], out=str(folder),
-                              data_dir=str(data_dir), mode="generate", extraction="strict", batch_size=16, limit=None,
-                              max_new_tokens=size.max_new_tokens, precision="fp32"))
+        evaluate(
+            EvalSettings(
+                model=str(model),
+                adapter=str(adapter) if adapter else None,
+                tasks=["arith"],
+                out=str(folder),
+                data_dir=str(data_dir),
+                mode="generate",
+                extraction="strict",
+                batch_size=16,
+                limit=None,
+                max_new_tokens=size.max_new_tokens,
+                precision="fp32",
+            )
+        )
     return folder
 
 
-def fidelity(out: Path, name: str, teacher_eval: Path, student_eval: Path, teacher_adapter: Path, model: str, adapter) -> Path:
+def fidelity(
+    out: Path, name: str, teacher_eval: Path, student_eval: Path, teacher_adapter: Path, model: str, adapter
+) -> Path:
     folder = out / "fidelity" / name
     if not (folder / "fidelity.json").is_file():
-        run_fidelity(teacher_eval, student_eval, folder, teacher_model=MODEL, student_model=str(model),
-                     teacher_adapter=str(teacher_adapter), student_adapter=str(adapter) if adapter else None, embeddings=False)
+        run_fidelity(
+            teacher_eval,
+            student_eval,
+            folder,
+            teacher_model=MODEL,
+            student_model=str(model),
+            teacher_adapter=str(teacher_adapter),
+            student_adapter=str(adapter) if adapter else None,
+            embeddings=False,
+        )
     return folder
 
 
@@ -257,8 +337,14 @@ def eval_row(out: Path, name: str) -> dict | None:
     fid = _read_json(out / "fidelity" / name / "fidelity.json")
     if fid is not None:
         task = fid["tasks"]["arith"]
-        row.update({"agreement": task["agreement"], "token_kl": task.get("kl_teacher_student"),
-                    "top1_agreement": task.get("top1_agreement"), "bleu": task.get("bleu")})
+        row.update(
+            {
+                "agreement": task["agreement"],
+                "token_kl": task.get("kl_teacher_student"),
+                "top1_agreement": task.get("top1_agreement"),
+                "bleu": task.get("bleu"),
+            }
+        )
     return row
 
 
@@ -269,10 +355,19 @@ def run_row(out: Path, run: Run) -> dict | None:
         return None
     with (folder / "log.csv").open() as handle:
         losses = [float(row["loss"]) for row in csv.DictReader(handle)]
-    return {"name": run.name, "part": run.part, "lr": run.lr, "method": run.method, "tau": run.tau,
-            "teacher": None if run.method == "sft" else ("cached" if run.cached else "live"),
-            "params": "LoRA" if run.lora else "full", "final_loss": result["final_loss"],
-            "train_seconds": result["train_seconds"], "losses": losses, **(eval_row(out, run.name) or {})}
+    return {
+        "name": run.name,
+        "part": run.part,
+        "lr": run.lr,
+        "method": run.method,
+        "tau": run.tau,
+        "teacher": None if run.method == "sft" else ("cached" if run.cached else "live"),
+        "params": "LoRA" if run.lora else "full",
+        "final_loss": result["final_loss"],
+        "train_seconds": result["train_seconds"],
+        "losses": losses,
+        **(eval_row(out, run.name) or {}),
+    }
 
 
 def cpu_model() -> str:
@@ -293,47 +388,81 @@ def write_results(out: Path, size: Size, runs: list[Run], data: dict, started: f
     diag = {path.stem: json.loads(path.read_text()) for path in sorted((out / "diagnostics").glob("*.json"))}
     models = {name: eval_row(out, name) for name in ("teacher", "base", "student-untrained")}
     rows = [row for row in (run_row(out, run) for run in runs) if row is not None]
-    summary = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
-               "torch_threads": torch.get_num_threads(), "size": size.__dict__, "elapsed_minutes": (time.time() - started) / 60,
-               "teacher2_examples": data["teacher2_examples"], "diagnostics": diag, "models": models, "runs": rows,
-               "pending": [run.name for run in runs if run.name not in {row["name"] for row in rows}]}
+    summary = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "size": size.__dict__,
+        "elapsed_minutes": (time.time() - started) / 60,
+        "teacher2_examples": data["teacher2_examples"],
+        "diagnostics": diag,
+        "models": models,
+        "runs": rows,
+        "pending": [run.name for run in runs if run.name not in {row["name"] for row in rows}],
+    }
     (out / "kd_vs_sft.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
     ci = lambda c: "" if not c else f" [{100 * c[0]:.0f}-{100 * c[1]:.0f}]"
-    lines = [f"# KD vs SFT in the kdlab demo: measured diagnosis", "",
-             f"Generated by `benchmarks/kd_vs_sft.py` on {summary['date']}, CPU: {summary['cpu']}, "
-             f"torch threads {summary['torch_threads']}, elapsed {summary['elapsed_minutes']:.1f} min"
-             + (f"; pending: {len(summary['pending'])} runs" if summary["pending"] else "; all runs done") + ".", "",
-             f"Student: SmolLM2 pruned to {size.student_layers} layers, {size.student_steps} steps of {size.batch_size}, "
-             f"warm-up 0.1, max length 192, seed 0, precision auto. Held-out: {size.test} problems, greedy, 36 new tokens, "
-             "fp32. Agreement = answer agreement with the teacher; token KL = teacher-forced KL(p_T || p_S) at tau 1 "
-             "on the teacher's outputs; top-1 = teacher-forced argmax agreement. Loss = training loss per response "
-             "token (cached runs: the k+1 bucket divergence, a lower bound of the full one; tau 2 includes tau^2).", "",
-             "## Models", "", "| model | accuracy [95% CI] | no answer | agreement | token KL | top-1 |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "# KD vs SFT in the kdlab demo: measured diagnosis",
+        "",
+        f"Generated by `benchmarks/kd_vs_sft.py` on {summary['date']}, CPU: {summary['cpu']}, "
+        f"torch threads {summary['torch_threads']}, elapsed {summary['elapsed_minutes']:.1f} min"
+        + (f"; pending: {len(summary['pending'])} runs" if summary["pending"] else "; all runs done")
+        + ".",
+        "",
+        f"Student: SmolLM2 pruned to {size.student_layers} layers, {size.student_steps} steps of {size.batch_size}, "
+        f"warm-up 0.1, max length 192, seed 0, precision auto. Held-out: {size.test} problems, greedy, 36 new tokens, "
+        "fp32. Agreement = answer agreement with the teacher; token KL = teacher-forced KL(p_T || p_S) at tau 1 "
+        "on the teacher's outputs; top-1 = teacher-forced argmax agreement. Loss = training loss per response "
+        "token (cached runs: the k+1 bucket divergence, a lower bound of the full one; tau 2 includes tau^2).",
+        "",
+        "## Models",
+        "",
+        "| model | accuracy [95% CI] | no answer | agreement | token KL | top-1 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name, row in models.items():
         if row:
-            lines.append(f"| {name} | {pct(row['accuracy'])}{ci(row['ci95'])} | {row['no_answer']} | {_f(row.get('agreement'), '.2f')} "
-                         f"| {_f(row.get('token_kl'), '.3f')} | {_f(row.get('top1_agreement'), '.3f')} |")
-    lines += ["", "## Student runs", "",
-              "| part | lr | method | teacher | params | accuracy [95% CI] | no answer | agreement | token KL | top-1 | loss step 1 → final | train s |",
-              "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|"]
+            lines.append(
+                f"| {name} | {pct(row['accuracy'])}{ci(row['ci95'])} | {row['no_answer']} | {_f(row.get('agreement'), '.2f')} "
+                f"| {_f(row.get('token_kl'), '.3f')} | {_f(row.get('top1_agreement'), '.3f')} |"
+            )
+    lines += [
+        "",
+        "## Student runs",
+        "",
+        "| part | lr | method | teacher | params | accuracy [95% CI] | no answer | agreement | token KL | top-1 | loss step 1 → final | train s |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|",
+    ]
     for row in rows:
         method = row["method"] if row["method"] == "sft" else f"{row['method']} tau {row['tau']:g}"
-        lines.append(f"| {row['part']} | {row['lr']:g} | {method} | {row['teacher'] or '-'} | {row['params']} "
-                     f"| {pct(row.get('accuracy'))}{ci(row.get('ci95'))} | {row.get('no_answer', '-')} "
-                     f"| {_f(row.get('agreement'), '.2f')} | {_f(row.get('token_kl'), '.3f')} | {_f(row.get('top1_agreement'), '.3f')} "
-                     f"| {row['losses'][0]:.3f} → {row['final_loss']:.3f} | {row['train_seconds']:.0f} |")
-    labels = {"teacher": "demo teacher (LoRA SFT on the 160)", "base": "base SmolLM2-135M-Instruct",
-              "teacher2": f"disjoint teacher (LoRA SFT on {data['teacher2_examples']} other problems)"}
-    lines += ["", f"## Teacher diagnostics (teacher-forced on the gold responses of the {size.train} training problems)", "",
-              "| model | tokens | CE gold (nats/tok) | argmax = gold | entropy tau 1 | entropy tau 2 | off top-1 tau 1 | off top-1 tau 2 "
-              "| off gold tau 1 | off gold tau 2 | off top-64 tau 1 | off top-64 tau 2 |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {row['part']} | {row['lr']:g} | {method} | {row['teacher'] or '-'} | {row['params']} "
+            f"| {pct(row.get('accuracy'))}{ci(row.get('ci95'))} | {row.get('no_answer', '-')} "
+            f"| {_f(row.get('agreement'), '.2f')} | {_f(row.get('token_kl'), '.3f')} | {_f(row.get('top1_agreement'), '.3f')} "
+            f"| {row['losses'][0]:.3f} → {row['final_loss']:.3f} | {row['train_seconds']:.0f} |"
+        )
+    labels = {
+        "teacher": "demo teacher (LoRA SFT on the 160)",
+        "base": "base SmolLM2-135M-Instruct",
+        "teacher2": f"disjoint teacher (LoRA SFT on {data['teacher2_examples']} other problems)",
+    }
+    lines += [
+        "",
+        f"## Teacher diagnostics (teacher-forced on the gold responses of the {size.train} training problems)",
+        "",
+        "| model | tokens | CE gold (nats/tok) | argmax = gold | entropy tau 1 | entropy tau 2 | off top-1 tau 1 | off top-1 tau 2 "
+        "| off gold tau 1 | off gold tau 2 | off top-64 tau 1 | off top-64 tau 2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, d in diag.items():
-        lines.append(f"| {labels.get(name, name)} | {d['tokens']} | {d['ce_gold']:.3f} | {100 * d['argmax_is_gold']:.1f}% "
-                     f"| {d['entropy_t1']:.3f} | {d['entropy_t2']:.3f} | {d['off_top1_t1']:.3f} | {d['off_top1_t2']:.3f} "
-                     f"| {d['off_gold_t1']:.3f} | {d['off_gold_t2']:.3f} | {d['off_top64_t1']:.4f} | {d['off_top64_t2']:.3f} |")
+        lines.append(
+            f"| {labels.get(name, name)} | {d['tokens']} | {d['ce_gold']:.3f} | {100 * d['argmax_is_gold']:.1f}% "
+            f"| {d['entropy_t1']:.3f} | {d['entropy_t2']:.3f} | {d['off_top1_t1']:.3f} | {d['off_top1_t2']:.3f} "
+            f"| {d['off_gold_t1']:.3f} | {d['off_gold_t2']:.3f} | {d['off_top64_t1']:.4f} | {d['off_top64_t2']:.3f} |"
+        )
     lines += ["", "Per-step training losses of every run: `losses` in the JSON file (`<out>/kd_vs_sft.json`).", ""]
     for path in md_paths:
         path.write_text("\n".join(lines))
@@ -344,9 +473,13 @@ def write_results(out: Path, size: Size, runs: list[Run], data: dict, started: f
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="pipeline check: 4-layer student, 2 steps, 8 test problems")
-    p.add_argument("--out", type=Path, default=None, help="work folder (default runs/kd-vs-sft, --quick runs/kd-vs-sft-quick)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="work folder (default runs/kd-vs-sft, --quick runs/kd-vs-sft-quick)"
+    )
     args = p.parse_args(argv)
     size = QUICK if args.quick else FULL
     out = (args.out or ROOT / "runs" / ("kd-vs-sft-quick" if args.quick else "kd-vs-sft")).resolve()
@@ -357,7 +490,9 @@ def main(argv=None) -> None:
 
     data = prepare_data(out, size)
     report = lambda: write_results(out, size, runs, data, started, md_paths)
-    log(f"data: {size.train} train, {size.test} test, disjoint teacher set {data['teacher2_examples']} of {size.teacher2_n}")
+    log(
+        f"data: {size.train} train, {size.test} test, disjoint teacher set {data['teacher2_examples']} of {size.teacher2_n}"
+    )
     student = out / "models" / f"{size.student_layers}l"
     if not (student / "config.json").is_file():
         prune_model(MODEL, size.student_layers, student)

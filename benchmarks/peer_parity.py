@@ -63,8 +63,18 @@ def run_config(spec: dict, kind: str, out: Path):
 
     config = RunConfig(kind=kind, data=spec["train_data"], out=str(out))
     train = config.train
-    train.batch_size, train.max_length, train.warmup_ratio = spec["batch_size"], spec["max_length"], spec["warmup_ratio"]
-    train.precision, train.seed, train.save_steps, train.log_steps, train.max_grad_norm = "fp32", spec["seed"], 0, 1, 1.0
+    train.batch_size, train.max_length, train.warmup_ratio = (
+        spec["batch_size"],
+        spec["max_length"],
+        spec["warmup_ratio"],
+    )
+    train.precision, train.seed, train.save_steps, train.log_steps, train.max_grad_norm = (
+        "fp32",
+        spec["seed"],
+        0,
+        1,
+        1.0,
+    )
     if kind == "sft":  # the teacher: LoRA on SmolLM2-135M-Instruct
         config.model, config.lora.enabled = TEACHER, True
         train.lr, train.max_steps, train.save_steps = spec["teacher_lr"], spec["teacher_steps"], 10
@@ -90,11 +100,18 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "bf16_available": resolve_precision("auto") == "bf16", "precision_used": "fp32",
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__}
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "bf16_available": resolve_precision("auto") == "bf16",
+        "precision_used": "fp32",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,8 +142,12 @@ def worker_kdlab(spec: dict) -> dict:
     result = json.loads((run_dir / "result.json").read_text())
     with (run_dir / "log.csv").open() as handle:
         losses = [float(row["loss"]) for row in csv.DictReader(handle)]
-    return {"final": str(run_dir / "final"), "train_seconds": result["train_seconds"], "losses": losses,
-            "precision": result["precision"]}
+    return {
+        "final": str(run_dir / "final"),
+        "train_seconds": result["train_seconds"],
+        "losses": losses,
+        "precision": result["precision"],
+    }
 
 
 def worker_trl(spec: dict) -> dict:
@@ -153,8 +174,9 @@ def worker_trl(spec: dict) -> dict:
     # kdlab's data order: the micro-batches (positions in `encoded`) of steps 1..max_steps, one process
     schedule = Schedule(len(encoded), train.batch_size, train.grad_accum, 1, 0, train.seed)
     batches = [batch for _, _, window in schedule.windows(0, train.max_steps) for batch in window]
-    dataset = Dataset.from_list([{"index": item.index, "prompt_ids": item.prompt_ids, "response_ids": item.response_ids}
-                                 for item in encoded])
+    dataset = Dataset.from_list(
+        [{"index": item.index, "prompt_ids": item.prompt_ids, "response_ids": item.response_ids} for item in encoded]
+    )
 
     def collator(rows: list[dict]) -> dict:
         """kdlab's right-padded batch (input_ids, attention_mask, labels [B, T]) plus what GKDTrainer reads for
@@ -166,8 +188,8 @@ def worker_trl(spec: dict) -> dict:
         batch["prompts"] = torch.full((len(items), width), tokenizer.pad_token_id, dtype=torch.long)
         batch["prompt_attention_mask"] = torch.zeros((len(items), width), dtype=torch.long)
         for row, item in enumerate(items):
-            batch["prompts"][row, width - len(item.prompt_ids):] = torch.tensor(item.prompt_ids)
-            batch["prompt_attention_mask"][row, width - len(item.prompt_ids):] = 1
+            batch["prompts"][row, width - len(item.prompt_ids) :] = torch.tensor(item.prompt_ids)
+            batch["prompt_attention_mask"][row, width - len(item.prompt_ids) :] = 1
         return batch
 
     class KdlabOrderGKDTrainer(GKDTrainer):
@@ -184,23 +206,53 @@ def worker_trl(spec: dict) -> dict:
 
     step_losses: list[float] = []
     args = GKDConfig(
-        output_dir=str(Path(spec["trl_run"]) / "trainer"), lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
-        learning_rate=train.lr, max_steps=train.max_steps, per_device_train_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum, lr_scheduler_type="linear",
-        warmup_steps=round(train.warmup_ratio * train.max_steps), weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm, optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False,
-        max_length=train.max_length, seed=train.seed, logging_steps=1, save_strategy="no", report_to=[],
-        dataloader_num_workers=0, disable_tqdm=True)
-    trainer = KdlabOrderGKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                                   processing_class=tokenizer, data_collator=collator)
+        output_dir=str(Path(spec["trl_run"]) / "trainer"),
+        lmbda=0.0,
+        beta=0.0,
+        seq_kd=False,
+        temperature=1.0,
+        learning_rate=train.lr,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        lr_scheduler_type="linear",
+        warmup_steps=round(train.warmup_ratio * train.max_steps),
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        max_length=train.max_length,
+        seed=train.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = KdlabOrderGKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
     started = time.time()
     trainer.train()
     seconds = time.time() - started
     final = Path(spec["trl_run"]) / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(final)
-    return {"final": str(final), "train_seconds": seconds, "losses": step_losses, "precision": "fp32",
-            "warmup_steps": args.warmup_steps, "optim": args.optim}
+    return {
+        "final": str(final),
+        "train_seconds": seconds,
+        "losses": step_losses,
+        "precision": "fp32",
+        "warmup_steps": args.warmup_steps,
+        "optim": args.optim,
+    }
 
 
 def worker_eval(spec: dict) -> dict:
@@ -212,15 +264,28 @@ def worker_eval(spec: dict) -> dict:
     metrics = {}
     for name in ("kdlab", "trl"):
         out = Path(spec["out"]) / f"eval-{name}"
-        metrics[name] = evaluate(EvalSettings(model=spec[f"{name}_final"], tasks=["arith"], out=str(out),
-                                              data_dir=spec["data_dir"], batch_size=16, limit=spec["test_limit"],
-                                              max_new_tokens=spec["max_new_tokens"], precision="fp32"))["tasks"]["arith"]
+        metrics[name] = evaluate(
+            EvalSettings(
+                model=spec[f"{name}_final"],
+                tasks=["arith"],
+                out=str(out),
+                data_dir=spec["data_dir"],
+                batch_size=16,
+                limit=spec["test_limit"],
+                max_new_tokens=spec["max_new_tokens"],
+                precision="fp32",
+            )
+        )["tasks"]["arith"]
     a, b = (load_file(str(Path(spec[f"{name}_final"]) / "model.safetensors")) for name in ("kdlab", "trl"))
     common = sorted(set(a) & set(b))
     diff = sum(float((a[key].double() - b[key].double()).pow(2).sum()) for key in common) ** 0.5
     norm = sum(float(a[key].double().pow(2).sum()) for key in common) ** 0.5
-    return {"metrics": metrics, "weights_relative_l2": diff / norm, "weights_max_abs":
-            max(float((a[key] - b[key]).abs().max()) for key in common), "weight_tensors_compared": len(common)}
+    return {
+        "metrics": metrics,
+        "weights_relative_l2": diff / norm,
+        "weights_max_abs": max(float((a[key] - b[key]).abs().max()) for key in common),
+        "weight_tensors_compared": len(common),
+    }
 
 
 WORKERS = {"prepare": worker_prepare, "kdlab": worker_kdlab, "trl": worker_trl, "eval": worker_eval}
@@ -233,12 +298,16 @@ def run_worker(name: str, spec: dict, out: Path) -> dict:
     result_path.unlink(missing_ok=True)
     print(f"peer_parity: {name} ...", flush=True)
     started = time.time()
-    subprocess.run([sys.executable, __file__, "--worker", name, "--spec", str(spec_path), "--result", str(result_path)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--worker", name, "--spec", str(spec_path), "--result", str(result_path)], check=True
+    )
     result = json.loads(result_path.read_text())
     result["process_wall_seconds"] = time.time() - started
-    print(f"peer_parity: {name} done in {result['process_wall_seconds']:.1f} s "
-          f"(peak RSS {result['peak_rss_mib']:.0f} MiB)", flush=True)
+    print(
+        f"peer_parity: {name} done in {result['process_wall_seconds']:.1f} s "
+        f"(peak RSS {result['peak_rss_mib']:.0f} MiB)",
+        flush=True,
+    )
     return result
 
 
@@ -272,21 +341,58 @@ def compare(spec: dict, prepared: dict, kdlab: dict, trl: dict, evaluated: dict)
     b, c = int((ok_k & ~ok_t).sum()), int((~ok_k & ok_t).sum())
     low, high = paired_bootstrap_ci(ok_k, ok_t, n_boot=10000, seed=0)
     n_steps = min(len(kdlab["losses"]), len(trl["losses"]))
-    steps = [{"step": s + 1, "kdlab": kdlab["losses"][s], "trl": trl["losses"][s],
-              "abs_diff": abs(kdlab["losses"][s] - trl["losses"][s])} for s in range(n_steps)]
+    steps = [
+        {
+            "step": s + 1,
+            "kdlab": kdlab["losses"][s],
+            "trl": trl["losses"][s],
+            "abs_diff": abs(kdlab["losses"][s] - trl["losses"][s]),
+        }
+        for s in range(n_steps)
+    ]
     m = evaluated["metrics"]
     return {
-        "settings": {key: spec[key] for key in ("quick", "student_layers", "steps", "batch_size", "lr", "warmup_ratio",
-                                                "max_length", "seed", "teacher_steps", "teacher_lr", "teacher_adapter",
-                                                "test_limit", "max_new_tokens")},
+        "settings": {
+            key: spec[key]
+            for key in (
+                "quick",
+                "student_layers",
+                "steps",
+                "batch_size",
+                "lr",
+                "warmup_ratio",
+                "max_length",
+                "seed",
+                "teacher_steps",
+                "teacher_lr",
+                "teacher_adapter",
+                "test_limit",
+                "max_new_tokens",
+            )
+        },
         "environment": prepared["environment"],
-        "accuracy": {name: {"accuracy": m[name]["accuracy"], "n": m[name]["n"], "ci95": m[name]["ci95"],
-                            "no_answer": m[name]["no_answer"]} for name in ("kdlab", "trl")},
-        "paired": {"n": len(ids), "diff": float(ok_k.mean() - ok_t.mean()), "ci95": [low, high],
-                   "kdlab_only_right": b, "trl_only_right": c, "mcnemar_p": mcnemar_exact(b, c)},
+        "accuracy": {
+            name: {
+                "accuracy": m[name]["accuracy"],
+                "n": m[name]["n"],
+                "ci95": m[name]["ci95"],
+                "no_answer": m[name]["no_answer"],
+            }
+            for name in ("kdlab", "trl")
+        },
+        "paired": {
+            "n": len(ids),
+            "diff": float(ok_k.mean() - ok_t.mean()),
+            "ci95": [low, high],
+            "kdlab_only_right": b,
+            "trl_only_right": c,
+            "mcnemar_p": mcnemar_exact(b, c),
+        },
         "identical_outputs": sum(preds["kdlab"][i]["output"] == preds["trl"][i]["output"] for i in ids),
-        "losses": steps, "loss_max_abs_diff": max((row["abs_diff"] for row in steps), default=float("nan")),
-        "weights_relative_l2": evaluated["weights_relative_l2"], "weights_max_abs": evaluated["weights_max_abs"],
+        "losses": steps,
+        "loss_max_abs_diff": max((row["abs_diff"] for row in steps), default=float("nan")),
+        "weights_relative_l2": evaluated["weights_relative_l2"],
+        "weights_max_abs": evaluated["weights_max_abs"],
         "train_seconds": {"kdlab": kdlab["train_seconds"], "trl": trl["train_seconds"]},
         "process_wall_seconds": {"kdlab": kdlab["process_wall_seconds"], "trl": trl["process_wall_seconds"]},
         "peak_rss_mib": {"kdlab": kdlab["peak_rss_mib"], "trl": trl["peak_rss_mib"]},
@@ -298,11 +404,16 @@ def compare(spec: dict, prepared: dict, kdlab: dict, trl: dict, evaluated: dict)
 
 def markdown(r: dict) -> str:
     pct = lambda v: f"{100 * v:.0f}%"
-    acc = {name: f"{pct(a['accuracy'])} [{100 * a['ci95'][0]:.0f}–{100 * a['ci95'][1]:.0f}] (n={a['n']}, no answer {a['no_answer']})"
-           for name, a in r["accuracy"].items()}
+    acc = {
+        name: f"{pct(a['accuracy'])} [{100 * a['ci95'][0]:.0f}–{100 * a['ci95'][1]:.0f}] (n={a['n']}, no answer {a['no_answer']})"
+        for name, a in r["accuracy"].items()
+    }
     p, s, env = r["paired"], r["settings"], r["environment"]
-    teacher = (f"adapter {s['teacher_adapter']}" if s["teacher_steps"] is None
-               else f"LoRA SFT {s['teacher_steps']} steps of {s['batch_size']}, lr {s['teacher_lr']:g}")
+    teacher = (
+        f"adapter {s['teacher_adapter']}"
+        if s["teacher_steps"] is None
+        else f"LoRA SFT {s['teacher_steps']} steps of {s['batch_size']}, lr {s['teacher_lr']:g}"
+    )
     lines = [
         f"Peer parity: kdlab vs TRL GKDTrainer (forward KL, tau 1, live teacher){' — QUICK check, numbers mean nothing' if s['quick'] else ''}",
         "",
@@ -338,10 +449,16 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/peer-parity", help="output folder (reused: data, teacher, student)")
-    parser.add_argument("--quick", action="store_true", help="4-layer student, 2 steps, 2 teacher steps, 8 test problems")
-    parser.add_argument("--teacher-adapter", help="reuse this LoRA adapter folder as the teacher's (skips the teacher SFT)")
+    parser.add_argument(
+        "--quick", action="store_true", help="4-layer student, 2 steps, 2 teacher steps, 8 test problems"
+    )
+    parser.add_argument(
+        "--teacher-adapter", help="reuse this LoRA adapter folder as the teacher's (skips the teacher SFT)"
+    )
     parser.add_argument("--student-layers", type=int, help="layers kept in the pruned student (default 24; quick 4)")
     parser.add_argument("--steps", type=int, help="student optimizer steps (default 18; quick 2)")
     parser.add_argument("--teacher-steps", type=int, help="teacher LoRA SFT steps (default 26; quick 2)")
@@ -370,14 +487,29 @@ def main(argv: list[str] | None = None) -> int:
         write_synth(data / "arith" / "test.json", n=100, seed=1, split="test", max_steps=1, scale="small")
     teacher_run = out / f"teacher-sft-{teacher_steps}steps"
     spec = {
-        "out": str(out), "quick": quick, "train_data": str(data / "train.json"), "data_dir": str(data),
-        "student": str(out / f"student-{layers}l"), "student_layers": layers, "steps": steps,
-        "batch_size": args.batch_size, "lr": args.lr, "warmup_ratio": 0.1, "max_length": 192, "seed": 0,
-        "teacher_run": str(teacher_run), "teacher_steps": None if args.teacher_adapter else teacher_steps,
-        "teacher_lr": 1e-3, "teacher_adapter_given": bool(args.teacher_adapter),
-        "teacher_adapter": str(Path(args.teacher_adapter).resolve()) if args.teacher_adapter else str(teacher_run / "final"),
-        "kdlab_run": str(out / "kdlab-student"), "trl_run": str(out / "trl-student"),
-        "test_limit": test_limit, "max_new_tokens": 36,
+        "out": str(out),
+        "quick": quick,
+        "train_data": str(data / "train.json"),
+        "data_dir": str(data),
+        "student": str(out / f"student-{layers}l"),
+        "student_layers": layers,
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_ratio": 0.1,
+        "max_length": 192,
+        "seed": 0,
+        "teacher_run": str(teacher_run),
+        "teacher_steps": None if args.teacher_adapter else teacher_steps,
+        "teacher_lr": 1e-3,
+        "teacher_adapter_given": bool(args.teacher_adapter),
+        "teacher_adapter": str(Path(args.teacher_adapter).resolve())
+        if args.teacher_adapter
+        else str(teacher_run / "final"),
+        "kdlab_run": str(out / "kdlab-student"),
+        "trl_run": str(out / "trl-student"),
+        "test_limit": test_limit,
+        "max_new_tokens": 36,
     }
     out.mkdir(parents=True, exist_ok=True)
     prepared = run_worker("prepare", spec, out)

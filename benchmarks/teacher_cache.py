@@ -65,13 +65,24 @@ GOAL = 1.4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer examples and steps (same models)")
     size.add_argument("--tiny", action="store_true", help="tiny models built in code (seconds)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-teacher-cache", help="work folder (models, data, runs, results)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "bench-teacher-cache",
+        help="work folder (models, data, runs, results)",
+    )
     p.add_argument("--teacher", default="smollm2-135m", help="teacher model spec (ignored with --tiny)")
-    p.add_argument("--students", default=None, help="student sizes: decoder layers kept from the teacher (default 4,6,8,10; tiny 1,2,3,4)")
+    p.add_argument(
+        "--students",
+        default=None,
+        help="student sizes: decoder layers kept from the teacher (default 4,6,8,10; tiny 1,2,3,4)",
+    )
     p.add_argument("--train", type=int, default=None, help="training problems (default 48; quick 16; tiny 16)")
     p.add_argument("--test", type=int, default=None, help="held-out test problems (default 16; quick 8; tiny 8)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the train split (default 2; quick 1)")
@@ -79,18 +90,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", default="fkl")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--lora", action="store_true", help="LoRA students (default: full fine-tuning, as the CPU study does for pruned students)")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="LoRA students (default: full fine-tuning, as the CPU study does for pruned students)",
+    )
     p.add_argument("--max-length", type=int, default=192)
-    p.add_argument("--scale", default="standard", choices=("standard", "small"), help="synthetic number ranges (kdlab data synth --scale)")
-    p.add_argument("--synth-steps", dest="synth_steps", type=int, default=3, help="most arithmetic steps per problem (1-3)")
+    p.add_argument(
+        "--scale",
+        default="standard",
+        choices=("standard", "small"),
+        help="synthetic number ranges (kdlab data synth --scale)",
+    )
+    p.add_argument(
+        "--synth-steps", dest="synth_steps", type=int, default=3, help="most arithmetic steps per problem (1-3)"
+    )
     p.add_argument("--cache-k", type=int, default=64)
     p.add_argument("--cache-tail", default="bucket", choices=("bucket", "renormalize"))
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--max-new-tokens", type=int, default=64, help="evaluation: generation budget per answer")
-    p.add_argument("--eval-precision", default="bf16", choices=("bf16", "fp32"), help="evaluation precision (kdlab eval --precision)")
+    p.add_argument(
+        "--eval-precision",
+        default="bf16",
+        choices=("bf16", "fp32"),
+        help="evaluation precision (kdlab eval --precision)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
-    preset = {"train": 16, "test": 8, "epochs": 1.0} if args.quick or args.tiny else {"train": 48, "test": 16, "epochs": 2.0}
+    preset = (
+        {"train": 16, "test": 8, "epochs": 1.0} if args.quick or args.tiny else {"train": 48, "test": 16, "epochs": 2.0}
+    )
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -133,11 +162,24 @@ def prepare_data(args) -> tuple[Path, Path]:
 
 
 def distill_config(args, teacher: str, student: str, train: Path, out: Path, cache: Path | None, **extra):
-    flags = {"model": student, "teacher": teacher, "data": str(train), "out": str(out), "kd.loss": args.loss,
-             "kd.temperature": args.temperature, "kd.cache_k": args.cache_k, "kd.cache_tail": args.cache_tail,
-             "lora.enabled": args.lora, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-             "train.max_length": args.max_length,
-             "train.lr": args.lr, "train.save_steps": 0, "train.precision": args.precision, **extra}
+    flags = {
+        "model": student,
+        "teacher": teacher,
+        "data": str(train),
+        "out": str(out),
+        "kd.loss": args.loss,
+        "kd.temperature": args.temperature,
+        "kd.cache_k": args.cache_k,
+        "kd.cache_tail": args.cache_tail,
+        "lora.enabled": args.lora,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.max_length": args.max_length,
+        "train.lr": args.lr,
+        "train.save_steps": 0,
+        "train.precision": args.precision,
+        **extra,
+    }
     if cache is not None:
         flags["teacher_cache"] = str(cache)
     return build_config("distill", None, flags, [])
@@ -151,8 +193,14 @@ def timed_run(config) -> dict:
     run_dir = run_distill(config)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     result = json.loads((run_dir / "result.json").read_text())
-    return {"wall_s": wall, "cpu_s": cpu, "train_s": result["train_seconds"], "steps": result["steps"],
-            "final_loss": result["final_loss"], "run": str(run_dir)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "train_s": result["train_seconds"],
+        "steps": result["steps"],
+        "final_loss": result["final_loss"],
+        "run": str(run_dir),
+    }
 
 
 class Heldout:
@@ -166,7 +214,10 @@ class Heldout:
 
         tokenizer = load_tokenizer(teacher)
         data = encode_examples(tokenizer, load_json_examples(test_file), max_length)
-        self.batches = [collate(data[start : start + batch_size], tokenizer.pad_token_id) for start in range(0, len(data), batch_size)]
+        self.batches = [
+            collate(data[start : start + batch_size], tokenizer.pad_token_id)
+            for start in range(0, len(data), batch_size)
+        ]
         model = load_model(teacher).eval()
         self.teacher = [self._hidden(model, batch) for batch in self.batches]
         self.teacher_weight = self._weight(model)
@@ -212,12 +263,24 @@ def evaluate_student(args, student: str, run: dict, data_dir: Path, name: str, h
     final = Path(run["run"]) / "final"
     model, adapter = (student, str(final)) if args.lora else (str(final), None)
     started = time.perf_counter()
-    metrics = evaluate(EvalSettings(model=model, adapter=adapter, tasks=["arith"], data_dir=str(data_dir),
-                                    out=str(args.out / "eval" / name), max_new_tokens=args.max_new_tokens,
-                                    precision=args.eval_precision))
+    metrics = evaluate(
+        EvalSettings(
+            model=model,
+            adapter=adapter,
+            tasks=["arith"],
+            data_dir=str(data_dir),
+            out=str(args.out / "eval" / name),
+            max_new_tokens=args.max_new_tokens,
+            precision=args.eval_precision,
+        )
+    )
     scores = heldout.scores(load_model(model, adapter=adapter, merge_adapter=True).eval())
-    return {"accuracy": metrics["tasks"]["arith"]["accuracy"], "n": metrics["tasks"]["arith"]["n"], **scores,
-            "eval_s": time.perf_counter() - started}
+    return {
+        "accuracy": metrics["tasks"]["arith"]["accuracy"],
+        "n": metrics["tasks"]["arith"]["n"],
+        **scores,
+        "eval_s": time.perf_counter() - started,
+    }
 
 
 def machine() -> dict:
@@ -229,8 +292,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_before": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_before": os.getloadavg(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -238,33 +307,39 @@ def machine() -> dict:
 
 def to_markdown(result: dict) -> str:
     s = result["settings"]
-    lines = [f"Teacher `{s['teacher']}`, students {', '.join(f'{n}L' for n in s['students'])}; {s['train']} train / "
-             f"{s['test']} test problems, {s['epochs']:g} epoch(s), batch {s['batch_size']}, {s['loss']} tau={s['temperature']:g}, "
-             f"{'LoRA' if s['lora'] else 'full FT'}, precision {result['precision']}, cache k={s['cache_k']} ({s['cache_tail']}).",
-             "",
-             "| student | live s | cache s | live s/step | cache s/step | acc live | acc cache | NLL live | NLL cache | KL live | KL cache | final loss live | final loss cache |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Teacher `{s['teacher']}`, students {', '.join(f'{n}L' for n in s['students'])}; {s['train']} train / "
+        f"{s['test']} test problems, {s['epochs']:g} epoch(s), batch {s['batch_size']}, {s['loss']} tau={s['temperature']:g}, "
+        f"{'LoRA' if s['lora'] else 'full FT'}, precision {result['precision']}, cache k={s['cache_k']} ({s['cache_tail']}).",
+        "",
+        "| student | live s | cache s | live s/step | cache s/step | acc live | acc cache | NLL live | NLL cache | KL live | KL cache | final loss live | final loss cache |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in result["students"]:
         live, cache = row["live"], row["cache"]
-        lines.append(f"| {row['layers']}L | {live['wall_s']:.1f} | {cache['wall_s']:.1f} | {live['train_s'] / live['steps']:.2f} | "
-                     f"{cache['train_s'] / cache['steps']:.2f} | {live['accuracy']:.3f} | {cache['accuracy']:.3f} | "
-                     f"{live['heldout_nll']:.3f} | {cache['heldout_nll']:.3f} | {live['heldout_kl']:.3f} | {cache['heldout_kl']:.3f} | "
-                     f"{live['final_loss']:.3f} | {cache['final_loss']:.3f} |")
+        lines.append(
+            f"| {row['layers']}L | {live['wall_s']:.1f} | {cache['wall_s']:.1f} | {live['train_s'] / live['steps']:.2f} | "
+            f"{cache['train_s'] / cache['steps']:.2f} | {live['accuracy']:.3f} | {cache['accuracy']:.3f} | "
+            f"{live['heldout_nll']:.3f} | {cache['heldout_nll']:.3f} | {live['heldout_kl']:.3f} | {cache['heldout_kl']:.3f} | "
+            f"{live['final_loss']:.3f} | {cache['final_loss']:.3f} |"
+        )
     t = result["totals"]
-    lines += [f"| cache build | – | {t['cache_build_s']:.1f} | | | | | | | | | | |",
-              f"| **total** | **{t['live_s']:.1f}** | **{t['cache_s']:.1f}** | | | | | | | | | | |",
-              "",
-              f"- speed-up live / cache: **{t['ratio']:.2f}x** (goal >= {GOAL}x: {'met' if t['ratio'] >= GOAL else 'missed'}); "
-              f"training loop only (sum of train seconds, build included in cache): {t['train_ratio']:.2f}x; "
-              f"process CPU time (less sensitive to other load): {t['live_cpu_s']:.0f} s vs {t['cache_cpu_s']:.0f} s = {t['cpu_ratio']:.2f}x",
-              f"- cache: {result['cache']['tokens']} tokens, {result['cache']['bytes_per_token']} bytes/token "
-              f"(representation), {result['cache']['bytes_per_token_file']:.1f} bytes/token (file, {result['cache']['file_bytes'] / 1e6:.2f} MB)",
-              f"- accuracy cache - live: mean {t['mean_accuracy_diff']:+.3f} (n = {s['test']} per student); held-out (teacher-forced, "
-              f"per response token) NLL of the gold answers cache - live: mean {t['mean_nll_diff']:+.3f} nats (teacher: "
-              f"{t['teacher_heldout_nll']:.3f}); KL(teacher || student) at tau 1 cache - live: mean {t['mean_kl_diff']:+.3f} nats; "
-              f"final training loss |cache - live|: mean {t['mean_abs_final_loss_diff']:.3f} (the cached loss is the k + 1 bucket "
-              f"divergence, a lower bound of the live one)",
-              f"- benchmark wall time {result['benchmark_minutes']:.1f} min (evaluation {t['eval_s']:.0f} s)"]
+    lines += [
+        f"| cache build | – | {t['cache_build_s']:.1f} | | | | | | | | | | |",
+        f"| **total** | **{t['live_s']:.1f}** | **{t['cache_s']:.1f}** | | | | | | | | | | |",
+        "",
+        f"- speed-up live / cache: **{t['ratio']:.2f}x** (goal >= {GOAL}x: {'met' if t['ratio'] >= GOAL else 'missed'}); "
+        f"training loop only (sum of train seconds, build included in cache): {t['train_ratio']:.2f}x; "
+        f"process CPU time (less sensitive to other load): {t['live_cpu_s']:.0f} s vs {t['cache_cpu_s']:.0f} s = {t['cpu_ratio']:.2f}x",
+        f"- cache: {result['cache']['tokens']} tokens, {result['cache']['bytes_per_token']} bytes/token "
+        f"(representation), {result['cache']['bytes_per_token_file']:.1f} bytes/token (file, {result['cache']['file_bytes'] / 1e6:.2f} MB)",
+        f"- accuracy cache - live: mean {t['mean_accuracy_diff']:+.3f} (n = {s['test']} per student); held-out (teacher-forced, "
+        f"per response token) NLL of the gold answers cache - live: mean {t['mean_nll_diff']:+.3f} nats (teacher: "
+        f"{t['teacher_heldout_nll']:.3f}); KL(teacher || student) at tau 1 cache - live: mean {t['mean_kl_diff']:+.3f} nats; "
+        f"final training loss |cache - live|: mean {t['mean_abs_final_loss_diff']:.3f} (the cached loss is the k + 1 bucket "
+        f"divergence, a lower bound of the live one)",
+        f"- benchmark wall time {result['benchmark_minutes']:.1f} min (evaluation {t['eval_s']:.0f} s)",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -277,8 +352,11 @@ def main(argv=None) -> int:
         shutil.rmtree(args.out / stale, ignore_errors=True)
     teacher, students = prepare_models(args)
     train, data_dir = prepare_data(args)
-    print(f"teacher_cache benchmark: teacher {teacher}, students {list(students)} layers, {args.train} train problems, "
-          f"{args.epochs:g} epoch(s); work folder {args.out}", flush=True)
+    print(
+        f"teacher_cache benchmark: teacher {teacher}, students {list(students)} layers, {args.train} train problems, "
+        f"{args.epochs:g} epoch(s); work folder {args.out}",
+        flush=True,
+    )
 
     smallest = students[min(students)]
     warm = distill_config(args, teacher, smallest, train, args.out / "warmup", None, **{"train.max_steps": 1})
@@ -295,9 +373,14 @@ def main(argv=None) -> int:
         modes = ["live", "cache"] if position % 2 == 0 else ["cache", "live"]
         row = {"layers": layers, "student": student}
         for mode in modes:
-            config = distill_config(args, teacher, student, train, args.out / mode / f"{layers}l", cache_dir if mode == "cache" else None)
+            config = distill_config(
+                args, teacher, student, train, args.out / mode / f"{layers}l", cache_dir if mode == "cache" else None
+            )
             row[mode] = timed_run(config)
-            print(f"  {layers}L {mode}: {row[mode]['wall_s']:.1f} s ({row[mode]['steps']} steps, final loss {row[mode]['final_loss']:.4f})", flush=True)
+            print(
+                f"  {layers}L {mode}: {row[mode]['wall_s']:.1f} s ({row[mode]['steps']} steps, final loss {row[mode]['final_loss']:.4f})",
+                flush=True,
+            )
         rows.append(row)
     precision = json.loads((Path(rows[0]["live"]["run"]) / "result.json").read_text())["precision"]
 
@@ -305,32 +388,68 @@ def main(argv=None) -> int:
     heldout = Heldout(teacher, data_dir / "arith" / "test.json", args.max_length)
     for row in rows:
         for mode in ("live", "cache"):
-            row[mode].update(evaluate_student(args, row["student"], row[mode], data_dir, f"{mode}-{row['layers']}l", heldout))
+            row[mode].update(
+                evaluate_student(args, row["student"], row[mode], data_dir, f"{mode}-{row['layers']}l", heldout)
+            )
     eval_s = time.perf_counter() - eval_started
 
     live_total = sum(row["live"]["wall_s"] for row in rows)
     cache_total = build_s + sum(row["cache"]["wall_s"] for row in rows)
     totals = {
-        "live_s": live_total, "cache_s": cache_total, "cache_build_s": build_s, "ratio": live_total / cache_total,
-        "train_ratio": sum(row["live"]["train_s"] for row in rows) / (build_s + sum(row["cache"]["train_s"] for row in rows)),
-        "live_cpu_s": sum(row["live"]["cpu_s"] for row in rows), "cache_cpu_s": build_cpu + sum(row["cache"]["cpu_s"] for row in rows),
+        "live_s": live_total,
+        "cache_s": cache_total,
+        "cache_build_s": build_s,
+        "ratio": live_total / cache_total,
+        "train_ratio": sum(row["live"]["train_s"] for row in rows)
+        / (build_s + sum(row["cache"]["train_s"] for row in rows)),
+        "live_cpu_s": sum(row["live"]["cpu_s"] for row in rows),
+        "cache_cpu_s": build_cpu + sum(row["cache"]["cpu_s"] for row in rows),
         "cache_build_cpu_s": build_cpu,
         "mean_accuracy_diff": statistics.mean(row["cache"]["accuracy"] - row["live"]["accuracy"] for row in rows),
         "mean_nll_diff": statistics.mean(row["cache"]["heldout_nll"] - row["live"]["heldout_nll"] for row in rows),
         "mean_kl_diff": statistics.mean(row["cache"]["heldout_kl"] - row["live"]["heldout_kl"] for row in rows),
         "teacher_heldout_nll": heldout.teacher_nll,
-        "mean_abs_final_loss_diff": statistics.mean(abs(row["cache"]["final_loss"] - row["live"]["final_loss"]) for row in rows),
+        "mean_abs_final_loss_diff": statistics.mean(
+            abs(row["cache"]["final_loss"] - row["live"]["final_loss"]) for row in rows
+        ),
         "eval_s": eval_s,
     }
     totals["cpu_ratio"] = totals["live_cpu_s"] / totals["cache_cpu_s"]
     result = {
-        "date": datetime.date.today().isoformat(), "machine": info, "precision": precision,
-        "settings": {"teacher": teacher, "teacher_note": "base model, no SFT" if not args.tiny else "tiny random model",
-                     "students": list(students), "train": args.train, "test": args.test, "epochs": args.epochs,
-                     "batch_size": args.batch_size, "loss": args.loss, "temperature": args.temperature, "lr": args.lr,
-                     "lora": args.lora, "cache_k": args.cache_k, "cache_tail": args.cache_tail, "max_new_tokens": args.max_new_tokens},
-        "cache": {key: manifest[key] for key in ("tokens", "examples", "k", "vocab_size", "bytes_per_token", "bytes_per_token_file", "file_bytes")},
-        "students": rows, "totals": totals, "benchmark_minutes": (time.perf_counter() - started) / 60,
+        "date": datetime.date.today().isoformat(),
+        "machine": info,
+        "precision": precision,
+        "settings": {
+            "teacher": teacher,
+            "teacher_note": "base model, no SFT" if not args.tiny else "tiny random model",
+            "students": list(students),
+            "train": args.train,
+            "test": args.test,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "loss": args.loss,
+            "temperature": args.temperature,
+            "lr": args.lr,
+            "lora": args.lora,
+            "cache_k": args.cache_k,
+            "cache_tail": args.cache_tail,
+            "max_new_tokens": args.max_new_tokens,
+        },
+        "cache": {
+            key: manifest[key]
+            for key in (
+                "tokens",
+                "examples",
+                "k",
+                "vocab_size",
+                "bytes_per_token",
+                "bytes_per_token_file",
+                "file_bytes",
+            )
+        },
+        "students": rows,
+        "totals": totals,
+        "benchmark_minutes": (time.perf_counter() - started) / 60,
     }
     result["machine"]["load_average_after"] = os.getloadavg()
     markdown = to_markdown(result)

@@ -10,7 +10,17 @@ They are imported on first use, so ``import kdlab`` stays light (no torch).
 
 from kdlab.version import __version__
 
-API = ("sft", "distill", "evaluate", "fidelity", "run_study", "RunResult", "EvalResult", "FidelityResult", "StudyResult")
+API = (
+    "sft",
+    "distill",
+    "evaluate",
+    "fidelity",
+    "run_study",
+    "RunResult",
+    "EvalResult",
+    "FidelityResult",
+    "StudyResult",
+)
 __all__ = ["__version__", *API]
 
 

@@ -88,9 +88,9 @@ class StudyResult:
 def study_tables(study_dir: str | Path):
     """(spec, results table, selection table) of a study folder with finished evaluations; the tables are also
     written to ``study_dir/results``."""
+    from kdlab.study.executors.local import load_study
     from kdlab.study.plan import build_plan
     from kdlab.study.results import collect_results, collect_selection, write_results
-    from kdlab.study.executors.local import load_study
 
     spec, study_dir = load_study(study_dir)
     plan = build_plan(spec)
@@ -160,8 +160,13 @@ def sft(config: RunConfig | str | Path | None = None, *, overrides: list[str] | 
     return _run_result(run_sft(config), config)
 
 
-def distill(config: RunConfig | str | Path | None = None, *, preset: str | None = None,
-            overrides: list[str] | None = None, **settings) -> RunResult:
+def distill(
+    config: RunConfig | str | Path | None = None,
+    *,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    **settings,
+) -> RunResult:
     """Knowledge distillation, as ``kdlab distill``.
 
     Keywords: ``teacher``, ``teacher_adapter``, ``teacher_cache``, ``student`` (or ``model``), ``adapter``,
@@ -215,8 +220,9 @@ def fidelity(teacher: str | Path, student: str | Path, out: str | Path, **settin
     return FidelityResult(path=Path(out), summary=summary)
 
 
-def run_study(spec: str | Path, out: str | Path | None = None, *, executor: str = "local", report: bool = False,
-              **options) -> StudyResult:
+def run_study(
+    spec: str | Path, out: str | Path | None = None, *, executor: str = "local", report: bool = False, **options
+) -> StudyResult:
     """Run a study spec, as ``kdlab study run`` (resumable: finished runs are kept); with ``report=True`` also
     write its statistics and HTML report.
 
@@ -234,8 +240,9 @@ def run_study(spec: str | Path, out: str | Path | None = None, *, executor: str 
         from kdlab.study.executors import run_with_executor
 
         study_dir, summary = run_with_executor(executor, spec, out, **options)
-    result = StudyResult(path=Path(study_dir), failed=getattr(summary, "failed", 0),
-                         blocked=getattr(summary, "blocked", 0))
+    result = StudyResult(
+        path=Path(study_dir), failed=getattr(summary, "failed", 0), blocked=getattr(summary, "blocked", 0)
+    )
     if report:
         result.report()
     return result

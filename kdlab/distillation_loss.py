@@ -54,7 +54,9 @@ def shift_for_causal_lm(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     """Hidden states [N, H] of the positions that predict a kept label, and those labels [N]:
     ``hidden[:, :-1]`` and ``labels[:, 1:]`` where ``labels[:, 1:] != -100`` (batch rows, then positions)."""
     if hidden.shape[:2] != labels.shape:
-        raise KdlabError(f"hidden states {tuple(hidden.shape)} and labels {tuple(labels.shape)} differ in (batch, length)")
+        raise KdlabError(
+            f"hidden states {tuple(hidden.shape)} and labels {tuple(labels.shape)} differ in (batch, length)"
+        )
     keep = labels[:, 1:] != IGNORE_INDEX
     return hidden[:, :-1][keep], labels[:, 1:][keep]
 
@@ -73,8 +75,17 @@ class DistillationLoss(nn.Module):
         reduction: ``mean`` (divide by the number of kept tokens or ``num_items_in_batch``) or ``sum``.
     """
 
-    def __init__(self, loss: str = "fkl", temperature: float = 2.0, kd_weight: float = 0.5, chunk_size: int = 256,
-                 loss_kwargs: dict | None = None, vocab_size: int | None = None, tail: str = "bucket", reduction: str = "mean"):
+    def __init__(
+        self,
+        loss: str = "fkl",
+        temperature: float = 2.0,
+        kd_weight: float = 0.5,
+        chunk_size: int = 256,
+        loss_kwargs: dict | None = None,
+        vocab_size: int | None = None,
+        tail: str = "bucket",
+        reduction: str = "mean",
+    ):
         super().__init__()
         self.loss_kwargs = dict(loss_kwargs or {})
         check_loss_args(loss, temperature, **self.loss_kwargs)
@@ -106,8 +117,10 @@ class DistillationLoss(nn.Module):
         hidden, targets = shift_for_causal_lm(student_hidden, labels)
         sources = sum(source is not None for source in (teacher_hidden, teacher_log_probs, teacher_cache))
         if sources != 1:
-            raise KdlabError("give exactly one teacher source: teacher_hidden (+ teacher_lm_head_weight), teacher_log_probs "
-                             "or teacher_cache")
+            raise KdlabError(
+                "give exactly one teacher source: teacher_hidden (+ teacher_lm_head_weight), teacher_log_probs "
+                "or teacher_cache"
+            )
         if teacher_hidden is not None:
             total = self._live(hidden, student_lm_head_weight, teacher_hidden, teacher_lm_head_weight, labels, targets)
         elif teacher_log_probs is not None:
@@ -125,9 +138,19 @@ class DistillationLoss(nn.Module):
         if teacher_weight is None:
             raise KdlabError("teacher_hidden needs teacher_lm_head_weight")
         teacher_rows, _ = shift_for_causal_lm(teacher_hidden, labels)
-        return chunked_distill_loss(hidden, weight, teacher_rows, teacher_weight, targets, loss=self.loss,
-                                    temperature=self.temperature, kd_weight=self.kd_weight, loss_kwargs=self.loss_kwargs,
-                                    vocab_size=self.vocab_size, chunk_size=self.chunk_size)
+        return chunked_distill_loss(
+            hidden,
+            weight,
+            teacher_rows,
+            teacher_weight,
+            targets,
+            loss=self.loss,
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            loss_kwargs=self.loss_kwargs,
+            vocab_size=self.vocab_size,
+            chunk_size=self.chunk_size,
+        )
 
     def _from_log_probs(self, hidden, weight, teacher_log_probs, labels, targets) -> torch.Tensor:
         vocab = self.vocab_size or min(weight.shape[0], teacher_log_probs.shape[-1])
@@ -135,10 +158,19 @@ class DistillationLoss(nn.Module):
 
         def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
             teacher = teacher_rows[start:end].to(student_logits.dtype)
-            return token_objective(student_logits, teacher, targets[start:end], self.loss, self.temperature, self.kd_weight,
-                                   self.loss_kwargs)
+            return token_objective(
+                student_logits,
+                teacher,
+                targets[start:end],
+                self.loss,
+                self.temperature,
+                self.kd_weight,
+                self.loss_kwargs,
+            )
 
-        return chunked_token_loss(hidden, weight[:vocab] if vocab < weight.shape[0] else weight, token_loss, self.chunk_size)
+        return chunked_token_loss(
+            hidden, weight[:vocab] if vocab < weight.shape[0] else weight, token_loss, self.chunk_size
+        )
 
     def _cached(self, hidden, weight, teacher_cache, example_index, targets) -> torch.Tensor:
         from kdlab.teacher_cache import CacheRows, chunked_cached_distill_loss
@@ -150,8 +182,19 @@ class DistillationLoss(nn.Module):
                 raise KdlabError("teacher_cache needs example_index (the batch's Encoded.index, batch['index'])")
             rows = teacher_cache.rows(torch.as_tensor(example_index).cpu())
         if len(rows) != hidden.shape[0]:
-            raise KdlabError(f"teacher cache: {hidden.shape[0]} kept positions but {len(rows)} cached rows (the cache was "
-                             "built on other tokenisation or other examples)")
-        return chunked_cached_distill_loss(hidden, weight, rows, targets, loss=self.loss, temperature=self.temperature,
-                                           kd_weight=self.kd_weight, loss_kwargs=self.loss_kwargs, tail=self.tail,
-                                           chunk_size=self.chunk_size)
+            raise KdlabError(
+                f"teacher cache: {hidden.shape[0]} kept positions but {len(rows)} cached rows (the cache was "
+                "built on other tokenisation or other examples)"
+            )
+        return chunked_cached_distill_loss(
+            hidden,
+            weight,
+            rows,
+            targets,
+            loss=self.loss,
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            loss_kwargs=self.loss_kwargs,
+            tail=self.tail,
+            chunk_size=self.chunk_size,
+        )

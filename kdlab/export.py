@@ -24,8 +24,10 @@ from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
 from kdlab.model_card import card_text, format_card, logged_tokens, parse_card, read_model_card
 
-MERGED_NOTE = ("The LoRA adapter trained by this run is merged into the base model's weights (PEFT `merge_and_unload`): "
-               "this folder is a plain transformers model.")
+MERGED_NOTE = (
+    "The LoRA adapter trained by this run is merged into the base model's weights (PEFT `merge_and_unload`): "
+    "this folder is a plain transformers model."
+)
 
 
 def finished_final(run: str | Path) -> Path:
@@ -50,12 +52,15 @@ def hub_token() -> str:
 
     token = get_token()
     if not token:
-        raise KdlabError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` (and network access)")
+        raise KdlabError(
+            "--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` (and network access)"
+        )
     return token
 
 
-def export_run(run: str | Path, out: str | Path, merge_lora: bool = False, force: bool = False,
-               push_to_hub: str | None = None) -> Path:
+def export_run(
+    run: str | Path, out: str | Path, merge_lora: bool = False, force: bool = False, push_to_hub: str | None = None
+) -> Path:
     """Write the export folder ``out`` (see the module doc); returns it."""
     final, out = finished_final(run), Path(out)
     check_out(out, force)
@@ -107,8 +112,11 @@ def upload(folder: Path, repo: str, token: str) -> None:
     api = HfApi(token=token)
     try:
         api.create_repo(repo, repo_type="model", exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
-                          commit_message="Upload from kdlab export")
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo, repo_type="model", commit_message="Upload from kdlab export"
+        )
     except Exception as exc:  # no network, a bad token, no rights on the repository
-        raise KdlabError(f"--push-to-hub {repo}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+        raise KdlabError(
+            f"--push-to-hub {repo}: upload failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+        ) from None
     print(f"kdlab: uploaded {folder} to https://huggingface.co/{repo}", flush=True)

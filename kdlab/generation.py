@@ -6,7 +6,7 @@ that a batch holds prompts of similar length; outputs come back in the original 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -50,7 +50,11 @@ def generate_ids(
             ids = prompt_ids[i]
             input_ids[row, length - len(ids) :] = torch.tensor(ids)
             attention_mask[row, length - len(ids) :] = 1
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            if do_sample
+            else {"do_sample": False}
+        )
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -99,21 +103,36 @@ class _Stepper:
         self.device = next(model.parameters()).device
         self.attention_mask = attention_mask.to(self.device)
         self.positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids.to(self.device), attention_mask=self.attention_mask, position_ids=self.positions,
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self.attention_mask,
+            position_ids=self.positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.past, self.logits = out.past_key_values, out.logits[:, -1, :vocab_size].float()
         self.positions = self.positions[:, -1:]
 
     def step(self, tokens: torch.Tensor) -> None:
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1)
         self.positions = self.positions + 1
-        out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.attention_mask, position_ids=self.positions,
-                         past_key_values=self.past, use_cache=True)
-        self.past, self.logits = out.past_key_values, out.logits[:, -1, :self.vocab_size].float()
+        out = self.model(
+            input_ids=tokens.to(self.device)[:, None],
+            attention_mask=self.attention_mask,
+            position_ids=self.positions,
+            past_key_values=self.past,
+            use_cache=True,
+        )
+        self.past, self.logits = out.past_key_values, out.logits[:, -1, : self.vocab_size].float()
 
 
-def speculative_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int, temperature: float,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def speculative_token(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    top_k: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of speculative KD sampling (Xu et al., ICLR 2025), for a batch: logits [B, V] -> (tokens [B], replaced [B]).
 
     The student proposes ``y ~ softmax(z_S / temperature)``; when ``y`` is not among the teacher's ``top_k`` tokens
@@ -121,7 +140,9 @@ def speculative_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     top-k; the paper samples the full teacher distribution, the restriction guarantees every token of the result
     lies in the teacher's top-k). ``replaced`` marks the rows whose proposal was rejected.
     """
-    proposal = torch.multinomial(torch.softmax(student_logits / temperature, dim=-1).cpu(), 1, generator=generator)[:, 0]
+    proposal = torch.multinomial(torch.softmax(student_logits / temperature, dim=-1).cpu(), 1, generator=generator)[
+        :, 0
+    ]
     top = teacher_logits.topk(min(top_k, teacher_logits.shape[-1]), dim=-1)
     top_ids = top.indices.cpu()
     accepted = (top_ids == proposal[:, None]).any(-1)
@@ -131,8 +152,17 @@ def speculative_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 @torch.no_grad()
-def speculative_generate_ids(student, teacher, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, top_k: int,
-                             vocab_size: int, temperature: float = 1.0, seed: int | None = None) -> tuple[list[list[int]], int, int]:
+def speculative_generate_ids(
+    student,
+    teacher,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    top_k: int,
+    vocab_size: int,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> tuple[list[list[int]], int, int]:
     """Speculative-KD responses for a batch of tokenised prompts (one batch; both models step in lockstep with their
     KV caches): each token is :func:`speculative_token` of the two models' next-token logits (sliced to the shared
     ``vocab_size``). Responses stop after EOS (kept) or ``max_new_tokens``.
@@ -143,7 +173,10 @@ def speculative_generate_ids(student, teacher, tokenizer, prompt_ids: list[list[
     student.eval()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     input_ids, attention_mask = _left_pad(prompt_ids, tokenizer.pad_token_id)
-    s, t = _Stepper(student, input_ids, attention_mask, vocab_size), _Stepper(teacher, input_ids, attention_mask, vocab_size)
+    s, t = (
+        _Stepper(student, input_ids, attention_mask, vocab_size),
+        _Stepper(teacher, input_ids, attention_mask, vocab_size),
+    )
     eos = tokenizer.eos_token_id
     done = torch.zeros(len(prompt_ids), dtype=torch.bool)
     tokens_out, proposed, replaced_total = [], 0, 0

@@ -30,8 +30,9 @@ from kdlab.errors import KdlabError
 from kdlab.models.heads import final_hidden, output_weight
 
 
-def distillation_compute_loss(model, inputs: dict, *, loss_fn: DistillationLoss, teacher=None, teacher_cache=None,
-                              num_items_in_batch=None) -> torch.Tensor:
+def distillation_compute_loss(
+    model, inputs: dict, *, loss_fn: DistillationLoss, teacher=None, teacher_cache=None, num_items_in_batch=None
+) -> torch.Tensor:
     """The distillation loss of one batch: the student's forward pass, the teacher's (without gradient) or the
     cache rows of ``inputs["index"]``, then ``loss_fn``; divided by ``num_items_in_batch`` when given, else the
     mean over the batch's predicted tokens."""
@@ -42,13 +43,27 @@ def distillation_compute_loss(model, inputs: dict, *, loss_fn: DistillationLoss,
     if teacher is not None:
         with torch.no_grad():
             teacher_hidden = final_hidden(teacher, inputs["input_ids"], inputs["attention_mask"])
-        return loss_fn(hidden, output_weight(model), labels, teacher_hidden, output_weight(teacher),
-                       num_items_in_batch=num_items_in_batch)
+        return loss_fn(
+            hidden,
+            output_weight(model),
+            labels,
+            teacher_hidden,
+            output_weight(teacher),
+            num_items_in_batch=num_items_in_batch,
+        )
     if "index" not in inputs:
-        raise KdlabError("a teacher cache needs the batch's example indices (inputs['index'], kdlab.data.tokenize.collate); "
-                         "pass remove_unused_columns=False")
-    return loss_fn(hidden, output_weight(model), labels, teacher_cache=teacher_cache, example_index=inputs["index"],
-                   num_items_in_batch=num_items_in_batch)
+        raise KdlabError(
+            "a teacher cache needs the batch's example indices (inputs['index'], kdlab.data.tokenize.collate); "
+            "pass remove_unused_columns=False"
+        )
+    return loss_fn(
+        hidden,
+        output_weight(model),
+        labels,
+        teacher_cache=teacher_cache,
+        example_index=inputs["index"],
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 class DistillationTrainer(Trainer):
@@ -72,8 +87,14 @@ class DistillationTrainer(Trainer):
         # With num_items_in_batch the loss is normalised over the whole accumulated batch: training_step must not
         # divide it again by the number of accumulation steps.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
-        loss = distillation_compute_loss(model, inputs, loss_fn=self.loss_fn, teacher=self.teacher,
-                                         teacher_cache=self.teacher_cache, num_items_in_batch=num_items_in_batch)
+        loss = distillation_compute_loss(
+            model,
+            inputs,
+            loss_fn=self.loss_fn,
+            teacher=self.teacher,
+            teacher_cache=self.teacher_cache,
+            num_items_in_batch=num_items_in_batch,
+        )
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # the token count is global; DDP averages the gradients
         return (loss, {"loss": loss}) if return_outputs else loss

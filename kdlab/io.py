@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from kdlab.errors import KdlabError
 
@@ -98,5 +98,7 @@ def atomic_dir(path: str | Path, marker: str | None = None, replace: bool = Fals
 def _refusal(path: Path, marker: str | None) -> KdlabError:
     what = "a file" if path.exists() and not path.is_dir() else "a folder that is not empty"
     kind = f" (no {marker})" if marker and what != "a file" else ""
-    return KdlabError(f"{path}: exists and is {what}{kind}; kdlab does not replace it: choose another output path "
-                      "or remove it yourself")
+    return KdlabError(
+        f"{path}: exists and is {what}{kind}; kdlab does not replace it: choose another output path "
+        "or remove it yourself"
+    )

@@ -19,9 +19,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from kdlab.errors import KdlabError
 
@@ -80,8 +80,10 @@ def _open_locked(path: Path, folder: Path, wait: bool, what: str) -> int:
             holder = _holder(path)
             if not wait:
                 os.close(fd)
-                raise KdlabError(f"{folder}: in use by {_describe(holder)} ({what}; lock {path}); wait for it to finish "
-                                 "or choose another output folder") from None
+                raise KdlabError(
+                    f"{folder}: in use by {_describe(holder)} ({what}; lock {path}); wait for it to finish "
+                    "or choose another output folder"
+                ) from None
             if not announced:
                 print(f"kdlab: {folder}: waiting for {_describe(holder)} ({what})", file=sys.stderr, flush=True)
                 announced = True
@@ -118,8 +120,12 @@ def folder_lock(folder: str | Path, what: str = "a kdlab run", wait: bool = Fals
     previous = _holder(path)
     host = socket.gethostname()
     if previous and previous != (host, os.getpid()) and not (previous[0] == host and pid_alive(previous[1])):
-        print(f"kdlab: {folder}: taking over the lock left by PID {previous[1]} on host {previous[0]} "
-              "(no longer running)", file=sys.stderr, flush=True)
+        print(
+            f"kdlab: {folder}: taking over the lock left by PID {previous[1]} on host {previous[0]} "
+            "(no longer running)",
+            file=sys.stderr,
+            flush=True,
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{host} {os.getpid()}\n".encode(), 0)
     _HELD[key] = [fd, 1]

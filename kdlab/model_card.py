@@ -25,8 +25,19 @@ from kdlab.io import atomic_write_text
 
 #: kdlab model names -> the Hub id of the model they are
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-KD_FIELDS = ("loss", "temperature", "kd_weight", "beta", "skew_alpha", "lmbda", "teacher_noise", "answer_weight",
-             "answer_target", "disagreement_gamma", "speculative_k")
+KD_FIELDS = (
+    "loss",
+    "temperature",
+    "kd_weight",
+    "beta",
+    "skew_alpha",
+    "lmbda",
+    "teacher_noise",
+    "answer_weight",
+    "answer_target",
+    "disagreement_gamma",
+    "speculative_k",
+)
 _FRONT = re.compile(r"\A---\n(.*?)\n---\n?", re.S)
 
 
@@ -44,17 +55,30 @@ def front_matter(config: dict, evaluation: dict | None = None, fidelity: dict | 
     tags = ["kdlab", "knowledge-distillation"]
     tags += ["kd", config["kd"]["loss"]] if is_kd(config) else ["sft"]
     tags += ["lora"] if lora else []
-    kdlab = {"kind": "kd" if is_kd(config) else "sft", "teacher": hub_id(config.get("teacher")) if is_kd(config) else None}
+    kdlab = {
+        "kind": "kd" if is_kd(config) else "sft",
+        "teacher": hub_id(config.get("teacher")) if is_kd(config) else None,
+    }
     if evaluation:
         kdlab["evaluation"] = evaluation
     if fidelity:
         kdlab["fidelity"] = fidelity
-    return {"base_model": hub_id(config["model"]), "library_name": "peft" if lora else "transformers", "tags": tags,
-            "datasets": [_data_name(config["data"])], "kdlab": kdlab}
+    return {
+        "base_model": hub_id(config["model"]),
+        "library_name": "peft" if lora else "transformers",
+        "tags": tags,
+        "datasets": [_data_name(config["data"])],
+        "kdlab": kdlab,
+    }
 
 
-def card_text(config: dict, summary: dict, evaluation: dict | None = None, fidelity: dict | None = None,
-              tokens: tuple[int, bool] | None = None) -> str:
+def card_text(
+    config: dict,
+    summary: dict,
+    evaluation: dict | None = None,
+    fidelity: dict | None = None,
+    tokens: tuple[int, bool] | None = None,
+) -> str:
     """The whole README.md: front matter and body. ``summary`` is the run's result.json, ``tokens`` the
     :func:`logged_tokens` of its log.csv."""
     lines = ["", f"# {Path(config.get('out') or 'model').name}", ""]
@@ -74,7 +98,7 @@ def parse_card(text: str) -> tuple[dict, str]:
     match = _FRONT.match(text)
     if not match:
         return {}, text
-    return yaml.safe_load(match.group(1)) or {}, text[match.end():]
+    return yaml.safe_load(match.group(1)) or {}, text[match.end() :]
 
 
 def format_card(header: dict, body: str) -> str:
@@ -90,8 +114,13 @@ def write_model_card(run_dir: str | Path, evaluation: dict | None = None, fideli
     summary = yaml.safe_load((run_dir / "result.json").read_text())  # JSON is YAML
     card = run_dir / "final" / "README.md"
     old = read_model_card(card)[0].get("kdlab", {}) if card.is_file() else {}
-    text = card_text(config, summary, evaluation or old.get("evaluation"), fidelity or old.get("fidelity"),
-                     logged_tokens(run_dir, summary.get("steps")))
+    text = card_text(
+        config,
+        summary,
+        evaluation or old.get("evaluation"),
+        fidelity or old.get("fidelity"),
+        logged_tokens(run_dir, summary.get("steps")),
+    )
     atomic_write_text(card, text)
     return card
 
@@ -127,8 +156,11 @@ def update_model_card(evaluated: list, evaluation: dict | None = None, fidelity:
     run_dir = next((run for run in map(run_of, evaluated) if run is not None), None)
     if run_dir is None or not (run_dir / "final").is_dir():
         return None
-    return write_model_card(run_dir, evaluation=evaluation and evaluation["tasks"],
-                            fidelity=fidelity and {**fidelity["tasks"], "average": fidelity["average"]})
+    return write_model_card(
+        run_dir,
+        evaluation=evaluation and evaluation["tasks"],
+        fidelity=fidelity and {**fidelity["tasks"], "average": fidelity["average"]},
+    )
 
 
 def evaluated_run(eval_dir: str | Path) -> Path | None:
@@ -144,8 +176,12 @@ def card_after_eval(eval_dir: str | Path, fidelity_dir: str | Path | None = None
     if run_dir is None:
         return None
     if fidelity_dir is not None:
-        return update_model_card([run_dir / "final"], fidelity=yaml.safe_load((Path(fidelity_dir) / "fidelity.json").read_text()))
-    return update_model_card([run_dir / "final"], evaluation=yaml.safe_load((Path(eval_dir) / "metrics.json").read_text()))
+        return update_model_card(
+            [run_dir / "final"], fidelity=yaml.safe_load((Path(fidelity_dir) / "fidelity.json").read_text())
+        )
+    return update_model_card(
+        [run_dir / "final"], evaluation=yaml.safe_load((Path(eval_dir) / "metrics.json").read_text())
+    )
 
 
 def _data_name(data: str) -> str:
@@ -159,34 +195,63 @@ def _method(config: dict) -> list[str]:
     if is_kd(config):
         teacher = hub_id(config.get("teacher"))
         adapter = f" with the LoRA adapter `{config['teacher_adapter']}`" if config.get("teacher_adapter") else ""
-        lines += [f"Knowledge distillation of the teacher `{teacher}`{adapter} into the student `{hub_id(config['model'])}`.", ""]
+        lines += [
+            f"Knowledge distillation of the teacher `{teacher}`{adapter} into the student `{hub_id(config['model'])}`.",
+            "",
+        ]
         lines += [f"- {field}: {config['kd'][field]}" for field in KD_FIELDS if field in config["kd"]]
         if config.get("teacher_cache"):
-            lines += [f"- teacher cache: top-{config['kd'].get('cache_k')} log-probs, tail {config['kd'].get('cache_tail')}"]
+            lines += [
+                f"- teacher cache: top-{config['kd'].get('cache_k')} log-probs, tail {config['kd'].get('cache_tail')}"
+            ]
     else:
         lines += [f"Supervised fine-tuning of `{hub_id(config['model'])}` on the data's responses."]
     if config["model"] in HUB_IDS:
-        lines += ["", f"The base model is kdlab's embedded `{config['model']}`: the Q4_1 GGUF of `{HUB_IDS[config['model']]}`, "
-                      "dequantised, so its weights differ slightly from the Hub's."]
-    weights = (f"LoRA adapter (r={lora.get('r')}, alpha={lora.get('alpha')}, targets {', '.join(lora.get('target_modules', []))})"
-               if lora.get("enabled") else "full fine-tuning")
+        lines += [
+            "",
+            f"The base model is kdlab's embedded `{config['model']}`: the Q4_1 GGUF of `{HUB_IDS[config['model']]}`, "
+            "dequantised, so its weights differ slightly from the Hub's.",
+        ]
+    weights = (
+        f"LoRA adapter (r={lora.get('r')}, alpha={lora.get('alpha')}, targets {', '.join(lora.get('target_modules', []))})"
+        if lora.get("enabled")
+        else "full fine-tuning"
+    )
     lines += ["", f"- weights: {weights}"]
     train = config.get("train", {})
-    lines += [f"- optimiser: AdamW, lr {train.get('lr')}, batch {train.get('batch_size')} x {train.get('grad_accum')} accumulation, "
-              f"max length {train.get('max_length')}, seed {train.get('seed')}", ""]
-    lines += ["## Data", "", f"`{config['data']}`" + (f" (teacher answers: `{config['teacher_answers']}`)" if config.get("teacher_answers") else ""), ""]
+    lines += [
+        f"- optimiser: AdamW, lr {train.get('lr')}, batch {train.get('batch_size')} x {train.get('grad_accum')} accumulation, "
+        f"max length {train.get('max_length')}, seed {train.get('seed')}",
+        "",
+    ]
+    lines += [
+        "## Data",
+        "",
+        f"`{config['data']}`"
+        + (f" (teacher answers: `{config['teacher_answers']}`)" if config.get("teacher_answers") else ""),
+        "",
+    ]
     return lines
 
 
 def _budget(summary: dict, tokens: tuple[int, bool] | None) -> list[str]:
     data = summary.get("data", {})
-    lines = ["## Training budget", "", f"- optimizer steps: {summary.get('steps')}",
-             f"- examples: {summary.get('examples')}"]
+    lines = [
+        "## Training budget",
+        "",
+        f"- optimizer steps: {summary.get('steps')}",
+        f"- examples: {summary.get('examples')}",
+    ]
     if tokens is not None:
-        lines.append(f"- response tokens: {tokens[0]}" + ("" if tokens[1] else " (in the logged steps only: train.log_steps > 1)"))
-    lines += [f"- training time: {float(summary.get('train_seconds', 0)):.1f} s on {summary.get('processes')} process(es), "
-              f"precision {summary.get('precision')}",
-              f"- final loss: {float(summary.get('final_loss', float('nan'))):.4f}"]
+        lines.append(
+            f"- response tokens: {tokens[0]}"
+            + ("" if tokens[1] else " (in the logged steps only: train.log_steps > 1)")
+        )
+    lines += [
+        f"- training time: {float(summary.get('train_seconds', 0)):.1f} s on {summary.get('processes')} process(es), "
+        f"precision {summary.get('precision')}",
+        f"- final loss: {float(summary.get('final_loss', float('nan'))):.4f}",
+    ]
     if data.get("cut_responses") or data.get("dropped_long"):
         lines.append(f"- long examples: {data.get('cut_responses', 0)} cut, {data.get('dropped_long', 0)} dropped")
     return lines + [""]
@@ -196,11 +261,15 @@ def _results(evaluation: dict | None, fidelity: dict | None) -> list[str]:
     lines = []
     if evaluation:
         lines += ["## Evaluation", "", "| task | accuracy | n |", "| --- | --- | --- |"]
-        lines += [f"| {task} | {_number(row.get('accuracy'))} | {row.get('n', '')} |" for task, row in evaluation.items()]
+        lines += [
+            f"| {task} | {_number(row.get('accuracy'))} | {row.get('n', '')} |" for task, row in evaluation.items()
+        ]
         lines.append("")
     if fidelity:
         lines += ["## Fidelity to the teacher", "", "| task | agreement | n |", "| --- | --- | --- |"]
-        lines += [f"| {task} | {_number(row.get('agreement'))} | {row.get('n', '')} |" for task, row in fidelity.items()]
+        lines += [
+            f"| {task} | {_number(row.get('agreement'))} | {row.get('n', '')} |" for task, row in fidelity.items()
+        ]
         lines.append("")
     return lines
 

@@ -48,13 +48,17 @@ def check_output_dir(path: str | Path, marker: str, what: str, option: str = "--
     if path.exists() and not path.is_dir():
         raise KdlabError(f"{path}: exists and is a file, not a {what} folder; choose another {option}")
     if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise KdlabError(f"{path}: exists and is not a {what} folder (no {marker}); kdlab does not write into it: "
-                         f"choose another {option}")
+        raise KdlabError(
+            f"{path}: exists and is not a {what} folder (no {marker}); kdlab does not write into it: "
+            f"choose another {option}"
+        )
     check_writable(path)
     return path
 
 
-def check_output_file(path: str | Path, option: str = "--out", overwrite: bool = False, flag: str = "--overwrite") -> Path:
+def check_output_file(
+    path: str | Path, option: str = "--out", overwrite: bool = False, flag: str = "--overwrite"
+) -> Path:
     """Refuse an output file kdlab must not write: a folder, an existing file (unless ``overwrite``), an unwritable place."""
     path = Path(path)
     if path.is_dir():

@@ -56,11 +56,7 @@ def _read_csv(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
         UnicodeDecodeError,
         OSError,
     ) as exc:
-        raise KdlabError(
-            f"{path}: cannot read as CSV ({type(exc).__name__}: {exc})".replace(
-                "\n", " "
-            )
-        ) from None
+        raise KdlabError(f"{path}: cannot read as CSV ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise KdlabError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -104,9 +100,7 @@ def size_of(student: str) -> float:
     last = str(student).rsplit("-", 1)[-1]
     match = re.fullmatch(r"(\d+(?:\.\d+)?)[bB]", last)
     if not match:
-        raise KdlabError(
-            f"student {student!r}: cannot read a size like '0.5B' from its last '-' part"
-        )
+        raise KdlabError(f"student {student!r}: cannot read a size like '0.5B' from its last '-' part")
     return float(match.group(1))
 
 
@@ -136,21 +130,14 @@ def load_results(
             for task in tasks:
                 values = rows[task].dropna().unique()
                 if len(values) > 1:
-                    raise KdlabError(
-                        f"{', '.join(rows['_file'].unique())}: conflicting SFT {task} for {student}"
-                    )
-    sft_scores = sft.groupby("Student")[
-        tasks
-    ].max()  # max of equal values / ignores NaN
+                    raise KdlabError(f"{', '.join(rows['_file'].unique())}: conflicting SFT {task} for {student}")
+    sft_scores = sft.groupby("Student")[tasks].max()  # max of equal values / ignores NaN
 
     kd = data[
-        data["Method"].str.contains("student", regex=False)
-        & ~data["Method"].str.contains("base_teacher", regex=False)
+        data["Method"].str.contains("student", regex=False) & ~data["Method"].str.contains("base_teacher", regex=False)
     ].copy()
     if kd.empty:
-        raise KdlabError(
-            f"{', '.join(map(str, paths))}: no KD rows (Method containing 'student')"
-        )
+        raise KdlabError(f"{', '.join(map(str, paths))}: no KD rows (Method containing 'student')")
     kd["teacher"] = kd["Teacher"].map(teacher_of)
     kd["family"] = kd["Method"].map(family_of)
     best = kd.groupby(["teacher", "Student", "family"])[tasks].max().reset_index()
@@ -163,15 +150,8 @@ def load_results(
     long = long.dropna(subset=["kd"])
     missing = sorted(set(long["Student"]) - set(sft_scores.index))
     if missing:
-        raise KdlabError(
-            f"{', '.join(map(str, paths))}: no SFT row for student(s) {', '.join(missing)}"
-        )
-    sft_long = (
-        sft_scores.stack()
-        .rename("sft")
-        .reset_index()
-        .rename(columns={"level_1": "task"})
-    )
+        raise KdlabError(f"{', '.join(map(str, paths))}: no SFT row for student(s) {', '.join(missing)}")
+    sft_long = sft_scores.stack().rename("sft").reset_index().rename(columns={"level_1": "task"})
     sft_long.columns = ["Student", "task", "sft"]
     long = long.merge(sft_long, on=["Student", "task"], how="inner")
     long["improvement"] = long["kd"] - long["sft"]
@@ -187,9 +167,7 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
     frames = []
     for path in paths:
         frame = _read_csv(path, PAIR_KEYS)
-        skip = [
-            c for c in ("Teacher", "Student", "Pair", "Method") if c in frame.columns
-        ]
+        skip = [c for c in ("Teacher", "Student", "Pair", "Method") if c in frame.columns]
         tasks = _task_columns(frame, Path(path), skip)
         rows = frame[frame["Method"] == "KD"]
         if rows.empty:
@@ -205,17 +183,11 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
         )
     if not frames:
         return pd.DataFrame(columns=["teacher", "student", "task", name])
-    long = (
-        pd.concat(frames, ignore_index=True)
-        .dropna(subset=[name])
-        .rename(columns={"Student": "student"})
-    )
+    long = pd.concat(frames, ignore_index=True).dropna(subset=[name]).rename(columns={"Student": "student"})
     dup = long.duplicated(["teacher", "student", "task"], keep=False)
     if dup.any():
         first = long[dup].iloc[0]
-        raise KdlabError(
-            f"{name}: several values for {first['teacher']} -> {first['student']} on {first['task']}"
-        )
+        raise KdlabError(f"{name}: several values for {first['teacher']} -> {first['student']} on {first['task']}")
     return long
 
 
@@ -273,22 +245,13 @@ def paper_hypotheses(
             imp = sub["improvement"]
             if len(imp) >= 2:
                 res = stats.ttest_1samp(imp.to_numpy(), 0.0, alternative="greater")
-                add(
-                    "H1", group, task, float(res.statistic), float(res.pvalue), len(imp)
-                )
+                add("H1", group, task, float(res.statistic), float(res.pvalue), len(imp))
             else:
                 add("H1", group, task, math.nan, math.nan, len(imp))
             if group == "all":
-                samples = [
-                    per_task.loc[per_task["family"] == f, "improvement"].to_numpy()
-                    for f in FAMILIES
-                ]
+                samples = [per_task.loc[per_task["family"] == f, "improvement"].to_numpy() for f in FAMILIES]
                 samples = [s for s in samples if len(s)]
-                if (
-                    len(samples) >= 2
-                    and all(len(s) >= 1 for s in samples)
-                    and sum(map(len, samples)) > len(samples)
-                ):
+                if len(samples) >= 2 and all(len(s) >= 1 for s in samples) and sum(map(len, samples)) > len(samples):
                     res = stats.f_oneway(*samples)
                     add(
                         "H1-anova",
@@ -314,19 +277,11 @@ def paper_hypotheses(
     frame["_h"] = frame["hypothesis"].map(order)
     frame["_t"] = frame["task"].map({t: i for i, t in enumerate(tasks)})
     frame["_g"] = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
-    return (
-        frame.sort_values(["_h", "_t", "_g"], kind="stable")
-        .drop(columns=["_h", "_t", "_g"])
-        .reset_index(drop=True)
-    )
+    return frame.sort_values(["_h", "_t", "_g"], kind="stable").drop(columns=["_h", "_t", "_g"]).reset_index(drop=True)
 
 
 def _fmt(value: float) -> str:
-    return (
-        ""
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{value:.4g}"
-    )
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -362,8 +317,6 @@ def write_paper_stats(
 
     out_dir = check_output_dir(out_dir, "hypotheses.csv", "kdlab stats paper output")
     frame = paper_hypotheses(results, agreement, fidelity)
-    atomic_write_text(
-        out_dir / "hypotheses.csv", frame[COLUMNS + ["n"]].to_csv(index=False)
-    )
+    atomic_write_text(out_dir / "hypotheses.csv", frame[COLUMNS + ["n"]].to_csv(index=False))
     atomic_write_text(out_dir / "hypotheses.md", to_markdown(frame))
     return frame

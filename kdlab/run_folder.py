@@ -9,9 +9,9 @@ never write one folder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -28,7 +28,11 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
     """``old`` with the settings it lacks (added to kdlab after the run started) taken from ``defaults``."""
     filled = dict(defaults)
     for key, value in old.items():
-        filled[key] = _with_defaults(value, defaults[key]) if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value
+        filled[key] = (
+            _with_defaults(value, defaults[key])
+            if isinstance(value, dict) and isinstance(defaults.get(key), dict)
+            else value
+        )
     return filled
 
 
@@ -45,7 +49,9 @@ def run_state(config: RunConfig) -> str:
     old = _with_defaults(yaml.safe_load(config_path.read_text()) or {}, RunConfig(kind=config.kind).to_dict())
     diffs = same_settings(old, config.to_dict(), PATH_SETTINGS)
     if diffs:
-        raise KdlabError(f"{run_dir}: holds a run with a different config ({'; '.join(diffs[:3])}); choose another --out")
+        raise KdlabError(
+            f"{run_dir}: holds a run with a different config ({'; '.join(diffs[:3])}); choose another --out"
+        )
     return "done" if (run_dir / "result.json").is_file() else "resume"
 
 

@@ -86,16 +86,25 @@ def ttest_greater(values: np.ndarray) -> dict:
     x = values[np.isfinite(values)]
     n = len(x)
     mean = float(x.mean()) if n else math.nan
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "cohen_d",
-           "mean": mean, "test": "one-sided one-sample t (improvement > 0)", "note": ""}
+    row = {
+        "statistic": math.nan,
+        "pvalue": math.nan,
+        "n": n,
+        "effect_size": math.nan,
+        "effect_name": "cohen_d",
+        "mean": mean,
+        "test": "one-sided one-sample t (improvement > 0)",
+        "note": "",
+    }
     if n < 2:
         row["note"] = f"too few points ({n}; need 2)"
     elif np.ptp(x) == 0:
         row["note"] = "improvement is constant (sd 0)"
     else:
         res, note = quiet(stats.ttest_1samp, x, 0.0, alternative="greater")
-        row.update(statistic=float(res.statistic), pvalue=float(res.pvalue),
-                   effect_size=mean / float(x.std(ddof=1)), note=note)
+        row.update(
+            statistic=float(res.statistic), pvalue=float(res.pvalue), effect_size=mean / float(x.std(ddof=1)), note=note
+        )
     return row
 
 
@@ -106,8 +115,16 @@ def anova(samples: dict[str, np.ndarray]) -> dict:
     samples = {k: v[np.isfinite(v)] for k, v in samples.items()}
     samples = {k: v for k, v in samples.items() if len(v)}
     n = sum(len(v) for v in samples.values())
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "eta_squared",
-           "mean": math.nan, "test": "one-way ANOVA of improvement across methods", "note": ""}
+    row = {
+        "statistic": math.nan,
+        "pvalue": math.nan,
+        "n": n,
+        "effect_size": math.nan,
+        "effect_name": "eta_squared",
+        "mean": math.nan,
+        "test": "one-way ANOVA of improvement across methods",
+        "note": "",
+    }
     if len(samples) < 2:
         row["note"] = f"fewer than 2 methods with data ({len(samples)})"
         return row
@@ -124,8 +141,12 @@ def anova(samples: dict[str, np.ndarray]) -> dict:
         row["note"] = "no variance within methods (F is infinite)"
     else:
         res, note = quiet(stats.f_oneway, *samples.values())
-        row.update(statistic=float(res.statistic), pvalue=float(res.pvalue),
-                   effect_size=(ss_total - ss_within) / ss_total, note=note)
+        row.update(
+            statistic=float(res.statistic),
+            pvalue=float(res.pvalue),
+            effect_size=(ss_total - ss_within) / ss_total,
+            note=note,
+        )
     return row
 
 
@@ -136,8 +157,16 @@ def spearman(x: np.ndarray, y: np.ndarray, name: str) -> dict:
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     n = int(ok.sum())
-    row = {"statistic": math.nan, "pvalue": math.nan, "n": n, "effect_size": math.nan, "effect_name": "spearman_rho",
-           "mean": math.nan, "test": f"Spearman(improvement, {name})", "note": ""}
+    row = {
+        "statistic": math.nan,
+        "pvalue": math.nan,
+        "n": n,
+        "effect_size": math.nan,
+        "effect_name": "spearman_rho",
+        "mean": math.nan,
+        "test": f"Spearman(improvement, {name})",
+        "note": "",
+    }
     if n < 3:
         row["note"] = f"too few points with {name} ({n}; need 3)"
     elif np.ptp(x) == 0:
@@ -151,8 +180,9 @@ def spearman(x: np.ndarray, y: np.ndarray, name: str) -> dict:
     return row
 
 
-def paired_bootstrap_ci(kd: np.ndarray, sft: np.ndarray, n_boot: int = 10000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    kd: np.ndarray, sft: np.ndarray, n_boot: int = 10000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(kd) - mean(sft): resample example positions (the same ones for both
     runs, so the pairing is kept) ``n_boot`` times with a generator seeded by ``seed``; vectorised in chunks."""
     d = kd.astype(np.float64) - sft.astype(np.float64)
@@ -163,7 +193,7 @@ def paired_bootstrap_ci(kd: np.ndarray, sft: np.ndarray, n_boot: int = 10000, se
     for start in range(0, n_boot, step):
         size = min(step, n_boot - start)
         idx = rng.integers(0, n, size=(size, n), dtype=np.int64 if n > 2**31 - 1 else np.int32)
-        means[start:start + size] = d[idx].mean(axis=1)
+        means[start : start + size] = d[idx].mean(axis=1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 

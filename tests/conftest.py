@@ -41,7 +41,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "teacher": save_tiny_model(root / "teacher", layers=2, hidden=64, seed=1, tokenizer=tokenizer, vocab_padding=7),
         "student": save_tiny_model(root / "student", layers=1, hidden=32, seed=2, tokenizer=tokenizer),
         "talker": save_tiny_model(root / "talker", layers=2, hidden=64, seed=5, tokenizer=tokenizer, init_std=0.3),
-        "other": save_tiny_model(root / "other", layers=1, hidden=32, seed=3, tokenizer=build_tiny_tokenizer(vocab_size=300)),
+        "other": save_tiny_model(
+            root / "other", layers=1, hidden=32, seed=3, tokenizer=build_tiny_tokenizer(vocab_size=300)
+        ),
     }
 
 

@@ -69,10 +69,22 @@ def test_import_kdlab_is_light_and_exposes_the_api():
 
 
 def test_sft_and_distill_match_the_cli(tiny_models, four, tmp_path):
-    cli(["sft", "--model", tiny_models["student"], "--data", four, "--out", tmp_path / "cli-sft", "--no-lora",
-         *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()]])
-    run = kdlab.sft(model=tiny_models["student"], data=four, out=tmp_path / "api-sft", lora={"enabled": False},
-                    train=dict(FAST))
+    cli(
+        [
+            "sft",
+            "--model",
+            tiny_models["student"],
+            "--data",
+            four,
+            "--out",
+            tmp_path / "cli-sft",
+            "--no-lora",
+            *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()],
+        ]
+    )
+    run = kdlab.sft(
+        model=tiny_models["student"], data=four, out=tmp_path / "api-sft", lora={"enabled": False}, train=dict(FAST)
+    )
     assert run.path == tmp_path / "api-sft" and run.final.is_dir() and run.summary["steps"] == 3
     assert run.config.kind == "sft" and not run.config.lora.enabled
     same_weights(tmp_path / "cli-sft" / "final", run.final)
@@ -80,19 +92,53 @@ def test_sft_and_distill_match_the_cli(tiny_models, four, tmp_path):
     same_json(tmp_path / "cli-sft" / "result.json", run.path / "result.json")
     assert list(run.log().step) == [1, 2, 3]
 
-    cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", four,
-         "--out", tmp_path / "cli-kd", "--loss", "rkl", "--temperature", "2", "--no-lora",
-         *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()]])
-    kd = kdlab.distill(teacher=tiny_models["teacher"], student=tiny_models["student"], data=four, out=tmp_path / "api-kd",
-                       kd={"loss": "rkl", "temperature": 2.0}, lora={"enabled": False}, train=dict(FAST))
+    cli(
+        [
+            "distill",
+            "--teacher",
+            tiny_models["teacher"],
+            "--student",
+            tiny_models["student"],
+            "--data",
+            four,
+            "--out",
+            tmp_path / "cli-kd",
+            "--loss",
+            "rkl",
+            "--temperature",
+            "2",
+            "--no-lora",
+            *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()],
+        ]
+    )
+    kd = kdlab.distill(
+        teacher=tiny_models["teacher"],
+        student=tiny_models["student"],
+        data=four,
+        out=tmp_path / "api-kd",
+        kd={"loss": "rkl", "temperature": 2.0},
+        lora={"enabled": False},
+        train=dict(FAST),
+    )
     same_weights(tmp_path / "cli-kd" / "final", kd.final)
     same_log(tmp_path / "cli-kd", kd.path)
     same_json(tmp_path / "cli-kd" / "result.json", kd.path / "result.json")
     # a RunConfig in, the same run out: it is already complete, so nothing is retrained
-    config = build_config("distill", None, {"model": str(tiny_models["student"]), "teacher": str(tiny_models["teacher"]),
-                                            "data": str(four), "out": str(kd.path), "kd.loss": "rkl",
-                                            "kd.temperature": 2.0, "lora.enabled": False,
-                                            **{f"train.{k}": v for k, v in FAST.items()}}, [])
+    config = build_config(
+        "distill",
+        None,
+        {
+            "model": str(tiny_models["student"]),
+            "teacher": str(tiny_models["teacher"]),
+            "data": str(four),
+            "out": str(kd.path),
+            "kd.loss": "rkl",
+            "kd.temperature": 2.0,
+            "lora.enabled": False,
+            **{f"train.{k}": v for k, v in FAST.items()},
+        },
+        [],
+    )
     again = kdlab.distill(config)
     assert again.summary == kd.summary
 
@@ -115,18 +161,55 @@ def test_evaluate_and_fidelity_match_the_cli(tiny_models, tmp_path):
     write_synth(tmp_path / "data" / "arith" / "test.json", n=6, seed=3, split="test")
     common = {"data_dir": tmp_path / "data", "max_new_tokens": 8, "batch_size": 3, "precision": "fp32"}
     for side in ("teacher", "student"):
-        cli(["eval", "--model", tiny_models[side], "--tasks", "arith", "--out", tmp_path / f"cli-{side}",
-             "--data-dir", common["data_dir"], "--max-new-tokens", 8, "--batch-size", 3, "--precision", "fp32"])
+        cli(
+            [
+                "eval",
+                "--model",
+                tiny_models[side],
+                "--tasks",
+                "arith",
+                "--out",
+                tmp_path / f"cli-{side}",
+                "--data-dir",
+                common["data_dir"],
+                "--max-new-tokens",
+                8,
+                "--batch-size",
+                3,
+                "--precision",
+                "fp32",
+            ]
+        )
         api = kdlab.evaluate(tiny_models[side], "arith", tmp_path / f"api-{side}", **common)
         same_json(tmp_path / f"cli-{side}" / "metrics.json", api.path / "metrics.json", ignore_paths=("settings",))
         assert api.metrics["tasks"]["arith"]["n"] == 6 and len(api.predictions("arith")) == 6
-        assert (tmp_path / f"cli-{side}" / "predictions" / "arith.jsonl").read_text() == \
-            (api.path / "predictions" / "arith.jsonl").read_text()
-    cli(["fidelity", "--teacher", tmp_path / "cli-teacher", "--student", tmp_path / "cli-student",
-         "--out", tmp_path / "cli-fid", "--teacher-model", tiny_models["teacher"], "--student-model",
-         tiny_models["student"], "--no-embeddings"])
-    fid = kdlab.fidelity(tmp_path / "api-teacher", tmp_path / "api-student", tmp_path / "api-fid",
-                         teacher_model=tiny_models["teacher"], student_model=tiny_models["student"], embeddings=False)
+        assert (tmp_path / f"cli-{side}" / "predictions" / "arith.jsonl").read_text() == (
+            api.path / "predictions" / "arith.jsonl"
+        ).read_text()
+    cli(
+        [
+            "fidelity",
+            "--teacher",
+            tmp_path / "cli-teacher",
+            "--student",
+            tmp_path / "cli-student",
+            "--out",
+            tmp_path / "cli-fid",
+            "--teacher-model",
+            tiny_models["teacher"],
+            "--student-model",
+            tiny_models["student"],
+            "--no-embeddings",
+        ]
+    )
+    fid = kdlab.fidelity(
+        tmp_path / "api-teacher",
+        tmp_path / "api-student",
+        tmp_path / "api-fid",
+        teacher_model=tiny_models["teacher"],
+        student_model=tiny_models["student"],
+        embeddings=False,
+    )
     same_json(tmp_path / "cli-fid" / "fidelity.json", fid.path / "fidelity.json", ignore_paths=("settings",))
     assert fid.summary["average"]["n"] == 6
 
@@ -137,15 +220,20 @@ def test_run_study_matches_the_cli(tiny_models, tmp_path):
     write_synth(tmp_path / "train.json", n=16, seed=0, split="train")
     write_synth(tmp_path / "eval" / "arith" / "test.json", n=4, seed=1, split="test")
     train = {"max_steps": 2, "batch_size": 4, "max_length": 320, "save_steps": 0, "lr": 1e-3, "precision": "fp32"}
-    spec = {"name": "api", "models": {"teacher": {"spec": str(tiny_models["teacher"])},
-                                      "small": {"spec": str(tiny_models["student"])}},
-            "teachers": ["teacher"], "students": ["small"],
-            "domains": {"arith": {"train": "train.json", "tasks": ["arith"], "data_dir": "eval"}},
-            "methods": {"fkl": {"loss": "fkl"}}, "temperatures": [1.0], "seeds": [0],
-            "teacher_training": {"lora": {"enabled": True}, "train": dict(train)},
-            "student_training": {"lora": {"enabled": False}, "train": dict(train)},
-            "evaluation": {"limit": 4, "max_new_tokens": 8, "batch_size": 4},
-            "fidelity": {"enabled": True, "token_kl": False, "embeddings": False}}
+    spec = {
+        "name": "api",
+        "models": {"teacher": {"spec": str(tiny_models["teacher"])}, "small": {"spec": str(tiny_models["student"])}},
+        "teachers": ["teacher"],
+        "students": ["small"],
+        "domains": {"arith": {"train": "train.json", "tasks": ["arith"], "data_dir": "eval"}},
+        "methods": {"fkl": {"loss": "fkl"}},
+        "temperatures": [1.0],
+        "seeds": [0],
+        "teacher_training": {"lora": {"enabled": True}, "train": dict(train)},
+        "student_training": {"lora": {"enabled": False}, "train": dict(train)},
+        "evaluation": {"limit": 4, "max_new_tokens": 8, "batch_size": 4},
+        "fidelity": {"enabled": True, "token_kl": False, "embeddings": False},
+    }
     path = tmp_path / "api.yaml"
     path.write_text(yaml.safe_dump(spec))
     cli(["study", "run", path, "--out", tmp_path / "cli-study"])
@@ -156,6 +244,7 @@ def test_run_study_matches_the_cli(tiny_models, tmp_path):
     columns = ["run", "role", "method", "task", "n", "correct", "accuracy"]
     api_results = study.results()
     cli_results = pd.read_csv(tmp_path / "cli-study" / "results" / "results.csv")
-    pd.testing.assert_frame_equal(api_results[columns].reset_index(drop=True), cli_results[columns],
-                                  check_dtype=False)
-    assert (tmp_path / "cli-study" / "stats" / "stats.md").read_text() == (study.path / "stats" / "stats.md").read_text()
+    pd.testing.assert_frame_equal(api_results[columns].reset_index(drop=True), cli_results[columns], check_dtype=False)
+    assert (tmp_path / "cli-study" / "stats" / "stats.md").read_text() == (
+        study.path / "stats" / "stats.md"
+    ).read_text()

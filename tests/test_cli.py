@@ -9,7 +9,19 @@ import pytest
 
 from kdlab.cli import build_parser, main
 
-COMMANDS = [["sft"], ["distill"], ["models", "prune"], ["models", "convert"], ["data", "synth"], ["data", "overlap"], ["eval"], ["fidelity"], ["stats", "paper"], ["demo"], ["export"]]
+COMMANDS = [
+    ["sft"],
+    ["distill"],
+    ["models", "prune"],
+    ["models", "convert"],
+    ["data", "synth"],
+    ["data", "overlap"],
+    ["eval"],
+    ["fidelity"],
+    ["stats", "paper"],
+    ["demo"],
+    ["export"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -24,14 +36,42 @@ def test_distill_help_documents_every_kd_setting(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["distill", "--help"])
     text = capsys.readouterr().out
-    for flag in ["--loss", "--temperature", "--kd-weight", "--beta", "--skew-alpha", "--lmbda", "--teacher-noise",
-                 "--lora-r", "--lr", "--grad-accum", "--precision", "--teacher-adapter"]:
+    for flag in [
+        "--loss",
+        "--temperature",
+        "--kd-weight",
+        "--beta",
+        "--skew-alpha",
+        "--lmbda",
+        "--teacher-noise",
+        "--lora-r",
+        "--lr",
+        "--grad-accum",
+        "--precision",
+        "--teacher-adapter",
+    ]:
         assert flag in text
 
 
 def test_console_script_runs(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "kdlab.cli", "data", "synth", "--n", "5", "--seed", "3", "--out",
-                           str(tmp_path / "s.json")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdlab.cli",
+            "data",
+            "synth",
+            "--n",
+            "5",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert len(json.loads((tmp_path / "s.json").read_text())) == 5
 
@@ -51,7 +91,11 @@ def test_data_overlap_reports_exact_and_ngram_counts(tmp_path, capsys):
     main(["data", "synth", "--n", "10", "--seed", "2", "--split", "test", "--out", str(tmp_path / "test.json")])
     capsys.readouterr()
     main(["data", "overlap", str(tmp_path / "train.json"), str(tmp_path / "train.json"), str(tmp_path / "test.json")])
-    rows = {Path(line.split()[0]).name: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    rows = {
+        Path(line.split()[0]).name: line.split()[1:]
+        for line in capsys.readouterr().out.splitlines()[2:]
+        if line.strip()
+    }
     assert rows["train.json"][:2] == ["30", "30"]  # n_test, exact: a file fully contains itself
     assert rows["test.json"][:2] == ["10", "0"]  # disjoint splits
 
@@ -59,14 +103,32 @@ def test_data_overlap_reports_exact_and_ngram_counts(tmp_path, capsys):
 def test_gsm8k_contamination_of_math_data(shared_dir, capsys):
     data = shared_dir / "data" / "paper-kd-generalization"
     main(["data", "overlap", str(data / "train" / "math_data.json"), str(data / "eval" / "gsm8k" / "test.json")])
-    rows = {Path(line.split()[0]).name: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    rows = {
+        Path(line.split()[0]).name: line.split()[1:]
+        for line in capsys.readouterr().out.splitlines()[2:]
+        if line.strip()
+    }
     assert rows["test.json"][:2] == ["1319", "1055"]
 
 
 def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
     results = shared_dir / "data" / "paper-kd-generalization" / "results"
-    main(["stats", "paper", "--results", str(results / "math_results_main.csv"), "--results", str(results / "llama_math_results.csv"),
-          "--agreement", str(results / "EM1.csv"), "--fidelity", str(results / "BLEU.csv"), "--out", str(tmp_path / "paper")])
+    main(
+        [
+            "stats",
+            "paper",
+            "--results",
+            str(results / "math_results_main.csv"),
+            "--results",
+            str(results / "llama_math_results.csv"),
+            "--agreement",
+            str(results / "EM1.csv"),
+            "--fidelity",
+            str(results / "BLEU.csv"),
+            "--out",
+            str(tmp_path / "paper"),
+        ]
+    )
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "paper" / "hypotheses.csv")
@@ -77,13 +139,16 @@ def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
     assert "MultiArith" in (tmp_path / "paper" / "hypotheses.md").read_text()
 
 
-@pytest.mark.parametrize("command, flags", [
-    (["data", "synth"], ["--task", "--seed", "--split", "--max-steps", "--min-steps", "--scale"]),
-    (["eval"], ["--limit", "--max-new-tokens", "--batch-size"]),
-    (["study", "run"], ["--max-wait", "--poll"]),
-    (["fidelity"], ["--allow-partial"]),
-    (["sft"], ["--on-long"]),
-])
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        (["data", "synth"], ["--task", "--seed", "--split", "--max-steps", "--min-steps", "--scale"]),
+        (["eval"], ["--limit", "--max-new-tokens", "--batch-size"]),
+        (["study", "run"], ["--max-wait", "--poll"]),
+        (["fidelity"], ["--allow-partial"]),
+        (["sft"], ["--on-long"]),
+    ],
+)
 def test_options_state_their_defaults(command, flags, capsys):
     """Why: several options lacked their defaults in --help (data synth, eval --limit/--max-new-tokens, study --max-wait)."""
     with pytest.raises(SystemExit):

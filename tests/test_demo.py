@@ -19,7 +19,9 @@ def test_demo_spec_is_the_promised_grid(tmp_path, size, transfer):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(demo_spec(tmp_path, size, transfer)))
     spec = load_spec(path)
-    assert set(spec.domains["arith"].tasks) == ({"arith", "AddSub", "SingleEq", "MultiArith", "SVAMP"} if transfer else {"arith"})
+    assert set(spec.domains["arith"].tasks) == (
+        {"arith", "AddSub", "SingleEq", "MultiArith", "SVAMP"} if transfer else {"arith"}
+    )
     assert spec.evaluation["precision"] == "auto" and spec.tuning.params == {"train.lr": list(size.lrs)}
     plan = build_plan(spec)
     kd = [node.meta for node in plan.nodes if node.kind == "kd"]
@@ -29,10 +31,13 @@ def test_demo_spec_is_the_promised_grid(tmp_path, size, transfer):
             assert runs == sorted([("fkl", 1.0), ("fkl", 2.0), ("rkl", 1.0)] * len(size.lrs))  # every candidate
     selects = [node.meta for node in plan.nodes if node.kind == "select"]
     assert sorted((m.method, m.seed) for m in selects) == sorted(
-        (method, seed) for method in ("sft", "fkl", "rkl") for seed in size.seeds for _ in size.student_layers)
+        (method, seed) for method in ("sft", "fkl", "rkl") for seed in size.seeds for _ in size.student_layers
+    )
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
     assert teacher.params["data"].endswith("/teacher.json")  # the teacher learns from its own problems
-    assert sum(node.kind == "student-sft" for node in plan.nodes) == len(size.student_layers) * len(size.seeds) * len(size.lrs)
+    assert sum(node.kind == "student-sft" for node in plan.nodes) == len(size.student_layers) * len(size.seeds) * len(
+        size.lrs
+    )
 
 
 def test_demo_data_keeps_the_sets_apart(tmp_path):
@@ -40,9 +45,14 @@ def test_demo_data_keeps_the_sets_apart(tmp_path):
     from kdlab.demo import _prepare_data
 
     data = _prepare_data(tmp_path, QUICK, None)
-    questions = {name: {e.instruction for e in load_json_examples(data / name)} for name in ("train.json", "teacher.json",
-                                                                                             "arith/test.json")}
-    assert len(questions["train.json"]) == QUICK.train + QUICK.validation and len(questions["teacher.json"]) == QUICK.teacher_train
+    questions = {
+        name: {e.instruction for e in load_json_examples(data / name)}
+        for name in ("train.json", "teacher.json", "arith/test.json")
+    }
+    assert (
+        len(questions["train.json"]) == QUICK.train + QUICK.validation
+        and len(questions["teacher.json"]) == QUICK.teacher_train
+    )
     assert not questions["train.json"] & questions["teacher.json"]
     assert not (questions["train.json"] | questions["teacher.json"]) & questions["arith/test.json"]
 
@@ -55,7 +65,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "study" / "report" / "report.html").is_file()
     assert set(result["students"]) == {f"smollm2-{n}l" for n in QUICK.student_layers}
     runs = result["students"][f"smollm2-{QUICK.student_layers[0]}l"]["runs"]
-    assert len(runs) == 3 * len(QUICK.seeds) and all(run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs)
+    assert len(runs) == 3 * len(QUICK.seeds) and all(
+        run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs
+    )
     assert 0.0 <= result["teacher"] <= 1.0
 
 
@@ -69,7 +81,9 @@ def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tm
     write_synth(tmp_path / "teacher.json", n=8, seed=2, split="train")
     (tmp_path / "arith").mkdir()
     config = Path(__file__).resolve().parents[1] / "configs" / "studies" / "smollm2-fidelity.yaml"
-    assert yaml.safe_load(config.read_text()) == yaml.safe_load(yaml.safe_dump(fidelity_spec(Path("$KDLAB_FIDELITY_DATA"), FULL)))
+    assert yaml.safe_load(config.read_text()) == yaml.safe_load(
+        yaml.safe_dump(fidelity_spec(Path("$KDLAB_FIDELITY_DATA"), FULL))
+    )
     monkeypatch.setenv("KDLAB_FIDELITY_DATA", str(tmp_path))
     spec = load_spec(config)
     assert spec.methods["speculative"].kd["speculative_k"] == 25 and spec.methods["decision"].kd["answer_weight"] == 5.0

@@ -31,8 +31,15 @@ def reference(student_hidden, student_weight, labels, teacher_hidden, teacher_we
     student_logits = (student_hidden @ student_weight.T)[:, :-1]
     teacher_logits = (teacher_hidden @ teacher_weight[:V].T)[:, :-1]
     keep = labels[:, 1:] != -100
-    total = naive_distill_loss(student_logits[keep], teacher_logits[keep], labels[:, 1:][keep], loss=loss, temperature=tau,
-                               kd_weight=w, loss_kwargs=kwargs)
+    total = naive_distill_loss(
+        student_logits[keep],
+        teacher_logits[keep],
+        labels[:, 1:][keep],
+        loss=loss,
+        temperature=tau,
+        kd_weight=w,
+        loss_kwargs=kwargs,
+    )
     return total / keep.sum()
 
 
@@ -53,8 +60,9 @@ def test_is_the_ce_kd_mix_of_the_plain_losses(float64_by_default, loss, tau, kwa
     """(1 - w) * CE + w * LOSSES[name] on logits shifted the transformers way (position t predicts labels[t + 1])."""
     student_hidden, student_weight, labels, teacher_hidden, teacher_weight = batch(1)
     w = 0.5
-    got = DistillationLoss(loss, temperature=tau, kd_weight=w, loss_kwargs=kwargs)(student_hidden, student_weight, labels,
-                                                                                    teacher_hidden, teacher_weight)
+    got = DistillationLoss(loss, temperature=tau, kd_weight=w, loss_kwargs=kwargs)(
+        student_hidden, student_weight, labels, teacher_hidden, teacher_weight
+    )
     student_logits, teacher_logits = student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T
     ce = F.cross_entropy(student_logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
     kd = LOSSES[loss](student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], temperature=tau, **kwargs)
@@ -70,12 +78,16 @@ def test_kd_weight_0_is_the_transformers_causal_lm_loss(float64_by_default):
     labels[:, :3] = -100
     out = model(input_ids=input_ids, labels=labels, output_hidden_states=True)
     teacher_log_probs = torch.randn(out.logits.shape)
-    got = DistillationLoss(kd_weight=0.0)(out.hidden_states[-1], model.lm_head.weight, labels, teacher_log_probs=teacher_log_probs)
+    got = DistillationLoss(kd_weight=0.0)(
+        out.hidden_states[-1], model.lm_head.weight, labels, teacher_log_probs=teacher_log_probs
+    )
     torch.testing.assert_close(got.float(), out.loss, rtol=1e-5, atol=1e-6)  # transformers computes its CE in float32
 
 
 def test_teacher_log_probs_give_the_live_teachers_loss(float64_by_default):
-    student_hidden, student_weight, labels, teacher_hidden, teacher_weight = batch(2, teacher_vocab=V + 3)  # padded head
+    student_hidden, student_weight, labels, teacher_hidden, teacher_weight = batch(
+        2, teacher_vocab=V + 3
+    )  # padded head
     loss_fn = DistillationLoss("gjsd", temperature=2.0, kd_weight=0.7, loss_kwargs={"beta": 0.2}, chunk_size=5)
     live = loss_fn(student_hidden, student_weight, labels, teacher_hidden, teacher_weight)
     log_probs = torch.log_softmax(teacher_hidden @ teacher_weight[:V].T, dim=-1)

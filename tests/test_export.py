@@ -27,10 +27,45 @@ def runs(tiny_models, synth_train, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export-runs")
     data = root / "eight.json"
     data.write_text(json.dumps(json.loads(synth_train.read_text())[:8]))
-    assert run_cli(["sft", "--model", tiny_models["talker"], "--data", data, "--out", root / "lora", "--max-steps", 3,
-                    "--lr", 1e-2, "--lora-r", 4, *FAST]) == 0
-    assert run_cli(["sft", "--model", tiny_models["student"], "--data", data, "--out", root / "full", "--max-steps", 1,
-                    "--no-lora", *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "sft",
+                "--model",
+                tiny_models["talker"],
+                "--data",
+                data,
+                "--out",
+                root / "lora",
+                "--max-steps",
+                3,
+                "--lr",
+                1e-2,
+                "--lora-r",
+                4,
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert (
+        run_cli(
+            [
+                "sft",
+                "--model",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                root / "full",
+                "--max-steps",
+                1,
+                "--no-lora",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return {"lora": root / "lora", "full": root / "full"}
 
 
@@ -38,7 +73,7 @@ def greedy(model, tokenizer, prompt: str = "Question: 3 + 4 = ?", tokens: int = 
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return output[0, inputs["input_ids"].shape[1]:].tolist()
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def test_merged_lora_loads_without_peft_and_generates_as_base_plus_adapter(tiny_models, runs, tmp_path):
@@ -50,7 +85,9 @@ def test_merged_lora_loads_without_peft_and_generates_as_base_plus_adapter(tiny_
     assert run_cli(["export", runs["lora"], "--out", out, "--merge-lora"]) == 0
     assert not (out / "adapter_config.json").exists() and (out / "config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(merged).__module__.startswith("transformers.") and not any("lora" in name for name in merged.state_dict())
+    assert type(merged).__module__.startswith("transformers.") and not any(
+        "lora" in name for name in merged.state_dict()
+    )
     tokenizer = AutoTokenizer.from_pretrained(out)
     with_adapter = load_model(str(tiny_models["talker"]), adapter=str(runs["lora"] / "final")).eval()
     assert type(with_adapter).__name__ == "PeftModelForCausalLM"  # not merged: the reference path

@@ -24,7 +24,9 @@ def test_no_token_outside_the_teachers_top_k_is_kept():
 def test_top_k_equal_to_the_vocabulary_is_plain_student_sampling():
     g = torch.Generator().manual_seed(3)
     student, teacher = torch.randn(500, 12, generator=g), torch.randn(500, 12, generator=g)
-    tokens, replaced = speculative_token(student, teacher, top_k=12, temperature=0.7, generator=torch.Generator().manual_seed(4))
+    tokens, replaced = speculative_token(
+        student, teacher, top_k=12, temperature=0.7, generator=torch.Generator().manual_seed(4)
+    )
     proposal = torch.multinomial(torch.softmax(student / 0.7, -1), 1, generator=torch.Generator().manual_seed(4))[:, 0]
     assert not replaced.any() and torch.equal(tokens, proposal)
 
@@ -38,9 +40,13 @@ def test_speculative_generation_with_kv_caches_matches_full_forward_passes(tiny_
     student = load_model(str(tiny_models["talker"])).eval()  # varied samples
     teacher = load_model(str(tiny_models["teacher"])).eval()
     vocab = len(tokenizer)
-    prompts = [tokenizer("What is 12 + 7?")["input_ids"], tokenizer("Tom has 5 apples. How many are left?")["input_ids"]]
-    responses, proposed, replaced = speculative_generate_ids(student, teacher, tokenizer, prompts, 12, top_k=3,
-                                                             vocab_size=vocab, seed=0)
+    prompts = [
+        tokenizer("What is 12 + 7?")["input_ids"],
+        tokenizer("Tom has 5 apples. How many are left?")["input_ids"],
+    ]
+    responses, proposed, replaced = speculative_generate_ids(
+        student, teacher, tokenizer, prompts, 12, top_k=3, vocab_size=vocab, seed=0
+    )
     assert proposed == sum(len(r) for r in responses) and 0 < replaced <= proposed
     for prompt, response in zip(prompts, responses):
         ids = torch.tensor([prompt + response])

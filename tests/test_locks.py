@@ -17,8 +17,13 @@ TIMEOUT = 240
 
 
 def start(argv):
-    return subprocess.Popen([sys.executable, "-m", "kdlab.cli", *map(str, argv)], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdlab.cli", *map(str, argv)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process):
@@ -39,9 +44,11 @@ def test_a_held_lock_is_refused_naming_host_and_pid(tmp_path):
     folder = tmp_path / "run"
     with folder_lock(folder, "test"):
         assert lock_file(folder).read_text().split() == [socket.gethostname(), str(os.getpid())]
-        code = ("import sys\nfrom kdlab.locks import folder_lock\nfrom kdlab.errors import KdlabError\n"
-                f"try:\n    with folder_lock({str(folder)!r}):\n        pass\n"
-                "except KdlabError as exc:\n    print(exc)\n    sys.exit(2)\n")
+        code = (
+            "import sys\nfrom kdlab.locks import folder_lock\nfrom kdlab.errors import KdlabError\n"
+            f"try:\n    with folder_lock({str(folder)!r}):\n        pass\n"
+            "except KdlabError as exc:\n    print(exc)\n    sys.exit(2)\n"
+        )
         done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
         assert f"in use by PID {os.getpid()} on host {socket.gethostname()}" in done.stdout
@@ -52,7 +59,9 @@ def test_a_held_lock_is_refused_naming_host_and_pid(tmp_path):
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60
+    )
     pid = int(dead.stdout)
     folder = tmp_path / "run"
     lock_file(folder).write_text(f"{socket.gethostname()} {pid}\n")  # left by a kill -9
@@ -64,8 +73,25 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
 def test_an_evaluation_into_a_locked_folder_exits_2_and_writes_nothing(tiny_models, arith_dir, tmp_path):
     out = tmp_path / "eval"
     with folder_lock(out, "test"):
-        code, _, err = finish(start(["eval", "--model", tiny_models["talker"], "--tasks", "arith", "--data-dir", arith_dir,
-                                     "--out", out, "--max-new-tokens", 4, "--precision", "fp32"]))
+        code, _, err = finish(
+            start(
+                [
+                    "eval",
+                    "--model",
+                    tiny_models["talker"],
+                    "--tasks",
+                    "arith",
+                    "--data-dir",
+                    arith_dir,
+                    "--out",
+                    out,
+                    "--max-new-tokens",
+                    4,
+                    "--precision",
+                    "fp32",
+                ]
+            )
+        )
     assert code == 2, err[-2000:]
     assert err.strip().splitlines()[-1].startswith(f"kdlab: error: {out}: in use by PID {os.getpid()}")
     assert not out.exists()
@@ -74,8 +100,20 @@ def test_an_evaluation_into_a_locked_folder_exits_2_and_writes_nothing(tiny_mode
 def test_two_evaluations_with_different_models_into_one_folder(tiny_models, arith_dir, tmp_path):
     """Why: both exited 0, the folder was labelled with one model and one run reported a wrong no-answer count."""
     out = tmp_path / "eval"
-    common = ["--tasks", "arith", "--data-dir", arith_dir, "--out", out, "--max-new-tokens", 24, "--batch-size", 2,
-              "--precision", "fp32"]
+    common = [
+        "--tasks",
+        "arith",
+        "--data-dir",
+        arith_dir,
+        "--out",
+        out,
+        "--max-new-tokens",
+        24,
+        "--batch-size",
+        2,
+        "--precision",
+        "fp32",
+    ]
     models = [tiny_models["talker"], tiny_models["teacher"]]
     results = [finish(process) for process in [start(["eval", "--model", model, *common]) for model in models]]
     codes = sorted(code for code, _, _ in results)
@@ -93,8 +131,23 @@ def test_two_evaluations_with_different_models_into_one_folder(tiny_models, arit
 def test_two_sft_runs_with_different_settings_into_one_folder(tiny_models, synth_train, tmp_path):
     """Why: both ran and the last writer won; now one trains and the other exits 2."""
     out = tmp_path / "run"
-    common = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, "--max-steps", 3,
-              "--batch-size", 2, "--precision", "fp32", "--save-steps", 0]
+    common = [
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--out",
+        out,
+        "--max-steps",
+        3,
+        "--batch-size",
+        2,
+        "--precision",
+        "fp32",
+        "--save-steps",
+        0,
+    ]
     results = [finish(process) for process in [start([*common, "--lr", lr]) for lr in (1e-3, 2e-3)]]
     codes = [code for code, _, _ in results]
     assert sorted(codes) == [0, 2], [err[-1500:] for _, _, err in results]
@@ -108,9 +161,32 @@ def test_two_sft_runs_with_different_settings_into_one_folder(tiny_models, synth
 def test_two_runs_sharing_a_new_teacher_cache_build_it_once(tiny_models, synth_train, tmp_path):
     """One process builds the cache; the other waits for it and reuses it."""
     cache = tmp_path / "cache"
-    runs = [start(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
-                   "--teacher-cache", cache, "--out", tmp_path / f"kd{i}", "--max-steps", 1, "--batch-size", 4,
-                   "--precision", "fp32", "--save-steps", 0]) for i in range(2)]
+    runs = [
+        start(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                synth_train,
+                "--teacher-cache",
+                cache,
+                "--out",
+                tmp_path / f"kd{i}",
+                "--max-steps",
+                1,
+                "--batch-size",
+                4,
+                "--precision",
+                "fp32",
+                "--save-steps",
+                0,
+            ]
+        )
+        for i in range(2)
+    ]
     results = [finish(process) for process in runs]
     assert [code for code, _, _ in results] == [0, 0], [err[-1500:] for _, _, err in results]
     assert sum(out.count("building the teacher cache") for _, out, _ in results) == 1
@@ -122,6 +198,5 @@ def test_a_lock_file_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypat
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "open", refuse)
-    with pytest.raises(KdlabError, match="cannot create the lock file"):
-        with folder_lock(tmp_path / "run"):
-            pass
+    with pytest.raises(KdlabError, match="cannot create the lock file"), folder_lock(tmp_path / "run"):
+        pass

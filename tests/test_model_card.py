@@ -51,24 +51,63 @@ def test_sft_lora_card(tiny_models, synth_train, tmp_path):
 
 def test_kd_card_gets_the_study_evaluation_and_fidelity(tiny_models, synth_train, arith_dir, tmp_path):
     out = tmp_path / "kd"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
-                    "--out", out, "--loss", "rkl", "--temperature", 2, "--kd-weight", 0.5, "--no-lora", *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                synth_train,
+                "--out",
+                out,
+                "--loss",
+                "rkl",
+                "--temperature",
+                2,
+                "--kd-weight",
+                0.5,
+                "--no-lora",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     header = front(out / "final" / "README.md")
     assert header["library_name"] == "transformers" and {"knowledge-distillation", "kd", "rkl"} <= set(header["tags"])
     assert header["kdlab"]["teacher"] == str(tiny_models["teacher"])
     body = read_model_card(out / "final")[1]
     assert "- loss: rkl" in body and "- temperature: 2.0" in body and "- kd_weight: 0.5" in body
 
-    settings = {"tasks": ["arith"], "data_dir": str(arith_dir), "mode": "generate", "extraction": "strict", "batch_size": 6,
-                "limit": None, "max_new_tokens": 6, "precision": "fp32"}
+    settings = {
+        "tasks": ["arith"],
+        "data_dir": str(arith_dir),
+        "mode": "generate",
+        "extraction": "strict",
+        "batch_size": 6,
+        "limit": None,
+        "max_new_tokens": 6,
+        "precision": "fp32",
+    }
     RUNNERS["eval"]({**settings, "model": str(out / "final"), "adapter": None}, tmp_path / "eval-student", tmp_path)
-    RUNNERS["eval"]({**settings, "model": str(tiny_models["teacher"]), "adapter": None}, tmp_path / "eval-teacher", tmp_path)
+    RUNNERS["eval"](
+        {**settings, "model": str(tiny_models["teacher"]), "adapter": None}, tmp_path / "eval-teacher", tmp_path
+    )
     metrics = json.loads((tmp_path / "eval-student" / "metrics.json").read_text())
     header = front(out / "final" / "README.md")
     assert header["kdlab"]["evaluation"] == metrics["tasks"]
 
-    RUNNERS["fidelity"]({"teacher_eval": str(tmp_path / "eval-teacher"), "student_eval": str(tmp_path / "eval-student"),
-                         "embeddings": False}, tmp_path / "fidelity", tmp_path)
+    RUNNERS["fidelity"](
+        {
+            "teacher_eval": str(tmp_path / "eval-teacher"),
+            "student_eval": str(tmp_path / "eval-student"),
+            "embeddings": False,
+        },
+        tmp_path / "fidelity",
+        tmp_path,
+    )
     fidelity = json.loads((tmp_path / "fidelity" / "fidelity.json").read_text())
     header = front(out / "final" / "README.md")
     assert header["kdlab"]["evaluation"] == metrics["tasks"]  # kept

@@ -82,7 +82,9 @@ def test_settings_compare_by_content_not_path_strings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     old = {"out": "runs/x/", "data": "d.json", "train": {"lr": 1}}
     assert same_settings(old, {"out": str(tmp_path / "moved"), "data": str(data), "train": {"lr": 1}}, ("data",)) == []
-    assert same_settings(old, {"out": "runs/x", "data": "./d.json", "train": {"lr": 2}}, ("data",)) == ["train.lr: 1 -> 2"]
+    assert same_settings(old, {"out": "runs/x", "data": "./d.json", "train": {"lr": 2}}, ("data",)) == [
+        "train.lr: 1 -> 2"
+    ]
 
 
 # ------------------------------------------------------------------ atomic folders
@@ -95,9 +97,8 @@ def test_atomic_dir_never_replaces_a_users_file_or_folder(tmp_path):
         with atomic_dir(folder, marker="PRUNED.txt") as tmp:
             (tmp / "x").write_text("new")
     (tmp_path / "file").write_text("keep me")
-    with pytest.raises(KdlabError, match="exists and is a file"):
-        with atomic_dir(tmp_path / "file") as tmp:
-            pass
+    with pytest.raises(KdlabError, match="exists and is a file"), atomic_dir(tmp_path / "file") as tmp:
+        pass
     assert (folder / "thesis.txt").read_text() == "years of work" and (tmp_path / "file").read_text() == "keep me"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "user"]  # no .old, no temporary folder
     ours = tmp_path / "ours"
@@ -130,7 +131,12 @@ def test_models_prune_refuses_a_users_folder_and_file(tiny_models, tmp_path, cap
     assert "not a pruned model" in one_error_line(capsys)
     assert [path.name for path in folder.iterdir()] == ["thesis.txt"]
     (tmp_path / "notes.txt").write_text("keep")
-    assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", tmp_path / "notes.txt"]) == 2
+    assert (
+        run_cli(
+            ["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", tmp_path / "notes.txt"]
+        )
+        == 2
+    )
     assert "exists and is a file" in one_error_line(capsys)
     assert (tmp_path / "notes.txt").read_text() == "keep" and not (tmp_path / ".notes.txt.old").exists()
     out = tmp_path / "pruned"
@@ -144,8 +150,22 @@ def test_eval_out_an_existing_file(tiny_models, tmp_path, capsys):
 
     write_synth(tmp_path / "data" / "arith" / "test.json", n=2, seed=1, split="test")
     (tmp_path / "results.txt").write_text("keep")
-    assert run_cli(["eval", "--model", tiny_models["student"], "--tasks", "arith", "--data-dir", tmp_path / "data",
-                    "--out", tmp_path / "results.txt"]) == 2
+    assert (
+        run_cli(
+            [
+                "eval",
+                "--model",
+                tiny_models["student"],
+                "--tasks",
+                "arith",
+                "--data-dir",
+                tmp_path / "data",
+                "--out",
+                tmp_path / "results.txt",
+            ]
+        )
+        == 2
+    )
     assert "exists and is a file" in one_error_line(capsys)
     assert (tmp_path / "results.txt").read_text() == "keep"
 
@@ -182,8 +202,10 @@ def test_models_convert_of_a_file_that_is_not_gguf(tmp_path, capsys):
     assert "not a model folder" in one_error_line(capsys)
 
 
-PAPER_CSV = ("Teacher,Student,Method,taskA\n-,M-0.5B,SFT,10\n-,M-2B,SFT,20\nM-7B,M-0.5B,student_KD_temp_1.0,12\n"
-             "M-7B,M-2B,student_KD_temp_1.0,22\nM-7B,M-0.5B,student_RevKD_temp_1.0,11\nM-7B,M-2B,student_RevKD_temp_1.0,26\n")
+PAPER_CSV = (
+    "Teacher,Student,Method,taskA\n-,M-0.5B,SFT,10\n-,M-2B,SFT,20\nM-7B,M-0.5B,student_KD_temp_1.0,12\n"
+    "M-7B,M-2B,student_KD_temp_1.0,22\nM-7B,M-0.5B,student_RevKD_temp_1.0,11\nM-7B,M-2B,student_RevKD_temp_1.0,26\n"
+)
 
 
 def _denied(path):
@@ -216,23 +238,47 @@ def test_a_permission_error_on_an_output_is_one_line(command, tiny_models, synth
     if command == "fidelity":
         for side in ("teacher", "student"):
             real_mkdir(tmp_path / side / "predictions", parents=True)
-            (tmp_path / side / "predictions" / "arith.jsonl").write_text(json.dumps(
-                {"id": 0, "prompt": "q", "gold": "2", "pred": "2", "correct": True, "output": "The answer is 2."}) + "\n")
+            (tmp_path / side / "predictions" / "arith.jsonl").write_text(
+                json.dumps(
+                    {"id": 0, "prompt": "q", "gold": "2", "pred": "2", "correct": True, "output": "The answer is 2."}
+                )
+                + "\n"
+            )
             (tmp_path / side / "metrics.json").write_text("{}")
     argv = {
-        "sft": ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, "--max-steps", 1,
-                "--precision", "fp32"],
+        "sft": [
+            "sft",
+            "--model",
+            tiny_models["student"],
+            "--data",
+            synth_train,
+            "--out",
+            out,
+            "--max-steps",
+            1,
+            "--precision",
+            "fp32",
+        ],
         "eval": ["eval", "--model", tiny_models["student"], "--tasks", "arith", "--data-dir", eval_dir, "--out", out],
         "data synth": ["data", "synth", "--n", 2, "--out", out / "s.json"],
         "models prune": ["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", out],
-        "fidelity": ["fidelity", "--teacher", tmp_path / "teacher", "--student", tmp_path / "student", "--out", out,
-                     "--no-embeddings"],
+        "fidelity": [
+            "fidelity",
+            "--teacher",
+            tmp_path / "teacher",
+            "--student",
+            tmp_path / "student",
+            "--out",
+            out,
+            "--no-embeddings",
+        ],
         "stats paper": ["stats", "paper", "--results", tmp_path / "r.csv", "--out", out],
     }[command]
     if command == "eval":
         real_mkdir(eval_dir / "arith", parents=True)
-        (eval_dir / "arith" / "test.json").write_text(json.dumps(
-            [{"instruction": "1+1?", "input": "", "output": "The answer is 2.", "answer": "2"}]))
+        (eval_dir / "arith" / "test.json").write_text(
+            json.dumps([{"instruction": "1+1?", "input": "", "output": "The answer is 2.", "answer": "2"}])
+        )
     if command == "stats paper":
         (tmp_path / "r.csv").write_text(PAPER_CSV)
     assert run_cli(argv) == 2

@@ -21,9 +21,7 @@ def results_dir() -> Path:
 
 
 def _pick(frame, hypothesis, group, task):
-    row = frame[
-        (frame.hypothesis == hypothesis) & (frame.group == group) & (frame.task == task)
-    ]
+    row = frame[(frame.hypothesis == hypothesis) & (frame.group == group) & (frame.task == task)]
     assert len(row) == 1, (hypothesis, group, task)
     return row.iloc[0]
 
@@ -31,16 +29,12 @@ def _pick(frame, hypothesis, group, task):
 def test_multiarith_h3_matches_paper(results_dir):
     # the paper's -0.83 comes from the Qwen math CSV together with the Llama math CSV (-0.828);
     # the Qwen CSV alone gives -0.824 (also within 0.01)
-    both = paper_hypotheses(
-        [results_dir / "math_results_main.csv", results_dir / "llama_math_results.csv"]
-    )
+    both = paper_hypotheses([results_dir / "math_results_main.csv", results_dir / "llama_math_results.csv"])
     row = _pick(both, "H3", "all", "MultiArith")
     assert row.statistic == pytest.approx(-0.83, abs=0.01)
     assert row.n == 33
     alone = paper_hypotheses([results_dir / "math_results_main.csv"])
-    assert _pick(alone, "H3", "all", "MultiArith").statistic == pytest.approx(
-        -0.83, abs=0.01
-    )
+    assert _pick(alone, "H3", "all", "MultiArith").statistic == pytest.approx(-0.83, abs=0.01)
 
 
 def _independent(csv: Path, task: str, group: str) -> tuple:
@@ -106,30 +100,19 @@ def test_tiny_csv_parsing(tmp_path):
     csv = tmp_path / "r.csv"
     csv.write_text("\n".join(rows) + "\n")
     agree = tmp_path / "a.csv"
-    agree.write_text(
-        "Teacher,Student,Pair,Method,taskA\nM-7B,M-0.5B,x,SFT,0\nM-7B,M-0.5B,x,KD,30\n"
-        "M-7B,M-2B,x,KD,40\n"
-    )
+    agree.write_text("Teacher,Student,Pair,Method,taskA\nM-7B,M-0.5B,x,SFT,0\nM-7B,M-0.5B,x,KD,30\nM-7B,M-2B,x,KD,40\n")
     frame = write_paper_stats([csv], [agree], [], tmp_path / "out")
     imps = [5, 2, 1, 6, 3, 4]  # (SeqKD: 0.5B, 2B), (RevKD), (GKD)
     h1 = _pick(frame, "H1", "all", "taskA")
     ref = stats.ttest_1samp(imps, 0.0, alternative="greater")
     assert h1.n == 6 and h1.statistic == pytest.approx(ref.statistic, abs=1e-12)
     ref3 = stats.spearmanr(imps, [0.5, 2, 0.5, 2, 0.5, 2])
-    assert _pick(frame, "H3", "all", "taskA").statistic == pytest.approx(
-        ref3.statistic, abs=1e-12
-    )
-    assert _pick(frame, "H4", "all", "taskA").statistic == pytest.approx(
-        ref3.statistic, abs=1e-12
-    )
+    assert _pick(frame, "H3", "all", "taskA").statistic == pytest.approx(ref3.statistic, abs=1e-12)
+    assert _pick(frame, "H4", "all", "taskA").statistic == pytest.approx(ref3.statistic, abs=1e-12)
     anova = stats.f_oneway([5, 2], [1, 6], [3, 4])
-    assert _pick(frame, "H1-anova", "all", "taskA").statistic == pytest.approx(
-        anova.statistic, abs=1e-12
-    )
+    assert _pick(frame, "H1-anova", "all", "taskA").statistic == pytest.approx(anova.statistic, abs=1e-12)
     seq = stats.ttest_1samp([5, 2], 0.0, alternative="greater")
-    assert _pick(frame, "H1", "SeqKD", "taskA").statistic == pytest.approx(
-        seq.statistic, abs=1e-12
-    )
+    assert _pick(frame, "H1", "SeqKD", "taskA").statistic == pytest.approx(seq.statistic, abs=1e-12)
     written = pd.read_csv(tmp_path / "out" / "hypotheses.csv")
     assert list(written.columns[:5]) == [
         "hypothesis",

@@ -54,10 +54,11 @@ CASES = [("fkl", {}, 0.0), ("rkl", {}, 1.0)] + [("gjsd", {"beta": b}, b) for b i
 CASE_IDS = ["fkl", "rkl"] + [f"gjsd{b}" for b in (0.0, 0.1, 0.5, 0.9, 1.0)]
 
 EXAMPLES = [
-    Example(instruction="Tom has 3 apples and buys 4 more. How many apples does he have?",
-            output="Tom has 3 + 4 = 7 apples. The answer is 7."),
-    Example(instruction="Ann had 9 pens and gave away 5. How many are left?",
-            output="9 - 5 = 4. The answer is 4."),
+    Example(
+        instruction="Tom has 3 apples and buys 4 more. How many apples does he have?",
+        output="Tom has 3 + 4 = 7 apples. The answer is 7.",
+    ),
+    Example(instruction="Ann had 9 pens and gave away 5. How many are left?", output="9 - 5 = 4. The answer is 4."),
 ]
 
 
@@ -146,8 +147,21 @@ def test_kdlab_losses_match_trl(fixed_batch, name, kwargs, beta, tau):
     keep, n = b.keep, int(b.keep.sum())
     h_s = b.hidden_s[keep].clone().requires_grad_(True)  # [N, H_s]
     w_s = b.weight_s.clone().requires_grad_(True)  # [V, H_s]
-    chunked = chunked_distill_loss(h_s, w_s, b.hidden_t[keep], b.weight_t, b.labels[keep], loss=name,
-                                   temperature=tau, kd_weight=1.0, loss_kwargs=kwargs, chunk_size=16) / n
+    chunked = (
+        chunked_distill_loss(
+            h_s,
+            w_s,
+            b.hidden_t[keep],
+            b.weight_t,
+            b.labels[keep],
+            loss=name,
+            temperature=tau,
+            kd_weight=1.0,
+            loss_kwargs=kwargs,
+            chunk_size=16,
+        )
+        / n
+    )
     assert rel_err(chunked, theirs) < RTOL, (chunked.item(), theirs.item())
     grad_h, grad_w = torch.autograd.grad(chunked, (h_s, w_s))
     assert rel_err(grad_h, grad_z[keep] @ b.weight_s) < RTOL_THROUGH_MATMUL
@@ -162,8 +176,17 @@ def test_chunked_logit_gradient_matches_trl(tiny_batch, name, kwargs, beta, tau)
     z_s, z_t = tiny_batch.logits()
     keep, vocab = tiny_batch.keep, z_s.shape[-1]
     eye = torch.eye(vocab)
-    ours = chunked_distill_loss(z_s[keep], eye, z_t[keep], eye, tiny_batch.labels[keep], loss=name, temperature=tau,
-                                loss_kwargs=kwargs, chunk_size=5) / int(keep.sum())
+    ours = chunked_distill_loss(
+        z_s[keep],
+        eye,
+        z_t[keep],
+        eye,
+        tiny_batch.labels[keep],
+        loss=name,
+        temperature=tau,
+        loss_kwargs=kwargs,
+        chunk_size=5,
+    ) / int(keep.sum())
     theirs = tau**2 * trl_loss(z_s, z_t, labels=tiny_batch.labels, beta=beta, temperature=tau)
     assert rel_err(ours, theirs) < RTOL
     (grad_ours,) = torch.autograd.grad(ours, z_s)

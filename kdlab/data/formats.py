@@ -32,7 +32,9 @@ class Example:
 
 def _example_from_record(record: object, where: str) -> Example:
     if not isinstance(record, dict):
-        raise KdlabError(f"{where}: expected an object with fields instruction/input/output/answer, got {type(record).__name__}")
+        raise KdlabError(
+            f"{where}: expected an object with fields instruction/input/output/answer, got {type(record).__name__}"
+        )
     values = {}
     for field in REQUIRED_FIELDS + OPTIONAL_FIELDS:
         value = record.get(field, "")
@@ -76,18 +78,22 @@ def load_hub_examples(spec: str, field_map: dict[str, str] | None = None) -> lis
     """
     import datasets  # imported lazily: slow import
 
-    body = spec[len("hf:"):]
+    body = spec[len("hf:") :]
     name, _, split = body.partition("@")
     name, _, config = name.partition(":")
     try:
         dataset = datasets.load_dataset(name, config or None, split=split or "train")
     except Exception as exc:  # network, missing dataset, bad split: one line for the user
-        raise KdlabError(f"{spec}: could not load Hub dataset ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise KdlabError(
+            f"{spec}: could not load Hub dataset ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     field_map = field_map or {}
     columns = {field: field_map.get(field, field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
     for field in REQUIRED_FIELDS:
         if columns[field] not in dataset.column_names:
-            raise KdlabError(f"{spec}: no column '{columns[field]}' for field '{field}' (columns: {dataset.column_names})")
+            raise KdlabError(
+                f"{spec}: no column '{columns[field]}' for field '{field}' (columns: {dataset.column_names})"
+            )
     examples = []
     for index, row in enumerate(dataset):
         record = {field: row[column] for field, column in columns.items() if column in row}

@@ -55,7 +55,7 @@ def question_text(example: Example) -> str:
 
 def _ngram_hashes(normalised: str, n: int) -> set[int]:
     words = _WORD.findall(normalised)
-    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+    return {hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)}
 
 
 def overlap_report(train_path: str | Path, test_paths: list, n: int = 13) -> list[OverlapReport]:
@@ -85,7 +85,14 @@ def format_reports(reports: list[OverlapReport]) -> str:
     ngram_title = f"{reports[0].n}-gram" if reports and len({r.n for r in reports}) == 1 else "n-gram"
     header = ["file", "n_test", "exact", "%", ngram_title, "%"]
     rows = [
-        [r.test_file, str(r.n_test), str(r.exact), _percent(r.exact, r.n_test), str(r.ngram), _percent(r.ngram, r.n_test)]
+        [
+            r.test_file,
+            str(r.n_test),
+            str(r.exact),
+            _percent(r.exact, r.n_test),
+            str(r.ngram),
+            _percent(r.ngram, r.n_test),
+        ]
         for r in reports
     ]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]

@@ -29,8 +29,14 @@ def _questions(examples: list[Example]) -> set[str]:
     return {normalise_question(question_text(example)) for example in examples}
 
 
-def validation_split(train: list[Example], n: int, seed: int, validation: list[Example] | None = None,
-                     test: list[Example] = (), where: str = "training data") -> Split:
+def validation_split(
+    train: list[Example],
+    n: int,
+    seed: int,
+    validation: list[Example] | None = None,
+    test: list[Example] = (),
+    where: str = "training data",
+) -> Split:
     """(train, validation) with no question in common with each other or with ``test``.
 
     Without ``validation``: ``n`` training examples chosen by a permutation seeded with ``seed`` (the rest, in file

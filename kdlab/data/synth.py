@@ -26,21 +26,50 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kdlab.data.formats import Example, examples_json
-from kdlab.io import atomic_write_text
 from kdlab.data.overlap import normalise_question
 from kdlab.errors import KdlabError
+from kdlab.io import atomic_write_text
 
 SPLITS = ("train", "test")
 MAX_STEPS = 3
 TEST_PERCENT = 20  # share of all possible questions that belong to the test split
 
 PEOPLE = [
-    ("Tom", "he"), ("Maria", "she"), ("Sam", "he"), ("Lena", "she"), ("Omar", "he"), ("Priya", "she"),
-    ("Jack", "he"), ("Emma", "she"), ("Luis", "he"), ("Aisha", "she"), ("Ben", "he"), ("Nora", "she"),
-    ("Kenji", "he"), ("Zoe", "she"), ("Ravi", "he"), ("Mia", "she"),
+    ("Tom", "he"),
+    ("Maria", "she"),
+    ("Sam", "he"),
+    ("Lena", "she"),
+    ("Omar", "he"),
+    ("Priya", "she"),
+    ("Jack", "he"),
+    ("Emma", "she"),
+    ("Luis", "he"),
+    ("Aisha", "she"),
+    ("Ben", "he"),
+    ("Nora", "she"),
+    ("Kenji", "he"),
+    ("Zoe", "she"),
+    ("Ravi", "he"),
+    ("Mia", "she"),
 ]
-ITEMS = ["apples", "marbles", "stickers", "pencils", "books", "cookies", "stamps", "cards", "shells",
-         "balloons", "toy cars", "crayons", "oranges", "beads", "coins", "cupcakes"]
+ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "pencils",
+    "books",
+    "cookies",
+    "stamps",
+    "cards",
+    "shells",
+    "balloons",
+    "toy cars",
+    "crayons",
+    "oranges",
+    "beads",
+    "coins",
+    "cupcakes",
+]
 CONTAINERS = [("box", "boxes"), ("bag", "bags"), ("jar", "jars"), ("pack", "packs"), ("basket", "baskets")]
 GOODS = ["notebooks", "pens", "tickets", "sandwiches", "comic books", "plants", "mugs"]
 CONNECTORS = ["", "", "Then ", "Later, ", "After that, "]
@@ -48,16 +77,30 @@ FRACTIONS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
 
 # (story predicate, rationale predicate); {b} is the amount, {f} another person, {u} the unit
 ADD_ACTIONS = {
-    "items": [("buys {b} more {u}", "buys {b} more"), ("gets {b} more {u} from {f}", "gets {b} more from {f}"),
-              ("finds {b} more {u}", "finds {b} more"), ("wins {b} more {u} in a game", "wins {b} more")],
-    "money": [("earns {b} more dollars", "earns {b} more"), ("gets {b} dollars from {f}", "gets {b} more from {f}"),
-              ("finds {b} dollars", "finds {b} more")],
+    "items": [
+        ("buys {b} more {u}", "buys {b} more"),
+        ("gets {b} more {u} from {f}", "gets {b} more from {f}"),
+        ("finds {b} more {u}", "finds {b} more"),
+        ("wins {b} more {u} in a game", "wins {b} more"),
+    ],
+    "money": [
+        ("earns {b} more dollars", "earns {b} more"),
+        ("gets {b} dollars from {f}", "gets {b} more from {f}"),
+        ("finds {b} dollars", "finds {b} more"),
+    ],
 }
 SUB_ACTIONS = {
-    "items": [("gives {b} {u} to {f}", "gives {b} to {f}"), ("sells {b} of the {u}", "sells {b}"),
-              ("loses {b} {u}", "loses {b}"), ("uses {b} of the {u}", "uses {b}")],
-    "money": [("spends {b} dollars on a gift", "spends {b}"), ("gives {b} dollars to {f}", "gives {b} to {f}"),
-              ("pays {b} dollars for lunch", "pays {b}")],
+    "items": [
+        ("gives {b} {u} to {f}", "gives {b} to {f}"),
+        ("sells {b} of the {u}", "sells {b}"),
+        ("loses {b} {u}", "loses {b}"),
+        ("uses {b} of the {u}", "uses {b}"),
+    ],
+    "money": [
+        ("spends {b} dollars on a gift", "spends {b}"),
+        ("gives {b} dollars to {f}", "gives {b} to {f}"),
+        ("pays {b} dollars for lunch", "pays {b}"),
+    ],
 }
 QUESTIONS = {
     "now": ["How many {u} does {h} have now?", "How many {u} does {h} have in total?"],
@@ -70,24 +113,35 @@ QUESTIONS = {
 class Scale:
     """Number ranges of the generated problems (inclusive upper bounds)."""
 
-    start_items: int = 60       # plain starting amount of objects (from 5; from 3 at small scale)
-    start_money: int = 100      # plain starting amount of dollars (from 20; from 5 at small scale)
-    add: int = 30               # amount added to objects (money: add + 10)
-    sub: int = 40               # amount removed
-    more: int = 25              # "b more than"
-    fewer: int = 30             # "b fewer than"
-    times: int = 5              # "b times as many as"
-    divisor: int = 12           # packing into containers of b (sharing: divisor - 2 friends)
-    product_k: int = 9          # k containers ...
-    product_p: int = 15         # ... of p objects each (money: p + 5 dollars an hour)
+    start_items: int = 60  # plain starting amount of objects (from 5; from 3 at small scale)
+    start_money: int = 100  # plain starting amount of dollars (from 20; from 5 at small scale)
+    add: int = 30  # amount added to objects (money: add + 10)
+    sub: int = 40  # amount removed
+    more: int = 25  # "b more than"
+    fewer: int = 30  # "b fewer than"
+    times: int = 5  # "b times as many as"
+    divisor: int = 12  # packing into containers of b (sharing: divisor - 2 friends)
+    product_k: int = 9  # k containers ...
+    product_p: int = 15  # ... of p objects each (money: p + 5 dollars an hour)
     low: bool = False
 
 
 SCALES = {
     "standard": Scale(),
     # single-digit operands: facts a small (or pruned) model can still get right
-    "small": Scale(start_items=12, start_money=20, add=9, sub=9, more=9, fewer=9, times=3, divisor=4, product_k=5,
-                   product_p=5, low=True),
+    "small": Scale(
+        start_items=12,
+        start_money=20,
+        add=9,
+        sub=9,
+        more=9,
+        fewer=9,
+        times=3,
+        divisor=4,
+        product_k=5,
+        product_p=5,
+        low=True,
+    ),
 }
 
 
@@ -193,7 +247,9 @@ def _share(rng: random.Random, s: _State, first: bool) -> _Step | None:
             return None
         b = rng.choice(_divisors(x, _SCALE.divisor))
         single, plural = s.container
-        story = f"{rng.choice(CONNECTORS)}{name} puts all the {s.unit} into {plural}, with {b} {s.unit} in each {single}."
+        story = (
+            f"{rng.choice(CONNECTORS)}{name} puts all the {s.unit} into {plural}, with {b} {s.unit} in each {single}."
+        )
         lead = f"{name} starts with {x} {s.unit} and puts them" if first else f"{name} puts {x} {s.unit}"
         rationale = f"{lead} into {plural} of {b}, so {pronoun} fills {x} / {b} = {x // b} {plural}."
         question = f"How many {plural} does {name} fill?"
@@ -219,7 +275,9 @@ def _buy(rng: random.Random, s: _State, first: bool) -> _Step | None:
     goods = rng.choice(GOODS)
     cost, y = k * p, s.value - k * p
     story = f"{rng.choice(CONNECTORS)}{name} buys {k} {goods} that cost {p} dollars each."
-    lead = f"{name} starts with {s.value} dollars, so {pronoun}" if first else f"{name} pays {cost} dollars, so {pronoun}"
+    lead = (
+        f"{name} starts with {s.value} dollars, so {pronoun}" if first else f"{name} pays {cost} dollars, so {pronoun}"
+    )
     rationale = [f"The {goods} cost {k} x {p} = {cost} dollars.", f"{lead} has {s.value} - {cost} = {y} dollars left."]
     return _Step(story, rationale, replace(s, value=y), _question(rng, "left", "dollars", name))
 
@@ -239,13 +297,19 @@ def _start(rng: random.Random, product: bool) -> tuple[_State, str, list[str], s
     container = rng.choice(CONTAINERS)
     name, pronoun = holder
     if not product:
-        value = (rng.randint(3 if _SCALE.low else 5, _SCALE.start_items) if kind == "items"
-                 else rng.randint(5 if _SCALE.low else 20, _SCALE.start_money))
+        value = (
+            rng.randint(3 if _SCALE.low else 5, _SCALE.start_items)
+            if kind == "items"
+            else rng.randint(5 if _SCALE.low else 20, _SCALE.start_money)
+        )
         verb = rng.choice(["has", "has", "owns"] if kind == "items" else ["has", "saves", "has"])
         state = _State(holder, unit, kind, value, container, (name,))
         return state, f"{name} {verb} {value} {unit}.", [], _question(rng, "", unit, name)
     if kind == "money":
-        k, p = rng.randint(2, _SCALE.product_k - 1 * (not _SCALE.low)), rng.randint(2 if _SCALE.low else 5, _SCALE.product_p + 5)
+        k, p = (
+            rng.randint(2, _SCALE.product_k - 1 * (not _SCALE.low)),
+            rng.randint(2 if _SCALE.low else 5, _SCALE.product_p + 5),
+        )
         story = f"{name} earns {p} dollars an hour and works for {k} hours."
         rationale = f"{name} earns {p} dollars for each of {k} hours, so {pronoun} earns {k} x {p} = {k * p} dollars."
         question = f"How many dollars does {name} earn?"
@@ -265,8 +329,11 @@ def _problem(rng: random.Random, steps: int) -> Example:
     story = [opening]
     remaining = steps - len(rationale)
     while remaining > 0:
-        candidates = [(op, cost) for op, cost, final_only in OPERATIONS
-                      if cost <= remaining and (not final_only or cost == remaining)]
+        candidates = [
+            (op, cost)
+            for op, cost, final_only in OPERATIONS
+            if cost <= remaining and (not final_only or cost == remaining)
+        ]
         rng.shuffle(candidates)
         for op, cost in candidates:
             step = op(rng, state, first=not rationale)
@@ -290,8 +357,9 @@ def is_test_question(question: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
-def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, min_steps: int = 1,
-                   scale: str = "standard") -> list[Example]:
+def generate_arith(
+    n: int, seed: int, split: str = "train", max_steps: int = 3, min_steps: int = 1, scale: str = "standard"
+) -> list[Example]:
     """``n`` distinct problems of the ``split`` ("train" or "test"), each with ``min_steps``..``max_steps`` steps.
 
     The number of steps is drawn uniformly per problem. Problems of the other split and repeated questions are
@@ -310,7 +378,9 @@ def generate_arith(n: int, seed: int, split: str = "train", max_steps: int = 3, 
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (min_steps, max_steps)) or not (
         1 <= min_steps <= max_steps <= MAX_STEPS
     ):
-        raise KdlabError(f"bad step range min_steps={min_steps!r} max_steps={max_steps!r}: need 1 <= min <= max <= {MAX_STEPS}")
+        raise KdlabError(
+            f"bad step range min_steps={min_steps!r} max_steps={max_steps!r}: need 1 <= min <= max <= {MAX_STEPS}"
+        )
 
     key = f"kdlab.synth.arith|{seed}|{split}|{min_steps}|{max_steps}" + ("" if scale == "standard" else f"|{scale}")
     key = key.encode("utf-8")
@@ -335,12 +405,22 @@ def _generate(key: bytes, n: int, split: str, min_steps: int, max_steps: int) ->
         examples.append(example)
         if len(examples) == n:
             return examples
-    raise KdlabError(f"could only generate {len(examples)} distinct {split} problems of the {n} requested "
-                     f"(steps {min_steps}..{max_steps}); ask for fewer")
+    raise KdlabError(
+        f"could only generate {len(examples)} distinct {split} problems of the {n} requested "
+        f"(steps {min_steps}..{max_steps}); ask for fewer"
+    )
 
 
-def write_synth(path: str | Path, n: int, seed: int, split: str, max_steps: int = 3, min_steps: int = 1,
-                scale: str = "standard", overwrite: bool = True) -> bool:
+def write_synth(
+    path: str | Path,
+    n: int,
+    seed: int,
+    split: str,
+    max_steps: int = 3,
+    min_steps: int = 1,
+    scale: str = "standard",
+    overwrite: bool = True,
+) -> bool:
     """Generate with :func:`generate_arith` and write the problems as LLM-Adapters JSON (atomically).
 
     With ``overwrite=False`` an existing file is kept when it already holds exactly these problems (returns False:

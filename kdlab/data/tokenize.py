@@ -53,20 +53,29 @@ class EncodedData(list):
 
     def summary(self) -> dict:
         """{"examples_in_data", "examples", "dropped_long", "cut_responses", "max_length", "on_long"} for result.json."""
-        return {"examples_in_data": self.total, "examples": len(self), "dropped_long": len(self.dropped),
-                "cut_responses": len(self.cut), "max_length": self.max_length, "on_long": self.on_long}
+        return {
+            "examples_in_data": self.total,
+            "examples": len(self),
+            "dropped_long": len(self.dropped),
+            "cut_responses": len(self.cut),
+            "max_length": self.max_length,
+            "on_long": self.on_long,
+        }
 
     def message(self, source: str) -> str | None:
         """One progress line when examples were dropped or cut, else None."""
         if not self.dropped and not self.cut:
             return None
-        return (f"kdlab: warning: {source}: {len(self.dropped)} of {self.total} examples dropped and {len(self.cut)} "
-                f"responses cut (the end and EOS lost) to fit train.max_length={self.max_length} "
-                f"(train.on_long={self.on_long}; --on-long drop|truncate|error)")
+        return (
+            f"kdlab: warning: {source}: {len(self.dropped)} of {self.total} examples dropped and {len(self.cut)} "
+            f"responses cut (the end and EOS lost) to fit train.max_length={self.max_length} "
+            f"(train.on_long={self.on_long}; --on-long drop|truncate|error)"
+        )
 
 
-def encode_examples(tokenizer, examples: list[Example], max_length: int, source: str = "data",
-                    on_long: str = "truncate") -> EncodedData:
+def encode_examples(
+    tokenizer, examples: list[Example], max_length: int, source: str = "data", on_long: str = "truncate"
+) -> EncodedData:
     """Tokenise examples into at most ``max_length`` tokens each (prompt + response + EOS).
 
     An example that does not fit is handled by ``on_long``: ``truncate`` cuts its response to the room left
@@ -79,19 +88,25 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int, source:
     encoded, dropped, cut = [], [], []
     for index, example in enumerate(examples):
         prompt_ids = encode_prompt(tokenizer, example)
-        response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         room = max_length - len(prompt_ids)
         if len(response_ids) > room:
             if on_long == "error":
-                raise KdlabError(f"{source}: example {index} has {len(prompt_ids)} prompt + {len(response_ids)} response "
-                                 f"tokens, more than train.max_length={max_length} (raise it, or --on-long truncate|drop)")
+                raise KdlabError(
+                    f"{source}: example {index} has {len(prompt_ids)} prompt + {len(response_ids)} response "
+                    f"tokens, more than train.max_length={max_length} (raise it, or --on-long truncate|drop)"
+                )
             if on_long == "drop" or room <= 0:
                 dropped.append(index)
                 continue
             cut.append(index)
         encoded.append(Encoded(index, prompt_ids, response_ids[:room]))
     if not encoded:
-        raise KdlabError(f"{source}: no example fits in max_length={max_length} tokens (the dataset is empty after tokenisation)")
+        raise KdlabError(
+            f"{source}: no example fits in max_length={max_length} tokens (the dataset is empty after tokenisation)"
+        )
     return EncodedData(encoded, len(examples), dropped, cut, max_length, on_long)
 
 
@@ -117,7 +132,9 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         answer_mask = torch.zeros((len(items), length), dtype=torch.bool)
         for row, item in enumerate(items):
             if item.answer_mask is not None:
-                answer_mask[row, len(item.prompt_ids) : len(item.input_ids)] = torch.tensor(item.answer_mask, dtype=torch.bool)
+                answer_mask[row, len(item.prompt_ids) : len(item.input_ids)] = torch.tensor(
+                    item.answer_mask, dtype=torch.bool
+                )
         batch["answer_mask"] = answer_mask
     return batch
 

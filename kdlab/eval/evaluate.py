@@ -40,9 +40,9 @@ from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
+from kdlab.models.heads import final_hidden, output_weight
 from kdlab.outputs import absolute_paths, check_output_dir, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
-from kdlab.models.heads import final_hidden, output_weight
 
 
 @dataclass
@@ -77,8 +77,11 @@ class EvalSettings:
 
 def _task_items(task: Task, settings: EvalSettings, excluded: set[str]) -> list[tuple[int, Example]]:
     examples = load_task_examples(task, settings.data_dir)
-    items = [(index, example) for index, example in enumerate(examples)
-             if normalise_question(question_text(example)) not in excluded]
+    items = [
+        (index, example)
+        for index, example in enumerate(examples)
+        if normalise_question(question_text(example)) not in excluded
+    ]
     if settings.mode == "loglik" and task.answer_type == "number":
         raise KdlabError(f"task {task.name}: loglik mode needs a choice task (its answers are numbers)")
     if not items:
@@ -98,7 +101,9 @@ def _check_out(settings: EvalSettings) -> Path:
         old = yaml.safe_load(config.read_text()) or {}
         changed = same_settings(old, asdict(settings), EVAL_PATH_SETTINGS)
         if changed:
-            raise KdlabError(f"{out}: holds an evaluation with other settings ({'; '.join(changed[:3])}); choose another --out")
+            raise KdlabError(
+                f"{out}: holds an evaluation with other settings ({'; '.join(changed[:3])}); choose another --out"
+            )
     return out
 
 
@@ -126,7 +131,9 @@ def evaluate(settings: EvalSettings) -> dict:
     tasks = resolve_tasks(settings.tasks)
     excluded = set()
     if settings.exclude_overlap:
-        excluded = {normalise_question(question_text(example)) for example in load_json_examples(settings.exclude_overlap)}
+        excluded = {
+            normalise_question(question_text(example)) for example in load_json_examples(settings.exclude_overlap)
+        }
     named = {part.strip().lower() for spec in settings.tasks for part in spec.split(",")}
     items = {}
     for task in tasks:
@@ -147,7 +154,9 @@ def evaluate(settings: EvalSettings) -> dict:
     with folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
         (out / "predictions").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False))
+        atomic_write_text(
+            out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False)
+        )
         return _run_tasks(model, tokenizer, device, tasks, items, settings, out)
 
 
@@ -165,8 +174,11 @@ def _run_tasks(model, tokenizer, device, tasks: list[Task], items: dict, setting
                 run(model, tokenizer, task, pending, settings, path)
             records = _read_done(path)
             results[task.name] = task_metrics([records[index] for index, _ in items[task.name]], settings.mode)
-    metrics = {"tasks": results, "groups": group_metrics(results), "settings": {"mode": settings.mode, "extraction": settings.extraction,
-                                                                                  "precision": "bf16" if bf16 else "fp32"}}
+    metrics = {
+        "tasks": results,
+        "groups": group_metrics(results),
+        "settings": {"mode": settings.mode, "extraction": settings.extraction, "precision": "bf16" if bf16 else "fp32"},
+    }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -188,13 +200,30 @@ def _generate_task(model, tokenizer, task: Task, pending, settings: EvalSettings
             text = cut_at_stop(tokenizer.decode(response, skip_special_tokens=True), task.stop).strip()
             preds = {mode: extract(task, text, mode) for mode in MODES}
             corrects = {mode: is_correct(task, preds[mode], example.answer) for mode in MODES}
-            records.append({"id": index, "prompt": prompts[i], "output": text, "gold": example.answer,
-                            "pred": preds[settings.extraction], "correct": corrects[settings.extraction],
-                            "preds": preds, "corrects": corrects})
+            records.append(
+                {
+                    "id": index,
+                    "prompt": prompts[i],
+                    "output": text,
+                    "gold": example.answer,
+                    "pred": preds[settings.extraction],
+                    "correct": corrects[settings.extraction],
+                    "preds": preds,
+                    "corrects": corrects,
+                }
+            )
         _append(path, records)
 
-    generate_ids(model, tokenizer, prompt_ids, settings.max_new_tokens or task.max_new_tokens, settings.batch_size,
-                 stop_strings=list(task.stop), on_batch=write_batch, progress=f"eval {task.name}")
+    generate_ids(
+        model,
+        tokenizer,
+        prompt_ids,
+        settings.max_new_tokens or task.max_new_tokens,
+        settings.batch_size,
+        stop_strings=list(task.stop),
+        on_batch=write_batch,
+        progress=f"eval {task.name}",
+    )
 
 
 @torch.no_grad()
@@ -215,15 +244,26 @@ def sequence_logprobs(model, tokenizer, prompt_ids: list[list[int]], continuatio
     logits = F.linear(hidden[:, :-1][keep.to(device)], output_weight(model)).float()
     token_logprobs = logits.log_softmax(-1).gather(-1, targets[:, 1:][keep].to(device)[:, None])[:, 0]
     rows = keep.nonzero()[:, 0].to(device)
-    return torch.zeros(len(lengths), device=device, dtype=token_logprobs.dtype).index_add_(0, rows, token_logprobs).tolist()
+    return (
+        torch.zeros(len(lengths), device=device, dtype=token_logprobs.dtype)
+        .index_add_(0, rows, token_logprobs)
+        .tolist()
+    )
 
 
 def _loglik_task(model, tokenizer, task: Task, pending, settings: EvalSettings, path: Path, chunk: int = 64) -> None:
     """Score every option of every pending example, writing results ``chunk`` examples at a time."""
     for start in tqdm(range(0, len(pending), chunk), desc=f"loglik {task.name}", leave=False):
-        _append(path, [_loglik_record(task, index, example, *scores)
-                       for (index, example), scores in zip(pending[start : start + chunk],
-                                                            _score_options(model, tokenizer, task, pending[start : start + chunk], settings))])
+        _append(
+            path,
+            [
+                _loglik_record(task, index, example, *scores)
+                for (index, example), scores in zip(
+                    pending[start : start + chunk],
+                    _score_options(model, tokenizer, task, pending[start : start + chunk], settings),
+                )
+            ],
+        )
 
 
 def _score_options(model, tokenizer, task: Task, items, settings: EvalSettings) -> list[tuple[dict, dict]]:
@@ -233,7 +273,14 @@ def _score_options(model, tokenizer, task: Task, items, settings: EvalSettings) 
         prompt_ids = tokenizer(format_prompt(example.instruction, example.input), add_special_tokens=True)["input_ids"]
         options.append(parse_options(task, example.instruction))
         for label, text in options[-1].items():
-            pairs.append((position, label, prompt_ids, tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]))
+            pairs.append(
+                (
+                    position,
+                    label,
+                    prompt_ids,
+                    tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id],
+                )
+            )
     scores: list[dict[str, float]] = [{} for _ in items]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][2]) + len(pairs[i][3]))
     for start in range(0, len(order), settings.batch_size):
@@ -247,6 +294,15 @@ def _score_options(model, tokenizer, task: Task, items, settings: EvalSettings) 
 def _loglik_record(task: Task, index: int, example: Example, options: dict, raw: dict) -> dict:
     norm = {label: raw[label] / max(1, len(options[label])) for label in raw}
     pred, pred_norm = max(raw, key=raw.get), max(norm, key=norm.get)
-    return {"id": index, "prompt": format_prompt(example.instruction, example.input), "gold": example.answer,
-            "options": options, "scores": raw, "scores_norm": norm, "pred": pred, "correct": is_correct(task, pred, example.answer),
-            "pred_norm": pred_norm, "correct_norm": is_correct(task, pred_norm, example.answer)}
+    return {
+        "id": index,
+        "prompt": format_prompt(example.instruction, example.input),
+        "gold": example.answer,
+        "options": options,
+        "scores": raw,
+        "scores_norm": norm,
+        "pred": pred,
+        "correct": is_correct(task, pred, example.answer),
+        "pred_norm": pred_norm,
+        "correct_norm": is_correct(task, pred_norm, example.answer),
+    }

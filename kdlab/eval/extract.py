@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 from kdlab.errors import KdlabError
 from kdlab.eval.tasks import Task, get_task
@@ -66,7 +66,8 @@ def _number_tokens(text: str) -> list[tuple[int, int, Fraction]]:
     """All numbers in ``text`` as (start, end, value), following the rules above."""
     # "$118 000" -> "$118000  " (same length, so positions stay valid)
     text = _SPACED_CURRENCY.sub(
-        lambda m: m.group(1) + re.sub(r"[ \u00a0\u202f]", "", m.group(2)).ljust(len(m.group(2))), text)
+        lambda m: m.group(1) + re.sub(r"[ \u00a0\u202f]", "", m.group(2)).ljust(len(m.group(2))), text
+    )
     tokens: list[tuple[int, int, Fraction, bool]] = []  # (start, end, value, is_proper_fraction)
     for match in _NUMBER.finditer(text):
         sign = -1 if match.group("neg") else 1
@@ -80,8 +81,14 @@ def _number_tokens(text: str) -> list[tuple[int, int, Fraction]]:
             tokens.append((match.start(), match.end(), sign * Fraction(match.group("dec").replace(",", "")), False))
     merged: list[tuple[int, int, Fraction]] = []
     for start, end, value, proper in tokens:
-        if (proper and value > 0 and merged and text[merged[-1][1]:start] == " "
-                and merged[-1][2].denominator == 1 and "." not in text[merged[-1][0]:merged[-1][1]]):
+        if (
+            proper
+            and value > 0
+            and merged
+            and text[merged[-1][1] : start] == " "
+            and merged[-1][2].denominator == 1
+            and "." not in text[merged[-1][0] : merged[-1][1]]
+        ):
             prev_start, _, whole = merged.pop()
             value = whole + value if whole >= 0 else whole - value
             start = prev_start
@@ -132,10 +139,10 @@ def strict_number(text: str, task: Task | None = None) -> str | None:
     ('1234.5', '0.5', '-5')
     """
     for marker in reversed(list(_ANSWER_MARKER.finditer(text))):
-        rest = text[marker.end():]
+        rest = text[marker.end() :]
         body = rest.lstrip()
         end = _SENTENCE_END.search(body)
-        sentence = body[:end.start()] if end else body
+        sentence = body[: end.start()] if end else body
         if "=" in sentence:
             after = sentence.rsplit("=", 1)[1]
             if _number_tokens(after):
@@ -163,13 +170,17 @@ def paper_letter(text: str, task: Task | None = None) -> str | None:
 # an option letter: "(C)", "C)", or a bare "C" that is not part of a word and not followed by a lowercase word
 # (so "The answer is A train ..." is not read as option A), except "because/since/as/is" ("answer is C because",
 # "B is the correct answer")
-_L = (r"(?:\((?-i:([A-E]))\)|\(([a-e])\)|(?-i:([A-E]))\)"
-      r"|(?<![\w])(?-i:([A-E]))(?![\w])(?!\s+(?!because\b|since\b|as\b|is\b)(?-i:[a-z])))")
+_L = (
+    r"(?:\((?-i:([A-E]))\)|\(([a-e])\)|(?-i:([A-E]))\)"
+    r"|(?<![\w])(?-i:([A-E]))(?![\w])(?!\s+(?!because\b|since\b|as\b|is\b)(?-i:[a-z])))"
+)
 _LETTER_PATTERNS = [
     # "the answer is (D)", "answer is D", "Answer: (C)", "the correct answer is C", "answer choice is B",
     # "answer is option C", "answer would be E"
-    re.compile(r"(?i)\banswer(?:\s+(?:choice|option))?\s*(?:is|would be|will be|should be|must be|=|:)\s*:?\s*"
-               r"(?:(?:option|choice)\s*)?" + _L),
+    re.compile(
+        r"(?i)\banswer(?:\s+(?:choice|option))?\s*(?:is|would be|will be|should be|must be|=|:)\s*:?\s*"
+        r"(?:(?:option|choice)\s*)?" + _L
+    ),
     # "answer choice (B)", "answer option B"
     re.compile(r"(?i)\banswer\s+(?:choice|option)\s*" + _L),
     # "the correct option is B", "best choice: (B)"
@@ -245,11 +256,15 @@ def _label_patterns(task: Task) -> tuple[re.Pattern, re.Pattern, re.Pattern]:
     alternatives = "|".join(f"(?P<l{i}>{_label_regex(label)})" for i, label in enumerate(task.labels))
     any_label = r"(?:" + "|".join(_label_regex(label) for label in task.labels) + r")"
     # "Answer format: answer1/answer2/answer3" and any bare "true/false" list: an echo of the prompt, not an answer
-    echo = re.compile(r"(?i)answer\s*format\s*:\s*(?:" + any_label + r"(?:\s*/\s*" + any_label + r")*)?"
-                      r"|" + any_label + r"(?:\s*/\s*" + any_label + r")+")
+    echo = re.compile(
+        r"(?i)answer\s*format\s*:\s*(?:" + any_label + r"(?:\s*/\s*" + any_label + r")*)?"
+        r"|" + any_label + r"(?:\s*/\s*" + any_label + r")+"
+    )
     # "the correct answer is answer2", "Answer: true", "the correct option is option1", "answer would be (ending3)"
-    sentence = re.compile(r"(?i)\b(?:answer|solution|option|ending|choice)\s*(?:is|would be|should be|=|:)\s*:?\s*"
-                          r"[\"'(\[]?(?:" + alternatives + r")")
+    sentence = re.compile(
+        r"(?i)\b(?:answer|solution|option|ending|choice)\s*(?:is|would be|should be|=|:)\s*:?\s*"
+        r"[\"'(\[]?(?:" + alternatives + r")"
+    )
     lone = re.compile(r"(?i)" + alternatives)
     return echo, sentence, lone
 
@@ -306,8 +321,9 @@ def get_extractor(task: str | Task, mode: str = "strict") -> Callable[[str, Task
     elif mode in MODES:
         name = f"{mode}-{task.answer_type}"
     else:
-        raise KdlabError(f"unknown extraction mode {mode!r} (modes: {', '.join(MODES)}; "
-                         f"extractors: {', '.join(EXTRACTORS)})")
+        raise KdlabError(
+            f"unknown extraction mode {mode!r} (modes: {', '.join(MODES)}; extractors: {', '.join(EXTRACTORS)})"
+        )
     return EXTRACTORS[name]
 
 

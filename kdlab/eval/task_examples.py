@@ -50,8 +50,10 @@ def map_hellaswag(row: dict) -> Example:
     endings = list(row["endings"])
     options = " ".join(f"Ending{i}: {ending}" for i, ending in enumerate(endings, start=1))
     formats = "/".join(f"ending{i}" for i in range(1, len(endings) + 1))
-    instruction = (f"Please choose the correct ending to complete the given sentence: {row['activity_label']}: {ctx}"
-                   f"\n\n{options}\n\nAnswer format: {formats}")
+    instruction = (
+        f"Please choose the correct ending to complete the given sentence: {row['activity_label']}: {ctx}"
+        f"\n\n{options}\n\nAnswer format: {formats}"
+    )
     answer = f"ending{int(label) + 1}"
     return Example(instruction=instruction, output=f"the correct answer is {answer}", input="", answer=answer)
 
@@ -74,15 +76,19 @@ def _load_hub(task: Task, limit: int | None) -> list[Example]:
     source = f"hf:{hub.get('path')}{':' + hub['name'] if hub.get('name') else ''}@{split}"
     mapper = globals().get(str(hub.get("map")))
     if not callable(mapper):
-        raise KdlabError(f"task {task.name}: hub mapping {hub.get('map')!r} is not a function of kdlab.eval.task_examples")
+        raise KdlabError(
+            f"task {task.name}: hub mapping {hub.get('map')!r} is not a function of kdlab.eval.task_examples"
+        )
     import datasets  # imported lazily: slow import
 
     try:
         dataset = datasets.load_dataset(hub["path"], hub.get("name"), split=f"{split}[:{limit}]" if limit else split)
     except Exception as exc:  # network, missing dataset, bad split: one line for the user
         first = (str(exc).splitlines() or [""])[0]
-        raise KdlabError(f"{source}: could not load Hub dataset for task {task.name} ({type(exc).__name__}: {first}); "
-                         f"pass --data-dir DIR with DIR/{task.folder}/test.json to use local data") from None
+        raise KdlabError(
+            f"{source}: could not load Hub dataset for task {task.name} ({type(exc).__name__}: {first}); "
+            f"pass --data-dir DIR with DIR/{task.folder}/test.json to use local data"
+        ) from None
     examples = []
     for index, row in enumerate(dataset):
         try:
@@ -109,8 +115,10 @@ def load_task_examples(task: str | Task, data_dir: str | Path | None = None, lim
         path = Path(data_dir) / task.folder / "test.json"
         if not path.is_file():
             hint = " (generate one with `kdlab data synth --split test`)" if task.group == "synthetic" else ""
-            raise KdlabError(f"{path}: test file for task {task.name} not found; pass --data-dir DIR with "
-                             f"DIR/{task.folder}/test.json{hint}")
+            raise KdlabError(
+                f"{path}: test file for task {task.name} not found; pass --data-dir DIR with "
+                f"DIR/{task.folder}/test.json{hint}"
+            )
         examples = load_json_examples(path)
         where = str(path)
     elif task.hub:
@@ -118,8 +126,10 @@ def load_task_examples(task: str | Task, data_dir: str | Path | None = None, lim
         where = f"hf:{task.hub.get('path')}"
     else:
         hint = " (generate it with `kdlab data synth --split test`)" if task.group == "synthetic" else ""
-        raise KdlabError(f"task {task.name}: no local data given and no Hub source; pass --data-dir DIR with "
-                         f"DIR/{task.folder}/test.json{hint}")
+        raise KdlabError(
+            f"task {task.name}: no local data given and no Hub source; pass --data-dir DIR with "
+            f"DIR/{task.folder}/test.json{hint}"
+        )
     if limit is not None:
         examples = examples[:limit]
     _check_gold(task, examples, where)

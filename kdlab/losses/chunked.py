@@ -8,7 +8,7 @@ the full ``[N, V]`` logits of the two models are never held at once (see ``bench
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,9 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         return saved[0].mul_(grad_output), grad_weight, None, None
 
 
-def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 256) -> torch.Tensor:
+def chunked_token_loss(
+    hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 256
+) -> torch.Tensor:
     """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk."""
     if hidden_states.shape[0] == 0:
         return (hidden_states.sum() + weight.sum()) * 0.0
@@ -67,7 +69,9 @@ def chunked_token_loss(hidden_states: torch.Tensor, weight: torch.Tensor, token_
 
 def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 256) -> torch.Tensor:
     """Sum over tokens of cross-entropy(hidden_states @ weight.T, targets), computed in chunks: [N, H] -> scalar."""
-    return chunked_token_loss(hidden_states, weight, lambda logits, s, e: F.cross_entropy(logits, targets[s:e], reduction="none"), chunk_size)
+    return chunked_token_loss(
+        hidden_states, weight, lambda logits, s, e: F.cross_entropy(logits, targets[s:e], reduction="none"), chunk_size
+    )
 
 
 def chunked_distill_loss(
@@ -115,17 +119,45 @@ def chunked_distill_loss(
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = upcast(F.linear(teacher_hidden[start:end], teacher_weight))
-        noise = teacher_noise * torch.randn(teacher_logits.shape, generator=noise_generator) if teacher_noise > 0 else None
-        return token_objective(student_logits, LiveTeacher(teacher_logits, noise), targets[start:end], loss, temperature,
-                               kd_weight, loss_kwargs, chunk_weights(weights, start, end), parts=parts)
+        noise = (
+            teacher_noise * torch.randn(teacher_logits.shape, generator=noise_generator) if teacher_noise > 0 else None
+        )
+        return token_objective(
+            student_logits,
+            LiveTeacher(teacher_logits, noise),
+            targets[start:end],
+            loss,
+            temperature,
+            kd_weight,
+            loss_kwargs,
+            chunk_weights(weights, start, end),
+            parts=parts,
+        )
 
     if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
         student_weight = student_weight[:vocab]
     return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
 
 
-def naive_distill_loss(student_logits, teacher_logits, targets, *, loss="fkl", temperature=1.0, kd_weight=1.0, loss_kwargs=None,
-                       weights: TokenWeights | None = None):
+def naive_distill_loss(
+    student_logits,
+    teacher_logits,
+    targets,
+    *,
+    loss="fkl",
+    temperature=1.0,
+    kd_weight=1.0,
+    loss_kwargs=None,
+    weights: TokenWeights | None = None,
+):
     """Reference for :func:`chunked_distill_loss` from full logits [N, V]: the same sum over tokens, in one piece."""
-    return token_objective(upcast(student_logits), upcast(teacher_logits.detach()), targets, loss, temperature, kd_weight,
-                           dict(loss_kwargs or {}), weights).sum()
+    return token_objective(
+        upcast(student_logits),
+        upcast(teacher_logits.detach()),
+        targets,
+        loss,
+        temperature,
+        kd_weight,
+        dict(loss_kwargs or {}),
+        weights,
+    ).sum()

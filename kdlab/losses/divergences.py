@@ -31,7 +31,7 @@ bucket (:mod:`kdlab.teacher_cache.loss`).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,9 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def log_probs(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p_S, log p_T)`` [N, V] each at temperature tau, from logits [N, V] (upcast to float32; teacher detached)."""
     student_logits, teacher_logits = upcast(student_logits), upcast(teacher_logits.detach())
     if temperature != 1:
@@ -106,7 +108,12 @@ def _tvd(log_p_s, log_p_t):
 #: The one home of every divergence: ``LOG_PROB_DIVERGENCES[name](log_p_s [N, K], log_p_t [N, K], **kw) -> [N]`` on
 #: log-probabilities over any K outcomes (the full vocabulary, or the teacher cache's top-k plus tail bucket).
 LOG_PROB_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
-    "fkl": _fkl, "rkl": _rkl, "gjsd": _gjsd, "skl": _skl, "srkl": _srkl, "tvd": _tvd,
+    "fkl": _fkl,
+    "rkl": _rkl,
+    "gjsd": _gjsd,
+    "skl": _skl,
+    "srkl": _srkl,
+    "tvd": _tvd,
 }
 
 
@@ -176,7 +183,9 @@ def check_loss_args(name: str, temperature: float, **kwargs) -> None:
         raise KdlabError(f"temperature must be > 0, got {temperature}")
     for key, value in kwargs.items():
         if key not in LOSS_KWARGS[name]:
-            raise KdlabError(f"loss '{name}' takes no argument '{key}' (it takes: {', '.join(LOSS_KWARGS[name]) or 'none'})")
+            raise KdlabError(
+                f"loss '{name}' takes no argument '{key}' (it takes: {', '.join(LOSS_KWARGS[name]) or 'none'})"
+            )
         if not (0.0 <= float(value) <= 1.0):
             raise KdlabError(f"{key} must be in [0, 1], got {value}")
     if name in ("skl", "srkl") and float(kwargs.get("alpha", 0.1)) == 1.0:
@@ -189,7 +198,9 @@ def _masked_mean_loss(name: str) -> Callable[..., torch.Tensor]:
     def loss(student_logits, teacher_logits, labels, temperature=1.0, **kwargs):
         check_loss_args(name, temperature, **kwargs)
         if student_logits.shape != teacher_logits.shape:
-            raise KdlabError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+            raise KdlabError(
+                f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape"
+            )
         vocab = student_logits.shape[-1]
         keep = labels.reshape(-1) != IGNORE_INDEX
         student = student_logits.reshape(-1, vocab)[keep]

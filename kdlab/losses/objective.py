@@ -44,7 +44,7 @@ class TokenWeights:
     answer_weight: float = 1.0
     answer_hard: bool = False
 
-    def slice(self, start: int, end: int) -> "TokenWeights":
+    def slice(self, start: int, end: int) -> TokenWeights:
         answer = None if self.answer is None else self.answer[start:end]
         return TokenWeights(self.gamma, answer, self.answer_weight, self.answer_hard)
 
@@ -113,17 +113,25 @@ class LiveTeacher:
         return teacher_top1(self.logits)
 
 
-def disagreement_weight(student_logits: torch.Tensor, teacher_top1: torch.Tensor, teacher_top1_prob: torch.Tensor,
-                        gamma: float) -> torch.Tensor:
+def disagreement_weight(
+    student_logits: torch.Tensor, teacher_top1: torch.Tensor, teacher_top1_prob: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """``1 + gamma * [argmax z_S != argmax p_T] * max p_T`` per token: [N, V], [N], [N] -> [N] (no gradient)."""
     with torch.no_grad():
         disagree = student_logits.argmax(-1) != teacher_top1.to(student_logits.device)
         return 1.0 + gamma * disagree.to(teacher_top1_prob.dtype) * teacher_top1_prob.to(student_logits.device)
 
 
-def mix_objective(divergence: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                  kd_weight: float, weights: TokenWeights | None = None, top1: tuple | None = None,
-                  parts: LossParts | None = None) -> torch.Tensor:
+def mix_objective(
+    divergence: torch.Tensor,
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    kd_weight: float,
+    weights: TokenWeights | None = None,
+    top1: tuple | None = None,
+    parts: LossParts | None = None,
+) -> torch.Tensor:
     """Per-token training objective [N] from a per-token divergence [N] (no tau^2 in it):
 
     ``(1 - w) * CE(z_S, y) + w * tau^2 * g * divergence`` with ``g`` from :class:`TokenWeights` (1 without), and on

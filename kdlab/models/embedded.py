@@ -66,8 +66,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
         config = AutoConfig.from_pretrained(folder, gguf_file=filename)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise KdlabError(f"{gguf_path}: could not read this GGUF model ({type(exc).__name__}: "
-                         f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+        raise KdlabError(
+            f"{gguf_path}: could not read this GGUF model ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]})"
+        ) from None
     for attribute in ("quantization_config", "_name_or_path"):
         if hasattr(config, attribute):
             delattr(config, attribute)
@@ -75,7 +77,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
     missing = [key for key in missing if "lm_head" not in key or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise KdlabError(f"{gguf_path}: converted weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise KdlabError(
+            f"{gguf_path}: converted weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if config.tie_word_embeddings:
         plain.tie_weights()
     with atomic_dir(out_dir, marker="config.json") as tmp:

@@ -12,7 +12,9 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     ``logits_to_keep=1`` makes the model compute logits for one position only; callers apply the lm_head weight
     to the positions they need.
     """
-    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    output = model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False
+    )
     return output.hidden_states[-1]
 
 

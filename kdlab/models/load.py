@@ -46,10 +46,13 @@ def resolve_model_path(spec: str) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise KdlabError(f"{spec}: GGUF file not found")
-        from kdlab.models.embedded import cache_root
         import hashlib
 
-        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+        from kdlab.models.embedded import cache_root
+
+        digest = hashlib.sha256(
+            f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()
+        ).hexdigest()[:16]
         out_dir = cache_root() / "gguf" / f"{path.stem}-{digest}"
         if not (out_dir / "config.json").is_file():
             convert_gguf(path.resolve(), out_dir)
@@ -122,7 +125,9 @@ def load_adapter(model, adapter: str, merge: bool = False, trainable: bool = Fal
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except Exception as exc:  # shape mismatch, missing weights, wrong target modules
-        raise KdlabError(f"{adapter}: LoRA adapter failed to load ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+        raise KdlabError(
+            f"{adapter}: LoRA adapter failed to load ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+        ) from None
     return peft_model.merge_and_unload() if merge else peft_model
 
 

@@ -41,7 +41,9 @@ def build_tiny_tokenizer(vocab_size: int = 384):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
 
 
-def build_tiny_model(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0, vocab_padding: int = 0, init_std: float = 0.02):
+def build_tiny_model(
+    tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0, vocab_padding: int = 0, init_std: float = 0.02
+):
     """A tiny Llama model for ``tokenizer``; ``vocab_padding`` extra output rows mimic Qwen's padded lm_head.
 
     ``init_std`` is the weight initialisation scale: the default 0.02 gives near-uniform next-token distributions;
@@ -67,11 +69,20 @@ def build_tiny_model(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(out_dir: str | Path, layers: int = 2, hidden: int = 32, seed: int = 0, tokenizer=None,
-                    vocab_padding: int = 0, init_std: float = 0.02) -> Path:
+def save_tiny_model(
+    out_dir: str | Path,
+    layers: int = 2,
+    hidden: int = 32,
+    seed: int = 0,
+    tokenizer=None,
+    vocab_padding: int = 0,
+    init_std: float = 0.02,
+) -> Path:
     """Build a tiny model (and tokenizer) and save both to ``out_dir``; returns the folder."""
     tokenizer = tokenizer or build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, layers=layers, hidden=hidden, seed=seed, vocab_padding=vocab_padding, init_std=init_std)
+    model = build_tiny_model(
+        tokenizer, layers=layers, hidden=hidden, seed=seed, vocab_padding=vocab_padding, init_std=init_std
+    )
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -31,12 +31,45 @@ from kdlab.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_
 from kdlab.study.predictions import read_predictions
 
 GROUP = ["teacher", "teacher_kind", "student", "domain", "task", "seed"]
-PLANE_COLUMNS = GROUP + ["run", "role", "method", "temperature", "noise", "n", "accuracy", "acc_low", "acc_high",
-                         "agreement", "agree_low", "agree_high", "pareto"]
-TEST_COLUMNS = GROUP + ["run", "method", "reference", "reference_run", "n", "agreement", "reference_agreement",
-                        "agree_diff", "agree_ci_low", "agree_ci_high", "b_agree", "c_agree", "agree_pvalue",
-                        "agree_pvalue_holm", "accuracy", "reference_accuracy", "acc_diff", "acc_ci_low", "acc_ci_high",
-                        "acc_pvalue", "acc_pvalue_holm", "verdict"]
+PLANE_COLUMNS = GROUP + [
+    "run",
+    "role",
+    "method",
+    "temperature",
+    "noise",
+    "n",
+    "accuracy",
+    "acc_low",
+    "acc_high",
+    "agreement",
+    "agree_low",
+    "agree_high",
+    "pareto",
+]
+TEST_COLUMNS = GROUP + [
+    "run",
+    "method",
+    "reference",
+    "reference_run",
+    "n",
+    "agreement",
+    "reference_agreement",
+    "agree_diff",
+    "agree_ci_low",
+    "agree_ci_high",
+    "b_agree",
+    "c_agree",
+    "agree_pvalue",
+    "agree_pvalue_holm",
+    "accuracy",
+    "reference_accuracy",
+    "acc_diff",
+    "acc_ci_low",
+    "acc_ci_high",
+    "acc_pvalue",
+    "acc_pvalue_holm",
+    "verdict",
+]
 
 
 def read_agreement(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,10 +106,24 @@ def fidelity_plane(frame: pd.DataFrame) -> pd.DataFrame:
     for record in students.to_dict("records"):
         n = int(record["n"])
         agree_low, agree_high = wilson_ci(round(record["agreement"] * n), n)
-        rows.append({**{key: record[key] for key in GROUP}, "run": record["run"], "role": record["role"],
-                     "method": record["method"], "temperature": record["temperature"], "noise": record["noise"], "n": n,
-                     "accuracy": record["accuracy"], "acc_low": record["ci_low"], "acc_high": record["ci_high"],
-                     "agreement": record["agreement"], "agree_low": agree_low, "agree_high": agree_high, "pareto": False})
+        rows.append(
+            {
+                **{key: record[key] for key in GROUP},
+                "run": record["run"],
+                "role": record["role"],
+                "method": record["method"],
+                "temperature": record["temperature"],
+                "noise": record["noise"],
+                "n": n,
+                "accuracy": record["accuracy"],
+                "acc_low": record["ci_low"],
+                "acc_high": record["ci_high"],
+                "agreement": record["agreement"],
+                "agree_low": agree_low,
+                "agree_high": agree_high,
+                "pareto": False,
+            }
+        )
     plane = pd.DataFrame(rows, columns=PLANE_COLUMNS)
     for _, group in plane.groupby(GROUP, dropna=False, sort=False):
         flags = pareto_front(list(zip(group["accuracy"], group["agreement"])))
@@ -90,8 +137,10 @@ def _flags(study_dir: Path, record: dict) -> tuple[np.ndarray, np.ndarray, np.nd
     ids, agree = read_agreement(study_dir / str(record["fidelity_dir"]) / "pairs" / f"{task}.jsonl")
     pred_ids, correct = read_predictions(study_dir / str(record["eval_dir"]) / "predictions" / f"{task}.jsonl")
     if not np.array_equal(ids, pred_ids):
-        raise KdlabError(f"{record['fidelity_dir']}: fidelity pairs and predictions of {record['eval_dir']} hold other "
-                         f"examples for task {task}")
+        raise KdlabError(
+            f"{record['fidelity_dir']}: fidelity pairs and predictions of {record['eval_dir']} hold other "
+            f"examples for task {task}"
+        )
     return ids, agree, correct
 
 
@@ -102,8 +151,9 @@ def _paired(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float
     return (gain - loss) / len(a), low, high, gain, loss, mcnemar_exact(gain, loss)
 
 
-def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str = "fkl", n_boot: int = 10000,
-                    seed: int = 0) -> pd.DataFrame:
+def agreement_tests(
+    frame: pd.DataFrame, study_dir: str | Path, reference: str = "fkl", n_boot: int = 10000, seed: int = 0
+) -> pd.DataFrame:
     """Paired agreement and accuracy tests of every KD run against the ``reference`` method (module docstring).
 
     ``reference`` is a method name of the study or ``"sft"`` (the student's SFT baseline). Runs without a fidelity
@@ -119,8 +169,11 @@ def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str =
         return read[key]
 
     runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(_present)]
-    is_reference = runs["role"].eq("student-sft") if reference == "sft" else (
-        runs["role"].eq("student-kd") & runs["method"].eq(reference) & runs["noise"].eq(0))
+    is_reference = (
+        runs["role"].eq("student-sft")
+        if reference == "sft"
+        else (runs["role"].eq("student-kd") & runs["method"].eq(reference) & runs["noise"].eq(0))
+    )
     references = {tuple(record[key] for key in GROUP): record for record in runs[is_reference].to_dict("records")}
     rows = []
     for record in runs[runs["role"].eq("student-kd") & ~is_reference].to_dict("records"):
@@ -133,15 +186,35 @@ def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str =
         ids, agree, correct = flags(record)
         ref_ids, ref_agree, ref_correct = flags(other)
         if not np.array_equal(ids, ref_ids):
-            raise KdlabError(f"{record['fidelity_dir']} and {other['fidelity_dir']}: different examples for task {record['task']}")
+            raise KdlabError(
+                f"{record['fidelity_dir']} and {other['fidelity_dir']}: different examples for task {record['task']}"
+            )
         a_diff, a_low, a_high, b_agree, c_agree, a_p = _paired(agree, ref_agree, n_boot, seed)
         c_diff, c_low, c_high, _, _, c_p = _paired(correct, ref_correct, n_boot, seed)
-        rows.append({**{k: record[k] for k in GROUP}, "run": record["run"], "method": record["method"],
-                     "reference": reference, "reference_run": other["run"], "n": len(ids),
-                     "agreement": agree.mean(), "reference_agreement": ref_agree.mean(), "agree_diff": a_diff,
-                     "agree_ci_low": a_low, "agree_ci_high": a_high, "b_agree": b_agree, "c_agree": c_agree,
-                     "agree_pvalue": a_p, "accuracy": correct.mean(), "reference_accuracy": ref_correct.mean(),
-                     "acc_diff": c_diff, "acc_ci_low": c_low, "acc_ci_high": c_high, "acc_pvalue": c_p})
+        rows.append(
+            {
+                **{k: record[k] for k in GROUP},
+                "run": record["run"],
+                "method": record["method"],
+                "reference": reference,
+                "reference_run": other["run"],
+                "n": len(ids),
+                "agreement": agree.mean(),
+                "reference_agreement": ref_agree.mean(),
+                "agree_diff": a_diff,
+                "agree_ci_low": a_low,
+                "agree_ci_high": a_high,
+                "b_agree": b_agree,
+                "c_agree": c_agree,
+                "agree_pvalue": a_p,
+                "accuracy": correct.mean(),
+                "reference_accuracy": ref_correct.mean(),
+                "acc_diff": c_diff,
+                "acc_ci_low": c_low,
+                "acc_ci_high": c_high,
+                "acc_pvalue": c_p,
+            }
+        )
     table = pd.DataFrame(rows, columns=TEST_COLUMNS)
     if table.empty:
         return table
@@ -154,12 +227,20 @@ def agreement_tests(frame: pd.DataFrame, study_dir: str | Path, reference: str =
 def verdict(row: dict, alpha: float = 0.05) -> str:
     """One phrase: did agreement rise (or fall) significantly after Holm, and did accuracy drop significantly?"""
     agree_sig, acc_sig = row["agree_pvalue_holm"] < alpha, row["acc_pvalue_holm"] < alpha
-    agreement = ("agreement up" if row["agree_diff"] > 0 else "agreement down") if agree_sig else "agreement: no significant change"
-    accuracy = ("accuracy up" if row["acc_diff"] > 0 else "accuracy down") if acc_sig else "no significant accuracy change"
+    agreement = (
+        ("agreement up" if row["agree_diff"] > 0 else "agreement down")
+        if agree_sig
+        else "agreement: no significant change"
+    )
+    accuracy = (
+        ("accuracy up" if row["acc_diff"] > 0 else "accuracy down") if acc_sig else "no significant accuracy change"
+    )
     return f"{agreement}; {accuracy}"
 
 
-def fidelity_tables(study_dir: str | Path, frame: pd.DataFrame, n_boot: int = 10000, seed: int = 0) -> dict[str, pd.DataFrame]:
+def fidelity_tables(
+    study_dir: str | Path, frame: pd.DataFrame, n_boot: int = 10000, seed: int = 0
+) -> dict[str, pd.DataFrame]:
     """``{"fidelity_plane", "agreement"}`` of a study: the plane, and the agreement tests of every KD run against
     forward KL (a method named ``fkl``, when the study has one) and against the SFT baseline, in one table
     (``reference`` column; Holm within each reference). Empty tables when the results carry no fidelity folders."""

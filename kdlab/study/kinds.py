@@ -15,6 +15,17 @@ Runs ("nodes") and their folders under the study folder, in dependency order::
     fidelity/<run folder name>-<h>         the student's fidelity to the teacher it learned from (or the teacher, for SFT)
 """
 
-KIND_DIRS = {"prune": "models", "split": "data", "teacher-sft": "teacher", "answers": "answers", "cache": "cache",
-             "student-sft": "sft", "kd": "kd", "val-eval": "val", "select": "select", "eval": "eval", "fidelity": "fidelity"}
+KIND_DIRS = {
+    "prune": "models",
+    "split": "data",
+    "teacher-sft": "teacher",
+    "answers": "answers",
+    "cache": "cache",
+    "student-sft": "sft",
+    "kd": "kd",
+    "val-eval": "val",
+    "select": "select",
+    "eval": "eval",
+    "fidelity": "fidelity",
+}
 KIND_ORDER = tuple(KIND_DIRS)

@@ -62,12 +62,19 @@ def study_path(node_id: str, *parts: str) -> str:
 def resolve(value, study_dir: Path):
     """A parameter value with ``study:`` folders turned into real paths."""
     if isinstance(value, str) and value.startswith(STUDY_PREFIX):
-        return str(Path(study_dir) / value[len(STUDY_PREFIX):])
+        return str(Path(study_dir) / value[len(STUDY_PREFIX) :])
     return value
 
 
-def _node(kind: str, slug: str, params: dict, deps=(), meta: RunMeta | None = None, group: str | None = None,
-          flops: float = 0.0) -> Node:
+def _node(
+    kind: str,
+    slug: str,
+    params: dict,
+    deps=(),
+    meta: RunMeta | None = None,
+    group: str | None = None,
+    flops: float = 0.0,
+) -> Node:
     digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
     node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
     return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
@@ -115,8 +122,11 @@ class _Builder:
         if entry.spec is not None:
             return entry.spec, ()
         parent = self.spec.models[entry.prune_from].spec
-        node = self.add(_node("prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta=RunMeta(model=name),
-                              flops=0.0))
+        node = self.add(
+            _node(
+                "prune", name, {"model": parent, "keep_layers": entry.keep_layers}, meta=RunMeta(model=name), flops=0.0
+            )
+        )
         return study_path(node.id), (node.id,)
 
     def trained(self, run: Node, base_model: str) -> tuple[str, str | None]:
@@ -139,8 +149,16 @@ class _Builder:
         """The validation split of a domain (kdlab.data.split): ``train.json`` and ``<task folder>/test.json``."""
         tuning = self.spec.tuning
         task = tuning.task or domain.tasks[0]
-        params = {"train": domain.train, "n": tuning.n, "seed": tuning.seed, "file": tuning.file, "task": task,
-                  "test_tasks": list(domain.tasks), "test_dir": domain.data_dir, "teacher_train": domain.teacher_train}
+        params = {
+            "train": domain.train,
+            "n": tuning.n,
+            "seed": tuning.seed,
+            "file": tuning.file,
+            "task": task,
+            "test_tasks": list(domain.tasks),
+            "test_dir": domain.data_dir,
+            "teacher_train": domain.teacher_train,
+        }
         return self.add(_node("split", domain.name, params, meta=RunMeta(domain=domain.name, task=task)))
 
     # training runs ---------------------------------------------------
@@ -167,10 +185,19 @@ class _Builder:
         data, data_deps = self.train_data(domain, teacher=True)
         deps += data_deps
         params = {"model": model, "data": data, "flags": flags}
-        flops = self.train_flops(model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"],
-                                 domain.teacher_train)
-        meta = RunMeta(role="teacher", teacher=teacher, student=teacher, domain=domain.name, method="sft", loss="sft",
-                       teacher_kind="finetuned", seed=flags.get("train.seed", 0))
+        flops = self.train_flops(
+            model_params(self.spec, teacher), domain, teacher_sections, flags["lora.enabled"], domain.teacher_train
+        )
+        meta = RunMeta(
+            role="teacher",
+            teacher=teacher,
+            student=teacher,
+            domain=domain.name,
+            method="sft",
+            loss="sft",
+            teacher_kind="finetuned",
+            seed=flags.get("train.seed", 0),
+        )
         return self.add(_node("teacher-sft", f"{teacher}.{domain.name}", params, deps, meta, flops=flops))
 
     def teacher_model(self, teacher: str, domain, base: bool) -> tuple[str, str | None, tuple[str, ...]]:
@@ -190,19 +217,37 @@ class _Builder:
         params = {"model": model, "data": data, "flags": flags}
         flops = self.train_flops(model_params(self.spec, student), domain, student_sections, flags["lora.enabled"])
         meta = RunMeta(role="student-sft", student=student, domain=domain.name, method="sft", loss="sft", seed=seed)
-        return self.add(_node("student-sft", f"{student}.{domain.name}.s{seed}" + setting_tag(overrides), params, deps, meta,
-                              flops=flops))
+        return self.add(
+            _node(
+                "student-sft",
+                f"{student}.{domain.name}.s{seed}" + setting_tag(overrides),
+                params,
+                deps,
+                meta,
+                flops=flops,
+            )
+        )
 
     def answers(self, teacher: str, domain, base: bool, method: Method) -> Node:
         t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
-        settings = {"max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
-                    "batch_size": int(method.kd.get("generation_batch_size", 16)),
-                    "max_length": int(merge_sections(self.spec.student_training, domain.training).get("train", {}).get("max_length", 256))}
+        settings = {
+            "max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
+            "batch_size": int(method.kd.get("generation_batch_size", 16)),
+            "max_length": int(
+                merge_sections(self.spec.student_training, domain.training).get("train", {}).get("max_length", 256)
+            ),
+        }
         data, data_deps = self.train_data(domain)
         deps += data_deps
         params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": data, **settings}
         examples, tokens = data_size(domain.train, domain.examples)
-        flops = 2 * model_params(self.spec, teacher) * examples * (tokens + settings["max_new_tokens"]) * GENERATION_INEFFICIENCY
+        flops = (
+            2
+            * model_params(self.spec, teacher)
+            * examples
+            * (tokens + settings["max_new_tokens"])
+            * GENERATION_INEFFICIENCY
+        )
         meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
         return self.add(_node("answers", slug, params, deps, meta, flops=flops))
@@ -211,26 +256,63 @@ class _Builder:
         t_model, t_adapter, deps = self.teacher_model(teacher, domain, base)
         data, data_deps = self.train_data(domain)
         deps += data_deps
-        flags = {"teacher": t_model, "teacher_adapter": t_adapter, "model": self.spec.models[teacher].spec,
-                 "data": data, "kd.cache_k": int(self.spec.teacher_cache["k"]),
-                 "kd.cache_temperatures": self.cache_temperatures(),
-                 **{key: value for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
-                    if key in ("train.max_length", "train.on_long", "train.precision")}}
+        flags = {
+            "teacher": t_model,
+            "teacher_adapter": t_adapter,
+            "model": self.spec.models[teacher].spec,
+            "data": data,
+            "kd.cache_k": int(self.spec.teacher_cache["k"]),
+            "kd.cache_temperatures": self.cache_temperatures(),
+            **{
+                key: value
+                for key, value in flatten_sections(merge_sections(self.spec.student_training, domain.training)).items()
+                if key in ("train.max_length", "train.on_long", "train.precision")
+            },
+        }
         examples, tokens = data_size(domain.train, domain.examples)
         meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
         slug = f"{teacher}.{domain.name}" + (".base" if base else "")
-        return self.add(_node("cache", slug, {"flags": flags}, deps, meta,
-                              flops=2 * model_params(self.spec, teacher) * examples * tokens))
+        return self.add(
+            _node(
+                "cache",
+                slug,
+                {"flags": flags},
+                deps,
+                meta,
+                flops=2 * model_params(self.spec, teacher) * examples * tokens,
+            )
+        )
 
-    def kd(self, teacher: str, student: str, domain, method: Method, temperature: float | None, noise: float, base: bool,
-           seed: int, overrides: dict | None = None) -> Node:
+    def kd(
+        self,
+        teacher: str,
+        student: str,
+        domain,
+        method: Method,
+        temperature: float | None,
+        noise: float,
+        base: bool,
+        seed: int,
+        overrides: dict | None = None,
+    ) -> Node:
         s_model, deps = self.model(student)
         data, data_deps = self.train_data(domain)
         deps += data_deps
-        meta = RunMeta(role="student-kd", teacher=teacher, student=student, domain=domain.name, method=method.name,
-                       loss=method.loss, temperature=temperature, noise=noise, seed=seed,
-                       teacher_kind="base" if base else "finetuned")
-        slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(overrides)
+        meta = RunMeta(
+            role="student-kd",
+            teacher=teacher,
+            student=student,
+            domain=domain.name,
+            method=method.name,
+            loss=method.loss,
+            temperature=temperature,
+            noise=noise,
+            seed=seed,
+            teacher_kind="base" if base else "finetuned",
+        )
+        slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(
+            overrides
+        )
         student_sections = merge_sections(self.spec.student_training, domain.training)
         flags = {**self.training_flags(student_sections, seed), **(overrides or {})}
         s_params = model_params(self.spec, student)
@@ -242,8 +324,14 @@ class _Builder:
         t_model, t_adapter, t_deps = self.teacher_model(teacher, domain, base)
         flags.update({f"kd.{key}": value for key, value in method.kd.items()})
         flags.update({"kd.temperature": temperature, "kd.teacher_noise": noise})
-        params = {"kind": "distill", "model": s_model, "teacher": t_model, "teacher_adapter": t_adapter,
-                  "data": data, "flags": flags}
+        params = {
+            "kind": "distill",
+            "model": s_model,
+            "teacher": t_model,
+            "teacher_adapter": t_adapter,
+            "data": data,
+            "flags": flags,
+        }
         deps = deps + t_deps
         use_cache = self.spec.teacher_cache["enabled"] and method.kd.get("answer_target", "gold") != "teacher"
         if method.kd.get("answer_target", "gold") == "teacher":  # the teacher's own answers, generated once per teacher
@@ -253,8 +341,13 @@ class _Builder:
         if use_cache:
             cache = self.cache(teacher, domain, base)
             params["teacher_cache"] = study_path(cache.id)
-            flags.update({"kd.cache_k": int(self.spec.teacher_cache["k"]), "kd.cache_tail": self.spec.teacher_cache["tail"],
-                          "kd.cache_temperatures": self.cache_temperatures()})
+            flags.update(
+                {
+                    "kd.cache_k": int(self.spec.teacher_cache["k"]),
+                    "kd.cache_tail": self.spec.teacher_cache["tail"],
+                    "kd.cache_temperatures": self.cache_temperatures(),
+                }
+            )
             deps += (cache.id,)
         examples, tokens = data_size(domain.train, domain.examples)
         if not use_cache or float(method.kd.get("lmbda", 0.0)) > 0:
@@ -262,29 +355,62 @@ class _Builder:
         return self.add(_node("kd", slug, params, deps, meta, flops=flops))
 
     # evaluation -------------------------------------------------------
-    def evaluation(self, run: Node | None, model: str, adapter: str | None, domain, meta: RunMeta, name: str,
-                   deps=()) -> Node:
+    def evaluation(
+        self, run: Node | None, model: str, adapter: str | None, domain, meta: RunMeta, name: str, deps=()
+    ) -> Node:
         settings = dict(self.spec.evaluation)
-        params = {"model": model, "adapter": adapter, "tasks": list(domain.tasks), "data_dir": domain.data_dir, **settings}
+        params = {
+            "model": model,
+            "adapter": adapter,
+            "tasks": list(domain.tasks),
+            "data_dir": domain.data_dir,
+            **settings,
+        }
         size = model_params(self.spec, meta.student)
         budget = settings["max_new_tokens"] or 256
-        flops = GENERATION_INEFFICIENCY * sum(2 * size * task_size(task, domain.data_dir, settings["limit"]) * (100 + budget / 2)
-                                              for task in domain.tasks)
+        flops = GENERATION_INEFFICIENCY * sum(
+            2 * size * task_size(task, domain.data_dir, settings["limit"]) * (100 + budget / 2) for task in domain.tasks
+        )
         run_deps = (run.id,) if run is not None else ()
         group = run.group if run is not None else None
-        return self.add(_node("eval", name, params, tuple(deps) + run_deps, replace(meta, run=run.id if run else None),
-                              group=group, flops=flops))
+        return self.add(
+            _node(
+                "eval",
+                name,
+                params,
+                tuple(deps) + run_deps,
+                replace(meta, run=run.id if run else None),
+                group=group,
+                flops=flops,
+            )
+        )
 
     def validation(self, run: Node, model: str, adapter: str | None, domain) -> Node:
         """A candidate run scored on its domain's validation split (all of it: ``evaluation.limit`` is for tests)."""
         split = self.split(domain)
         settings = {**self.spec.evaluation, "limit": None}
-        params = {"model": model, "adapter": adapter, "tasks": [split.params["task"]], "data_dir": study_path(split.id),
-                  **settings}
+        params = {
+            "model": model,
+            "adapter": adapter,
+            "tasks": [split.params["task"]],
+            "data_dir": study_path(split.id),
+            **settings,
+        }
         size = model_params(self.spec, run.meta.student)
-        flops = GENERATION_INEFFICIENCY * 2 * size * self.spec.tuning.n * (100 + (settings["max_new_tokens"] or 256) / 2)
-        return self.add(_node("val-eval", run_name(run), params, (run.id, split.id), replace(run.meta, run=run.id),
-                              group=run.group, flops=flops))
+        flops = (
+            GENERATION_INEFFICIENCY * 2 * size * self.spec.tuning.n * (100 + (settings["max_new_tokens"] or 256) / 2)
+        )
+        return self.add(
+            _node(
+                "val-eval",
+                run_name(run),
+                params,
+                (run.id, split.id),
+                replace(run.meta, run=run.id),
+                group=run.group,
+                flops=flops,
+            )
+        )
 
     def tuned(self, make, slug: str, s_model: str, domain, temperatures: list) -> Node:
         """The training run a study carries into test evaluation.
@@ -305,11 +431,17 @@ class _Builder:
         meta = first.meta
         if len(temperatures) > 1:
             meta = replace(meta, temperature=None)  # selected per run: see the selection
-        params = {"candidates": [{"run": study_path(run.id), "eval": study_path(val.id), "settings": settings}
-                                 for run, val, settings in candidates],
-                  "task": candidates[0][1].params["tasks"][0], "lora": first.params["flags"].get("lora.enabled", True)}
-        return self.add(_node("select", f"{KIND_DIRS[first.kind]}.{slug}", params, tuple(val.id for _, val, _ in candidates),
-                              meta))
+        params = {
+            "candidates": [
+                {"run": study_path(run.id), "eval": study_path(val.id), "settings": settings}
+                for run, val, settings in candidates
+            ],
+            "task": candidates[0][1].params["tasks"][0],
+            "lora": first.params["flags"].get("lora.enabled", True),
+        }
+        return self.add(
+            _node("select", f"{KIND_DIRS[first.kind]}.{slug}", params, tuple(val.id for _, val, _ in candidates), meta)
+        )
 
     def temperature_groups(self, temperatures: list) -> list[list]:
         """Temperatures selected together: all at once under ``tuning.temperature: validation``, else one by one."""
@@ -317,17 +449,37 @@ class _Builder:
             return [list(temperatures)]
         return [[temperature] for temperature in temperatures]
 
-    def fidelity(self, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node) -> Node:
+    def fidelity(
+        self, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node
+    ) -> Node:
         settings = self.spec.fidelity
-        params = {"teacher_eval": study_path(teacher_eval.id), "student_eval": study_path(student_eval.id),
-                  "embeddings": bool(settings["embeddings"])}
+        params = {
+            "teacher_eval": study_path(teacher_eval.id),
+            "student_eval": study_path(student_eval.id),
+            "embeddings": bool(settings["embeddings"]),
+        }
         flops = 0.0
         if settings["token_kl"]:
-            params.update({"teacher_model": teacher_load[0], "teacher_adapter": teacher_load[1],
-                           "student_model": student_load[0], "student_adapter": student_load[1]})
+            params.update(
+                {
+                    "teacher_model": teacher_load[0],
+                    "teacher_adapter": teacher_load[1],
+                    "student_model": student_load[0],
+                    "student_adapter": student_load[1],
+                }
+            )
             flops = student_eval.flops * 0.3
-        return self.add(_node("fidelity", run_name(student_eval), params, (student_eval.id, teacher_eval.id), student_eval.meta,
-                              group=run.group, flops=flops))
+        return self.add(
+            _node(
+                "fidelity",
+                run_name(student_eval),
+                params,
+                (student_eval.id, teacher_eval.id),
+                student_eval.meta,
+                group=run.group,
+                flops=flops,
+            )
+        )
 
 
 def build_plan(spec: StudySpec) -> Plan:
@@ -339,36 +491,74 @@ def build_plan(spec: StudySpec) -> Plan:
             t_model, _ = b.model(teacher)
             teacher_run = b.teacher_sft(teacher, domain)
             teacher_load = b.trained(teacher_run, t_model)
-            teacher_eval = b.evaluation(teacher_run, *teacher_load, domain, teacher_run.meta, f"{teacher}.{domain.name}")
+            teacher_eval = b.evaluation(
+                teacher_run, *teacher_load, domain, teacher_run.meta, f"{teacher}.{domain.name}"
+            )
             evals = {False: (teacher_eval, teacher_load)}
             if ablation.base_teacher:
                 base_meta = replace(teacher_run.meta, role="base-teacher", teacher_kind="base")
-                evals[True] = (b.evaluation(None, t_model, None, domain, base_meta, f"{teacher}.{domain.name}.base",
-                                            deps=b.model(teacher)[1]), (t_model, None))
+                evals[True] = (
+                    b.evaluation(
+                        None,
+                        t_model,
+                        None,
+                        domain,
+                        base_meta,
+                        f"{teacher}.{domain.name}.base",
+                        deps=b.model(teacher)[1],
+                    ),
+                    (t_model, None),
+                )
             for student in spec.students:
                 if not distils_into(spec, teacher, student):
                     continue
                 s_model, _ = b.model(student)
                 for seed in spec.seeds:
-                    sft = b.tuned(lambda o, t: b.student_sft(student, domain, seed, o), f"{student}.{domain.name}.s{seed}",
-                                  s_model, domain, [None])
+                    sft = b.tuned(
+                        lambda o, t: b.student_sft(student, domain, seed, o),
+                        f"{student}.{domain.name}.s{seed}",
+                        s_model,
+                        domain,
+                        [None],
+                    )
                     _evaluate_student(b, sft, s_model, domain, evals[False], teacher)
                     for method in spec.methods.values():
                         temperatures = method.temperatures or spec.temperatures if method.uses_temperature else [None]
                         for group in b.temperature_groups(temperatures):
-                            run = b.tuned(lambda o, t: b.kd(teacher, student, domain, method, t, 0.0, False, seed, o),
-                                          kd_slug(teacher, student, domain.name, method.name, group[0] if len(group) == 1 else None,
-                                                  0.0, False, seed), s_model, domain, group)
+                            run = b.tuned(
+                                lambda o, t: b.kd(teacher, student, domain, method, t, 0.0, False, seed, o),
+                                kd_slug(
+                                    teacher,
+                                    student,
+                                    domain.name,
+                                    method.name,
+                                    group[0] if len(group) == 1 else None,
+                                    0.0,
+                                    False,
+                                    seed,
+                                ),
+                                s_model,
+                                domain,
+                                group,
+                            )
                             _evaluate_student(b, run, s_model, domain, evals[False], teacher)
                     if student not in ablation.students or seed not in ablation.seeds:
                         continue
                     for name in ablation.methods:
                         method = spec.methods[name]
-                        variants = [(noise, False) for noise in ablation.teacher_noise] + ([(0.0, True)] if ablation.base_teacher else [])
+                        variants = [(noise, False) for noise in ablation.teacher_noise] + (
+                            [(0.0, True)] if ablation.base_teacher else []
+                        )
                         for noise, base in variants:
-                            run = b.tuned(lambda o, t: b.kd(teacher, student, domain, method, t, noise, base, seed, o),
-                                          kd_slug(teacher, student, domain.name, method.name, ablation.temperature, noise, base, seed),
-                                          s_model, domain, [ablation.temperature])
+                            run = b.tuned(
+                                lambda o, t: b.kd(teacher, student, domain, method, t, noise, base, seed, o),
+                                kd_slug(
+                                    teacher, student, domain.name, method.name, ablation.temperature, noise, base, seed
+                                ),
+                                s_model,
+                                domain,
+                                [ablation.temperature],
+                            )
                             _evaluate_student(b, run, s_model, domain, evals[base], teacher)
     nodes = list(b.nodes.values())
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
@@ -397,15 +587,22 @@ def run_name(node: Node) -> str:
     return node.id.split("/", 1)[1].rsplit("-", 1)[0]
 
 
-def kd_slug(teacher: str, student: str, domain: str, method: str, temperature: float | None, noise: float, base: bool,
-            seed: int) -> str:
+def kd_slug(
+    teacher: str, student: str, domain: str, method: str, temperature: float | None, noise: float, base: bool, seed: int
+) -> str:
     """The readable part of a KD run's folder name."""
-    return ".".join([teacher, student, domain, method] + ([f"t{temperature:g}"] if temperature is not None else [])
-                    + ([f"noise{noise:g}"] if noise else []) + (["base"] if base else []) + [f"s{seed}"])
+    return ".".join(
+        [teacher, student, domain, method]
+        + ([f"t{temperature:g}"] if temperature is not None else [])
+        + ([f"noise{noise:g}"] if noise else [])
+        + (["base"] if base else [])
+        + [f"s{seed}"]
+    )
 
 
 def setting_tag(overrides: dict | None) -> str:
     """A candidate's tuned settings in its folder name: ``{"train.lr": 3e-4}`` -> ``.lr0.0003``."""
+
     def text(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -44,7 +44,12 @@ class Need:
 
 
 def _number(value, where: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
         raise KdlabError(f"{where}: expected a number {bound}, got {value!r}")
     return float(value)
@@ -57,7 +62,9 @@ def load_resources(data, where: str) -> dict[str, Need]:
         raise KdlabError(f"{where}: expected a mapping of run kinds, got {type(data).__name__}")
     unknown = sorted(set(data) - set(KIND_ORDER))
     if unknown:
-        raise KdlabError(f"{where}: unknown run kind(s) {', '.join(map(str, unknown))} (known: {', '.join(KIND_ORDER)})")
+        raise KdlabError(
+            f"{where}: unknown run kind(s) {', '.join(map(str, unknown))} (known: {', '.join(KIND_ORDER)})"
+        )
     needs = {}
     for kind in KIND_ORDER:
         entry = data.get(kind) or {}
@@ -66,12 +73,19 @@ def load_resources(data, where: str) -> dict[str, Need]:
             raise KdlabError(f"{here}: expected a mapping such as {{gpus: 1}}, got {entry!r}")
         bad = sorted(set(entry) - RESOURCE_KEYS)
         if bad:
-            raise KdlabError(f"{here}: unknown key(s) {', '.join(map(str, bad))} (known: {', '.join(sorted(RESOURCE_KEYS))})")
+            raise KdlabError(
+                f"{here}: unknown key(s) {', '.join(map(str, bad))} (known: {', '.join(sorted(RESOURCE_KEYS))})"
+            )
         needs[kind] = Need(
             gpus=_number(entry.get("gpus", DEFAULT_GPUS[kind]), f"{here}.gpus", 0.0, 1.0),
             cpus=_number(entry.get("cpus", 1), f"{here}.cpus", 0.0),
-            memory_gb=_number(entry["memory_gb"], f"{here}.memory_gb", 0.0) if entry.get("memory_gb") is not None else None,
-            time_min=int(_number(entry["time_min"], f"{here}.time_min", 1.0)) if entry.get("time_min") is not None else None)
+            memory_gb=_number(entry["memory_gb"], f"{here}.memory_gb", 0.0)
+            if entry.get("memory_gb") is not None
+            else None,
+            time_min=int(_number(entry["time_min"], f"{here}.time_min", 1.0))
+            if entry.get("time_min") is not None
+            else None,
+        )
     return needs
 
 
@@ -82,7 +96,9 @@ def load_slurm(data, where: str) -> dict:
         raise KdlabError(f"{where}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SLURM_DEFAULTS))
     if unknown:
-        raise KdlabError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(SLURM_DEFAULTS))})")
+        raise KdlabError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(SLURM_DEFAULTS))})"
+        )
     out = {**SLURM_DEFAULTS, **data}
     out["time_min"] = int(_number(out["time_min"], f"{where}.time_min", 1.0))
     if not isinstance(out["setup"], list) or not all(isinstance(line, str) for line in out["setup"]):

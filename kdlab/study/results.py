@@ -39,14 +39,64 @@ from kdlab.study.plan import Node, Plan
 from kdlab.study.sizes import model_params
 from kdlab.study.steps import is_done
 
-RESULT_COLUMNS = ["run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss",
-                  "temperature", "noise", "seed", "n", "correct", "accuracy", "ci_low", "ci_high", "sft_accuracy",
-                  "improvement", "teacher_accuracy", "agreement", "bleu", "cosine", "token_kl", "top1_agreement",
-                  "eval_dir", "sft_eval_dir", "selected", "val_accuracy", "fidelity_dir"]
-SELECTION_COLUMNS = ["select", "role", "teacher", "teacher_kind", "student", "domain", "method", "noise", "seed", "task",
-                     "candidate", "settings", "n", "val_accuracy", "selected", "run"]
-FIDELITY_KEYS = {"agreement": "agreement", "bleu": "bleu", "cosine": "cosine", "token_kl": "kl_teacher_student",
-                 "top1_agreement": "top1_agreement"}
+RESULT_COLUMNS = [
+    "run",
+    "role",
+    "domain",
+    "task",
+    "teacher",
+    "teacher_kind",
+    "student",
+    "student_size_b",
+    "method",
+    "loss",
+    "temperature",
+    "noise",
+    "seed",
+    "n",
+    "correct",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "sft_accuracy",
+    "improvement",
+    "teacher_accuracy",
+    "agreement",
+    "bleu",
+    "cosine",
+    "token_kl",
+    "top1_agreement",
+    "eval_dir",
+    "sft_eval_dir",
+    "selected",
+    "val_accuracy",
+    "fidelity_dir",
+]
+SELECTION_COLUMNS = [
+    "select",
+    "role",
+    "teacher",
+    "teacher_kind",
+    "student",
+    "domain",
+    "method",
+    "noise",
+    "seed",
+    "task",
+    "candidate",
+    "settings",
+    "n",
+    "val_accuracy",
+    "selected",
+    "run",
+]
+FIDELITY_KEYS = {
+    "agreement": "agreement",
+    "bleu": "bleu",
+    "cosine": "cosine",
+    "token_kl": "kl_teacher_student",
+    "top1_agreement": "top1_agreement",
+}
 
 
 def _read_json(path: Path) -> dict:
@@ -73,12 +123,18 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             key = (node.params["student_eval"].split(":", 1)[1], node.params["teacher_eval"].split(":", 1)[1])
             fidelity[key] = _read_json(node.folder(study_dir) / "fidelity.json")["tasks"]
             fidelity_dirs[key] = node.id
-    teacher_evals = {(n.meta.teacher, n.meta.domain, n.meta.role == "base-teacher"): n for n in evals
-                     if n.meta.role in ("teacher", "base-teacher")}
+    teacher_evals = {
+        (n.meta.teacher, n.meta.domain, n.meta.role == "base-teacher"): n
+        for n in evals
+        if n.meta.role in ("teacher", "base-teacher")
+    }
     sft_evals = {(n.meta.student, n.meta.domain, n.meta.seed): n for n in evals if n.meta.role == "student-sft"}
     sizes = {name: model_params(spec, name) / 1e9 for name in set(spec.teachers) | set(spec.students)}
-    selections = {node.id: _read_json(node.folder(study_dir) / "selection.json") for node in plan.nodes
-                  if node.kind == "select" and is_done(node, study_dir)}
+    selections = {
+        node.id: _read_json(node.folder(study_dir) / "selection.json")
+        for node in plan.nodes
+        if node.kind == "select" and is_done(node, study_dir)
+    }
     rows = []
     for node in evals:
         meta = node.meta
@@ -89,7 +145,9 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             sft_eval = sft_evals.get((meta.student, meta.domain, meta.seed)) if meta.role == "student-kd" else None
             for task, values in metrics[node.id].items():
                 row = _row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes)
-                row["fidelity_dir"] = fidelity_dirs.get((node.id, teacher_eval.id)) if teacher_eval is not None else None
+                row["fidelity_dir"] = (
+                    fidelity_dirs.get((node.id, teacher_eval.id)) if teacher_eval is not None else None
+                )
                 rows.append(_with_selection(row, selections.get(meta.run)))
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for column in ("n", "correct", "seed"):
@@ -97,21 +155,49 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _row(node: Node, teacher: str, task: str, values: dict, metrics: dict, teacher_eval: Node | None, sft_eval: Node | None,
-         fidelity: dict, sizes: dict) -> dict:
+def _row(
+    node: Node,
+    teacher: str,
+    task: str,
+    values: dict,
+    metrics: dict,
+    teacher_eval: Node | None,
+    sft_eval: Node | None,
+    fidelity: dict,
+    sizes: dict,
+) -> dict:
     meta = node.meta
     n, accuracy = int(values["n"]), float(values["accuracy"])
     role = meta.role
-    row = {"run": meta.run or node.id, "role": role, "domain": meta.domain, "task": task, "teacher": teacher,
-           "teacher_kind": meta.teacher_kind if role != "student-sft" else "finetuned",
-           "student": meta.student, "student_size_b": sizes[meta.student],
-           "method": "base" if role == "base-teacher" else meta.method, "loss": meta.loss or "sft",
-           "temperature": _number(meta.temperature), "noise": float(meta.noise or 0.0),
-           "seed": meta.seed if meta.seed is not None else 0, "n": n, "correct": int(round(accuracy * n)), "accuracy": accuracy,
-           "ci_low": float(values["ci95"][0]), "ci_high": float(values["ci95"][1]), "eval_dir": node.id,
-           "sft_accuracy": math.nan, "improvement": math.nan, "sft_eval_dir": None}
-    row["teacher_accuracy"] = (float(metrics[teacher_eval.id][task]["accuracy"])
-                               if teacher_eval is not None and task in metrics.get(teacher_eval.id, {}) else math.nan)
+    row = {
+        "run": meta.run or node.id,
+        "role": role,
+        "domain": meta.domain,
+        "task": task,
+        "teacher": teacher,
+        "teacher_kind": meta.teacher_kind if role != "student-sft" else "finetuned",
+        "student": meta.student,
+        "student_size_b": sizes[meta.student],
+        "method": "base" if role == "base-teacher" else meta.method,
+        "loss": meta.loss or "sft",
+        "temperature": _number(meta.temperature),
+        "noise": float(meta.noise or 0.0),
+        "seed": meta.seed if meta.seed is not None else 0,
+        "n": n,
+        "correct": int(round(accuracy * n)),
+        "accuracy": accuracy,
+        "ci_low": float(values["ci95"][0]),
+        "ci_high": float(values["ci95"][1]),
+        "eval_dir": node.id,
+        "sft_accuracy": math.nan,
+        "improvement": math.nan,
+        "sft_eval_dir": None,
+    }
+    row["teacher_accuracy"] = (
+        float(metrics[teacher_eval.id][task]["accuracy"])
+        if teacher_eval is not None and task in metrics.get(teacher_eval.id, {})
+        else math.nan
+    )
     if sft_eval is not None and task in metrics.get(sft_eval.id, {}):
         row["sft_accuracy"] = float(metrics[sft_eval.id][task]["accuracy"])
         row["improvement"] = accuracy - row["sft_accuracy"]
@@ -132,13 +218,20 @@ def collect_data_fit(study_dir: str | Path) -> pd.DataFrame:
     for path in sorted(Path(study_dir).glob("*/*/result.json")):
         data = _read_json(path).get("data") or {}
         if data.get("dropped_long") or data.get("cut_responses"):
-            rows.append({"run": f"{path.parent.parent.name}/{path.parent.name}", **{k: data.get(k) for k in DATA_FIT_COLUMNS[1:]}})
+            rows.append(
+                {
+                    "run": f"{path.parent.parent.name}/{path.parent.name}",
+                    **{k: data.get(k) for k in DATA_FIT_COLUMNS[1:]},
+                }
+            )
     return pd.DataFrame(rows, columns=DATA_FIT_COLUMNS)
 
 
 def format_settings(settings: dict) -> str:
     """``{"train.lr": 0.0003, "kd.temperature": 2.0}`` -> ``train.lr=0.0003 kd.temperature=2``."""
-    return " ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in settings.items())
+    return " ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in settings.items()
+    )
 
 
 def _with_selection(row: dict, selection: dict | None) -> dict:
@@ -146,7 +239,12 @@ def _with_selection(row: dict, selection: dict | None) -> dict:
     if selection is None:
         return {**row, "selected": "", "val_accuracy": math.nan}
     chosen = selection["selected"]
-    row = {**row, "run": chosen["run"], "selected": format_settings(chosen["settings"]), "val_accuracy": chosen["accuracy"]}
+    row = {
+        **row,
+        "run": chosen["run"],
+        "selected": format_settings(chosen["settings"]),
+        "val_accuracy": chosen["accuracy"],
+    }
     if "kd.temperature" in chosen["settings"]:
         row["temperature"] = math.nan
     return row
@@ -161,13 +259,27 @@ def collect_selection(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
             continue
         selection, meta = _read_json(node.folder(study_dir) / "selection.json"), node.meta
         for i, candidate in enumerate(selection["candidates"]):
-            rows.append({"select": node.id, "role": meta.role, "teacher": meta.teacher,
-                         "teacher_kind": meta.teacher_kind, "student": meta.student,
-                         "domain": meta.domain, "method": meta.method, "noise": float(meta.noise or 0.0),
-                         "seed": meta.seed if meta.seed is not None else 0, "task": selection["task"], "candidate": i,
-                         "settings": format_settings(candidate["settings"]), "n": candidate["n"],
-                         "val_accuracy": candidate["accuracy"], "selected": candidate["run"] == selection["selected"]["run"],
-                         "run": candidate["run"], **{f"setting:{k}": v for k, v in candidate["settings"].items()}})
+            rows.append(
+                {
+                    "select": node.id,
+                    "role": meta.role,
+                    "teacher": meta.teacher,
+                    "teacher_kind": meta.teacher_kind,
+                    "student": meta.student,
+                    "domain": meta.domain,
+                    "method": meta.method,
+                    "noise": float(meta.noise or 0.0),
+                    "seed": meta.seed if meta.seed is not None else 0,
+                    "task": selection["task"],
+                    "candidate": i,
+                    "settings": format_settings(candidate["settings"]),
+                    "n": candidate["n"],
+                    "val_accuracy": candidate["accuracy"],
+                    "selected": candidate["run"] == selection["selected"]["run"],
+                    "run": candidate["run"],
+                    **{f"setting:{k}": v for k, v in candidate["settings"].items()},
+                }
+            )
     frame = pd.DataFrame(rows)
     return frame if len(frame) else pd.DataFrame(columns=SELECTION_COLUMNS)
 
@@ -201,5 +313,19 @@ def format_results(frame: pd.DataFrame) -> str:
     view["gain"] = view["improvement"].map(lambda v: "" if pd.isna(v) else f"{v:+.3f}")
     view["agree"] = view["agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     view["tau"] = view["temperature"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
-    columns = ["role", "teacher", "student", "method", "tau", "noise", "seed", "task", "n", "acc", "CI", "gain", "agree"]
+    columns = [
+        "role",
+        "teacher",
+        "student",
+        "method",
+        "tau",
+        "noise",
+        "seed",
+        "task",
+        "n",
+        "acc",
+        "CI",
+        "gain",
+        "agree",
+    ]
     return view[columns].to_string(index=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class RunMeta:
     """Who is trained or evaluated in a node, on what, how. Fields a node kind does not have stay at their default.
@@ -36,8 +37,13 @@ class RunMeta:
         temperature = row.get("temperature")
         if isinstance(temperature, float) and math.isnan(temperature):
             temperature = None
-        return cls(role=row.get("role"), method=row.get("method"), temperature=temperature,
-                   noise=row.get("noise") or 0.0, teacher_kind=row.get("teacher_kind") or "finetuned")
+        return cls(
+            role=row.get("role"),
+            method=row.get("method"),
+            temperature=temperature,
+            noise=row.get("noise") or 0.0,
+            teacher_kind=row.get("teacher_kind") or "finetuned",
+        )
 
     def label(self, temperature: bool = True) -> str:
         """The run in words: ``SFT``, or the KD method with what sets it apart, ``fkl tau=2 noise=1 (base teacher)``

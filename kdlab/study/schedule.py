@@ -76,10 +76,15 @@ def format_estimates(plan: Plan, nodes: list[Node], gpu_counts=(1, 4, 8, 32)) ->
     """A table of expected wall times for several GPU counts."""
     from kdlab.study.sizes import format_seconds
 
-    lines = [f"expected wall time on N GPUs (list schedule over the dependency graph, {plan.spec.cost['tflops']:g} "
-             "TFLOP/s per GPU, GPUs per run from `resources`):", f"{'GPUs':>6}{'wall time':>12}{'total / N':>12}{'critical path':>15}"]
+    lines = [
+        f"expected wall time on N GPUs (list schedule over the dependency graph, {plan.spec.cost['tflops']:g} "
+        "TFLOP/s per GPU, GPUs per run from `resources`):",
+        f"{'GPUs':>6}{'wall time':>12}{'total / N':>12}{'critical path':>15}",
+    ]
     for count in gpu_counts:
         est = estimate(plan, nodes, count)
-        lines.append(f"{count:>6}{format_seconds(est.wall_seconds):>12}{format_seconds(est.total_seconds / count):>12}"
-                     f"{format_seconds(est.critical_seconds):>15}")
+        lines.append(
+            f"{count:>6}{format_seconds(est.wall_seconds):>12}{format_seconds(est.total_seconds / count):>12}"
+            f"{format_seconds(est.critical_seconds):>15}"
+        )
     return "\n".join(lines)

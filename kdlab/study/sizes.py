@@ -4,14 +4,14 @@ a task, and a duration in words."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.study.spec import StudySpec
 
 
-@lru_cache(maxsize=None)
+@cache
 def count_params(spec: str, keep_layers: int | None = None) -> float:
     """Parameters of a model spec (optionally pruned to ``keep_layers``), counted on the meta device from its config."""
     import torch
@@ -21,7 +21,9 @@ def count_params(spec: str, keep_layers: int | None = None) -> float:
 
     path = resolve_model_path(spec)
     if not Path(path).is_dir():
-        raise KdlabError(f"model {spec!r}: give its size in the spec (params: 0.5B); it is not available locally to count")
+        raise KdlabError(
+            f"model {spec!r}: give its size in the spec (params: 0.5B); it is not available locally to count"
+        )
     config = AutoConfig.from_pretrained(path)
     if keep_layers is not None:
         config.num_hidden_layers = keep_layers
@@ -43,7 +45,7 @@ def model_params(spec: StudySpec, name: str) -> float:
     return count_params(parent.spec, entry.keep_layers)
 
 
-@lru_cache(maxsize=None)
+@cache
 def data_size(path: str, hint: int | None = None) -> tuple[int, float]:
     """(examples, mean tokens per example) of a training file; tokens ~ characters / 4.
 
@@ -58,7 +60,7 @@ def data_size(path: str, hint: int | None = None) -> tuple[int, float]:
     return len(examples), chars / 4 / max(len(examples), 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_size(task_name: str, data_dir: str | None, limit: int | None) -> int:
     """Number of test examples evaluated (500 when the data cannot be read here)."""
     from kdlab.eval.task_examples import load_task_examples

@@ -27,8 +27,16 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
-from kdlab.significance import (anova, holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, spearman, t_interval,
-                                ttest_greater)
+from kdlab.significance import (
+    anova,
+    holm,
+    mcnemar_exact,
+    odds_ratio,
+    paired_bootstrap_ci,
+    spearman,
+    t_interval,
+    ttest_greater,
+)
 from kdlab.study.fidelity_stats import fidelity_tables
 from kdlab.study.predictions import read_predictions
 from kdlab.study.stats_markdown import stats_markdown
@@ -37,31 +45,111 @@ ROLES = ("teacher", "base-teacher", "student-sft", "student-kd")
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 HYPOTHESES = ("H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5")
 # H2..H5: Spearman(improvement, column)
-CORRELATES = (("H2", "teacher_accuracy"), ("H3", "student_size_b"), ("H3b", "sft_accuracy"),
-              ("H4", "agreement"), ("H5", "bleu"))
-HYPOTHESIS_COLUMNS = ["hypothesis", "group", "task", "statistic", "pvalue", "n", "effect_size", "effect_name",
-                      "pvalue_holm", "mean", "test", "note"]
-PAIRED_COLUMNS = CONFIG + ["seed", "task", "run", "n", "kd_accuracy", "sft_accuracy", "diff", "ci_low", "ci_high",
-                           "b", "c", "odds_ratio", "pvalue", "pvalue_holm", "pvalue_holm_all", "n_boot",
-                           "kd_file", "sft_file", "note"]
-SEED_COLUMNS = ["role"] + CONFIG + ["task", "student_size_b", "loss", "n_seeds", "seeds", "n",
-                                    "accuracy_mean", "accuracy_sd", "accuracy_ci_low", "accuracy_ci_high",
-                                    "wilson_low", "wilson_high", "improvement_mean", "improvement_sd",
-                                    "improvement_ci_low", "improvement_ci_high", "sft_accuracy_mean",
-                                    "teacher_accuracy_mean", "agreement_mean", "bleu_mean"]
+CORRELATES = (
+    ("H2", "teacher_accuracy"),
+    ("H3", "student_size_b"),
+    ("H3b", "sft_accuracy"),
+    ("H4", "agreement"),
+    ("H5", "bleu"),
+)
+HYPOTHESIS_COLUMNS = [
+    "hypothesis",
+    "group",
+    "task",
+    "statistic",
+    "pvalue",
+    "n",
+    "effect_size",
+    "effect_name",
+    "pvalue_holm",
+    "mean",
+    "test",
+    "note",
+]
+PAIRED_COLUMNS = CONFIG + [
+    "seed",
+    "task",
+    "run",
+    "n",
+    "kd_accuracy",
+    "sft_accuracy",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "b",
+    "c",
+    "odds_ratio",
+    "pvalue",
+    "pvalue_holm",
+    "pvalue_holm_all",
+    "n_boot",
+    "kd_file",
+    "sft_file",
+    "note",
+]
+SEED_COLUMNS = (
+    ["role"]
+    + CONFIG
+    + [
+        "task",
+        "student_size_b",
+        "loss",
+        "n_seeds",
+        "seeds",
+        "n",
+        "accuracy_mean",
+        "accuracy_sd",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "wilson_low",
+        "wilson_high",
+        "improvement_mean",
+        "improvement_sd",
+        "improvement_ci_low",
+        "improvement_ci_high",
+        "sft_accuracy_mean",
+        "teacher_accuracy_mean",
+        "agreement_mean",
+        "bleu_mean",
+    ]
+)
 
-HYPOTHESIS_INPUT = ["role", "task", "seed", "student_size_b", "improvement", "sft_accuracy", "teacher_accuracy",
-                    "agreement", "bleu"] + CONFIG
+HYPOTHESIS_INPUT = [
+    "role",
+    "task",
+    "seed",
+    "student_size_b",
+    "improvement",
+    "sft_accuracy",
+    "teacher_accuracy",
+    "agreement",
+    "bleu",
+] + CONFIG
 PAIRED_INPUT = ["role", "task", "seed", "run", "eval_dir", "sft_eval_dir"] + CONFIG
 SEED_INPUT = ["role", "task", "seed", "accuracy", "student_size_b"] + CONFIG
-NUMERIC = ("student_size_b", "temperature", "noise", "seed", "n", "correct", "accuracy", "ci_low", "ci_high",
-           "sft_accuracy", "improvement", "teacher_accuracy", "agreement", "bleu", "cosine", "token_kl",
-           "top1_agreement")
+NUMERIC = (
+    "student_size_b",
+    "temperature",
+    "noise",
+    "seed",
+    "n",
+    "correct",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "sft_accuracy",
+    "improvement",
+    "teacher_accuracy",
+    "agreement",
+    "bleu",
+    "cosine",
+    "token_kl",
+    "top1_agreement",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # input
-
 
 
 def check_table(frame: pd.DataFrame, columns: Iterable[str], what: str = "results table") -> pd.DataFrame:
@@ -93,8 +181,9 @@ def check_table(frame: pd.DataFrame, columns: Iterable[str], what: str = "result
 
 def main_grid(frame: pd.DataFrame) -> pd.DataFrame:
     """The ``student-kd`` rows distilled from the fine-tuned teacher without noise (ablations left out)."""
-    return frame[(frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned")
-                 & (frame["noise"].fillna(0) == 0)]
+    return frame[
+        (frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned") & (frame["noise"].fillna(0) == 0)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,8 +222,10 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
     frame = check_table(frame, HYPOTHESIS_INPUT)
     kd = main_grid(frame)
     if kd.empty:
-        raise KdlabError("results table: no student-kd rows with teacher_kind 'finetuned' and noise 0 "
-                         "(the main grid the hypothesis tests use)")
+        raise KdlabError(
+            "results table: no student-kd rows with teacher_kind 'finetuned' and noise 0 "
+            "(the main grid the hypothesis tests use)"
+        )
     points = seed_means(kd)
     tasks = list(dict.fromkeys(points["task"]))
     methods = list(dict.fromkeys(points["method"]))
@@ -151,11 +242,18 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
                 samples = {m: s["improvement"].to_numpy(float) for m, s in sub.groupby("method", sort=False)}
                 rows.append({"hypothesis": "H1-anova", "group": group, "task": task, **anova(samples)})
             for hypothesis, column in CORRELATES:
-                rows.append({"hypothesis": hypothesis, "group": group, "task": task,
-                             **spearman(imp, sub[column].to_numpy(float), column)})
+                rows.append(
+                    {
+                        "hypothesis": hypothesis,
+                        "group": group,
+                        "task": task,
+                        **spearman(imp, sub[column].to_numpy(float), column),
+                    }
+                )
     out = pd.DataFrame(rows)
     out["pvalue_holm"] = out.groupby(["hypothesis", "group"], sort=False)["pvalue"].transform(
-        lambda p: pd.Series(holm(p.to_numpy()), index=p.index))
+        lambda p: pd.Series(holm(p.to_numpy()), index=p.index)
+    )
     order = {h: i for i, h in enumerate(HYPOTHESES)}
     out["_h"] = out["hypothesis"].map(order)
     out["_t"] = out["task"].map({t: i for i, t in enumerate(tasks + ["all"])})
@@ -167,7 +265,6 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------------------------
 # paired per-example tests
-
 
 
 def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
@@ -217,13 +314,24 @@ def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000
             raise KdlabError(
                 f"example ids differ between {kd_file} and {sft_file}: {len(only_kd)} only in the first"
                 f"{' (e.g. ' + ', '.join(map(str, only_kd[:3])) + ')' if len(only_kd) else ''}, {len(only_sft)} only "
-                f"in the second{' (e.g. ' + ', '.join(map(str, only_sft[:3])) + ')' if len(only_sft) else ''}")
+                f"in the second{' (e.g. ' + ', '.join(map(str, only_sft[:3])) + ')' if len(only_sft) else ''}"
+            )
         n = len(kd_ok)
         b = int((kd_ok & ~sft_ok).sum())
         c = int((~kd_ok & sft_ok).sum())
         low, high = paired_bootstrap_ci(kd_ok, sft_ok, n_boot=n_boot, seed=seed)
-        row.update(n=n, kd_accuracy=kd_ok.mean(), sft_accuracy=sft_ok.mean(), diff=(b - c) / n, ci_low=low,
-                   ci_high=high, b=b, c=c, odds_ratio=odds_ratio(b, c), pvalue=mcnemar_exact(b, c))
+        row.update(
+            n=n,
+            kd_accuracy=kd_ok.mean(),
+            sft_accuracy=sft_ok.mean(),
+            diff=(b - c) / n,
+            ci_low=low,
+            ci_high=high,
+            b=b,
+            c=c,
+            odds_ratio=odds_ratio(b, c),
+            pvalue=mcnemar_exact(b, c),
+        )
         rows.append(row)
     out = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
     if out.empty:
@@ -248,9 +356,11 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     dup = frame.duplicated(keys + ["seed"], keep=False)
     if dup.any():
         first = frame[dup].iloc[0]
-        raise KdlabError(f"results table: several rows for run {first.get('run', '?')} "
-                         f"({first['role']}, {first['student']}, {first['method']}, task {first['task']}, "
-                         f"seed {first['seed']:g})")
+        raise KdlabError(
+            f"results table: several rows for run {first.get('run', '?')} "
+            f"({first['role']}, {first['student']}, {first['method']}, task {first['task']}, "
+            f"seed {first['seed']:g})"
+        )
     rows = []
     for key, group in frame.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key))
@@ -262,8 +372,12 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row["n"] = group["n"].mean() if "n" in group else math.nan
         mean, sd, low, high, _ = t_interval(group["accuracy"])
         # an accuracy lies in [0, 1]: the t-interval is clipped to it (NaN stays NaN)
-        row.update(accuracy_mean=mean, accuracy_sd=sd, accuracy_ci_low=max(low, 0.0) if low == low else low,
-                   accuracy_ci_high=min(high, 1.0) if high == high else high)
+        row.update(
+            accuracy_mean=mean,
+            accuracy_sd=sd,
+            accuracy_ci_low=max(low, 0.0) if low == low else low,
+            accuracy_ci_high=min(high, 1.0) if high == high else high,
+        )
         single = len(group) == 1 and "ci_low" in group and "ci_high" in group
         row["wilson_low"] = group["ci_low"].iloc[0] if single else math.nan
         row["wilson_high"] = group["ci_high"].iloc[0] if single else math.nan
@@ -272,13 +386,16 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             mean = sd = low = high = math.nan
         row.update(improvement_mean=mean, improvement_sd=sd, improvement_ci_low=low, improvement_ci_high=high)
-        for source, target in (("sft_accuracy", "sft_accuracy_mean"), ("teacher_accuracy", "teacher_accuracy_mean"),
-                               ("agreement", "agreement_mean"), ("bleu", "bleu_mean")):
+        for source, target in (
+            ("sft_accuracy", "sft_accuracy_mean"),
+            ("teacher_accuracy", "teacher_accuracy_mean"),
+            ("agreement", "agreement_mean"),
+            ("bleu", "bleu_mean"),
+        ):
             values = group[source].dropna() if source in group else pd.Series(dtype=float)
             row[target] = float(values.mean()) if len(values) else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,8 +403,20 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 PAPER_RULE = "paper-compatible: temperature = max over TEST scores (optimistic; not a fair selection)"
-PAPER_VIEW_COLUMNS = ["teacher", "student", "domain", "method", "seed", "task", "temperatures", "best_temperature",
-                      "accuracy", "sft_accuracy", "improvement", "rule"]
+PAPER_VIEW_COLUMNS = [
+    "teacher",
+    "student",
+    "domain",
+    "method",
+    "seed",
+    "task",
+    "temperatures",
+    "best_temperature",
+    "accuracy",
+    "sft_accuracy",
+    "improvement",
+    "rule",
+]
 
 
 def paper_temperature_view(frame: pd.DataFrame) -> pd.DataFrame:
@@ -301,26 +430,42 @@ def paper_temperature_view(frame: pd.DataFrame) -> pd.DataFrame:
         if group["temperature"].nunique() < 2:
             continue
         best = group.loc[group["accuracy"].idxmax()]
-        rows.append({**dict(zip(keys, key)), "temperatures": " ".join(f"{t:g}" for t in sorted(group["temperature"])),
-                     "best_temperature": float(best["temperature"]), "accuracy": float(best["accuracy"]),
-                     "sft_accuracy": float(best["sft_accuracy"]), "improvement": float(best["improvement"]),
-                     "rule": PAPER_RULE})
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "temperatures": " ".join(f"{t:g}" for t in sorted(group["temperature"])),
+                "best_temperature": float(best["temperature"]),
+                "accuracy": float(best["accuracy"]),
+                "sft_accuracy": float(best["sft_accuracy"]),
+                "improvement": float(best["improvement"]),
+                "rule": PAPER_RULE,
+            }
+        )
     return pd.DataFrame(rows, columns=PAPER_VIEW_COLUMNS)
 
 
-def compute_study_stats(study_dir: str | Path, frame: pd.DataFrame, n_boot: int = 10000,
-                        seed: int = 0) -> dict[str, pd.DataFrame]:
+def compute_study_stats(
+    study_dir: str | Path, frame: pd.DataFrame, n_boot: int = 10000, seed: int = 0
+) -> dict[str, pd.DataFrame]:
     """``{"hypotheses", "paired", "seeds", "paper_temperature"}`` tables of a study."""
-    return {"hypotheses": study_hypotheses(frame), "paired": paired_tests(frame, study_dir, n_boot=n_boot, seed=seed),
-            "seeds": seed_summary(frame), "paper_temperature": paper_temperature_view(frame)}
+    return {
+        "hypotheses": study_hypotheses(frame),
+        "paired": paired_tests(frame, study_dir, n_boot=n_boot, seed=seed),
+        "seeds": seed_summary(frame),
+        "paper_temperature": paper_temperature_view(frame),
+    }
 
 
 def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``; also
     ``fidelity_plane`` and ``agreement`` (:func:`kdlab.study.fidelity_stats.fidelity_tables`) when present."""
     out_dir = Path(out_dir)
-    paths = {"hypotheses": out_dir / "hypotheses.csv", "paired": out_dir / "paired.csv",
-             "seeds": out_dir / "seeds.csv", "markdown": out_dir / "stats.md"}
+    paths = {
+        "hypotheses": out_dir / "hypotheses.csv",
+        "paired": out_dir / "paired.csv",
+        "seeds": out_dir / "seeds.csv",
+        "markdown": out_dir / "stats.md",
+    }
     for name in ("hypotheses", "paired", "seeds"):
         atomic_write_text(paths[name], tables[name].to_csv(index=False))
     for name in ("paper_temperature", "fidelity_plane", "agreement"):
@@ -332,8 +477,14 @@ def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> 
     return paths
 
 
-def compute_stats(study_dir: str | Path, frame: pd.DataFrame, out_dir: str | Path, selection: pd.DataFrame | None = None,
-                  n_boot: int = 10000, seed: int = 0) -> dict[str, pd.DataFrame]:
+def compute_stats(
+    study_dir: str | Path,
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    selection: pd.DataFrame | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
     """Everything ``kdlab study stats`` writes: the results (and selection) tables into ``<study_dir>/results``
     (:func:`kdlab.study.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
     :func:`kdlab.study.fidelity_stats.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the

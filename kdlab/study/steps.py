@@ -15,9 +15,19 @@ from kdlab.model_card import card_after_eval, evaluated_run
 from kdlab.study.plan import Node, resolve
 from kdlab.train.trackers import evaluation_values, log_evaluation
 
-MARKERS = {"prune": "config.json", "split": "split.json", "teacher-sft": "result.json", "student-sft": "result.json",
-           "kd": "result.json", "answers": "train.json", "cache": "manifest.json", "val-eval": "metrics.json",
-           "select": "selection.json", "eval": "metrics.json", "fidelity": "fidelity.json"}
+MARKERS = {
+    "prune": "config.json",
+    "split": "split.json",
+    "teacher-sft": "result.json",
+    "student-sft": "result.json",
+    "kd": "result.json",
+    "answers": "train.json",
+    "cache": "manifest.json",
+    "val-eval": "metrics.json",
+    "select": "selection.json",
+    "eval": "metrics.json",
+    "fidelity": "fidelity.json",
+}
 SELECTED = "selected"  # a select node's link to the run it chose
 
 
@@ -90,7 +100,9 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
     precision = p.get("precision", "auto")
     tokenizer = load_tokenizer(p["teacher"])
     teacher = load_frozen_teacher(p["teacher"], p["teacher_adapter"], precision).to(inference_device())
-    generated = teacher_answers(teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"], precision)
+    generated = teacher_answers(
+        teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"], precision
+    )
     with atomic_dir(out, marker="train.json") as tmp:
         write_json_examples(generated, tmp / "train.json")
 
@@ -115,13 +127,24 @@ def _split(p: dict, out: Path, study_dir: Path) -> None:
     write_json_examples(split.train, out / "train.json")
     teacher = split.train
     if p.get("teacher_train"):
-        teacher = validation_split(load_examples(p["teacher_train"]), 0, 0, split.validation, where=p["teacher_train"]).train
+        teacher = validation_split(
+            load_examples(p["teacher_train"]), 0, 0, split.validation, where=p["teacher_train"]
+        ).train
     write_json_examples(teacher, out / "teacher.json")
     write_json_examples(split.validation, out / task.folder / "test.json")
-    atomic_write_json(out / "split.json", {"train": len(split.train), "validation": len(split.validation),
-                                           "task": task.name, "source": p["file"] or p["train"], "seed": p["seed"],
-                                           "teacher": len(teacher), "removed_from_train": split.removed_from_train,
-                                           "dropped_test_overlap": split.dropped_test_overlap})
+    atomic_write_json(
+        out / "split.json",
+        {
+            "train": len(split.train),
+            "validation": len(split.validation),
+            "task": task.name,
+            "source": p["file"] or p["train"],
+            "seed": p["seed"],
+            "teacher": len(teacher),
+            "removed_from_train": split.removed_from_train,
+            "dropped_test_overlap": split.dropped_test_overlap,
+        },
+    )
 
 
 def _select(p: dict, out: Path, study_dir: Path) -> None:
@@ -134,25 +157,47 @@ def _select(p: dict, out: Path, study_dir: Path) -> None:
 
     rows = []
     for candidate in p["candidates"]:
-        metrics = json.loads((Path(resolve(candidate["eval"], study_dir)) / "metrics.json").read_text())["tasks"][p["task"]]
-        rows.append({"run": candidate["run"].split(":", 1)[1], "eval": candidate["eval"].split(":", 1)[1],
-                     "settings": candidate["settings"], "n": int(metrics["n"]), "accuracy": float(metrics["accuracy"])})
+        metrics = json.loads((Path(resolve(candidate["eval"], study_dir)) / "metrics.json").read_text())["tasks"][
+            p["task"]
+        ]
+        rows.append(
+            {
+                "run": candidate["run"].split(":", 1)[1],
+                "eval": candidate["eval"].split(":", 1)[1],
+                "settings": candidate["settings"],
+                "n": int(metrics["n"]),
+                "accuracy": float(metrics["accuracy"]),
+            }
+        )
     best = max(range(len(rows)), key=lambda i: (rows[i]["accuracy"], -i))
     out.mkdir(parents=True, exist_ok=True)
     link = out / SELECTED
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(os.path.relpath(study_dir / rows[best]["run"], out), link, target_is_directory=True)
-    atomic_write_json(out / "selection.json", {"task": p["task"], "metric": "accuracy", "candidates": rows,
-                                               "selected": rows[best]})
+    atomic_write_json(
+        out / "selection.json", {"task": p["task"], "metric": "accuracy", "candidates": rows, "selected": rows[best]}
+    )
 
 
 def _eval(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.eval.evaluate import EvalSettings, evaluate
 
-    evaluate(EvalSettings(model=p["model"], adapter=p["adapter"], tasks=list(p["tasks"]), out=str(out), data_dir=p["data_dir"],
-                          mode=p["mode"], extraction=p["extraction"], batch_size=p["batch_size"], limit=p["limit"],
-                          max_new_tokens=p["max_new_tokens"], precision=p["precision"]))
+    evaluate(
+        EvalSettings(
+            model=p["model"],
+            adapter=p["adapter"],
+            tasks=list(p["tasks"]),
+            out=str(out),
+            data_dir=p["data_dir"],
+            mode=p["mode"],
+            extraction=p["extraction"],
+            batch_size=p["batch_size"],
+            limit=p["limit"],
+            max_new_tokens=p["max_new_tokens"],
+            precision=p["precision"],
+        )
+    )
 
 
 def _test_eval(p: dict, out: Path, study_dir: Path) -> None:
@@ -164,12 +209,32 @@ def _test_eval(p: dict, out: Path, study_dir: Path) -> None:
 def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.fidelity_metrics import run_fidelity
 
-    run_fidelity(p["teacher_eval"], p["student_eval"], out, teacher_model=p.get("teacher_model"),
-                 student_model=p.get("student_model"), teacher_adapter=p.get("teacher_adapter"),
-                 student_adapter=p.get("student_adapter"), embeddings=p["embeddings"])
+    run_fidelity(
+        p["teacher_eval"],
+        p["student_eval"],
+        out,
+        teacher_model=p.get("teacher_model"),
+        student_model=p.get("student_model"),
+        teacher_adapter=p.get("teacher_adapter"),
+        student_adapter=p.get("student_adapter"),
+        embeddings=p["embeddings"],
+    )
     card_after_eval(p["student_eval"], fidelity_dir=out)
-    log_evaluation(evaluated_run(p["student_eval"]), evaluation_values(fidelity=json.loads((out / "fidelity.json").read_text())))
+    log_evaluation(
+        evaluated_run(p["student_eval"]), evaluation_values(fidelity=json.loads((out / "fidelity.json").read_text()))
+    )
 
 
-RUNNERS = {"prune": _prune, "split": _split, "teacher-sft": _sft, "student-sft": _sft, "kd": _kd, "cache": _cache,
-           "answers": _answers, "val-eval": _eval, "select": _select, "eval": _test_eval, "fidelity": _fidelity}
+RUNNERS = {
+    "prune": _prune,
+    "split": _split,
+    "teacher-sft": _sft,
+    "student-sft": _sft,
+    "kd": _kd,
+    "cache": _cache,
+    "answers": _answers,
+    "val-eval": _eval,
+    "select": _select,
+    "eval": _test_eval,
+    "fidelity": _fidelity,
+}

@@ -20,7 +20,12 @@ from kdlab.teacher_cache.format import (
     normalize_temperatures,
     temperature_index,
 )
-from kdlab.teacher_cache.loss import CachedTeacher, TailApproximationWarning, cached_divergence, chunked_cached_distill_loss
+from kdlab.teacher_cache.loss import (
+    CachedTeacher,
+    TailApproximationWarning,
+    cached_divergence,
+    chunked_cached_distill_loss,
+)
 from kdlab.teacher_cache.store import (
     CacheInfo,
     CacheRows,
@@ -34,8 +39,26 @@ from kdlab.teacher_cache.store import (
 )
 
 __all__ = [
-    "CACHE_FILE", "DEFAULT_TEMPERATURES", "FORMAT_VERSION", "MANIFEST_FILE", "TAIL_MODES", "CacheInfo", "CacheRows",
-    "CachedTeacher", "TailApproximationWarning", "TeacherCache", "build_cache", "bytes_per_token", "cached_divergence",
-    "check_format", "chunked_cached_distill_loss", "data_hash", "id_bytes", "load_cache", "normalize_temperatures",
-    "read_manifest", "teacher_fingerprint", "temperature_index",
+    "CACHE_FILE",
+    "DEFAULT_TEMPERATURES",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "TAIL_MODES",
+    "CacheInfo",
+    "CacheRows",
+    "CachedTeacher",
+    "TailApproximationWarning",
+    "TeacherCache",
+    "build_cache",
+    "bytes_per_token",
+    "cached_divergence",
+    "check_format",
+    "chunked_cached_distill_loss",
+    "data_hash",
+    "id_bytes",
+    "load_cache",
+    "normalize_temperatures",
+    "read_manifest",
+    "teacher_fingerprint",
+    "temperature_index",
 ]

@@ -94,7 +94,9 @@ def id_bytes(vocab_size: int) -> int:
     return 2 if vocab_size <= 1 << 16 else 3
 
 
-def bytes_per_token(k: int, vocab_size: int, quantize: bool = True, n_temperatures: int = len(DEFAULT_TEMPERATURES)) -> int:
+def bytes_per_token(
+    k: int, vocab_size: int, quantize: bool = True, n_temperatures: int = len(DEFAULT_TEMPERATURES)
+) -> int:
     """Storage per kept token of the representation documented in the module docstring (``n_temperatures`` tail
     sums, tau = 1 included)."""
     if quantize:
@@ -136,15 +138,18 @@ def dequantize_gaps(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_logits(logits: torch.Tensor, k: int, quantize: bool, vocab_size: int,
-                  temperatures: tuple[float, ...] = (1.0,)) -> dict[str, np.ndarray]:
+def encode_logits(
+    logits: torch.Tensor, k: int, quantize: bool, vocab_size: int, temperatures: tuple[float, ...] = (1.0,)
+) -> dict[str, np.ndarray]:
     """Raw logits [N, V] (float32) -> the stored per-token arrays."""
     lse = torch.logsumexp(logits, dim=-1)
     top_logits, top_ids = torch.topk(logits, k, dim=-1, sorted=True)
     logp = top_logits - lse.unsqueeze(1)
     if k < logits.shape[1]:
         tail = (logits - lse.unsqueeze(1)).scatter(1, top_ids, float("-inf"))  # l = log_softmax(z) outside the top-k
-        tail_lse = torch.stack([torch.logsumexp(tail / tau if tau != 1 else tail, dim=-1) for tau in temperatures], dim=1)
+        tail_lse = torch.stack(
+            [torch.logsumexp(tail / tau if tau != 1 else tail, dim=-1) for tau in temperatures], dim=1
+        )
     else:
         tail_lse = torch.full((logits.shape[0], len(temperatures)), float("-inf"))
     out = {

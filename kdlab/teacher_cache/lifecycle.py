@@ -39,7 +39,9 @@ def teacher_cache_ready(path) -> bool:
     if (path / MANIFEST_FILE).is_file() and (path / CACHE_FILE).is_file():
         return True
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise KdlabError(f"{path}: exists and is not a teacher cache (no {MANIFEST_FILE} and {CACHE_FILE}); choose another --teacher-cache")
+        raise KdlabError(
+            f"{path}: exists and is not a teacher cache (no {MANIFEST_FILE} and {CACHE_FILE}); choose another --teacher-cache"
+        )
     return False
 
 
@@ -53,12 +55,16 @@ def _check_cache_manifest(config: RunConfig, dataset) -> dict:
         diffs.append(f"teacher '{manifest.get('teacher')}', this run '{spec}'")
     if manifest.get("data_hash") != data_hash(dataset):
         tokens = sum(len(item.response_ids) for item in dataset)
-        diffs.append(f"other data: built on {manifest.get('examples')} examples / {manifest.get('tokens')} response tokens, "
-                     f"this run has {len(dataset)} / {tokens} (data file, tokenizer or max_length)")
+        diffs.append(
+            f"other data: built on {manifest.get('examples')} examples / {manifest.get('tokens')} response tokens, "
+            f"this run has {len(dataset)} / {tokens} (data file, tokenizer or max_length)"
+        )
     if manifest.get("k") != config.kd.cache_k:
         diffs.append(f"k = {manifest.get('k')}, this run kd.cache_k = {config.kd.cache_k}")
     if diffs:
-        raise KdlabError(f"{path}: teacher cache does not match this run ({'; '.join(diffs)}); delete it or choose another --teacher-cache")
+        raise KdlabError(
+            f"{path}: teacher cache does not match this run ({'; '.join(diffs)}); delete it or choose another --teacher-cache"
+        )
     return manifest
 
 
@@ -66,10 +72,14 @@ def _warn_cache_temperature(config: RunConfig, manifest: dict) -> None:
     """A reused cache without the exact tail sum at ``kd.temperature``: warn (the bucket tail is approximated)."""
     stored = manifest.get("temperatures", [])
     if config.kd.cache_tail == "bucket" and temperature_index(stored, config.kd.temperature) is None:
-        print(f"kdlab: warning: teacher cache {config.teacher_cache} stores the exact tail mass at temperatures "
-              f"{', '.join(f'{tau:g}' for tau in stored)}, not at kd.temperature = {config.kd.temperature:g}: the bucket tail "
-              "is approximated as uniform (over-estimates the softened tail); delete the folder to rebuild it with this "
-              "temperature", file=sys.stderr, flush=True)
+        print(
+            f"kdlab: warning: teacher cache {config.teacher_cache} stores the exact tail mass at temperatures "
+            f"{', '.join(f'{tau:g}' for tau in stored)}, not at kd.temperature = {config.kd.temperature:g}: the bucket tail "
+            "is approximated as uniform (over-estimates the softened tail); delete the folder to rebuild it with this "
+            "temperature",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_teacher_cache(config: RunConfig, inputs: DistillInputs) -> dict | None:
@@ -82,8 +92,13 @@ def check_teacher_cache(config: RunConfig, inputs: DistillInputs) -> dict | None
     return manifest
 
 
-def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True, inputs: DistillInputs | None = None,
-                         vocab_size: int | None = None) -> Path:
+def ensure_teacher_cache(
+    config: RunConfig,
+    teacher=None,
+    progress: bool = True,
+    inputs: DistillInputs | None = None,
+    vocab_size: int | None = None,
+) -> Path:
     """Make ``config.teacher_cache`` hold the teacher's top-``kd.cache_k`` signal on ``config.data``; return it.
 
     A complete cache is checked against the run without loading any model (tokenizers only): the teacher spec
@@ -112,7 +127,9 @@ def ensure_teacher_cache(config: RunConfig, teacher=None, progress: bool = True,
         return _build_teacher_cache(config, teacher, progress, inputs, vocab_size)
 
 
-def _build_teacher_cache(config: RunConfig, teacher, progress: bool, inputs: DistillInputs, vocab_size: int | None) -> Path:
+def _build_teacher_cache(
+    config: RunConfig, teacher, progress: bool, inputs: DistillInputs, vocab_size: int | None
+) -> Path:
     """Build the missing cache ``config.teacher_cache`` (see :func:`ensure_teacher_cache`); called under its lock."""
     path = Path(config.teacher_cache)
     check_writable(path)
@@ -121,11 +138,24 @@ def _build_teacher_cache(config: RunConfig, teacher, progress: bool, inputs: Dis
         teacher.to("cuda" if torch.cuda.is_available() else "cpu")
     vocab_size = vocab_size or cache_vocab(None, inputs, teacher)
     temperatures = normalize_temperatures([*config.kd.cache_temperatures, config.kd.temperature])
-    print(f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, tail sums at tau = "
-          f"{', '.join(f'{tau:g}' for tau in temperatures)}, {len(inputs.encoded)} examples)", flush=True)
-    info = build_cache(teacher, inputs.tokenizer, inputs.encoded, path, k=config.kd.cache_k, batch_size=config.train.batch_size,
-                       vocab_size=vocab_size, progress=progress, teacher_spec=teacher_spec(config),
-                       chunk_size=config.train.chunk_size, temperatures=temperatures)
+    print(
+        f"kdlab: building the teacher cache {path} (k = {config.kd.cache_k}, tail sums at tau = "
+        f"{', '.join(f'{tau:g}' for tau in temperatures)}, {len(inputs.encoded)} examples)",
+        flush=True,
+    )
+    info = build_cache(
+        teacher,
+        inputs.tokenizer,
+        inputs.encoded,
+        path,
+        k=config.kd.cache_k,
+        batch_size=config.train.batch_size,
+        vocab_size=vocab_size,
+        progress=progress,
+        teacher_spec=teacher_spec(config),
+        chunk_size=config.train.chunk_size,
+        temperatures=temperatures,
+    )
     print(f"kdlab: teacher cache {path}: {info.tokens} tokens, {info.bytes_per_token:.0f} bytes/token", flush=True)
     return path
 
@@ -140,11 +170,14 @@ def check_student_vocab(config: RunConfig, model, vocab: int) -> None:
     """The student's logits are sliced to the cache's vocabulary: its output layer must have that many rows."""
     rows = model.get_output_embeddings().weight.shape[0]
     if rows < vocab:
-        raise KdlabError(f"student '{config.model}' has {rows} output rows; the teacher cache needs {vocab} (its vocab_size)")
+        raise KdlabError(
+            f"student '{config.model}' has {rows} output rows; the teacher cache needs {vocab} (its vocab_size)"
+        )
 
 
-def open_teacher_cache(config: RunConfig, teacher, inputs: DistillInputs, manifest: dict | None, vocab_size: int,
-                       accelerator) -> TeacherCache:
+def open_teacher_cache(
+    config: RunConfig, teacher, inputs: DistillInputs, manifest: dict | None, vocab_size: int, accelerator
+) -> TeacherCache:
     """The run's cache, loaded: built first (once, by the main process) when ``manifest`` is None (it was not
     complete); the teacher's weight fingerprint is checked too when the teacher is loaded."""
     if manifest is None:

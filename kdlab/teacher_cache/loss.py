@@ -101,15 +101,21 @@ def _tail_weight(rows: CacheRows, temperature: float, n_tail: int) -> torch.Tens
         if key not in _warned_temperatures:
             _warned_temperatures.add(key)
             stored = ", ".join(f"{tau:g}" for tau in rows.temperatures) or "none"
-            warnings.warn(f"teacher cache: no exact tail sum stored for temperature {temperature:g} (stored: {stored}); "
-                          "the bucket tail is approximated as uniform, which over-estimates the softened tail mass "
-                          "(rebuild the cache with this temperature in kd.cache_temperatures)", TailApproximationWarning, stacklevel=3)
+            warnings.warn(
+                f"teacher cache: no exact tail sum stored for temperature {temperature:g} (stored: {stored}); "
+                "the bucket tail is approximated as uniform, which over-estimates the softened tail mass "
+                "(rebuild the cache with this temperature in kd.cache_temperatures)",
+                TailApproximationWarning,
+                stacklevel=3,
+            )
     log_n = math.log(n_tail)
     tail_logp = rows.tail_logp.clamp_min(-80.0)  # an underflowed tail keeps a tiny, finite mass
     return log_n + (tail_logp - log_n) / temperature
 
 
-def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+def _teacher_log_probs(
+    rows: CacheRows, temperature: float, tail: str, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Teacher log-probs over k (renormalize) or k + 1 (bucket) outcomes at ``temperature``.
 
     Bucket: unnormalised log-weights ``l_j / tau`` for the top-k and the tail sum ``log sum_tail exp(l_v / tau)``
@@ -135,12 +141,16 @@ def _teacher_log_probs(rows: CacheRows, temperature: float, tail: str, noise: to
     return torch.log_softmax(torch.cat([scaled, tail_term.unsqueeze(1)], dim=1), dim=-1)
 
 
-def _student_log_probs(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float, tail: str, vocab_size: int) -> torch.Tensor:
+def _student_log_probs(
+    student_logits: torch.Tensor, ids: torch.Tensor, temperature: float, tail: str, vocab_size: int
+) -> torch.Tensor:
     """The student's log-probs over the same outcomes as :func:`_teacher_log_probs`: [N, V] logits -> [N, k] or
     [N, k + 1] (bucket: the cached ids, then ``log`` of the student's mass outside them, exact, with a gradient)."""
     logits = upcast(student_logits)
     if logits.shape[1] != vocab_size:
-        raise KdlabError(f"student logits have {logits.shape[1]} columns; the teacher cache has vocab_size {vocab_size}")
+        raise KdlabError(
+            f"student logits have {logits.shape[1]} columns; the teacher cache has vocab_size {vocab_size}"
+        )
     logits = logits / temperature if temperature != 1 else logits
     ids = ids.to(logits.device)
     if tail == "renormalize":
@@ -178,8 +188,15 @@ class CachedTeacher:
         return self.rows.ids[:, 0], self.rows.logp[:, 0].exp()
 
 
-def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss: str, temperature: float = 1.0,
-                      tail: str = "bucket", logit_noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def cached_divergence(
+    student_logits: torch.Tensor,
+    cache_rows: CacheRows,
+    loss: str,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    logit_noise: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
     """Per-token divergence [N] between the student (full logits [N, V]) and the cached teacher rows.
 
     Same names and directions as :data:`kdlab.losses.TOKEN_DIVERGENCES` (fkl = KL(p_T || p_S), rkl =
@@ -191,9 +208,13 @@ def cached_divergence(student_logits: torch.Tensor, cache_rows: CacheRows, loss:
     check_loss_args(loss, temperature, **kwargs)
     _check_tail(tail)
     if student_logits.shape[0] != cache_rows.ids.shape[0]:
-        raise KdlabError(f"{student_logits.shape[0]} student positions but {cache_rows.ids.shape[0]} cached teacher rows")
+        raise KdlabError(
+            f"{student_logits.shape[0]} student positions but {cache_rows.ids.shape[0]} cached teacher rows"
+        )
     if logit_noise is not None and tuple(logit_noise.shape) != (student_logits.shape[0], cache_rows.vocab_size):
-        raise KdlabError(f"logit_noise has shape {tuple(logit_noise.shape)}; expected {(student_logits.shape[0], cache_rows.vocab_size)}")
+        raise KdlabError(
+            f"logit_noise has shape {tuple(logit_noise.shape)}; expected {(student_logits.shape[0], cache_rows.vocab_size)}"
+        )
     teacher = CachedTeacher(cache_rows.to(student_logits.device), tail, logit_noise)
     return divergence_from_log_probs(loss, *teacher.log_probs(student_logits, temperature), **kwargs)
 
@@ -234,16 +255,29 @@ def chunked_cached_distill_loss(
     if len(cache_rows) != student_hidden.shape[0]:
         raise KdlabError(f"{student_hidden.shape[0]} student positions but {len(cache_rows)} cached teacher rows")
     if student_weight.shape[0] < vocab:
-        raise KdlabError(f"the student's output layer has {student_weight.shape[0]} rows; the teacher cache has vocab_size {vocab}")
+        raise KdlabError(
+            f"the student's output layer has {student_weight.shape[0]} rows; the teacher cache has vocab_size {vocab}"
+        )
     rows = cache_rows.to(student_hidden.device)
 
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         noise = None
         if teacher_noise > 0:
-            noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(student_logits.device)
+            noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(
+                student_logits.device
+            )
         teacher = CachedTeacher(rows.slice(start, end), tail, noise)
-        return token_objective(student_logits, teacher, targets[start:end], loss, temperature, kd_weight, loss_kwargs,
-                               chunk_weights(weights, start, end), parts=parts)
+        return token_objective(
+            student_logits,
+            teacher,
+            targets[start:end],
+            loss,
+            temperature,
+            kd_weight,
+            loss_kwargs,
+            chunk_weights(weights, start, end),
+            parts=parts,
+        )
 
     if vocab < student_weight.shape[0]:
         student_weight = student_weight[:vocab]

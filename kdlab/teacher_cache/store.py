@@ -86,9 +86,20 @@ class CacheInfo:
         return self.manifest["bytes_per_token_file"]
 
 
-def build_cache(teacher, tokenizer, dataset: list[Encoded], path, k: int = 64, batch_size: int = 8, vocab_size: int | None = None,
-                progress: bool = True, quantize: bool = True, teacher_spec: str | None = None, chunk_size: int = 256,
-                temperatures=DEFAULT_TEMPERATURES) -> CacheInfo:
+def build_cache(
+    teacher,
+    tokenizer,
+    dataset: list[Encoded],
+    path,
+    k: int = 64,
+    batch_size: int = 8,
+    vocab_size: int | None = None,
+    progress: bool = True,
+    quantize: bool = True,
+    teacher_spec: str | None = None,
+    chunk_size: int = 256,
+    temperatures=DEFAULT_TEMPERATURES,
+) -> CacheInfo:
     """Run ``teacher`` once over ``dataset`` and write its top-k signal to the folder ``path`` (atomically).
 
     ``vocab_size`` (default ``len(tokenizer)``) slices a padded lm_head to the shared tokenizer size. Logits are
@@ -185,19 +196,33 @@ class CacheRows:
     tail_lse: torch.Tensor | None = None
     temperatures: tuple = field(default_factory=tuple)
 
-    def to(self, device) -> "CacheRows":
+    def to(self, device) -> CacheRows:
         tail_lse = self.tail_lse.to(device) if self.tail_lse is not None else None
-        return CacheRows(self.ids.to(device), self.logp.to(device), self.tail_logp.to(device), self.lse.to(device), self.vocab_size,
-                         tail_lse, self.temperatures)
+        return CacheRows(
+            self.ids.to(device),
+            self.logp.to(device),
+            self.tail_logp.to(device),
+            self.lse.to(device),
+            self.vocab_size,
+            tail_lse,
+            self.temperatures,
+        )
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
-    def slice(self, start: int, end: int) -> "CacheRows":
+    def slice(self, start: int, end: int) -> CacheRows:
         """Rows ``start:end`` (views, no copy)."""
         tail_lse = self.tail_lse[start:end] if self.tail_lse is not None else None
-        return CacheRows(self.ids[start:end], self.logp[start:end], self.tail_logp[start:end], self.lse[start:end], self.vocab_size,
-                         tail_lse, self.temperatures)
+        return CacheRows(
+            self.ids[start:end],
+            self.logp[start:end],
+            self.tail_logp[start:end],
+            self.lse[start:end],
+            self.vocab_size,
+            tail_lse,
+            self.temperatures,
+        )
 
     @property
     def raw_logits(self) -> torch.Tensor:
@@ -233,7 +258,9 @@ class TeacherCache:
         if "logp" in a:
             rel = torch.from_numpy(a["logp"][rows].astype(np.float32))
         else:
-            rel = -dequantize_gaps(torch.from_numpy(a["q"][rows]), torch.from_numpy(a["scale"][rows].astype(np.float32)))
+            rel = -dequantize_gaps(
+                torch.from_numpy(a["q"][rows]), torch.from_numpy(a["scale"][rows].astype(np.float32))
+            )
         # top-k mass = 1 - m, exact; quantisation only moves weight inside the top-k
         head = torch.log1p(-tail_logp.double().exp().clamp(max=1.0)).float()
         logp = head.unsqueeze(1) + torch.log_softmax(rel, dim=-1)
@@ -266,8 +293,10 @@ def check_format(manifest: dict, path) -> None:
     if version == FORMAT_VERSION:
         return
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise KdlabError(f"{path}: teacher cache format {version} was written by an older kdlab (no per-temperature tail sums; "
-                         f"this kdlab reads format {FORMAT_VERSION}); delete the folder to rebuild it")
+        raise KdlabError(
+            f"{path}: teacher cache format {version} was written by an older kdlab (no per-temperature tail sums; "
+            f"this kdlab reads format {FORMAT_VERSION}); delete the folder to rebuild it"
+        )
     raise KdlabError(f"{path}: teacher cache format_version {version!r} (expected {FORMAT_VERSION})")
 
 
@@ -283,8 +312,13 @@ def read_manifest(path) -> dict:
     return manifest
 
 
-def load_cache(path, teacher=None, dataset: list[Encoded] | None = None, teacher_spec: str | None = None,
-               manifest: dict | None = None) -> TeacherCache:
+def load_cache(
+    path,
+    teacher=None,
+    dataset: list[Encoded] | None = None,
+    teacher_spec: str | None = None,
+    manifest: dict | None = None,
+) -> TeacherCache:
     """Load a cache folder; with ``teacher`` / ``teacher_spec`` / ``dataset`` given, refuse (KdlabError) a cache
     built from another teacher (fingerprint or spec) or other data (hash). ``manifest``: the folder's manifest when
     the caller has already read it (:func:`read_manifest`), so that it is parsed once."""

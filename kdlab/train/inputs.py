@@ -27,7 +27,9 @@ def distill_inputs(config: RunConfig) -> DistillInputs:
     examples = load_examples(config.data)
     tokenizer = load_tokenizer(config.model)
     vocab_size = check_same_tokenizer(load_tokenizer(config.teacher), tokenizer, config.teacher, config.model)
-    encoded = encode_examples(tokenizer, examples, config.train.max_length, source=config.data, on_long=config.train.on_long)
+    encoded = encode_examples(
+        tokenizer, examples, config.train.max_length, source=config.data, on_long=config.train.on_long
+    )
     return DistillInputs(tokenizer, vocab_size, examples, encoded)
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import nullcontext
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -135,21 +135,38 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 class Trainer:
     """Runs the optimisation of one run; see the module docstring for the step and folder semantics."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, model, tokenizer, dataset: list[Encoded], objective: Objective,
-                 accelerator, prepare_window: WindowHook | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        model,
+        tokenizer,
+        dataset: list[Encoded],
+        objective: Objective,
+        accelerator,
+        prepare_window: WindowHook | None = None,
+    ):
         self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
         self.dataset, self.objective, self.prepare_window = dataset, objective, prepare_window
         self.loss_parts: dict | None = None  # the last step's KD and CE parts (KD objectives; see _step)
         self.accelerator = accelerator
         train = config.train
-        self.schedule = Schedule(len(dataset), train.batch_size, train.grad_accum, accelerator.num_processes,
-                                 accelerator.process_index, train.seed)
+        self.schedule = Schedule(
+            len(dataset),
+            train.batch_size,
+            train.grad_accum,
+            accelerator.num_processes,
+            accelerator.process_index,
+            train.seed,
+        )
         self.total_steps = self.schedule.total_steps(train.epochs, train.max_steps)
         params = [param for param in model.parameters() if param.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
         from transformers import get_linear_schedule_with_warmup
 
-        self.scheduler = get_linear_schedule_with_warmup(optimizer, round(train.warmup_ratio * self.total_steps), self.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            optimizer, round(train.warmup_ratio * self.total_steps), self.total_steps
+        )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
 
     # --- checkpoints --------------------------------------------------------------------------------------------
@@ -221,7 +238,9 @@ class Trainer:
                 acc.backward(loss)
             total += loss_sum.detach().float()
         if self.config.train.max_grad_norm > 0:
-            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.train.max_grad_norm)
+            acc.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.config.train.max_grad_norm
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +248,10 @@ class Trainer:
         parts = getattr(self.objective, "parts", None)
         if parts is not None:
             sums = acc.reduce(torch.tensor(parts.take(), device=acc.device, dtype=torch.float64), reduction="sum")
-            self.loss_parts = {"kd_loss": float(sums[0]) / max(global_tokens, 1), "ce_loss": float(sums[1]) / max(global_tokens, 1)}
+            self.loss_parts = {
+                "kd_loss": float(sums[0]) / max(global_tokens, 1),
+                "ce_loss": float(sums[1]) / max(global_tokens, 1),
+            }
         return float(total) / max(global_tokens, 1), global_tokens
 
     def train(self) -> dict:
@@ -246,12 +268,19 @@ class Trainer:
         self.model.train()
         started, tokens_seen = time.time(), 0
         elapsed_before = float(rows[-1]["elapsed_s"]) if rows else 0.0
-        bar = tqdm(total=self.total_steps, initial=start_step, desc=f"{self.config.kind} {self.run_dir.name}",
-                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=start_step,
+            desc=f"{self.config.kind} {self.run_dir.name}",
+            disable=not acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
         loss = float("nan")
         for step, epoch, batches in self.schedule.windows(start_step, self.total_steps):
             if trace is not None:
-                trace.write(f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n")
+                trace.write(
+                    f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n"
+                )
                 trace.flush()
             loss, tokens = self._step(step, batches)
             tokens_seen += tokens
@@ -259,28 +288,53 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
             if step % train.log_steps == 0 or step == self.total_steps:
-                row = {"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
-                       "tokens": tokens, "tokens_per_s": f"{tokens_seen / max(elapsed, 1e-9):.1f}",
-                       "elapsed_s": f"{elapsed_before + elapsed:.2f}"}
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": f"{loss:.6f}",
+                    "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
+                    "tokens": tokens,
+                    "tokens_per_s": f"{tokens_seen / max(elapsed, 1e-9):.1f}",
+                    "elapsed_s": f"{elapsed_before + elapsed:.2f}",
+                }
                 rows.append(row)
                 self._write_log(rows)
-                acc.log(step_metrics(loss, self.scheduler.get_last_lr()[0], tokens, tokens_seen / max(elapsed, 1e-9), epoch,
-                                     getattr(self.prepare_window, "on_policy_steps", None), self.loss_parts), step=step)
+                acc.log(
+                    step_metrics(
+                        loss,
+                        self.scheduler.get_last_lr()[0],
+                        tokens,
+                        tokens_seen / max(elapsed, 1e-9),
+                        epoch,
+                        getattr(self.prepare_window, "on_policy_steps", None),
+                        self.loss_parts,
+                    ),
+                    step=step,
+                )
             if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
                 self.save_checkpoint(step)
         bar.close()
         if trace is not None:
             trace.close()
-        return {"steps": self.total_steps, "final_loss": loss, "train_seconds": elapsed_before + time.time() - started,
-                "examples": len(self.dataset), "processes": acc.num_processes,
-                "precision": acc.mixed_precision}
+        return {
+            "steps": self.total_steps,
+            "final_loss": loss,
+            "train_seconds": elapsed_before + time.time() - started,
+            "examples": len(self.dataset),
+            "processes": acc.num_processes,
+            "precision": acc.mixed_precision,
+        }
 
     def _open_trace(self, start_step: int):
         if not self.config.train.trace_data:
             return None
         path = self.run_dir / "trace" / f"rank-{self.accelerator.process_index}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if int(line.split("\t")[0]) <= start_step]
+        kept = [
+            line
+            for line in (path.read_text().splitlines() if path.exists() else [])
+            if int(line.split("\t")[0]) <= start_step
+        ]
         path.write_text("".join(line + "\n" for line in kept))
         return path.open("a")
 
@@ -293,8 +347,9 @@ class Trainer:
             with atomic_dir(self.run_dir / "final", replace=True) as tmp, quiet_loading():
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-                (tmp / "README.md").write_text(card_text(self.config.to_dict(), summary,
-                                                         tokens=logged_tokens(self.run_dir, summary["steps"])))
+                (tmp / "README.md").write_text(
+                    card_text(self.config.to_dict(), summary, tokens=logged_tokens(self.run_dir, summary["steps"]))
+                )
             atomic_write_json(self.run_dir / "result.json", summary)
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()

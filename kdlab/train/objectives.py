@@ -45,7 +45,9 @@ def sft_objective(chunk_size: int):
     """Cross-entropy on response tokens (summed)."""
 
     def objective(model, batch: dict, step: int) -> torch.Tensor:
-        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        hidden, targets = response_hidden(
+            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
         return chunked_ce_loss(hidden, output_weight(model), targets, chunk_size)
 
     return objective
@@ -64,9 +66,13 @@ class DistillObjective:
         self.parts = LossParts()  # the KD and CE parts of the summed objective, read by the trainer for logging
 
     def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
-        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        hidden, targets = response_hidden(
+            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
         with torch.no_grad():
-            teacher_hidden, _ = response_hidden(final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            teacher_hidden, _ = response_hidden(
+                final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+            )
         noise_seed = np.random.SeedSequence([self.seed, step, self.rank, int(batch["index"][0])]).generate_state(1)[0]
         on_policy = bool(batch.get("on_policy", torch.tensor(0)).item())
         return chunked_distill_loss(
@@ -101,7 +107,9 @@ class CachedDistillObjective:
     the cache: they go to ``live``, a :class:`DistillObjective` with the loaded teacher.
     """
 
-    def __init__(self, cache, kd: KDConfig, chunk_size: int, seed: int, rank: int, live: DistillObjective | None = None):
+    def __init__(
+        self, cache, kd: KDConfig, chunk_size: int, seed: int, rank: int, live: DistillObjective | None = None
+    ):
         self.cache, self.kd, self.chunk_size, self.seed, self.rank, self.live = cache, kd, chunk_size, seed, rank, live
         self.parts = live.parts if live is not None else LossParts()  # one running sum for cached and live batches
 
@@ -110,11 +118,15 @@ class CachedDistillObjective:
             if self.live is None:
                 raise KdlabError("an on-policy batch needs the live teacher, and none was loaded (kd.lmbda is 0?)")
             return self.live(model, batch, step)
-        hidden, targets = response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        hidden, targets = response_hidden(
+            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
         rows = self.cache.rows(batch["index"].cpu())
         if len(rows) != hidden.shape[0]:
-            raise KdlabError(f"teacher cache: the batch of examples {batch['index'].tolist()} has {hidden.shape[0]} response "
-                             f"tokens but {len(rows)} cached rows (the cache was built on other tokenisation)")
+            raise KdlabError(
+                f"teacher cache: the batch of examples {batch['index'].tolist()} has {hidden.shape[0]} response "
+                f"tokens but {len(rows)} cached rows (the cache was built on other tokenisation)"
+            )
         noise_seed = np.random.SeedSequence([self.seed, step, self.rank, int(batch["index"][0])]).generate_state(1)[0]
         return chunked_cached_distill_loss(
             hidden,
@@ -143,7 +155,9 @@ class OnPolicyWindows:
     replaced by teacher samples), which needs ``teacher`` and the shared ``vocab_size``.
     """
 
-    def __init__(self, tokenizer, kd: KDConfig, max_length: int, seed: int, teacher=None, vocab_size: int | None = None):
+    def __init__(
+        self, tokenizer, kd: KDConfig, max_length: int, seed: int, teacher=None, vocab_size: int | None = None
+    ):
         self.tokenizer, self.kd, self.max_length, self.seed = tokenizer, kd, max_length, seed
         self.teacher, self.vocab_size = teacher, vocab_size
         self.on_policy_steps = 0
@@ -170,15 +184,33 @@ class OnPolicyWindows:
         seed = int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0])
         if self.kd.speculative_k > 0:
             responses, proposed, replaced = speculative_generate_ids(
-                student, self.teacher, self.tokenizer, prompts, room, self.kd.speculative_k, self.vocab_size,
-                temperature=self.kd.sample_temperature, seed=seed)
+                student,
+                self.teacher,
+                self.tokenizer,
+                prompts,
+                room,
+                self.kd.speculative_k,
+                self.vocab_size,
+                temperature=self.kd.sample_temperature,
+                seed=seed,
+            )
             self.proposed_tokens += proposed
             self.replaced_tokens += replaced
         else:
-            responses = generate_ids(student, self.tokenizer, prompts, room, batch_size=len(prompts), do_sample=True,
-                                     temperature=self.kd.sample_temperature, seed=seed)
-        items = [Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
-                 for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)]
+            responses = generate_ids(
+                student,
+                self.tokenizer,
+                prompts,
+                room,
+                batch_size=len(prompts),
+                do_sample=True,
+                temperature=self.kd.sample_temperature,
+                seed=seed,
+            )
+        items = [
+            Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
+            for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)
+        ]
         resampled = collate(items, self.tokenizer.pad_token_id)
         resampled["on_policy"] = torch.tensor(1)
         return resampled

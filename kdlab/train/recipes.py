@@ -35,8 +35,13 @@ def prepare_student(config: RunConfig):
     elif config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=list(config.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
         try:
             model = get_peft_model(model, lora)
         except ValueError as exc:
@@ -48,8 +53,11 @@ def prepare_student(config: RunConfig):
 
 
 def _report(run_dir: Path, summary: dict, accelerator) -> None:
-    accelerator.print(f"kdlab: done: {run_dir}/final (steps {summary['steps']}, final loss {summary['final_loss']:.4f}, "
-          f"{summary['train_seconds']:.1f} s)", flush=True)
+    accelerator.print(
+        f"kdlab: done: {run_dir}/final (steps {summary['steps']}, final loss {summary['final_loss']:.4f}, "
+        f"{summary['train_seconds']:.1f} s)",
+        flush=True,
+    )
 
 
 def run_sft(config: RunConfig) -> Path:
@@ -58,15 +66,25 @@ def run_sft(config: RunConfig) -> Path:
     if _complete(config, run_dir):
         return run_dir
     tokenizer = load_tokenizer(config.model)
-    dataset = encode_examples(tokenizer, load_examples(config.data), config.train.max_length, source=config.data,
-                              on_long=config.train.on_long)
+    dataset = encode_examples(
+        tokenizer, load_examples(config.data), config.train.max_length, source=config.data, on_long=config.train.on_long
+    )
     model = prepare_student(config)
     with claim_run(config, "kdlab sft") as claimed:
         if claimed is None:
             return run_dir
         accelerator = make_accelerator(config, run_dir)
         _warn_long(dataset, config.data, accelerator)
-        _train(config, run_dir, model, tokenizer, dataset, dataset.summary(), sft_objective(config.train.chunk_size), accelerator)
+        _train(
+            config,
+            run_dir,
+            model,
+            tokenizer,
+            dataset,
+            dataset.summary(),
+            sft_objective(config.train.chunk_size),
+            accelerator,
+        )
     return run_dir
 
 
@@ -78,8 +96,17 @@ def _complete(config: RunConfig, run_dir: Path) -> bool:
     return True
 
 
-def _train(config: RunConfig, run_dir: Path, model, tokenizer, dataset, data_summary: dict, objective, accelerator,
-           window_hook: OnPolicyWindows | None = None) -> None:
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    model,
+    tokenizer,
+    dataset,
+    data_summary: dict,
+    objective,
+    accelerator,
+    window_hook: OnPolicyWindows | None = None,
+) -> None:
     """Train, then save the final model with its summary (the data's, and the on-policy steps of this session)."""
     trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
     summary = trainer.train()
@@ -136,7 +163,9 @@ def run_distill(config: RunConfig) -> Path:
     return run_dir
 
 
-def _distill_vocab(config: RunConfig, inputs: DistillInputs, cached: bool, manifest: dict | None, teacher, model) -> int | None:
+def _distill_vocab(
+    config: RunConfig, inputs: DistillInputs, cached: bool, manifest: dict | None, teacher, model
+) -> int | None:
     """The shared vocabulary the logits are sliced to, computed once: the teacher cache's (the student's output layer
     must cover it), else the tokenizer size cut to both output layers; None for SeqKD (plain SFT)."""
     if config.kd.loss == "seqkd":
@@ -160,11 +189,15 @@ def _distill_data(config: RunConfig, inputs: DistillInputs, teacher, run_dir: Pa
         source = str(run_dir / ANSWER_TARGET_FILE)
     else:
         return inputs.examples, inputs.encoded, config.data
-    dataset = encode_examples(inputs.tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long)
+    dataset = encode_examples(
+        inputs.tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long
+    )
     return examples, dataset, source
 
 
-def _distill_objective(config: RunConfig, inputs: DistillInputs, teacher, manifest: dict | None, vocab: int | None, accelerator):
+def _distill_objective(
+    config: RunConfig, inputs: DistillInputs, teacher, manifest: dict | None, vocab: int | None, accelerator
+):
     """SFT on the teacher's answers (SeqKD), the live KD objective, or the cached one (the cache opened, built first
     when missing; on-policy steps with ``kd.lmbda > 0`` use the live teacher, sliced to the cache's vocabulary)."""
     kd, train, rank = config.kd, config.train, accelerator.process_index
@@ -181,7 +214,9 @@ def _window_hook(config: RunConfig, tokenizer, teacher, vocab_size: int) -> OnPo
     """On-policy steps (``kd.lmbda > 0``), speculative when ``kd.speculative_k > 0`` (needs the teacher)."""
     if config.kd.lmbda == 0:
         return None
-    return OnPolicyWindows(tokenizer, config.kd, config.train.max_length, config.train.seed, teacher=teacher, vocab_size=vocab_size)
+    return OnPolicyWindows(
+        tokenizer, config.kd, config.train.max_length, config.train.seed, teacher=teacher, vocab_size=vocab_size
+    )
 
 
 def needs_answer_masks(kd) -> bool:
@@ -192,8 +227,13 @@ def needs_answer_masks(kd) -> bool:
 def _report_answer_spans(dataset, accelerator) -> None:
     marked = sum(1 for item in dataset if item.answer_mask and any(item.answer_mask))
     tokens = sum(sum(item.answer_mask or []) for item in dataset)
-    accelerator.print(f"kdlab: decision-level KD: answer statement found in {marked} of {len(dataset)} training examples "
-                      f"({tokens} tokens)", flush=True)
+    accelerator.print(
+        f"kdlab: decision-level KD: answer statement found in {marked} of {len(dataset)} training examples "
+        f"({tokens} tokens)",
+        flush=True,
+    )
     if marked == 0:
-        raise KdlabError("decision-level KD (kd.answer_weight / kd.answer_target): no training response states its answer "
-                         "('The answer is N.' or 'the correct answer is X'): nothing to weight")
+        raise KdlabError(
+            "decision-level KD (kd.answer_weight / kd.answer_target): no training response states its answer "
+            "('The answer is N.' or 'the correct answer is X'): nothing to weight"
+        )

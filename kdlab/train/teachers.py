@@ -54,8 +54,15 @@ def teacher_spec(config: RunConfig) -> str:
     return spec
 
 
-def teacher_answers(teacher, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
-                    precision: str = "auto", progress: str | None = "SeqKD: teacher answers") -> list[Example]:
+def teacher_answers(
+    teacher,
+    tokenizer,
+    examples: list[Example],
+    max_new_tokens: int,
+    batch_size: int,
+    precision: str = "auto",
+    progress: str | None = "SeqKD: teacher answers",
+) -> list[Example]:
     """``examples`` with their ``output`` replaced by the teacher's greedy answer to the prompt (SeqKD data),
     generated under bf16 autocast when ``precision`` resolves to bf16 (the module's precision rule)."""
     device_type = next(teacher.parameters()).device.type
@@ -63,11 +70,21 @@ def teacher_answers(teacher, tokenizer, examples: list[Example], max_new_tokens:
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=uses_bf16(precision)):
         responses = generate_ids(teacher, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
-    return [Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer) for e, text in zip(examples, texts)]
+    return [
+        Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer)
+        for e, text in zip(examples, texts)
+    ]
 
 
-def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator,
-                   file_name: str = "seqkd_data.json") -> list[Example]:
+def seqkd_examples(
+    teacher,
+    tokenizer,
+    examples: list[Example],
+    config: RunConfig,
+    run_dir: Path,
+    accelerator,
+    file_name: str = "seqkd_data.json",
+) -> list[Example]:
     """SeqKD data: the teacher's greedy answers to the training prompts, generated once, cached in the run folder."""
     from accelerate.utils import gather_object
 
@@ -76,18 +93,28 @@ def seqkd_examples(teacher, tokenizer, examples: list[Example], config: RunConfi
         return load_json_examples(cache)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(examples), world))
-    answered = teacher_answers(teacher, tokenizer, [examples[i] for i in mine], config.kd.max_new_tokens,
-                               config.kd.generation_batch_size, config.train.precision,
-                               progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None)
+    answered = teacher_answers(
+        teacher,
+        tokenizer,
+        [examples[i] for i in mine],
+        config.kd.max_new_tokens,
+        config.kd.generation_batch_size,
+        config.train.precision,
+        progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None,
+    )
     pairs = list(zip(mine, answered))
-    generated = [example for _, example in sorted(gather_object(pairs) if world > 1 else pairs, key=lambda pair: pair[0])]
+    generated = [
+        example for _, example in sorted(gather_object(pairs) if world > 1 else pairs, key=lambda pair: pair[0])
+    ]
     if accelerator.is_main_process:
         write_json_examples(generated, cache)
     accelerator.wait_for_everyone()
     return generated
 
 
-def teacher_target_examples(teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator) -> list[Example]:
+def teacher_target_examples(
+    teacher, tokenizer, examples: list[Example], config: RunConfig, run_dir: Path, accelerator
+) -> list[Example]:
     """``kd.answer_target: teacher``: each training response with the value of its decision statement replaced by the
     value the teacher states in its own greedy answer to the prompt (:func:`kdlab.data.answer_span.replace_answer_value`);
     responses without a statement, or whose teacher answer states none, keep the gold value. The teacher's answers
@@ -99,10 +126,14 @@ def teacher_target_examples(teacher, tokenizer, examples: list[Example], config:
     if config.teacher_answers:
         answers = load_examples(config.teacher_answers)
         if len(answers) != len(examples) or any(a.instruction != e.instruction for a, e in zip(answers, examples)):
-            raise KdlabError(f"{config.teacher_answers}: teacher answers do not match {config.data} "
-                             f"({len(answers)} vs {len(examples)} examples, or other instructions)")
+            raise KdlabError(
+                f"{config.teacher_answers}: teacher answers do not match {config.data} "
+                f"({len(answers)} vs {len(examples)} examples, or other instructions)"
+            )
     else:
-        answers = seqkd_examples(teacher, tokenizer, examples, config, run_dir, accelerator, file_name="teacher_answers.json")
+        answers = seqkd_examples(
+            teacher, tokenizer, examples, config, run_dir, accelerator, file_name="teacher_answers.json"
+        )
     rewritten, changed, missing = [], 0, 0
     for example, answer in zip(examples, answers):
         span = find_answer_span(answer.output.strip())
@@ -111,9 +142,14 @@ def teacher_target_examples(teacher, tokenizer, examples: list[Example], config:
             missing += 1
             new_output = example.output
         changed += new_output.strip() != example.output.strip()
-        rewritten.append(Example(instruction=example.instruction, input=example.input, output=new_output, answer=example.answer))
+        rewritten.append(
+            Example(instruction=example.instruction, input=example.input, output=new_output, answer=example.answer)
+        )
     if accelerator.is_main_process:
         write_json_examples(rewritten, run_dir / ANSWER_TARGET_FILE)
-    accelerator.print(f"kdlab: answer target = teacher: {changed} of {len(examples)} training answers changed to the teacher's "
-                      f"({missing} kept gold: no statement in the response or in the teacher's answer)", flush=True)
+    accelerator.print(
+        f"kdlab: answer target = teacher: {changed} of {len(examples)} training answers changed to the teacher's "
+        f"({missing} kept gold: no statement in the response or in the teacher's answer)",
+        flush=True,
+    )
     return rewritten

@@ -48,7 +48,7 @@ def resolve_report_to(names: list) -> list[str]:
             name = name.strip().lower()
             if not name or name == "none":
                 continue
-            for one in (KNOWN if name == "all" else (name,)):
+            for one in KNOWN if name == "all" else (name,):
                 if one not in wanted:
                     wanted.append(one)
     explicit_all = any(str(item).strip().lower() == "all" for item in names)
@@ -92,11 +92,25 @@ def prepare_resume(trackers: list, start_step: int) -> None:
             tracker.init_kwargs["purge_step"] = start_step + 1
 
 
-def step_metrics(loss: float, lr: float, tokens: int, tokens_per_s: float, epoch: int, on_policy_steps: int | None,
-                 loss_parts: dict | None = None) -> dict:
+def step_metrics(
+    loss: float,
+    lr: float,
+    tokens: int,
+    tokens_per_s: float,
+    epoch: int,
+    on_policy_steps: int | None,
+    loss_parts: dict | None = None,
+) -> dict:
     """The values logged at each log step: log.csv's row (unrounded), plus for KD runs ``kd_loss`` and ``ce_loss``
     (the step's mean KD and CE terms per response token; they sum to ``loss``) and ``on_policy_steps``."""
-    metrics = {"loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens_per_s, "epoch": epoch, **(loss_parts or {})}
+    metrics = {
+        "loss": loss,
+        "lr": lr,
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "epoch": epoch,
+        **(loss_parts or {}),
+    }
     if on_policy_steps is not None:
         metrics["on_policy_steps"] = on_policy_steps
     return metrics

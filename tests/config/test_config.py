@@ -11,7 +11,9 @@ BASE = {"model": "s", "teacher": "t", "data": "d.json", "out": "o"}
 def test_precedence_yaml_then_flags_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: from-yaml\ntrain:\n  lr: 0.1\n  batch_size: 4\nkd:\n  loss: gjsd\n  beta: 0.2\n")
-    config = build_config("distill", str(path), {"teacher": "t", "data": "d", "out": "o", "train.lr": "0.01"}, ["train.batch_size=2"])
+    config = build_config(
+        "distill", str(path), {"teacher": "t", "data": "d", "out": "o", "train.lr": "0.01"}, ["train.batch_size=2"]
+    )
     assert config.model == "from-yaml" and config.train.lr == 0.01 and config.train.batch_size == 2
     assert config.kd.loss == "gjsd" and loss_kwargs(config.kd) == {"beta": 0.2}
 

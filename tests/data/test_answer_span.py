@@ -64,9 +64,11 @@ def test_masks_are_aligned_with_labels_in_a_batch(tiny_models):
     from kdlab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_models["student"]))
-    examples = [Example("What is 2 + 3?", "2 + 3 = 5. The answer is 5.", answer="5"),
-                Example("Pick one.", "the correct answer is option1", answer="option1"),
-                Example("No statement here.", "It is 4 apples.", answer="4")]
+    examples = [
+        Example("What is 2 + 3?", "2 + 3 = 5. The answer is 5.", answer="5"),
+        Example("Pick one.", "the correct answer is option1", answer="option1"),
+        Example("No statement here.", "It is 4 apples.", answer="4"),
+    ]
     encoded = with_answer_masks(tokenizer, examples, encode_examples(tokenizer, examples, max_length=256))
     batch = collate(encoded, tokenizer.pad_token_id)
     mask, labels = batch["answer_mask"], batch["labels"]

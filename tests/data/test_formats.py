@@ -34,7 +34,9 @@ def test_load_errors_name_file_index_and_field(tmp_path, payload, message):
 
 
 def test_load_accepts_numeric_answers_and_missing_optional_fields(tmp_path):
-    examples = load_json_examples(write(tmp_path, [{"instruction": "q", "output": "o", "answer": 576.0}, {"instruction": "q2", "output": "o2"}]))
+    examples = load_json_examples(
+        write(tmp_path, [{"instruction": "q", "output": "o", "answer": 576.0}, {"instruction": "q2", "output": "o2"}])
+    )
     assert examples == [Example("q", "o", "", "576.0"), Example("q2", "o2", "", "")]
 
 
@@ -88,7 +90,9 @@ def test_hub_datasets_map_columns_and_report_errors(monkeypatch):
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    examples = load_examples("hf:org/math:main@test", {"instruction": "question", "output": "solution", "answer": "label"})
+    examples = load_examples(
+        "hf:org/math:main@test", {"instruction": "question", "output": "solution", "answer": "label"}
+    )
     assert calls == [("org/math", "main", "test")]
     assert examples == [Example("What is 2+2?", "2 + 2 = 4. The answer is 4.", "", "4")]
     with pytest.raises(KdlabError, match="no column 'instruction' for field 'instruction'"):

@@ -7,8 +7,10 @@ import pytest
 from kdlab.data.overlap import format_reports, normalise_question, overlap_report
 from kdlab.errors import KdlabError
 
-TRAIN_QUESTION = ("A farmer has 12 cows and 7 goats on his farm near the river and he buys "
-                  "3 more cows every spring before the rains come. How many cows does he have after two springs?")
+TRAIN_QUESTION = (
+    "A farmer has 12 cows and 7 goats on his farm near the river and he buys "
+    "3 more cows every spring before the rains come. How many cows does he have after two springs?"
+)
 
 
 def _write(path, questions):
@@ -51,8 +53,14 @@ def test_input_field_is_part_of_the_question(tmp_path):
     train = tmp_path / "train.json"
     train.write_text(json.dumps([{"instruction": "Solve:", "input": "x + 1 = 3", "output": "x = 2"}]))
     test = tmp_path / "test.json"
-    test.write_text(json.dumps([{"instruction": "Solve:", "input": "", "output": "?"},
-                                {"instruction": "solve:", "input": "x + 1 = 3", "output": "?"}]))
+    test.write_text(
+        json.dumps(
+            [
+                {"instruction": "Solve:", "input": "", "output": "?"},
+                {"instruction": "solve:", "input": "x + 1 = 3", "output": "?"},
+            ]
+        )
+    )
     (report,) = overlap_report(train, [test])
     assert report.exact == 1
 

@@ -82,7 +82,9 @@ def test_small_scale_uses_small_numbers_and_correct_rationales():
     for example in examples:
         assert max(int(n) for n in re.findall(r"\d+", example.instruction)) <= 20, example.instruction
         for a, op, b, c in re.findall(r"(\d+) ([-+x/]) (\d+) = (\d+)", example.output):
-            assert {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b), "/": int(a) / int(b)}[op] == int(c)
+            assert {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b), "/": int(a) / int(b)}[op] == int(
+                c
+            )
     standard = generate_arith(50, seed=0, split="train", max_steps=1)
     assert [e.instruction for e in standard] != [e.instruction for e in examples[:50]]
     assert max(int(n) for e in standard for n in re.findall(r"\d+", e.instruction)) > 20
@@ -95,6 +97,10 @@ def test_standard_scale_output_is_unchanged():
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps([e.__dict__ for e in generate_arith(300, 0, "train")]
-                                       + [e.__dict__ for e in generate_arith(100, 3, "test", max_steps=1)]).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(
+            [e.__dict__ for e in generate_arith(300, 0, "train")]
+            + [e.__dict__ for e in generate_arith(100, 3, "test", max_steps=1)]
+        ).encode()
+    ).hexdigest()
     assert digest == "c28dc4247e9e6b6d2276d318768a221d0357f67ae6db3c1cf444786c10f69282"

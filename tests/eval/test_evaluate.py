@@ -36,8 +36,17 @@ def arith_dir(tmp_path_factory):
 def test_generate_on_every_shared_task_writes_predictions_and_metrics(tiny_models, shared_dir, tmp_path):
     data_dir = shared_dir / "data" / "paper-kd-generalization" / "eval"
     out = tmp_path / "gen"
-    metrics = evaluate(EvalSettings(model=str(tiny_models["student"]), tasks=[",".join(SHARED_TASKS)], out=str(out),
-                                    data_dir=str(data_dir), limit=3, max_new_tokens=6, batch_size=3))
+    metrics = evaluate(
+        EvalSettings(
+            model=str(tiny_models["student"]),
+            tasks=[",".join(SHARED_TASKS)],
+            out=str(out),
+            data_dir=str(data_dir),
+            limit=3,
+            max_new_tokens=6,
+            batch_size=3,
+        )
+    )
     assert sorted(metrics["tasks"]) == sorted(SHARED_TASKS)
     for task in SHARED_TASKS:
         lines = read_jsonl(out / "predictions" / f"{task}.jsonl")
@@ -56,15 +65,34 @@ def test_generate_on_every_shared_task_writes_predictions_and_metrics(tiny_model
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert metrics["groups"]["commonsense"]["missing"] == ["hellaswag"]
     assert metrics["groups"]["math"]["accuracy"] == pytest.approx(
-        sum(metrics["tasks"][task]["accuracy"] for task in GROUPS["math"]) / len(GROUPS["math"]))
+        sum(metrics["tasks"][task]["accuracy"] for task in GROUPS["math"]) / len(GROUPS["math"])
+    )
 
 
 def test_predictions_do_not_depend_on_the_batch_size(tiny_models, arith_dir, tmp_path):
     # the guarantee is fp32's (documented); bf16 rounding may depend on the padded batch shape
-    one = evaluate(settings(tmp_path, tiny_models["talker"], "b1", data_dir=str(arith_dir), batch_size=1, max_new_tokens=20,
-                            precision="fp32"))
-    eight = evaluate(settings(tmp_path, tiny_models["talker"], "b8", data_dir=str(arith_dir), batch_size=8, max_new_tokens=20,
-                              precision="fp32"))
+    one = evaluate(
+        settings(
+            tmp_path,
+            tiny_models["talker"],
+            "b1",
+            data_dir=str(arith_dir),
+            batch_size=1,
+            max_new_tokens=20,
+            precision="fp32",
+        )
+    )
+    eight = evaluate(
+        settings(
+            tmp_path,
+            tiny_models["talker"],
+            "b8",
+            data_dir=str(arith_dir),
+            batch_size=8,
+            max_new_tokens=20,
+            precision="fp32",
+        )
+    )
     lines_one = sorted(read_jsonl(tmp_path / "b1" / "predictions" / "arith.jsonl"), key=lambda line: line["id"])
     lines_eight = sorted(read_jsonl(tmp_path / "b8" / "predictions" / "arith.jsonl"), key=lambda line: line["id"])
     assert [line["output"] for line in lines_one] == [line["output"] for line in lines_eight]
@@ -80,7 +108,9 @@ def test_auto_precision_follows_the_hardware(tiny_models, arith_dir, tmp_path, m
     for native, expected in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(precision.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
         monkeypatch.setattr(precision.torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
-        metrics = evaluate(settings(tmp_path, tiny_models["talker"], f"auto-{expected}", data_dir=str(arith_dir), limit=2))
+        metrics = evaluate(
+            settings(tmp_path, tiny_models["talker"], f"auto-{expected}", data_dir=str(arith_dir), limit=2)
+        )
         assert metrics["settings"]["precision"] == expected
 
 
@@ -89,7 +119,10 @@ def test_loglik_scores_match_a_full_logits_computation_and_batching(tiny_models,
 
     model, tokenizer = load_model(str(tiny_models["teacher"])), load_tokenizer(str(tiny_models["teacher"]))
     prompts = [tokenizer("Question one?")["input_ids"], tokenizer("A longer question two here?")["input_ids"]]
-    options = [tokenizer(" yes", add_special_tokens=False)["input_ids"], tokenizer(" no way", add_special_tokens=False)["input_ids"]]
+    options = [
+        tokenizer(" yes", add_special_tokens=False)["input_ids"],
+        tokenizer(" no way", add_special_tokens=False)["input_ids"],
+    ]
     batched = sequence_logprobs(model, tokenizer, prompts, options)
     for prompt, option, value in zip(prompts, options, batched):
         ids = torch.tensor([prompt + option])
@@ -100,10 +133,21 @@ def test_loglik_scores_match_a_full_logits_computation_and_batching(tiny_models,
         assert sequence_logprobs(model, tokenizer, [prompt], [option])[0] == pytest.approx(value, abs=1e-4)
 
     data_dir = shared_dir / "data" / "paper-kd-generalization" / "eval"
-    metrics = evaluate(settings(tmp_path, tiny_models["teacher"], "ll", tasks=["piqa,ARC-Easy,AQuA,boolq"], mode="loglik",
-                                data_dir=str(data_dir), limit=4))
+    metrics = evaluate(
+        settings(
+            tmp_path,
+            tiny_models["teacher"],
+            "ll",
+            tasks=["piqa,ARC-Easy,AQuA,boolq"],
+            mode="loglik",
+            data_dir=str(data_dir),
+            limit=4,
+        )
+    )
     for line in read_jsonl(tmp_path / "ll" / "predictions" / "ARC-Easy.jsonl"):
-        assert set(line["scores"]) == set(line["options"]) and line["pred"] == max(line["scores"], key=line["scores"].get)
+        assert set(line["scores"]) == set(line["options"]) and line["pred"] == max(
+            line["scores"], key=line["scores"].get
+        )
         assert line["pred_norm"] == max(line["scores_norm"], key=line["scores_norm"].get)
     assert {"accuracy", "accuracy_norm", "n", "no_answer", "ci95"} <= set(metrics["tasks"]["piqa"])
 
@@ -112,11 +156,19 @@ def test_a_broken_adapter_is_a_hard_error(tiny_models, arith_dir, tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
     with pytest.raises(KdlabError, match="adapter: LoRA adapter folder has no weights file"):  # not a network error
-        evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
+        evaluate(
+            settings(
+                tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")
+            )
+        )
     assert not (tmp_path / "bad").exists()
     (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(KdlabError, match="LoRA adapter failed to load"):
-        evaluate(settings(tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")))
+        evaluate(
+            settings(
+                tmp_path, tiny_models["teacher"], "bad", data_dir=str(arith_dir), adapter=str(tmp_path / "adapter")
+            )
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -133,7 +185,11 @@ def test_an_interrupted_evaluation_resumes_without_redoing_examples(tiny_models,
     (tmp_path / "part" / "metrics.json").unlink()
     generated = []
     original = evaluate_module.generate_ids
-    monkeypatch.setattr(evaluate_module, "generate_ids", lambda model, tok, prompts, *a, **k: generated.append(len(prompts)) or original(model, tok, prompts, *a, **k))
+    monkeypatch.setattr(
+        evaluate_module,
+        "generate_ids",
+        lambda model, tok, prompts, *a, **k: generated.append(len(prompts)) or original(model, tok, prompts, *a, **k),
+    )
     metrics = evaluate(part)
     assert generated == [len(expected) - 4]
     resumed = sorted(read_jsonl(path), key=lambda line: line["id"])
@@ -144,7 +200,9 @@ def test_exclude_overlap_and_bad_settings(tiny_models, arith_dir, tmp_path):
     test_items = json.loads((arith_dir / "arith" / "test.json").read_text())
     train = tmp_path / "train.json"
     train.write_text(json.dumps(test_items[:3]))
-    metrics = evaluate(settings(tmp_path, tiny_models["student"], "clean", data_dir=str(arith_dir), exclude_overlap=str(train)))
+    metrics = evaluate(
+        settings(tmp_path, tiny_models["student"], "clean", data_dir=str(arith_dir), exclude_overlap=str(train))
+    )
     ids = {line["id"] for line in read_jsonl(tmp_path / "clean" / "predictions" / "arith.jsonl")}
     assert ids == set(range(3, len(test_items))) and metrics["tasks"]["arith"]["n"] == len(test_items) - 3
     with pytest.raises(KdlabError, match="loglik mode needs a choice task"):
@@ -159,11 +217,31 @@ def test_exclude_overlap_and_bad_settings(tiny_models, arith_dir, tmp_path):
     "task,instruction,expected",
     [
         ("boolq", "Is it? Answer format: true/false", {"true": "true", "false": "false"}),
-        ("piqa", "Q\n\nSolution1: a b\n\nSolution2: c\n\nAnswer format: solution1/solution2", {"solution1": "a b", "solution2": "c"}),
-        ("winogrande", "S _ x\n\nOption1: Sarah Option2: Maria Answer format: option1/option2", {"option1": "Sarah", "option2": "Maria"}),
-        ("AQuA", "How many? Answer Choices: (A) 1 (B) 2.5 (C) 3 (D) 4 (E) none", {"A": "1", "B": "2.5", "C": "3", "D": "4", "E": "none"}),
-        ("mathqa", "x ? The options: A ) 38 , B ) 27.6 , C ) 30 , D ) 2 , E ) none", {"A": "38", "B": "27.6", "C": "30", "D": "2", "E": "none"}),
-        ("mathqa", "x ? The options: ['A ) 2 : 3', 'B ) 4 : 5', 'C ) 1', 'D ) 7', 'E ) 8']", {"A": "2 : 3", "B": "4 : 5", "C": "1", "D": "7", "E": "8"}),
+        (
+            "piqa",
+            "Q\n\nSolution1: a b\n\nSolution2: c\n\nAnswer format: solution1/solution2",
+            {"solution1": "a b", "solution2": "c"},
+        ),
+        (
+            "winogrande",
+            "S _ x\n\nOption1: Sarah Option2: Maria Answer format: option1/option2",
+            {"option1": "Sarah", "option2": "Maria"},
+        ),
+        (
+            "AQuA",
+            "How many? Answer Choices: (A) 1 (B) 2.5 (C) 3 (D) 4 (E) none",
+            {"A": "1", "B": "2.5", "C": "3", "D": "4", "E": "none"},
+        ),
+        (
+            "mathqa",
+            "x ? The options: A ) 38 , B ) 27.6 , C ) 30 , D ) 2 , E ) none",
+            {"A": "38", "B": "27.6", "C": "30", "D": "2", "E": "none"},
+        ),
+        (
+            "mathqa",
+            "x ? The options: ['A ) 2 : 3', 'B ) 4 : 5', 'C ) 1', 'D ) 7', 'E ) 8']",
+            {"A": "2 : 3", "B": "4 : 5", "C": "1", "D": "7", "E": "8"},
+        ),
     ],
 )
 def test_options_are_parsed_from_instructions(task, instruction, expected):
@@ -174,9 +252,22 @@ def test_every_shared_choice_item_has_parseable_options_containing_the_gold(shar
     from kdlab.eval.task_examples import load_task_examples
 
     data_dir = shared_dir / "data" / "paper-kd-generalization" / "eval"
-    for name in ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa", "AQuA", "mathqa"]:
+    for name in [
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+        "AQuA",
+        "mathqa",
+    ]:
         for example in load_task_examples(name, data_dir):
-            assert example.answer.strip() in parse_options(TASKS[name], example.instruction), (name, example.instruction[-120:])
+            assert example.answer.strip() in parse_options(TASKS[name], example.instruction), (
+                name,
+                example.instruction[-120:],
+            )
 
 
 def test_a_moved_or_differently_named_evaluation_folder_resumes(tiny_models, arith_dir, tmp_path, monkeypatch):
@@ -193,6 +284,8 @@ def test_a_moved_or_differently_named_evaluation_folder_resumes(tiny_models, ari
     again.out = "./moved"
     metrics = evaluate(again)
     assert metrics["tasks"]["arith"]["n"] == 3
-    assert [json.loads(line)["id"] for line in (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()][0] == 0
+    assert [
+        json.loads(line)["id"] for line in (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()
+    ][0] == 0
     with pytest.raises(KdlabError, match="other settings .*max_new_tokens"):
         evaluate(settings(tmp_path, tiny_models["talker"], "moved", data_dir=str(arith_dir), limit=3, max_new_tokens=5))

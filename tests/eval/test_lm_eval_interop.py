@@ -23,7 +23,12 @@ PIQA = [  # LLM-Adapters piqa format: two solutions, the answer is solution1 or 
     ("How to cool down soup quickly?", "Heat it on the stove.", "Stir it over a bowl of ice water.", "solution2"),
     ("How can I dry wet shoes?", "Stuff them with newspaper.", "Fill them with water.", "solution1"),
     ("How to sharpen a pencil?", "Use a pencil sharpener.", "Use a spoon.", "solution1"),
-    ("How do you open a jar with a tight lid?", "Freeze the jar for a day.", "Run the lid under hot water.", "solution2"),
+    (
+        "How do you open a jar with a tight lid?",
+        "Freeze the jar for a day.",
+        "Run the lid under hot water.",
+        "solution2",
+    ),
     ("How to find a lost key?", "Retrace your steps.", "Buy a new door 12 + 5 = 17.", "solution1"),
 ]
 
@@ -36,9 +41,16 @@ def run_cli(argv) -> None:
 
 
 def write_piqa(data_dir):
-    items = [{"instruction": f"Please choose the correct solution to the question: {goal}\n\nSolution1: {one}\n\nSolution2: {two}"
-                             "\n\nAnswer format: solution1/solution2", "input": "", "output": f"the correct answer is {answer}",
-              "answer": answer} for goal, one, two, answer in PIQA]
+    items = [
+        {
+            "instruction": f"Please choose the correct solution to the question: {goal}\n\nSolution1: {one}\n\nSolution2: {two}"
+            "\n\nAnswer format: solution1/solution2",
+            "input": "",
+            "output": f"the correct answer is {answer}",
+            "answer": answer,
+        }
+        for goal, one, two, answer in PIQA
+    ]
     path = data_dir / TASKS["piqa"].folder / "test.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(items))
@@ -53,26 +65,36 @@ def write_lm_eval_task(task_dir, test_file):
     for example in load_examples(test_file):
         options = parse_options(task, example.instruction)
         labels = list(options)
-        rows.append({"prompt": format_prompt(example.instruction, example.input), "choices": [options[label] for label in labels],
-                     "labels": labels, "gold": labels.index(example.answer)})
+        rows.append(
+            {
+                "prompt": format_prompt(example.instruction, example.input),
+                "choices": [options[label] for label in labels],
+                "labels": labels,
+                "gold": labels.index(example.answer),
+            }
+        )
     data = task_dir / "piqa.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (task_dir / "kdlab_piqa_local.yaml").write_text("\n".join([
-        "task: kdlab_piqa_local",
-        "dataset_path: json",
-        "dataset_kwargs:",
-        f"  data_files: {{test: {json.dumps(str(data))}}}",
-        f"  cache_dir: {json.dumps(str(task_dir / 'hf-cache'))}",
-        "test_split: test",
-        "output_type: multiple_choice",
-        "doc_to_text: prompt",
-        "doc_to_choice: choices",
-        "doc_to_target: gold",
-        'target_delimiter: ""',
-        "metric_list:",
-        "  - metric: acc",
-        "",
-    ]))
+    (task_dir / "kdlab_piqa_local.yaml").write_text(
+        "\n".join(
+            [
+                "task: kdlab_piqa_local",
+                "dataset_path: json",
+                "dataset_kwargs:",
+                f"  data_files: {{test: {json.dumps(str(data))}}}",
+                f"  cache_dir: {json.dumps(str(task_dir / 'hf-cache'))}",
+                "test_split: test",
+                "output_type: multiple_choice",
+                "doc_to_text: prompt",
+                "doc_to_choice: choices",
+                "doc_to_target: gold",
+                'target_delimiter: ""',
+                "metric_list:",
+                "  - metric: acc",
+                "",
+            ]
+        )
+    )
     return rows
 
 
@@ -83,15 +105,22 @@ def lm_eval_loglikelihoods(task_dir, **model_args) -> list[list[float]]:
     from lm_eval.tasks import TaskManager
 
     model = HFLM(device="cpu", batch_size=4, dtype="float32", **model_args)
-    results = simple_evaluate(model=model, tasks=["kdlab_piqa_local"], task_manager=TaskManager(include_path=str(task_dir)),
-                              log_samples=True, num_fewshot=0)
+    results = simple_evaluate(
+        model=model,
+        tasks=["kdlab_piqa_local"],
+        task_manager=TaskManager(include_path=str(task_dir)),
+        log_samples=True,
+        num_fewshot=0,
+    )
     samples = sorted(results["samples"]["kdlab_piqa_local"], key=lambda sample: sample["doc_id"])
     return [[float(resp[0]) for resp in sample["filtered_resps"]] for sample in samples]
 
 
 def kdlab_scores(out_dir, labels_per_row) -> list[list[float]]:
-    lines = sorted((json.loads(line) for line in (out_dir / "predictions" / "piqa.jsonl").read_text().splitlines()),
-                   key=lambda line: line["id"])
+    lines = sorted(
+        (json.loads(line) for line in (out_dir / "predictions" / "piqa.jsonl").read_text().splitlines()),
+        key=lambda line: line["id"],
+    )
     return [[line["scores"][label] for label in labels] for line, labels in zip(lines, labels_per_row)]
 
 
@@ -109,8 +138,14 @@ def trained(tiny_models, synth_train, tmp_path_factory):
     run_cli(["sft", "--model", tiny_models["student"], "--data", data, "--out", root / "student", "--no-lora", *fast])
     # the LoRA base has no padded output rows: lm-eval resizes the embeddings to len(tokenizer) when it loads an
     # adapter (see docs/ecosystem.md), which would renormalise a padded head's log-probabilities
-    run_cli(["sft", "--model", tiny_models["talker"], "--data", data, "--out", root / "teacher-lora", "--lora-r", 4, *fast])
-    return {"student": root / "student" / "final", "base": tiny_models["talker"], "adapter": root / "teacher-lora" / "final"}
+    run_cli(
+        ["sft", "--model", tiny_models["talker"], "--data", data, "--out", root / "teacher-lora", "--lora-r", 4, *fast]
+    )
+    return {
+        "student": root / "student" / "final",
+        "base": tiny_models["talker"],
+        "adapter": root / "teacher-lora" / "final",
+    }
 
 
 @pytest.mark.slow  # about 35 s on CPU (lm-eval's import and two evaluations); run with -m slow
@@ -124,8 +159,24 @@ def test_lm_eval_chooses_as_kdlab_eval_loglik(trained, tmp_path, which):
     else:
         kdlab_model = ["--model", trained["base"], "--adapter", trained["adapter"]]
         model_args = {"pretrained": str(trained["base"]), "peft": str(trained["adapter"])}
-    run_cli(["eval", *kdlab_model, "--tasks", "piqa", "--data-dir", data_dir, "--mode", "loglik", "--out", tmp_path / "eval",
-             "--batch-size", 4, "--precision", "fp32"])  # auto would be bf16 on a CPU with native bf16
+    run_cli(
+        [
+            "eval",
+            *kdlab_model,
+            "--tasks",
+            "piqa",
+            "--data-dir",
+            data_dir,
+            "--mode",
+            "loglik",
+            "--out",
+            tmp_path / "eval",
+            "--batch-size",
+            4,
+            "--precision",
+            "fp32",
+        ]
+    )  # auto would be bf16 on a CPU with native bf16
     ours = kdlab_scores(tmp_path / "eval", [row["labels"] for row in rows])
     theirs = lm_eval_loglikelihoods(task_dir, **model_args)
     assert len(theirs) == len(ours) == len(PIQA)

@@ -14,8 +14,22 @@ from kdlab.eval.task_examples import load_task_examples, map_gsm8k, map_hellaswa
 from kdlab.eval.tasks import TASKS, Task
 
 EVAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "paper-kd-generalization" / "eval"
-SHARED_TASKS = ["AQuA", "ARC-Challenge", "ARC-Easy", "AddSub", "MultiArith", "SVAMP", "SingleEq", "boolq", "gsm8k",
-                "mathqa", "openbookqa", "piqa", "social_i_qa", "winogrande"]
+SHARED_TASKS = [
+    "AQuA",
+    "ARC-Challenge",
+    "ARC-Easy",
+    "AddSub",
+    "MultiArith",
+    "SVAMP",
+    "SingleEq",
+    "boolq",
+    "gsm8k",
+    "mathqa",
+    "openbookqa",
+    "piqa",
+    "social_i_qa",
+    "winogrande",
+]
 
 
 @pytest.fixture
@@ -61,8 +75,10 @@ def test_bad_limit(tmp_path):
 def test_bad_gold_names_file_index_field(tmp_path):
     folder = tmp_path / "gsm8k"
     folder.mkdir()
-    records = [{"instruction": "1+1?", "input": "", "output": "", "answer": "2"},
-               {"instruction": "2+2?", "input": "", "output": "", "answer": "four"}]
+    records = [
+        {"instruction": "1+1?", "input": "", "output": "", "answer": "2"},
+        {"instruction": "2+2?", "input": "", "output": "", "answer": "four"},
+    ]
     (folder / "test.json").write_text(json.dumps(records))
     with pytest.raises(KdlabError, match=r"test.json\[1\]: field 'answer'.*not a number"):
         load_task_examples("gsm8k", tmp_path)
@@ -83,8 +99,10 @@ def test_arith_from_synth(tmp_path):
 
 
 def test_map_gsm8k():
-    row = {"question": "Natalia sold clips to 48 friends, then half as many. How many? ",
-           "answer": "She sold 48/2 = <<48/2=24>>24 in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 1,072"}
+    row = {
+        "question": "Natalia sold clips to 48 friends, then half as many. How many? ",
+        "answer": "She sold 48/2 = <<48/2=24>>24 in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 1,072",
+    }
     example = map_gsm8k(row)
     assert example.answer == "1072" and example.input == ""
     assert example.instruction == "Natalia sold clips to 48 friends, then half as many. How many?"
@@ -93,18 +111,29 @@ def test_map_gsm8k():
         map_gsm8k({"question": "q", "answer": "no final line"})
 
 
-HELLASWAG_ROW = {"activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
-                 "ctx_b": "then", "ctx": "Then, the man writes over the snow. then",
-                 "endings": [", the man adds wax.", ", a person boards a lift.", ", the man puts on a coat.",
-                             ", the man continues removing the snow on his car."], "label": "3"}
+HELLASWAG_ROW = {
+    "activity_label": "Removing ice from car",
+    "ctx_a": "Then, the man writes over the snow.",
+    "ctx_b": "then",
+    "ctx": "Then, the man writes over the snow. then",
+    "endings": [
+        ", the man adds wax.",
+        ", a person boards a lift.",
+        ", the man puts on a coat.",
+        ", the man continues removing the snow on his car.",
+    ],
+    "label": "3",
+}
 
 
 def test_map_hellaswag():
     example = map_hellaswag(HELLASWAG_ROW)
     assert example.answer == "ending4" and example.output == "the correct answer is ending4"
-    assert example.instruction.startswith("Please choose the correct ending to complete the given sentence: "
-                                          "Removing ice from car: Then, the man writes over the snow. Then\n\n"
-                                          "Ending1: , the man adds wax. Ending2: ")
+    assert example.instruction.startswith(
+        "Please choose the correct ending to complete the given sentence: "
+        "Removing ice from car: Then, the man writes over the snow. Then\n\n"
+        "Ending1: , the man adds wax. Ending2: "
+    )
     assert example.instruction.endswith("\n\nAnswer format: ending1/ending2/ending3/ending4")
     # the echoed format line is not an answer; the stated one is
     assert extract("hellaswag", example.instruction.split("\n\n")[-1] + " the correct answer is ending2") == "ending2"
@@ -115,8 +144,10 @@ def test_map_hellaswag():
 @pytest.fixture
 def fake_datasets(monkeypatch):
     calls = []
-    rows = {"openai/gsm8k": [{"question": f"q{i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(5)],
-            "Rowan/hellaswag": [HELLASWAG_ROW] * 3}
+    rows = {
+        "openai/gsm8k": [{"question": f"q{i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(5)],
+        "Rowan/hellaswag": [HELLASWAG_ROW] * 3,
+    }
 
     def load_dataset(path, name=None, split=None):
         calls.append((path, name, split))

@@ -6,8 +6,23 @@ from kdlab.errors import KdlabError
 from kdlab.eval import task_examples
 from kdlab.eval.tasks import GROUPS, TASKS, Task, get_task, resolve_tasks
 
-SHARED_TASKS = ["AQuA", "ARC-Challenge", "ARC-Easy", "AddSub", "MultiArith", "SVAMP", "SingleEq", "boolq", "gsm8k",
-                "mathqa", "openbookqa", "piqa", "social_i_qa", "winogrande"]
+SHARED_TASKS = [
+    "AQuA",
+    "ARC-Challenge",
+    "ARC-Easy",
+    "AddSub",
+    "MultiArith",
+    "SVAMP",
+    "SingleEq",
+    "boolq",
+    "gsm8k",
+    "mathqa",
+    "openbookqa",
+    "piqa",
+    "social_i_qa",
+    "winogrande",
+]
+
 
 def _names(tasks):
     return [task.name for task in tasks]
@@ -28,15 +43,18 @@ def test_registry_contents():
     assert hash(TASKS["hellaswag"])  # hashable despite the hub dict
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("gsm8k,boolq", ["gsm8k", "boolq"]),
-    ("gsm8k, boolq ,", ["gsm8k", "boolq"]),
-    ("math", GROUPS["math"]),
-    (["paper14"], GROUPS["paper14"]),
-    ("commonsense,boolq,math", GROUPS["commonsense"] + GROUPS["math"]),  # duplicates dropped, order kept
-    ("SVAMP,math", ["SVAMP", "gsm8k", "MultiArith", "AddSub", "AQuA", "SingleEq"]),
-    (["GSM8K", "arc-easy,Arith"], ["gsm8k", "ARC-Easy", "arith"]),  # case-insensitive
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("gsm8k,boolq", ["gsm8k", "boolq"]),
+        ("gsm8k, boolq ,", ["gsm8k", "boolq"]),
+        ("math", GROUPS["math"]),
+        (["paper14"], GROUPS["paper14"]),
+        ("commonsense,boolq,math", GROUPS["commonsense"] + GROUPS["math"]),  # duplicates dropped, order kept
+        ("SVAMP,math", ["SVAMP", "gsm8k", "MultiArith", "AddSub", "AQuA", "SingleEq"]),
+        (["GSM8K", "arc-easy,Arith"], ["gsm8k", "ARC-Easy", "arith"]),  # case-insensitive
+    ],
+)
 def test_resolve_tasks(spec, expected):
     assert _names(resolve_tasks(spec)) == expected
 

@@ -13,17 +13,24 @@ import yaml
 GOLD = {"arith": ["1", "2", "9", "4", "7", "8"], "boolq": ["true", "false"]}
 TEACHER = {"arith": ["1", "2", "3", None, "5", "6"], "boolq": ["false", "true"]}
 STUDENT = {"arith": ["1", "3", "3", None, "5", None], "boolq": ["true", "true"]}
-T_OUT = {"arith": ["so 1 + 0 = 1 . The answer is 1.", "the cat sat on the mat", "x", "", "the answer is 5", "3 + 3 = 6"],
-         "boolq": ["the correct answer is false", "the correct answer is true"]}
-S_OUT = {"arith": ["so 1 + 0 = 1 . The answer is 1.", "mat the cat", "y", "nothing", "The answer is 5.", "no idea"],
-         "boolq": ["the correct answer is true", "the correct answer is true"]}
+T_OUT = {
+    "arith": ["so 1 + 0 = 1 . The answer is 1.", "the cat sat on the mat", "x", "", "the answer is 5", "3 + 3 = 6"],
+    "boolq": ["the correct answer is false", "the correct answer is true"],
+}
+S_OUT = {
+    "arith": ["so 1 + 0 = 1 . The answer is 1.", "mat the cat", "y", "nothing", "The answer is 5.", "no idea"],
+    "boolq": ["the correct answer is true", "the correct answer is true"],
+}
 
 
 def _write_eval(folder, tasks, mode="generate", extraction="strict"):
     """A hand-made evaluation folder. ``tasks``: {task: [(pred, gold, output), ...]} (output ignored for loglik)."""
     (folder / "predictions").mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": "hand", "tasks": sorted(tasks), "out": str(folder),
-                                                        "mode": mode, "extraction": extraction}))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"model": "hand", "tasks": sorted(tasks), "out": str(folder), "mode": mode, "extraction": extraction}
+        )
+    )
     metrics = {}
     for task, rows in tasks.items():
         lines = []
@@ -31,7 +38,9 @@ def _write_eval(folder, tasks, mode="generate", extraction="strict"):
             correct = pred is not None and pred == gold
             record = {"id": index, "prompt": f"question {index}", "gold": gold, "pred": pred, "correct": correct}
             if mode == "generate":
-                record.update(output=output, preds={"paper": pred, "strict": pred}, corrects={"paper": correct, "strict": correct})
+                record.update(
+                    output=output, preds={"paper": pred, "strict": pred}, corrects={"paper": correct, "strict": correct}
+                )
             else:
                 record.update(options={}, scores={}, scores_norm={}, pred_norm=pred, correct_norm=correct)
             lines.append(json.dumps(record) + "\n")
@@ -73,6 +82,14 @@ def talker_eval(tiny_models, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fidelity")
     write_synth(root / "data" / "arith" / "test.json", n=4, seed=3, split="test")
-    evaluate(EvalSettings(model=str(tiny_models["talker"]), tasks=["arith"], data_dir=str(root / "data"),
-                         out=str(root / "talker_eval"), limit=4, max_new_tokens=12))
+    evaluate(
+        EvalSettings(
+            model=str(tiny_models["talker"]),
+            tasks=["arith"],
+            data_dir=str(root / "data"),
+            out=str(root / "talker_eval"),
+            limit=4,
+            max_new_tokens=12,
+        )
+    )
     return root / "talker_eval"

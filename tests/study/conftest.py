@@ -18,9 +18,11 @@ def tiny_study_spec(tiny_models, tmp_path_factory) -> Path:
     train = {"max_steps": 2, "batch_size": 4, "max_length": 320, "save_steps": 0, "lr": 1e-3}
     spec = {
         "name": "tiny",
-        "models": {"teacher": {"spec": str(tiny_models["teacher"])},
-                   "pruned-1l": {"prune": {"model": "teacher", "keep_layers": 1}},
-                   "small": {"spec": str(tiny_models["student"])}},
+        "models": {
+            "teacher": {"spec": str(tiny_models["teacher"])},
+            "pruned-1l": {"prune": {"model": "teacher", "keep_layers": 1}},
+            "small": {"spec": str(tiny_models["student"])},
+        },
         "teachers": ["teacher"],
         "students": ["pruned-1l", "small"],
         "domains": {"arith": {"train": "train.json", "tasks": ["arith", "AddSub"], "data_dir": "eval"}},

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.study.fidelity_stats import agreement_tests, fidelity_plane, fidelity_tables, pareto_front
+from kdlab.study.fidelity_stats import agreement_tests, fidelity_tables, pareto_front
 
 
 def test_pareto_front_by_hand():
@@ -29,10 +29,26 @@ def _row(run, method, seed, agree, correct, role="student-kd"):
     n = len(agree)
     acc = float(np.mean(correct))
     wilson = stats.binomtest(int(sum(correct)), n).proportion_ci(method="wilson")
-    return {"run": run, "role": role, "teacher": "t", "teacher_kind": "finetuned", "student": "s", "domain": "d",
-            "task": "arith", "seed": seed, "method": method, "temperature": 1.0, "noise": 0.0, "n": n, "accuracy": acc,
-            "ci_low": wilson.low, "ci_high": wilson.high, "agreement": float(np.mean(agree)),
-            "eval_dir": f"eval/{run}", "fidelity_dir": f"fidelity/{run}"}
+    return {
+        "run": run,
+        "role": role,
+        "teacher": "t",
+        "teacher_kind": "finetuned",
+        "student": "s",
+        "domain": "d",
+        "task": "arith",
+        "seed": seed,
+        "method": method,
+        "temperature": 1.0,
+        "noise": 0.0,
+        "n": n,
+        "accuracy": acc,
+        "ci_low": wilson.low,
+        "ci_high": wilson.high,
+        "agreement": float(np.mean(agree)),
+        "eval_dir": f"eval/{run}",
+        "fidelity_dir": f"fidelity/{run}",
+    }
 
 
 @pytest.fixture
@@ -40,9 +56,11 @@ def study(tmp_path):
     rng = np.random.default_rng(0)
     n = 60
     base_agree = rng.random(n) < 0.4
-    runs = {"sft": ("sft", base_agree, rng.random(n) < 0.3, "student-sft"),
-            "fkl": ("fkl", base_agree ^ (rng.random(n) < 0.1), rng.random(n) < 0.3, "student-kd"),
-            "dec": ("decision", np.ones(n, bool), rng.random(n) < 0.3, "student-kd")}
+    runs = {
+        "sft": ("sft", base_agree, rng.random(n) < 0.3, "student-sft"),
+        "fkl": ("fkl", base_agree ^ (rng.random(n) < 0.1), rng.random(n) < 0.3, "student-kd"),
+        "dec": ("decision", np.ones(n, bool), rng.random(n) < 0.3, "student-kd"),
+    }
     rows = []
     for run, (method, agree, correct, role) in runs.items():
         _write(tmp_path, f"fidelity/{run}", "pairs", "arith", agree)
@@ -71,7 +89,11 @@ def test_tables_against_sft_and_fkl_with_holm(study):
     study_dir, frame, _ = study
     tables = fidelity_tables(study_dir, frame, n_boot=500)
     agreement = tables["agreement"]
-    assert sorted(zip(agreement["reference"], agreement["method"])) == [("fkl", "decision"), ("sft", "decision"), ("sft", "fkl")]
+    assert sorted(zip(agreement["reference"], agreement["method"])) == [
+        ("fkl", "decision"),
+        ("sft", "decision"),
+        ("sft", "fkl"),
+    ]
     sft = agreement[agreement["reference"] == "sft"]
     p = np.sort(sft["agree_pvalue"].to_numpy())
     holm = np.minimum(1, np.maximum.accumulate(p * np.arange(len(p), 0, -1)))

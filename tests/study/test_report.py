@@ -4,8 +4,8 @@ restate the statistics tables. The slow test renders the report in headless Chro
 
 from __future__ import annotations
 
-import json
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 
 from kdlab.errors import KdlabError
 from kdlab.study.report import FIGURE_KEYS, make_figures, write_report
 from kdlab.study.stats import compute_study_stats
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
@@ -72,8 +72,13 @@ def test_markdown_references_png_files_that_exist(full_report):
 def test_report_sections_tables_and_footer(full_report):
     _, frame, stats, html_path, md_path = full_report
     text = html_path.read_text(encoding="utf-8")
-    for heading in ("Findings", "Results overview", "Figures", "Hypothesis tests (H1–H5)",
-                    "Paired tests: KD vs SFT on the same examples"):
+    for heading in (
+        "Findings",
+        "Results overview",
+        "Figures",
+        "Hypothesis tests (H1–H5)",
+        "Paired tests: KD vs SFT on the same examples",
+    ):
         assert heading in text and heading in md_path.read_text(encoding="utf-8")
     # one figcaption per figure, each a sentence
     captions = re.findall(r"<figcaption><b>[^<]*</b> ([^<]+)</figcaption>", text)
@@ -116,8 +121,16 @@ def test_findings_restate_the_numbers(full_report):
 
 
 def _minimal(tmp_path, **kwargs):
-    options = dict(students={"Tiny-0.5B": 0.5}, methods={"fkl": "fkl", "rkl": "rkl"}, temperatures=(2.0,),
-                   seeds=(0,), noise=(), base_teacher=False, fidelity=False, n_examples=30)
+    options = dict(
+        students={"Tiny-0.5B": 0.5},
+        methods={"fkl": "fkl", "rkl": "rkl"},
+        temperatures=(2.0,),
+        seeds=(0,),
+        noise=(),
+        base_teacher=False,
+        fidelity=False,
+        n_examples=30,
+    )
     options.update(kwargs)
     root = tmp_path / "study"
     return root, synthetic.make_study(root, **options)
@@ -137,8 +150,14 @@ def test_missing_dimensions_give_notes_not_crashes(tmp_path):
     notes = re.findall(r'<p class="note">(not in this study: [^<]*)</p>', text)
     assert len(notes) == 6
     joined = " ".join(notes)
-    for words in ("one student size only (0.5B)", "more than one temperature (T = 2)", "no teacher-noise ablation",
-                  "base (task-unaware) teacher", "agreement was not computed", "BLEU"):
+    for words in (
+        "one student size only (0.5B)",
+        "more than one temperature (T = 2)",
+        "no teacher-noise ablation",
+        "base (task-unaware) teacher",
+        "agreement was not computed",
+        "BLEU",
+    ):
         assert words in joined
     assert len(IMG.findall(text)) == 1  # the methods comparison is still there
     md = md_path.read_text(encoding="utf-8")
@@ -148,8 +167,13 @@ def test_missing_dimensions_give_notes_not_crashes(tmp_path):
 
 
 def test_seqkd_without_temperature_and_missing_stats_are_computed(tmp_path):
-    root, frame = _minimal(tmp_path, methods={"fkl": "fkl", "seqkd": "seqkd"}, temperatures=(1.0, 2.0),
-                           students={"Tiny-0.5B": 0.5, "Tiny-1.5B": 1.5}, seeds=(0, 1))
+    root, frame = _minimal(
+        tmp_path,
+        methods={"fkl": "fkl", "seqkd": "seqkd"},
+        temperatures=(1.0, 2.0),
+        students={"Tiny-0.5B": 0.5, "Tiny-1.5B": 1.5},
+        seeds=(0, 1),
+    )
     assert frame.loc[frame.method == "seqkd", "temperature"].isna().all()
     html_path, _ = write_report(root, frame, {}, tmp_path / "out")
     text = html_path.read_text(encoding="utf-8")
@@ -190,10 +214,27 @@ def test_headless_chromium_renders_the_report(full_report, tmp_path):
 
     _, _, _, html_path, _ = full_report
     shot = tmp_path / "report.png"
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                    "--window-size=1400,9000", html_path.as_uri()], check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1400,9000",
+            html_path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[:2] == (9000, 1400)
     rows = np.where((image < 245).any(axis=(1, 2)))[0]
@@ -210,8 +251,21 @@ def test_dropped_and_cut_training_examples_are_in_the_report(tmp_path):
     root, frame = _minimal(tmp_path)
     run = root / "kd" / "t.s.arith.fkl.t2.s0-abc"
     run.mkdir(parents=True)
-    (run / "result.json").write_text(json.dumps({"steps": 1, "data": {
-        "examples_in_data": 9, "examples": 8, "dropped_long": 1, "cut_responses": 2, "max_length": 256, "on_long": "truncate"}}))
+    (run / "result.json").write_text(
+        json.dumps(
+            {
+                "steps": 1,
+                "data": {
+                    "examples_in_data": 9,
+                    "examples": 8,
+                    "dropped_long": 1,
+                    "cut_responses": 2,
+                    "max_length": 256,
+                    "on_long": "truncate",
+                },
+            }
+        )
+    )
     _, md_path = write_report(root, frame, {}, tmp_path / "out")
     md = md_path.read_text(encoding="utf-8")
     assert "Training examples that did not fit max_length" in md

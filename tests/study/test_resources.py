@@ -16,14 +16,17 @@ def test_defaults_and_overrides():
     assert load_slurm(None, "s: slurm")["time_min"] == 240
 
 
-@pytest.mark.parametrize("section, value, message", [
-    ("resources", {"kd-run": {"gpus": 1}}, "s: resources: unknown run kind\\(s\\) kd-run"),
-    ("resources", {"kd": {"gpu": 1}}, "s: resources.kd: unknown key\\(s\\) gpu"),
-    ("resources", {"kd": {"gpus": 2}}, "s: resources.kd.gpus: expected a number between 0 and 1, got 2"),
-    ("resources", {"eval": {"cpus": "four"}}, "s: resources.eval.cpus: expected a number >= 0"),
-    ("slurm", {"partitions": "gpu"}, "s: slurm: unknown key\\(s\\) partitions"),
-    ("slurm", {"setup": "module load cuda"}, "s: slurm.setup: expected a list of shell lines"),
-])
+@pytest.mark.parametrize(
+    "section, value, message",
+    [
+        ("resources", {"kd-run": {"gpus": 1}}, "s: resources: unknown run kind\\(s\\) kd-run"),
+        ("resources", {"kd": {"gpu": 1}}, "s: resources.kd: unknown key\\(s\\) gpu"),
+        ("resources", {"kd": {"gpus": 2}}, "s: resources.kd.gpus: expected a number between 0 and 1, got 2"),
+        ("resources", {"eval": {"cpus": "four"}}, "s: resources.eval.cpus: expected a number >= 0"),
+        ("slurm", {"partitions": "gpu"}, "s: slurm: unknown key\\(s\\) partitions"),
+        ("slurm", {"setup": "module load cuda"}, "s: slurm.setup: expected a list of shell lines"),
+    ],
+)
 def test_errors_name_the_key(section, value, message):
     with pytest.raises(KdlabError, match=message):
         (load_resources if section == "resources" else load_slurm)(value, f"s: {section}")
@@ -32,7 +35,9 @@ def test_errors_name_the_key(section, value, message):
 def test_spec_reads_both_sections(tiny_study_spec, tmp_path):
     data = yaml.safe_load(tiny_study_spec.read_text())
     data.update(resources={"fidelity": {"gpus": 0.25}}, slurm={"partition": "gpu"})
-    data["domains"]["arith"].update(train=str(tiny_study_spec.parent / "train.json"), data_dir=str(tiny_study_spec.parent / "eval"))
+    data["domains"]["arith"].update(
+        train=str(tiny_study_spec.parent / "train.json"), data_dir=str(tiny_study_spec.parent / "eval")
+    )
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
     spec = load_spec(path)

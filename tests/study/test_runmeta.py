@@ -17,8 +17,16 @@ def test_label_names_what_sets_a_run_apart():
 
 
 def test_from_row_reads_table_rows():
-    row = pd.Series({"role": "student-kd", "method": "fkl", "temperature": math.nan, "noise": 2.0,
-                     "teacher_kind": "finetuned", "seed": 1})
+    row = pd.Series(
+        {
+            "role": "student-kd",
+            "method": "fkl",
+            "temperature": math.nan,
+            "noise": 2.0,
+            "teacher_kind": "finetuned",
+            "seed": 1,
+        }
+    )
     meta = RunMeta.from_row(row)
     assert meta.temperature is None and meta.label() == "fkl noise=2"
     selection_row = {"role": "student-sft", "method": "sft", "noise": 0.0, "teacher_kind": "finetuned"}

@@ -18,13 +18,20 @@ class _Spec:
 
 
 def _plan(*nodes: tuple) -> Plan:
-    return Plan(_Spec(), [Node(node_id, kind, {}, tuple(deps), flops=seconds) for node_id, kind, deps, seconds in nodes])
+    return Plan(
+        _Spec(), [Node(node_id, kind, {}, tuple(deps), flops=seconds) for node_id, kind, deps, seconds in nodes]
+    )
 
 
 def test_chain_and_fan_out():
     # a (10 s) -> b, c, d (5 s each) -> e (1 s, half a GPU)
-    plan = _plan(("a", "kd", (), 10), ("b", "kd", ("a",), 5), ("c", "kd", ("a",), 5), ("d", "kd", ("a",), 5),
-                 ("e", "eval", ("b", "c", "d"), 1))
+    plan = _plan(
+        ("a", "kd", (), 10),
+        ("b", "kd", ("a",), 5),
+        ("c", "kd", ("a",), 5),
+        ("d", "kd", ("a",), 5),
+        ("e", "eval", ("b", "c", "d"), 1),
+    )
     one, two, three = (estimate(plan, plan.nodes, n) for n in (1, 2, 3))
     assert one.wall_seconds == 26 and one.total_seconds == 26 and one.critical_seconds == 16
     assert two.wall_seconds == 21 and three.wall_seconds == 16  # never below the critical path

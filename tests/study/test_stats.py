@@ -11,13 +11,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
 from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.significance import holm, stars
-from kdlab.study.stats import (compute_study_stats, main_grid, paired_tests, seed_summary, study_hypotheses,
-                               write_stats_tables)
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+from kdlab.study.stats import (
+    compute_study_stats,
+    main_grid,
+    paired_tests,
+    seed_summary,
+    study_hypotheses,
+    write_stats_tables,
+)
 
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 
@@ -93,8 +99,16 @@ def test_h1_anova_and_eta_squared_match_scipy(kd_study):
     assert table[table.hypothesis == "H1-anova"].group.unique().tolist() == ["all"]
 
 
-@pytest.mark.parametrize("hypothesis,column", [("H2", "teacher_accuracy"), ("H3", "student_size_b"),
-                                               ("H3b", "sft_accuracy"), ("H4", "agreement"), ("H5", "bleu")])
+@pytest.mark.parametrize(
+    "hypothesis,column",
+    [
+        ("H2", "teacher_accuracy"),
+        ("H3", "student_size_b"),
+        ("H3b", "sft_accuracy"),
+        ("H4", "agreement"),
+        ("H5", "bleu"),
+    ],
+)
 def test_correlations_match_scipy_spearman(kd_study, hypothesis, column):
     _, frame = kd_study
     table = study_hypotheses(frame)
@@ -146,9 +160,17 @@ def test_holm_on_hypotheses_is_within_hypothesis_and_group(kd_study):
 
 
 def test_undefined_tests_are_nan_with_a_reason_and_no_warning(tmp_path):
-    frame = synthetic.make_study(tmp_path / "s", students={"Tiny-0.5B": 0.5}, methods={"fkl": "fkl"},
-                                 temperatures=(2.0,), seeds=(0,), noise=(), base_teacher=False, fidelity=False,
-                                 n_examples=20)
+    frame = synthetic.make_study(
+        tmp_path / "s",
+        students={"Tiny-0.5B": 0.5},
+        methods={"fkl": "fkl"},
+        temperatures=(2.0,),
+        seeds=(0,),
+        noise=(),
+        base_teacher=False,
+        fidelity=False,
+        n_examples=20,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         table = study_hypotheses(frame)
@@ -196,14 +218,34 @@ def _hand_study(root: Path, kd: list[int], sft: list[int], kd_ids=None, sft_ids=
     kd_ids = kd_ids if kd_ids is not None else list(range(len(kd)))
     sft_ids = sft_ids if sft_ids is not None else list(range(len(sft)))
     # the KD file is written in reverse order: the join is by id, not by line
-    _write_jsonl(root / "kd/eval/predictions/t.jsonl",
-                 [{"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""}
-                  for i, c in reversed(list(zip(kd_ids, kd)))])
-    _write_jsonl(root / "sft/eval/predictions/t.jsonl",
-                 [{"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""} for i, c in zip(sft_ids, sft)])
-    row = {"run": "kd", "role": "student-kd", "domain": "math", "task": "t", "teacher": "T",
-           "teacher_kind": "finetuned", "student": "S", "student_size_b": 0.5, "method": "fkl", "loss": "fkl",
-           "temperature": 2.0, "noise": 0.0, "seed": 0, "eval_dir": "kd/eval", "sft_eval_dir": "sft/eval"}
+    _write_jsonl(
+        root / "kd/eval/predictions/t.jsonl",
+        [
+            {"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""}
+            for i, c in reversed(list(zip(kd_ids, kd)))
+        ],
+    )
+    _write_jsonl(
+        root / "sft/eval/predictions/t.jsonl",
+        [{"id": i, "correct": bool(c), "pred": "x", "gold": "x", "output": ""} for i, c in zip(sft_ids, sft)],
+    )
+    row = {
+        "run": "kd",
+        "role": "student-kd",
+        "domain": "math",
+        "task": "t",
+        "teacher": "T",
+        "teacher_kind": "finetuned",
+        "student": "S",
+        "student_size_b": 0.5,
+        "method": "fkl",
+        "loss": "fkl",
+        "temperature": 2.0,
+        "noise": 0.0,
+        "seed": 0,
+        "eval_dir": "kd/eval",
+        "sft_eval_dir": "sft/eval",
+    }
     return pd.DataFrame([row])
 
 
@@ -225,8 +267,11 @@ def test_paired_test_hand_computed_case(tmp_path):
 
 def test_paired_ids_must_match(tmp_path):
     frame = _hand_study(tmp_path, [1, 0, 1], [1, 1, 0], kd_ids=[0, 1, 2], sft_ids=[0, 1, 5])
-    with pytest.raises(KdlabError, match=r"example ids differ between .*kd/eval/predictions/t.jsonl and "
-                                         r".*sft/eval/predictions/t.jsonl: 1 only in the first \(e.g. 2\)"):
+    with pytest.raises(
+        KdlabError,
+        match=r"example ids differ between .*kd/eval/predictions/t.jsonl and "
+        r".*sft/eval/predictions/t.jsonl: 1 only in the first \(e.g. 2\)",
+    ):
         paired_tests(frame, tmp_path, n_boot=10)
 
 
@@ -286,9 +331,15 @@ def test_seed_summary_matches_t_interval(kd_study):
     varied = out[(out.role == "student-kd") & (out.accuracy_sd > 0) & (out.improvement_sd > 0)]
     assert len(varied) > 5
     row = varied.iloc[3]
-    runs = frame[(frame.role == "student-kd") & (frame.student == row.student) & (frame.method == row.method)
-                 & (frame.temperature == row.temperature) & (frame.noise == row.noise)
-                 & (frame.teacher_kind == row.teacher_kind) & (frame.task == row.task)]
+    runs = frame[
+        (frame.role == "student-kd")
+        & (frame.student == row.student)
+        & (frame.method == row.method)
+        & (frame.temperature == row.temperature)
+        & (frame.noise == row.noise)
+        & (frame.teacher_kind == row.teacher_kind)
+        & (frame.task == row.task)
+    ]
     acc = runs.accuracy.to_numpy()
     low, high = stats.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=stats.sem(acc))
     assert row.n_seeds == 2 and row.seeds == "0,1"
@@ -327,12 +378,20 @@ def test_write_stats_tables(kd_study, tmp_path):
     paths = write_stats_tables(compute_study_stats(root, frame, n_boot=200), tmp_path / "out")
     assert set(paths) == {"hypotheses", "paired", "seeds", "markdown", "paper_temperature"}  # two temperatures
     assert all(p.is_file() for p in paths.values())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hypotheses.csv", "paired.csv",
-                                                                    "paper_temperature.csv", "seeds.csv", "stats.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "hypotheses.csv",
+        "paired.csv",
+        "paper_temperature.csv",
+        "seeds.csv",
+        "stats.md",
+    ]
     paper = pd.read_csv(paths["paper_temperature"])
     main = main_grid(frame).dropna(subset=["temperature"])
     best = main.groupby(["student", "method", "seed", "task"])["accuracy"].max()
-    assert paper.set_index(["student", "method", "seed", "task"])["accuracy"].sort_index().tolist() == best.sort_index().tolist()
+    assert (
+        paper.set_index(["student", "method", "seed", "task"])["accuracy"].sort_index().tolist()
+        == best.sort_index().tolist()
+    )
     hyp = pd.read_csv(paths["hypotheses"])
     assert {"hypothesis", "group", "task", "statistic", "pvalue", "n", "effect_size", "effect_name"} <= set(hyp)
     pd.testing.assert_frame_equal(hyp[["statistic", "pvalue"]], study_hypotheses(frame)[["statistic", "pvalue"]])

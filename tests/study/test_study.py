@@ -7,11 +7,20 @@ import pytest
 import yaml
 
 from kdlab.errors import KdlabError
-from kdlab.study.plan import build_plan
 from kdlab.study.executors.local import parse_shard, prepare_study
+from kdlab.study.plan import build_plan
 from kdlab.study.spec import load_spec, parse_params
 
-EXPECTED_KINDS = {"prune": 1, "teacher-sft": 1, "answers": 1, "cache": 2, "student-sft": 4, "kd": 22, "eval": 28, "fidelity": 26}
+EXPECTED_KINDS = {
+    "prune": 1,
+    "teacher-sft": 1,
+    "answers": 1,
+    "cache": 2,
+    "student-sft": 4,
+    "kd": 22,
+    "eval": 28,
+    "fidelity": 26,
+}
 
 
 def _edited(spec_path: Path, tmp_path: Path, edit) -> Path:
@@ -31,20 +40,23 @@ def test_parse_params():
         parse_params("big", "x")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(epochs=3), "unknown key\\(s\\) epochs"),
-    (lambda d: d.update(students=["pruned-1l", "nope"]), "students: unknown model 'nope'"),
-    (lambda d: d["domains"]["arith"].update(train="missing.json"), "domains.arith.train: file not found"),
-    (lambda d: d["domains"]["arith"].update(tasks=["arith", "chess"]), "domains.arith.tasks"),
-    (lambda d: d["student_training"]["train"].update(lr=-1), "student_training: train.lr must be > 0"),
-    (lambda d: d["methods"].update(bad={"loss": "fkl", "beta": 2}), "methods.bad: kd.beta must be in \\[0, 1\\]"),
-    (lambda d: d["methods"].update(odd={"loss": "fkl", "speed": 2}), "methods.odd: unknown key\\(s\\) speed"),
-    (lambda d: d["ablations"].update(students=["small2"]), "ablations.students: 'small2' is not one of"),
-    (lambda d: d["models"].update(deeper={"prune": {"model": "pruned-1l", "keep_layers": 1}}), "is itself pruned"),
-    (lambda d: d.update(temperatures=[1, 0]), "temperatures: 0 is out of range"),
-    (lambda d: d.update(teachers=["pruned-1l"]), "a teacher must be loadable"),
-    (lambda d: d["methods"].update(sft={"loss": "fkl"}), "'sft' is the baseline"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(epochs=3), "unknown key\\(s\\) epochs"),
+        (lambda d: d.update(students=["pruned-1l", "nope"]), "students: unknown model 'nope'"),
+        (lambda d: d["domains"]["arith"].update(train="missing.json"), "domains.arith.train: file not found"),
+        (lambda d: d["domains"]["arith"].update(tasks=["arith", "chess"]), "domains.arith.tasks"),
+        (lambda d: d["student_training"]["train"].update(lr=-1), "student_training: train.lr must be > 0"),
+        (lambda d: d["methods"].update(bad={"loss": "fkl", "beta": 2}), "methods.bad: kd.beta must be in \\[0, 1\\]"),
+        (lambda d: d["methods"].update(odd={"loss": "fkl", "speed": 2}), "methods.odd: unknown key\\(s\\) speed"),
+        (lambda d: d["ablations"].update(students=["small2"]), "ablations.students: 'small2' is not one of"),
+        (lambda d: d["models"].update(deeper={"prune": {"model": "pruned-1l", "keep_layers": 1}}), "is itself pruned"),
+        (lambda d: d.update(temperatures=[1, 0]), "temperatures: 0 is out of range"),
+        (lambda d: d.update(teachers=["pruned-1l"]), "a teacher must be loadable"),
+        (lambda d: d["methods"].update(sft={"loss": "fkl"}), "'sft' is the baseline"),
+    ],
+)
 def test_spec_errors_name_the_key(tiny_study_spec, tmp_path, edit, message):
     path = _edited(tiny_study_spec, tmp_path, edit) if "train: file" not in message else None
     if path is None:  # the missing-file case must not be rewritten to an absolute path
@@ -73,8 +85,12 @@ def test_plan_expands_the_grid(tiny_study_spec):
 
 def test_changed_setting_changes_only_affected_folders(tiny_study_spec, tmp_path):
     before = {node.id for node in build_plan(load_spec(_edited(tiny_study_spec, tmp_path, lambda d: None))).nodes}
-    after = {node.id for node in build_plan(load_spec(_edited(tiny_study_spec, tmp_path,
-                                                             lambda d: d["student_training"]["train"].update(lr=5e-4)))).nodes}
+    after = {
+        node.id
+        for node in build_plan(
+            load_spec(_edited(tiny_study_spec, tmp_path, lambda d: d["student_training"]["train"].update(lr=5e-4)))
+        ).nodes
+    }
     unchanged = before & after
     assert any(node.startswith("teacher/") for node in unchanged)  # the teacher's settings did not change
     assert not any(node.startswith(("kd/", "sft/")) for node in unchanged)
@@ -111,15 +127,20 @@ def test_ready_specs_plan(name, kd_runs, capsys):
     assert "total" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("section, key, value, expected", [
-    ("evaluation", "limit", "2", "an integer > 0 or null"),
-    ("evaluation", "batch_size", 0, "an integer > 0"),
-    ("evaluation", "mode", "sample", "generate or loglik"),
-    ("fidelity", "token_kl", "yes", "true or false"),
-    ("teacher_cache", "k", 1.5, "an integer > 0"),
-    ("cost", "tflops", "fast", "a number > 0"),
-])
-def test_spec_values_are_type_checked_and_a_run_writes_nothing(tiny_study_spec, tmp_path, section, key, value, expected):
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("evaluation", "limit", "2", "an integer > 0 or null"),
+        ("evaluation", "batch_size", 0, "an integer > 0"),
+        ("evaluation", "mode", "sample", "generate or loglik"),
+        ("fidelity", "token_kl", "yes", "true or false"),
+        ("teacher_cache", "k", 1.5, "an integer > 0"),
+        ("cost", "tflops", "fast", "a number > 0"),
+    ],
+)
+def test_spec_values_are_type_checked_and_a_run_writes_nothing(
+    tiny_study_spec, tmp_path, section, key, value, expected
+):
     """Why: `evaluation: {limit: "2"}` raised a TypeError and a real run left study.json/spec.yaml behind."""
     path = _edited(tiny_study_spec, tmp_path, lambda d: d.setdefault(section, {}).update({key: value}))
     with pytest.raises(KdlabError, match=f"{section}.{key}: expected {expected}, got {value!r}"):
@@ -137,5 +158,7 @@ def test_a_missing_model_folder_fails_the_dry_run_and_the_run_start(tiny_study_s
             main(["study", "run", str(path), "--out", str(tmp_path / "study"), *extra])
         assert info.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("kdlab: error:") and f"models.small: {tmp_path / 'no-model'} (model folder not found)" in err
+        assert (
+            err.startswith("kdlab: error:") and f"models.small: {tmp_path / 'no-model'} (model folder not found)" in err
+        )
     assert not (tmp_path / "study").exists()

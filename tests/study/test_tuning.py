@@ -12,9 +12,9 @@ from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
 from kdlab.errors import KdlabError
 from kdlab.study import steps
+from kdlab.study.executors.local import prepare_study, run_plan
 from kdlab.study.plan import KIND_ORDER, build_plan
 from kdlab.study.results import collect_results, collect_selection
-from kdlab.study.executors.local import prepare_study, run_plan
 from kdlab.study.spec import load_spec
 
 LRS = [1e-3, 2e-2]
@@ -31,9 +31,12 @@ def tuned_spec(tiny_models, tmp_path_factory) -> Path:
     train = {"max_steps": 2, "batch_size": 4, "max_length": 320, "save_steps": 0, "lr": 1e-3}
     spec = {
         "name": "tuned",
-        "models": {"teacher": {"spec": str(tiny_models["teacher"])},
-                   "pruned-1l": {"prune": {"model": "teacher", "keep_layers": 1}}},
-        "teachers": ["teacher"], "students": ["pruned-1l"],
+        "models": {
+            "teacher": {"spec": str(tiny_models["teacher"])},
+            "pruned-1l": {"prune": {"model": "teacher", "keep_layers": 1}},
+        },
+        "teachers": ["teacher"],
+        "students": ["pruned-1l"],
         "domains": {"arith": {"train": "train.json", "tasks": ["arith"], "data_dir": "eval"}},
         "methods": {"fkl": {"loss": "fkl"}},
         "temperatures": [1.0, 2.0],
@@ -58,16 +61,22 @@ def _edited(path: Path, tmp_path: Path, edit) -> Path:
     return out
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["tuning"]["params"].update({"lr": [1]}), "tuning.params: 'lr' is not a student run setting"),
-    (lambda d: d["tuning"]["params"].update({"train.seed": [1, 2]}), "tuning.params.train.seed: cannot be tuned"),
-    (lambda d: d["tuning"]["params"].update({"train.lr": [-1.0]}), "tuning.params: train.lr must be > 0"),
-    (lambda d: d["tuning"]["params"].update({"train.lr": [1e-3, 1e-3]}), "values repeat"),
-    (lambda d: d["tuning"].update(temperature="test"), "tuning.temperature: 'test' is not one of"),
-    (lambda d: d["tuning"]["validation"].update(n=30), "tuning.validation.n: 30 validation examples would leave no"),
-    (lambda d: d["tuning"]["validation"].update(file="missing.json"), "tuning.validation.file: file not found"),
-    (lambda d: d["tuning"]["validation"].update(task="chess"), "tuning.validation.task: unknown task 'chess'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["tuning"]["params"].update({"lr": [1]}), "tuning.params: 'lr' is not a student run setting"),
+        (lambda d: d["tuning"]["params"].update({"train.seed": [1, 2]}), "tuning.params.train.seed: cannot be tuned"),
+        (lambda d: d["tuning"]["params"].update({"train.lr": [-1.0]}), "tuning.params: train.lr must be > 0"),
+        (lambda d: d["tuning"]["params"].update({"train.lr": [1e-3, 1e-3]}), "values repeat"),
+        (lambda d: d["tuning"].update(temperature="test"), "tuning.temperature: 'test' is not one of"),
+        (
+            lambda d: d["tuning"]["validation"].update(n=30),
+            "tuning.validation.n: 30 validation examples would leave no",
+        ),
+        (lambda d: d["tuning"]["validation"].update(file="missing.json"), "tuning.validation.file: file not found"),
+        (lambda d: d["tuning"]["validation"].update(task="chess"), "tuning.validation.task: unknown task 'chess'"),
+    ],
+)
 def test_tuning_spec_errors_name_the_key(tuned_spec, tmp_path, edit, message):
     with pytest.raises(KdlabError, match=message):
         load_spec(_edited(tuned_spec, tmp_path, edit))
@@ -84,10 +93,14 @@ def test_validation_split_is_disjoint_and_seeded():
     asked = {e.instruction for e in split.validation}
     assert not asked & {e.instruction for e in split.train}  # a repeated question never straddles the split
     assert "What is 3 plus 1?" not in asked  # test questions are never validation questions
-    assert len(split.train) + split.removed_from_train + len(split.validation) + split.dropped_test_overlap == len(train)
+    assert len(split.train) + split.removed_from_train + len(split.validation) + split.dropped_test_overlap == len(
+        train
+    )
     again = validation_split(train, 5, seed=0, test=test)
     assert [e.instruction for e in again.validation] == [e.instruction for e in split.validation]
-    assert [e.instruction for e in validation_split(train, 5, seed=1).validation] != [e.instruction for e in split.validation]
+    assert [e.instruction for e in validation_split(train, 5, seed=1).validation] != [
+        e.instruction for e in split.validation
+    ]
     given = validation_split(train, 0, seed=0, validation=_examples(["What is 4 plus 1?", "new one"]))
     assert "What is 4 plus 1?" not in {e.instruction for e in given.train} and given.removed_from_train == 1
     with pytest.raises(KdlabError, match="would leave no training data"):
@@ -101,7 +114,7 @@ def _fake_candidates(tmp_path: Path, scores: list[float]) -> dict:
         (run / "final").mkdir(parents=True)
         val.mkdir(parents=True)
         (val / "metrics.json").write_text(json.dumps({"tasks": {"arith": {"n": 10, "accuracy": score}}}))
-        candidates.append({"run": f"study:kd/run{i}", "eval": f"study:val/run{i}", "settings": {"train.lr": 10.0 ** -i}})
+        candidates.append({"run": f"study:kd/run{i}", "eval": f"study:val/run{i}", "settings": {"train.lr": 10.0**-i}})
     return {"candidates": candidates, "task": "arith", "lora": False}
 
 
@@ -120,16 +133,29 @@ def test_plan_gives_every_method_the_same_candidates(tuned_spec):
     plan = build_plan(load_spec(tuned_spec))
     counts = pd.Series([node.kind for node in plan.nodes]).value_counts().to_dict()
     # SFT: 2 lrs; fkl: 2 lrs x 2 temperatures, one select each; only the two selected runs (and the teacher) on test
-    assert counts == {"prune": 1, "split": 1, "teacher-sft": 1, "cache": 1, "student-sft": 2, "kd": 4, "val-eval": 6,
-                      "select": 2, "eval": 3, "fidelity": 2}
+    assert counts == {
+        "prune": 1,
+        "split": 1,
+        "teacher-sft": 1,
+        "cache": 1,
+        "student-sft": 2,
+        "kd": 4,
+        "val-eval": 6,
+        "select": 2,
+        "eval": 3,
+        "fidelity": 2,
+    }
     kinds = [KIND_ORDER.index(node.kind) for node in plan.nodes]
     assert kinds == sorted(kinds)  # training, validation, selection, then test evaluation
     selects = [node for node in plan.nodes if node.kind == "select"]
     lrs = [sorted({c["settings"]["train.lr"] for c in node.params["candidates"]}) for node in selects]
     assert lrs == [LRS, LRS]
     by_id = plan.by_id()
-    steps_of = [by_id[c["run"].split(":", 1)[1]].params["flags"]["train.max_steps"] for node in selects
-                for c in node.params["candidates"]]
+    steps_of = [
+        by_id[c["run"].split(":", 1)[1]].params["flags"]["train.max_steps"]
+        for node in selects
+        for c in node.params["candidates"]
+    ]
     assert len(set(steps_of)) == 1  # the same budget
     split = next(node for node in plan.nodes if node.kind == "split")
     training = [node for node in plan.nodes if node.kind in ("teacher-sft", "student-sft", "kd", "cache")]
@@ -206,9 +232,23 @@ def test_paper_rule_keeps_every_temperature_and_labels_the_max_over_test(tuned_s
     selects = [node for node in plan.nodes if node.kind == "select"]
     assert len(selects) == 3  # SFT, fkl tau 1, fkl tau 2: temperatures are not selected on validation
     assert all("kd.temperature" not in c["settings"] for node in selects for c in node.params["candidates"])
-    frame = pd.DataFrame({"role": "student-kd", "teacher_kind": "finetuned", "noise": 0.0, "teacher": "t", "student": "s",
-                          "domain": "d", "method": "fkl", "seed": 0, "task": "arith", "temperature": [1.0, 2.0],
-                          "accuracy": [0.3, 0.5], "sft_accuracy": 0.4, "improvement": [-0.1, 0.1]})
+    frame = pd.DataFrame(
+        {
+            "role": "student-kd",
+            "teacher_kind": "finetuned",
+            "noise": 0.0,
+            "teacher": "t",
+            "student": "s",
+            "domain": "d",
+            "method": "fkl",
+            "seed": 0,
+            "task": "arith",
+            "temperature": [1.0, 2.0],
+            "accuracy": [0.3, 0.5],
+            "sft_accuracy": 0.4,
+            "improvement": [-0.1, 0.1],
+        }
+    )
     view = paper_temperature_view(frame)
     assert view["best_temperature"].tolist() == [2.0] and view["accuracy"].tolist() == [0.5]
     assert (view["rule"] == PAPER_RULE).all() and "TEST" in PAPER_RULE
@@ -221,8 +261,16 @@ def test_split_step_keeps_validation_out_of_the_teachers_data_too(tmp_path):
     write_json_examples(train, tmp_path / "train.json")
     write_json_examples(train[:3] + _examples(["teacher only"]), tmp_path / "teacher.json")
     write_json_examples(_examples(["What is 11 plus 2?"]), tmp_path / "tests" / "arith" / "test.json")
-    params = {"train": str(tmp_path / "train.json"), "n": 4, "seed": 0, "file": None, "task": "arith",
-              "test_tasks": ["arith"], "test_dir": str(tmp_path / "tests"), "teacher_train": str(tmp_path / "teacher.json")}
+    params = {
+        "train": str(tmp_path / "train.json"),
+        "n": 4,
+        "seed": 0,
+        "file": None,
+        "task": "arith",
+        "test_tasks": ["arith"],
+        "test_dir": str(tmp_path / "tests"),
+        "teacher_train": str(tmp_path / "teacher.json"),
+    }
     out = tmp_path / "split"
     steps._split(params, out, tmp_path)
     validation = {e.instruction for e in load_json_examples(out / "arith" / "test.json")}
@@ -231,7 +279,11 @@ def test_split_step_keeps_validation_out_of_the_teachers_data_too(tmp_path):
     assert not validation & students and not validation & teacher and "teacher only" in teacher
     assert "What is 11 plus 2?" not in validation
     info = json.loads((out / "split.json").read_text())
-    assert info["validation"] == len(validation) and info["train"] == len(students) == 8 and info["teacher"] == len(teacher)
+    assert (
+        info["validation"] == len(validation)
+        and info["train"] == len(students) == 8
+        and info["teacher"] == len(teacher)
+    )
 
 
 def test_teacher_train_is_the_teachers_data(tuned_spec, tmp_path):
@@ -243,7 +295,9 @@ def test_teacher_train_is_the_teachers_data(tuned_spec, tmp_path):
     plan = build_plan(load_spec(path))
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
     split = next(node for node in plan.nodes if node.kind == "split")
-    assert teacher.params["data"] == f"study:{split.id}/teacher.json" and split.params["teacher_train"] == str(tmp_path / "teacher.json")
+    assert teacher.params["data"] == f"study:{split.id}/teacher.json" and split.params["teacher_train"] == str(
+        tmp_path / "teacher.json"
+    )
     data = yaml.safe_load(path.read_text())
     del data["tuning"]
     path.write_text(yaml.safe_dump(data))

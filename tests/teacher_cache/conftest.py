@@ -22,8 +22,9 @@ def setup():
         t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
         s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     keep = batch["labels"][:, 1:] != -100
-    return dict(tok=tok, teacher=teacher, data=data, batch=batch, V=V,
-                T=t_logits[:, :-1][keep], S=s_logits[:, :-1][keep])
+    return dict(
+        tok=tok, teacher=teacher, data=data, batch=batch, V=V, T=t_logits[:, :-1][keep], S=s_logits[:, :-1][keep]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,20 @@ def objective_setup(synth_train, tmp_path_factory):
     from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    teacher = build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3).eval().requires_grad_(False)
+    teacher = (
+        build_tiny_model(tok, layers=2, hidden=64, seed=1, vocab_padding=7, init_std=0.3).eval().requires_grad_(False)
+    )
     student = build_tiny_model(tok, layers=1, hidden=32, seed=2, vocab_padding=3, init_std=0.3)
     data = encode_examples(tok, load_examples(synth_train)[:8], max_length=256)
     V = len(tok)
     path = tmp_path_factory.mktemp("cache") / "exact"
     build_cache(teacher, tok, data, path, k=V, quantize=False, progress=False, chunk_size=64)
-    return dict(tok=tok, teacher=teacher, student=student, data=data, V=V, cache=load_cache(path, teacher=teacher, dataset=data),
-                synth_train=synth_train)
+    return dict(
+        tok=tok,
+        teacher=teacher,
+        student=student,
+        data=data,
+        V=V,
+        cache=load_cache(path, teacher=teacher, dataset=data),
+        synth_train=synth_train,
+    )

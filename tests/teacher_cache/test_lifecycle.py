@@ -36,22 +36,54 @@ def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp
     cache = tmp_path / "cache"
 
     def config(**changes):
-        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
-                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32"}
+        flags = {
+            "teacher": str(tiny_models["teacher"]),
+            "model": str(tiny_models["student"]),
+            "data": str(data),
+            "out": str(tmp_path / "out"),
+            "teacher_cache": str(cache),
+            "kd.cache_k": 16,
+            "train.precision": "fp32",
+        }
         return build_config("distill", None, {**flags, **changes}, [])
 
     assert lifecycle.ensure_teacher_cache(config(), progress=False) == cache
     monkeypatch.setattr(lifecycle, "load_teacher", lambda config: pytest.fail("the teacher was loaded"))
     assert lifecycle.ensure_teacher_cache(config()) == cache  # complete: checked, not rebuilt
     other = small_data(tmp_path / "other.json", synth_train, 6)
-    for changes, message in [({"data": str(other)}, "other data: built on 8 examples"), ({"train.max_length": 200}, "other data"),
-                             ({"kd.cache_k": 8}, "k = 16, this run kd.cache_k = 8"), ({"teacher": str(tiny_models["talker"])}, "teacher '")]:
+    for changes, message in [
+        ({"data": str(other)}, "other data: built on 8 examples"),
+        ({"train.max_length": 200}, "other data"),
+        ({"kd.cache_k": 8}, "k = 16, this run kd.cache_k = 8"),
+        ({"teacher": str(tiny_models["talker"])}, "teacher '"),
+    ]:
         with pytest.raises(KdlabError, match="does not match this run") as error:
             lifecycle.ensure_teacher_cache(config(**changes))
         assert str(cache) in str(error.value) and message in str(error.value)
     out = tmp_path / "refused"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", other,
-                    "--teacher-cache", cache, "--cache-k", 16, "--out", out, "--max-steps", 1, *FAST]) == 2
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                other,
+                "--teacher-cache",
+                cache,
+                "--cache-k",
+                16,
+                "--out",
+                out,
+                "--max-steps",
+                1,
+                *FAST,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdlab: error:") and "other data" in err and "\n" not in err
     assert not out.exists()
@@ -67,9 +99,17 @@ def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, 
     cache = tmp_path / "cache"
 
     def config(**changes):
-        flags = {"teacher": str(tiny_models["teacher"]), "model": str(tiny_models["student"]), "data": str(data),
-                 "out": str(tmp_path / "out"), "teacher_cache": str(cache), "kd.cache_k": 16, "train.precision": "fp32",
-                 "kd.cache_temperatures": "2,5", "kd.temperature": 3.0}
+        flags = {
+            "teacher": str(tiny_models["teacher"]),
+            "model": str(tiny_models["student"]),
+            "data": str(data),
+            "out": str(tmp_path / "out"),
+            "teacher_cache": str(cache),
+            "kd.cache_k": 16,
+            "train.precision": "fp32",
+            "kd.cache_temperatures": "2,5",
+            "kd.temperature": 3.0,
+        }
         return build_config("distill", None, {**flags, **changes}, [])
 
     assert config().kd.cache_temperatures == [2.0, 5.0]

@@ -17,7 +17,9 @@ def _cache(setup, path, **kw):
     return load_cache(path, teacher=setup["teacher"], dataset=setup["data"])
 
 
-@pytest.mark.parametrize("loss,kw", [("fkl", {}), ("rkl", {}), ("gjsd", {"beta": 0.5}), ("gjsd", {"beta": 0.0}), ("tvd", {})])
+@pytest.mark.parametrize(
+    "loss,kw", [("fkl", {}), ("rkl", {}), ("gjsd", {"beta": 0.5}), ("gjsd", {"beta": 0.0}), ("tvd", {})]
+)
 @pytest.mark.parametrize("tau", [1.0, 2.0])
 def test_full_vocab_exact_and_quantised(setup, tmp_path, loss, kw, tau):
     S, T, V = setup["S"], setup["T"], setup["V"]
@@ -150,8 +152,17 @@ def _loss_and_grads(objective, student, batch):
     return loss.detach(), {name: p.grad.clone() for name, p in student.named_parameters()}
 
 
-@pytest.mark.parametrize("loss,tau,w,noise", [("fkl", 1.0, 1.0, 0.0), ("fkl", 2.0, 1.0, 0.0), ("rkl", 1.0, 1.0, 0.0),
-                                              ("rkl", 2.0, 0.5, 0.0), ("fkl", 2.0, 1.0, 1.0), ("gjsd", 2.0, 1.0, 0.0)])
+@pytest.mark.parametrize(
+    "loss,tau,w,noise",
+    [
+        ("fkl", 1.0, 1.0, 0.0),
+        ("fkl", 2.0, 1.0, 0.0),
+        ("rkl", 1.0, 1.0, 0.0),
+        ("rkl", 2.0, 0.5, 0.0),
+        ("fkl", 2.0, 1.0, 1.0),
+        ("gjsd", 2.0, 1.0, 0.0),
+    ],
+)
 def test_cached_objective_equals_the_live_teacher(objective_setup, loss, tau, w, noise):
     """Exact cache with k = V: one step's loss and gradients equal DistillObjective's, noise draws included."""
     from kdlab.config import KDConfig
@@ -188,8 +199,12 @@ def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_
     for tau in (2.0, 3.0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TailApproximationWarning)
-            torch.testing.assert_close(_teacher_log_probs(rows, tau, "bucket", torch.zeros_like(noise)),
-                                       _teacher_log_probs(rows, tau, "bucket"), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                _teacher_log_probs(rows, tau, "bucket", torch.zeros_like(noise)),
+                _teacher_log_probs(rows, tau, "bucket"),
+                atol=1e-5,
+                rtol=1e-5,
+            )
     # at a stored tau the tail's weight is the exact tail sum shared over the V - k tail tokens, each with its draw
     tau = 2.0
     log_p = _teacher_log_probs(rows, tau, "bucket", noise)
@@ -210,9 +225,15 @@ def test_cached_objective_refuses_misaligned_rows(objective_setup):
         CachedDistillObjective(s["cache"], KDConfig(), chunk_size=64, seed=0, rank=0)(s["student"], batch, 1)
 
 
-@pytest.mark.parametrize("settings", [dict(disagreement_gamma=2.0), dict(answer_weight=5.0),
-                                      dict(answer_weight=3.0, disagreement_gamma=1.0, kd_weight=0.5, temperature=2.0),
-                                      dict(answer_weight=2.0, answer_target="teacher", loss="rkl")])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(disagreement_gamma=2.0),
+        dict(answer_weight=5.0),
+        dict(answer_weight=3.0, disagreement_gamma=1.0, kd_weight=0.5, temperature=2.0),
+        dict(answer_weight=2.0, answer_target="teacher", loss="rkl"),
+    ],
+)
 def test_cached_fidelity_weights_equal_the_live_teacher(objective_setup, settings):
     """Decision-level and disagreement weights: the cached objective (exact cache, k = V) equals the live one."""
     from kdlab.config import KDConfig
@@ -229,9 +250,13 @@ def test_cached_fidelity_weights_equal_the_live_teacher(objective_setup, setting
     cached = CachedDistillObjective(s["cache"], kd, chunk_size=64, seed=0, rank=0)
     ref_loss, ref_grads = _loss_and_grads(live, s["student"], batch)
     got_loss, got_grads = _loss_and_grads(cached, s["student"], batch)
-    plain_loss, _ = _loss_and_grads(DistillObjective(s["teacher"], KDConfig(loss=kd.loss, temperature=kd.temperature,
-                                                                            kd_weight=kd.kd_weight), s["V"], 64, 0, 0),
-                                    s["student"], batch)
+    plain_loss, _ = _loss_and_grads(
+        DistillObjective(
+            s["teacher"], KDConfig(loss=kd.loss, temperature=kd.temperature, kd_weight=kd.kd_weight), s["V"], 64, 0, 0
+        ),
+        s["student"],
+        batch,
+    )
     assert abs(ref_loss - plain_loss) > 1e-3 * plain_loss  # the weights change the objective
     torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name, ref in ref_grads.items():

@@ -41,7 +41,9 @@ def test_bytes_per_token_large_vocab(setup, tmp_path):
     from kdlab.models.tiny import build_tiny_model
 
     tok, V = setup["tok"], 152064
-    assert bytes_per_token(64, V) == bytes_per_token(64, V, n_temperatures=3) == 274 <= 300  # 3 tail sums (tau = 1, 2, 5)
+    assert (
+        bytes_per_token(64, V) == bytes_per_token(64, V, n_temperatures=3) == 274 <= 300
+    )  # 3 tail sums (tau = 1, 2, 5)
     assert bytes_per_token(64, 65536) == 210
     big = build_tiny_model(tok, layers=1, hidden=16, seed=4, vocab_padding=V - len(tok), init_std=0.3)
     data = setup["data"][:2]
@@ -69,7 +71,9 @@ def test_rebuild_is_deterministic(setup, tmp_path):
 def test_manifest_mismatch_is_rejected(setup, tmp_path):
     from kdlab.models.tiny import build_tiny_model
 
-    build_cache(setup["teacher"], setup["tok"], setup["data"], tmp_path / "c", k=8, progress=False, teacher_spec="tiny-teacher")
+    build_cache(
+        setup["teacher"], setup["tok"], setup["data"], tmp_path / "c", k=8, progress=False, teacher_spec="tiny-teacher"
+    )
     load_cache(tmp_path / "c", teacher=setup["teacher"], dataset=setup["data"], teacher_spec="tiny-teacher")
     other = build_tiny_model(setup["tok"], layers=2, hidden=64, seed=9, vocab_padding=7)
     with pytest.raises(KdlabError, match="another teacher"):

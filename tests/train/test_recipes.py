@@ -46,8 +46,28 @@ FAST = ["--precision", "fp32", "--save-steps", "0"]
 def test_sft_full_finetuning_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path):
     data = small_data(tmp_path / "four.json", synth_train, 4)  # one batch of 4, seen every step
     out = tmp_path / "sft"
-    assert run_cli(["sft", "--model", tiny_models["student"], "--data", data, "--out", out, "--no-lora",
-                    "--max-steps", 12, "--batch-size", 4, "--lr", 1e-2, *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "sft",
+                "--model",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                out,
+                "--no-lora",
+                "--max-steps",
+                12,
+                "--batch-size",
+                4,
+                "--lr",
+                1e-2,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     curve = losses(out)
     assert len(curve) == 12 and curve[-1] < 0.7 * curve[0]
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer.json").is_file()
@@ -58,35 +78,131 @@ def test_sft_full_finetuning_loss_falls_on_a_repeated_batch(tiny_models, synth_t
 
 def test_sft_lora_saves_only_the_adapter(tiny_models, synth_train, tmp_path):
     out = tmp_path / "lora"
-    assert run_cli(["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, "--max-steps", 3,
-                    "--batch-size", 4, "--lora-r", 4, "--lora-targets", "q_proj,v_proj", *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "sft",
+                "--model",
+                tiny_models["student"],
+                "--data",
+                synth_train,
+                "--out",
+                out,
+                "--max-steps",
+                3,
+                "--batch-size",
+                4,
+                "--lora-r",
+                4,
+                "--lora-targets",
+                "q_proj,v_proj",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "final" / "adapter_config.json").read_text())
     assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert all("lora_" in name for name in weights(out))
 
 
-@pytest.mark.parametrize("loss,extra", [("fkl", ["--temperature", 2]), ("rkl", []), ("gjsd", ["--beta", 0.5, "--lmbda", 0.5]),
-                                        ("skl", ["--skew-alpha", 0.1]), ("tvd", ["--kd-weight", 0.5, "--teacher-noise", 1.0])])
+@pytest.mark.parametrize(
+    "loss,extra",
+    [
+        ("fkl", ["--temperature", 2]),
+        ("rkl", []),
+        ("gjsd", ["--beta", 0.5, "--lmbda", 0.5]),
+        ("skl", ["--skew-alpha", 0.1]),
+        ("tvd", ["--kd-weight", 0.5, "--teacher-noise", 1.0]),
+    ],
+)
 def test_distill_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path, loss, extra):
     data = small_data(tmp_path / "four.json", synth_train, 4)
     out = tmp_path / loss
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
-                    "--out", out, "--loss", loss, "--no-lora", "--max-steps", 10, "--batch-size", 4, "--lr", 1e-2,
-                    "--max-new-tokens", 8, *extra, *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                out,
+                "--loss",
+                loss,
+                "--no-lora",
+                "--max-steps",
+                10,
+                "--batch-size",
+                4,
+                "--lr",
+                1e-2,
+                "--max-new-tokens",
+                8,
+                *extra,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     curve = losses(out)
     on_policy = loss == "gjsd"  # on-policy steps see other responses: compare off-policy steps only
-    assert curve[-1] < curve[0] or on_policy and min(curve[1:]) < curve[0]
+    assert curve[-1] < curve[0] or (on_policy and min(curve[1:]) < curve[0])
     assert all(value >= 0 for value in curve)
 
 
 def test_distill_with_a_teacher_adapter_and_seqkd(tiny_models, synth_train, tmp_path):
     teacher_run = tmp_path / "teacher"
-    assert run_cli(["sft", "--model", tiny_models["teacher"], "--data", synth_train, "--out", teacher_run,
-                    "--max-steps", 2, "--batch-size", 8, *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "sft",
+                "--model",
+                tiny_models["teacher"],
+                "--data",
+                synth_train,
+                "--out",
+                teacher_run,
+                "--max-steps",
+                2,
+                "--batch-size",
+                8,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "seqkd"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--teacher-adapter", teacher_run / "final",
-                    "--student", tiny_models["student"], "--data", synth_train, "--out", out, "--loss", "seqkd",
-                    "--max-steps", 2, "--batch-size", 8, "--max-new-tokens", 6, *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--teacher-adapter",
+                teacher_run / "final",
+                "--student",
+                tiny_models["student"],
+                "--data",
+                synth_train,
+                "--out",
+                out,
+                "--loss",
+                "seqkd",
+                "--max-steps",
+                2,
+                "--batch-size",
+                8,
+                "--max-new-tokens",
+                6,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     generated = json.loads((out / "seqkd_data.json").read_text())
     original = json.loads(synth_train.read_text())
     assert [item["instruction"] for item in generated] == [item["instruction"] for item in original]
@@ -94,9 +210,29 @@ def test_distill_with_a_teacher_adapter_and_seqkd(tiny_models, synth_train, tmp_
 
 
 def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train, tmp_path, monkeypatch):
-    args = ["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
-            "--loss", "fkl", "--max-steps", 6, "--batch-size", 4, "--lmbda", 0.3, "--max-new-tokens", 4,
-            "--precision", "fp32", "--save-steps", 2]
+    args = [
+        "distill",
+        "--teacher",
+        tiny_models["teacher"],
+        "--student",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--loss",
+        "fkl",
+        "--max-steps",
+        6,
+        "--batch-size",
+        4,
+        "--lmbda",
+        0.3,
+        "--max-new-tokens",
+        4,
+        "--precision",
+        "fp32",
+        "--save-steps",
+        2,
+    ]
     assert run_cli([*args, "--out", tmp_path / "straight"]) == 0
 
     original_step = loop.Trainer._step
@@ -114,7 +250,9 @@ def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train
     monkeypatch.setattr(loop.Trainer, "_step", original_step)
 
     calls = []
-    monkeypatch.setattr(loop.Trainer, "_step", lambda self, step, batches: calls.append(step) or original_step(self, step, batches))
+    monkeypatch.setattr(
+        loop.Trainer, "_step", lambda self, step, batches: calls.append(step) or original_step(self, step, batches)
+    )
     assert run_cli([*args, "--out", tmp_path / "resumed"]) == 0
     assert calls == [5, 6]
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
@@ -131,8 +269,22 @@ def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train
 def test_gradient_accumulation_normalises_by_all_response_tokens(tiny_models, synth_train, tmp_path, monkeypatch):
     """With SGD the update is lr * gradient: one batch of 4 == two micro-batches of 2 (uneven token counts)."""
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
-    common = ["--model", tiny_models["student"], "--data", synth_train, "--no-lora", "--max-steps", 1, "--lr", 1.0,
-              "--warmup-ratio", 0, "--max-grad-norm", 0, *FAST]
+    common = [
+        "--model",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--no-lora",
+        "--max-steps",
+        1,
+        "--lr",
+        1.0,
+        "--warmup-ratio",
+        0,
+        "--max-grad-norm",
+        0,
+        *FAST,
+    ]
     assert run_cli(["sft", *common, "--out", tmp_path / "one", "--batch-size", 4]) == 0
     assert run_cli(["sft", *common, "--out", tmp_path / "accum", "--batch-size", 2, "--grad-accum", 2]) == 0
     assert run_cli(["sft", *common, "--out", tmp_path / "accum-small", "--batch-size", 1, "--grad-accum", 4]) == 0
@@ -144,7 +296,18 @@ def test_gradient_accumulation_normalises_by_all_response_tokens(tiny_models, sy
 
 
 def test_a_folder_with_another_config_is_refused(tiny_models, synth_train, tmp_path, capsys):
-    args = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", tmp_path / "run", "--max-steps", 1, *FAST]
+    args = [
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        1,
+        *FAST,
+    ]
     assert run_cli(args) == 0
     assert run_cli([*args, "--lr", 0.1]) == 2
     assert "different config" in capsys.readouterr().err
@@ -196,17 +359,44 @@ def not_a_cache(tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_models, synth_train, tmp_path, capsys):
-    data = {"missing-data": tmp_path / "nope.json", "malformed-json": bad_json(tmp_path), "empty-data": empty_json(tmp_path),
-            "missing-field": missing_field(tmp_path)}.get(case, synth_train)
-    options = {"zero-temperature": ["--temperature", 0], "negative-temperature": ["--temperature", -1], "beta": ["--beta", 1.5],
-               "unknown-loss": ["--set", "kd.loss=kl"], "bad-adapter": ["--teacher-adapter", tmp_path],
-               "too-short": ["--max-length", 4], "seqkd-cache": ["--loss", "seqkd", "--teacher-cache", tmp_path / "cache"],
-               "cache-k": ["--teacher-cache", tmp_path / "cache", "--cache-k", 0],
-               "not-a-cache": ["--teacher-cache", not_a_cache(tmp_path)]}.get(case, [])
-    student = {"tokenizers": tiny_models["other"], "missing-model": tmp_path / "no-model"}.get(case, tiny_models["student"])
+    data = {
+        "missing-data": tmp_path / "nope.json",
+        "malformed-json": bad_json(tmp_path),
+        "empty-data": empty_json(tmp_path),
+        "missing-field": missing_field(tmp_path),
+    }.get(case, synth_train)
+    options = {
+        "zero-temperature": ["--temperature", 0],
+        "negative-temperature": ["--temperature", -1],
+        "beta": ["--beta", 1.5],
+        "unknown-loss": ["--set", "kd.loss=kl"],
+        "bad-adapter": ["--teacher-adapter", tmp_path],
+        "too-short": ["--max-length", 4],
+        "seqkd-cache": ["--loss", "seqkd", "--teacher-cache", tmp_path / "cache"],
+        "cache-k": ["--teacher-cache", tmp_path / "cache", "--cache-k", 0],
+        "not-a-cache": ["--teacher-cache", not_a_cache(tmp_path)],
+    }.get(case, [])
+    student = {"tokenizers": tiny_models["other"], "missing-model": tmp_path / "no-model"}.get(
+        case, tiny_models["student"]
+    )
     out = tmp_path / "out"
-    code = run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", student, "--data", data, "--out", out,
-                    "--max-steps", 1, *options, *FAST])
+    code = run_cli(
+        [
+            "distill",
+            "--teacher",
+            tiny_models["teacher"],
+            "--student",
+            student,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--max-steps",
+            1,
+            *options,
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("kdlab: error:") and message in err and "\n" not in err
@@ -215,22 +405,57 @@ def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_mo
 
 def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train, tmp_path):
     """torchrun with 2 CPU processes (gloo): disjoint examples per step; one final save; same losses as 1 process."""
-    common = ["-m", "kdlab.cli", "sft", "--model", tiny_models["student"], "--data", synth_train, "--max-steps", 3,
-              "--batch-size", 2, "--trace-data", "--precision", "fp32", "--save-steps", 2]
+    common = [
+        "-m",
+        "kdlab.cli",
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--max-steps",
+        3,
+        "--batch-size",
+        2,
+        "--trace-data",
+        "--precision",
+        "fp32",
+        "--save-steps",
+        2,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*torchrun, *map(str, common), "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*torchrun, *map(str, common), "--out", str(tmp_path / "ddp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("kdlab: done") == 1
-    traces = [dict(line.split("\t") for line in (tmp_path / "ddp" / "trace" / f"rank-{rank}.txt").read_text().splitlines())
-              for rank in (0, 1)]
+    traces = [
+        dict(line.split("\t") for line in (tmp_path / "ddp" / "trace" / f"rank-{rank}.txt").read_text().splitlines())
+        for rank in (0, 1)
+    ]
     for step in ("1", "2", "3"):
         assert not set(traces[0][step].split(",")) & set(traces[1][step].split(","))
     assert json.loads((tmp_path / "ddp" / "result.json").read_text())["processes"] == 2
-    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == ["config.yaml", "final", "log.csv", "result.json", "trace"]
+    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == [
+        "config.yaml",
+        "final",
+        "log.csv",
+        "result.json",
+        "trace",
+    ]
     # the same micro-batches in one process with 2 accumulation steps give the same losses
-    single = subprocess.run([sys.executable, *map(str, common), "--grad-accum", "2", "--out", str(tmp_path / "single")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, *map(str, common), "--grad-accum", "2", "--out", str(tmp_path / "single")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
 
@@ -242,11 +467,32 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
-    common = ["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
-              "--teacher-cache", cache, "--cache-k", 32, "--no-lora", "--max-steps", 4, "--batch-size", 4, "--lr", 1e-2, *FAST]
+    common = [
+        "distill",
+        "--teacher",
+        tiny_models["teacher"],
+        "--student",
+        tiny_models["student"],
+        "--data",
+        data,
+        "--teacher-cache",
+        cache,
+        "--cache-k",
+        32,
+        "--no-lora",
+        "--max-steps",
+        4,
+        "--batch-size",
+        4,
+        "--lr",
+        1e-2,
+        *FAST,
+    ]
     assert run_cli([*common, "--out", tmp_path / "fkl"]) == 0
     manifest = json.loads((cache / "manifest.json").read_text())
-    assert manifest["k"] == 32 and manifest["examples"] == 8 and manifest["vocab_size"] == 384  # sliced (teacher pads 7 rows)
+    assert (
+        manifest["k"] == 32 and manifest["examples"] == 8 and manifest["vocab_size"] == 384
+    )  # sliced (teacher pads 7 rows)
     stamps = {name: (cache / name).stat().st_mtime_ns for name in ("manifest.json", "cache.npz")}
     assert "teacher_cache:" in (tmp_path / "fkl" / "config.yaml").read_text()
 
@@ -274,7 +520,18 @@ def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train
     """A config.yaml without a setting added to kdlab later counts that setting as its default."""
     import yaml
 
-    args = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", tmp_path / "run", "--max-steps", 1, *FAST]
+    args = [
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        synth_train,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        1,
+        *FAST,
+    ]
     assert run_cli(args) == 0
     path = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(path.read_text())
@@ -295,19 +552,48 @@ def test_runs_of_different_precision_in_one_process(tiny_models, synth_train, tm
     assert (tmp_path / "fp32" / "result.json").is_file()
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("decision", ["--answer-weight", 5.0]),
-    ("disagreement-cached", ["--disagreement-gamma", 2.0, "--teacher-cache", "CACHE"]),
-    ("speculative", ["--preset", "speculative-kd", "--lmbda", 1.0, "--speculative-k", 3]),
-    ("on-policy", ["--preset", "on-policy"]),
-])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("decision", ["--answer-weight", 5.0]),
+        ("disagreement-cached", ["--disagreement-gamma", 2.0, "--teacher-cache", "CACHE"]),
+        ("speculative", ["--preset", "speculative-kd", "--lmbda", 1.0, "--speculative-k", 3]),
+        ("on-policy", ["--preset", "on-policy"]),
+    ],
+)
 def test_fidelity_aware_objectives_train(tiny_models, synth_train, tmp_path, capsys, name, extra):
     data = small_data(tmp_path / "four.json", synth_train, 4)
     out = tmp_path / name
     extra = [tmp_path / "cache" if value == "CACHE" else value for value in extra]
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
-                    "--out", out, "--no-lora", "--max-steps", 4, "--batch-size", 4, "--lr", 1e-2, "--max-new-tokens", 8,
-                    "--max-length", 400, *extra, *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                out,
+                "--no-lora",
+                "--max-steps",
+                4,
+                "--batch-size",
+                4,
+                "--lr",
+                1e-2,
+                "--max-new-tokens",
+                8,
+                "--max-length",
+                400,
+                *extra,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "result.json").read_text())
     config = (out / "config.yaml").read_text()
     printed = capsys.readouterr().out
@@ -331,9 +617,36 @@ def test_answer_target_teacher_trains_on_the_teachers_answers(tiny_models, synth
     answers[1]["output"] = "no idea"  # no statement: the gold answer is kept
     (tmp_path / "answers.json").write_text(json.dumps(answers))
     out = tmp_path / "teacher-target"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
-                    "--out", out, "--no-lora", "--max-steps", 2, "--batch-size", 4, "--answer-weight", 2.0, "--max-length", 400,
-                    "--answer-target", "teacher", "--teacher-answers", tmp_path / "answers.json", *FAST]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                out,
+                "--no-lora",
+                "--max-steps",
+                2,
+                "--batch-size",
+                4,
+                "--answer-weight",
+                2.0,
+                "--max-length",
+                400,
+                "--answer-target",
+                "teacher",
+                "--teacher-answers",
+                tmp_path / "answers.json",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert "3 of 4 training answers changed to the teacher's (1 kept gold" in capsys.readouterr().out
     used = json.loads((out / "answer_target_data.json").read_text())
     assert [item["output"].endswith("The answer is 999.") for item in used] == [True, False, True, True]
@@ -342,22 +655,40 @@ def test_answer_target_teacher_trains_on_the_teachers_answers(tiny_models, synth
     assert used[0]["output"] == gold[: gold.rindex("The answer is ")] + "The answer is 999."  # only the value changed
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--speculative-k", 4], "set kd.lmbda > 0"),
-    (["--answer-target", "teacher", "--teacher-cache", "CACHE"], "drop --teacher-cache"),
-    (["--loss", "seqkd", "--answer-weight", 3], "token-level KD settings"),
-    (["--disagreement-gamma", -1], "kd.disagreement_gamma must be >= 0"),
-    (["--preset", "nope"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--speculative-k", 4], "set kd.lmbda > 0"),
+        (["--answer-target", "teacher", "--teacher-cache", "CACHE"], "drop --teacher-cache"),
+        (["--loss", "seqkd", "--answer-weight", 3], "token-level KD settings"),
+        (["--disagreement-gamma", -1], "kd.disagreement_gamma must be >= 0"),
+        (["--preset", "nope"], "invalid choice"),
+    ],
+)
 def test_fidelity_options_are_checked(tiny_models, synth_train, tmp_path, capsys, flags, message):
     flags = [tmp_path / "cache" if value == "CACHE" else value for value in flags]
-    code = run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", synth_train,
-                    "--out", tmp_path / "out", *flags, *FAST])
+    code = run_cli(
+        [
+            "distill",
+            "--teacher",
+            tiny_models["teacher"],
+            "--student",
+            tiny_models["student"],
+            "--data",
+            synth_train,
+            "--out",
+            tmp_path / "out",
+            *flags,
+            *FAST,
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_does_not_depend_on_the_path_string_and_a_moved_run_resumes(tiny_models, synth_train, tmp_path, monkeypatch, capsys):
+def test_resume_does_not_depend_on_the_path_string_and_a_moved_run_resumes(
+    tiny_models, synth_train, tmp_path, monkeypatch, capsys
+):
     """Why: `--out runs/x/`, `./runs/x`, an absolute path, another working directory or a moved folder made a run
     folder "hold a different config"."""
     monkeypatch.chdir(tmp_path)
@@ -374,7 +705,9 @@ def test_resume_does_not_depend_on_the_path_string_and_a_moved_run_resumes(tiny_
     assert run_cli([*common, "--data", data, "--out", tmp_path / "moved"]) == 0
     out = capsys.readouterr().out
     assert out.count("is complete (result.json); nothing to do") == 4
-    assert run_cli([*common, "--data", data, "--out", tmp_path / "moved", "--lr", 0.1]) == 2  # a real change still is refused
+    assert (
+        run_cli([*common, "--data", data, "--out", tmp_path / "moved", "--lr", 0.1]) == 2
+    )  # a real change still is refused
     assert "different config (train.lr" in capsys.readouterr().err
 
 
@@ -391,14 +724,32 @@ def test_examples_that_do_not_fit_are_counted_and_on_long_chooses(tiny_models, s
     """Why: a prompt over max_length was dropped and a long response cut (losing "The answer is" and EOS) without a
     word; result.json just said 8 examples instead of 9."""
     data = long_examples(tmp_path / "long.json", synth_train)
-    common = ["sft", "--model", tiny_models["student"], "--data", data, "--max-steps", 1, "--batch-size", 4,
-              "--max-length", 400, *FAST]
+    common = [
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        data,
+        "--max-steps",
+        1,
+        "--batch-size",
+        4,
+        "--max-length",
+        400,
+        *FAST,
+    ]
     assert run_cli([*common, "--out", tmp_path / "truncate"]) == 0
     err = capsys.readouterr().err
     assert "1 of 9 examples dropped and 1 responses cut" in err and "--on-long" in err
     data_counts = json.loads((tmp_path / "truncate" / "result.json").read_text())["data"]
-    assert data_counts == {"examples_in_data": 9, "examples": 8, "dropped_long": 1, "cut_responses": 1, "max_length": 400,
-                           "on_long": "truncate"}
+    assert data_counts == {
+        "examples_in_data": 9,
+        "examples": 8,
+        "dropped_long": 1,
+        "cut_responses": 1,
+        "max_length": 400,
+        "on_long": "truncate",
+    }
     assert run_cli([*common, "--out", tmp_path / "drop", "--on-long", "drop"]) == 0
     drop = json.loads((tmp_path / "drop" / "result.json").read_text())["data"]
     assert (drop["examples"], drop["dropped_long"], drop["cut_responses"]) == (7, 2, 0)

@@ -46,8 +46,25 @@ READERS = {"tensorboard": tensorboard_losses, "mlflow": mlflow_losses}
 
 
 def sft_args(tiny_models, data: Path, out: Path, tracker: str, steps: int = 4, save_steps: int = 0) -> list:
-    return ["sft", "--model", tiny_models["student"], "--data", data, "--out", out, "--max-steps", steps, "--batch-size", 4,
-            "--precision", "fp32", "--save-steps", save_steps, "--report-to", tracker]
+    return [
+        "sft",
+        "--model",
+        tiny_models["student"],
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-steps",
+        steps,
+        "--batch-size",
+        4,
+        "--precision",
+        "fp32",
+        "--save-steps",
+        save_steps,
+        "--report-to",
+        tracker,
+    ]
 
 
 def small_data(path: Path, source: Path, n: int) -> Path:
@@ -101,7 +118,10 @@ def test_report_to_names(capsys):
     assert "tracker 'no-such-tracker' is not installed" in capsys.readouterr().out
     if not installed("wandb"):  # wandb is not installed by kdlab: one clear line, training goes on
         assert resolve_report_to(["wandb"]) == []
-        assert capsys.readouterr().out.strip() == "kdlab: tracker 'wandb' is not installed; logging to log.csv only (pip install wandb)"
+        assert (
+            capsys.readouterr().out.strip()
+            == "kdlab: tracker 'wandb' is not installed; logging to log.csv only (pip install wandb)"
+        )
     names = resolve_report_to(["all"])
     assert set(names) <= {"tensorboard", "mlflow", "wandb"} and capsys.readouterr().out == ""
 
@@ -121,17 +141,34 @@ def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, t
     out = tmp_path / "run"
     assert run_cli(sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
     write_synth(tmp_path / "eval-data" / "arith" / "test.json", n=4, seed=3, split="test")
-    RUNNERS["eval"]({"model": str(tiny_models["student"]), "adapter": str(out / "final"), "tasks": ["arith"],
-                     "data_dir": str(tmp_path / "eval-data"), "mode": "generate", "extraction": "strict", "batch_size": 4,
-                     "limit": None, "max_new_tokens": 4, "precision": "fp32"}, tmp_path / "eval", tmp_path)
+    RUNNERS["eval"](
+        {
+            "model": str(tiny_models["student"]),
+            "adapter": str(out / "final"),
+            "tasks": ["arith"],
+            "data_dir": str(tmp_path / "eval-data"),
+            "mode": "generate",
+            "extraction": "strict",
+            "batch_size": 4,
+            "limit": None,
+            "max_new_tokens": 4,
+            "precision": "fp32",
+        },
+        tmp_path / "eval",
+        tmp_path,
+    )
     accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text())["tasks"]["arith"]["accuracy"]
 
     accumulator = EventAccumulator(str(out / "trackers" / "tensorboard"))
     accumulator.Reload()
-    assert [(event.step, event.value) for event in accumulator.Scalars("eval/arith/accuracy")] == [(2, pytest.approx(accuracy))]
+    assert [(event.step, event.value) for event in accumulator.Scalars("eval/arith/accuracy")] == [
+        (2, pytest.approx(accuracy))
+    ]
     assert sorted(event.step for event in accumulator.Scalars("loss")) == [1, 2]
     run_id = (out / "trackers" / "mlflow_run_id").read_text().strip()
-    history = MlflowClient(tracking_uri=f"file:{out / 'trackers' / 'mlruns'}").get_metric_history(run_id, "eval/arith/accuracy")
+    history = MlflowClient(tracking_uri=f"file:{out / 'trackers' / 'mlruns'}").get_metric_history(
+        run_id, "eval/arith/accuracy"
+    )
     assert [(metric.step, metric.value) for metric in history] == [(2, pytest.approx(accuracy))]
 
 
@@ -157,9 +194,39 @@ def test_a_kd_run_logs_its_kd_and_ce_parts(tiny_models, synth_train, tmp_path):
 
     data = small_data(tmp_path / "four.json", synth_train, 4)
     out = tmp_path / "kd"
-    assert run_cli(["distill", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", data,
-                    "--out", out, "--loss", "fkl", "--temperature", 2, "--kd-weight", 0.5, "--no-lora", "--max-steps", 3,
-                    "--batch-size", 4, "--precision", "fp32", "--save-steps", 0, "--report-to", "tensorboard"]) == 0
+    assert (
+        run_cli(
+            [
+                "distill",
+                "--teacher",
+                tiny_models["teacher"],
+                "--student",
+                tiny_models["student"],
+                "--data",
+                data,
+                "--out",
+                out,
+                "--loss",
+                "fkl",
+                "--temperature",
+                2,
+                "--kd-weight",
+                0.5,
+                "--no-lora",
+                "--max-steps",
+                3,
+                "--batch-size",
+                4,
+                "--precision",
+                "fp32",
+                "--save-steps",
+                0,
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     loss, kd, ce = (tensorboard_series(out, tag) for tag in ("loss", "kd_loss", "ce_loss"))
     assert sorted(loss) == sorted(kd) == sorted(ce) == [1, 2, 3]
     for step in loss:

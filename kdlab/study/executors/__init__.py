@@ -22,8 +22,8 @@ def slurm_settings(spec, overrides: dict) -> dict:
 
 def _dry_run(executor: str, spec_path, out, slurm_overrides: dict) -> Path:
     """Print the plan, its expected wall time on 1/4/8/32 GPUs and, for SLURM, every job script; write nothing."""
-    from kdlab.study.plan import build_plan
     from kdlab.study.executors.local import format_plan
+    from kdlab.study.plan import build_plan
     from kdlab.study.schedule import format_estimates
     from kdlab.study.spec import load_spec
     from kdlab.study.steps import is_done
@@ -40,20 +40,30 @@ def _dry_run(executor: str, spec_path, out, slurm_overrides: dict) -> Path:
     return study_dir
 
 
-def run_with_executor(executor: str, spec_path, out=None, dry_run: bool = False, address: str | None = None,
-                      max_retries: int = 3, slurm_overrides: dict | None = None, submitit_local: bool = False):
+def run_with_executor(
+    executor: str,
+    spec_path,
+    out=None,
+    dry_run: bool = False,
+    address: str | None = None,
+    max_retries: int = 3,
+    slurm_overrides: dict | None = None,
+    submitit_local: bool = False,
+):
     """``kdlab study run --executor ray|slurm``: returns (study folder, run summary or None)."""
     if executor not in EXECUTORS[1:]:
         raise KdlabError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     slurm_overrides = slurm_overrides or {}
     if dry_run:
         return _dry_run(executor, spec_path, out, slurm_overrides), None
-    from kdlab.study.plan import build_plan
     from kdlab.study.executors.local import prepare_study
+    from kdlab.study.plan import build_plan
 
     if executor == "slurm" and not submitit_local and shutil.which("sbatch") is None:
-        raise KdlabError("--executor slurm: no `sbatch` on this machine; run on a SLURM login node "
-                         "(--dry-run prints the job scripts, --submitit-local runs them as local processes)")
+        raise KdlabError(
+            "--executor slurm: no `sbatch` on this machine; run on a SLURM login node "
+            "(--dry-run prints the job scripts, --submitit-local runs them as local processes)"
+        )
     spec, study_dir = prepare_study(spec_path, out)
     plan = build_plan(spec)
     if executor == "ray":

@@ -55,11 +55,16 @@ def prepare_study(spec_path: str | Path, out: str | Path | None) -> tuple[StudyS
     text = Path(spec_path).read_text()
     old = study_dir / "spec.yaml"
     if old.is_file() and old.read_text() != text:
-        print(f"kdlab study: {spec_path} differs from the spec last run in {study_dir}; runs whose settings changed get "
-              "new folders, finished runs of unchanged settings are kept", flush=True)
+        print(
+            f"kdlab study: {spec_path} differs from the spec last run in {study_dir}; runs whose settings changed get "
+            "new folders, finished runs of unchanged settings are kept",
+            flush=True,
+        )
     atomic_write_text(old, text)
-    atomic_write_json(study_dir / "study.json", {"name": spec.name, "spec_source": str(Path(spec_path).resolve()),
-                                                 "spec_base": str(spec.path.parent)})
+    atomic_write_json(
+        study_dir / "study.json",
+        {"name": spec.name, "spec_source": str(Path(spec_path).resolve()), "spec_base": str(spec.path.parent)},
+    )
     return spec, study_dir
 
 
@@ -68,7 +73,9 @@ def load_study(study_dir: str | Path) -> tuple[StudySpec, Path]:
     study_dir = Path(study_dir)
     info_path = study_dir / "study.json"
     if not info_path.is_file():
-        raise KdlabError(f"{study_dir}: not a study folder (no study.json); run `kdlab study run SPEC --out {study_dir}` first")
+        raise KdlabError(
+            f"{study_dir}: not a study folder (no study.json); run `kdlab study run SPEC --out {study_dir}` first"
+        )
     info = json.loads(info_path.read_text())
     return load_spec(study_dir / "spec.yaml", base=info["spec_base"]), study_dir
 
@@ -108,8 +115,14 @@ class _Heartbeat:
 
     def __init__(self, study_dir: Path, node: Node):
         self.path, self.stop = state_path(study_dir, node), threading.Event()
-        self.state = {"status": "running", "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                      "heartbeat": time.time(), "node": node.id}
+        self.state = {
+            "status": "running",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "heartbeat": time.time(),
+            "node": node.id,
+        }
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
@@ -184,9 +197,12 @@ def describe_node(node: Node) -> str:
     m = node.meta
     parts = [node.kind]
     if node.kind in ("kd", "val-eval", "select", "eval", "fidelity") and m.role == "student-kd":
-        parts.append(f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''} -> {m.student} {m.method}"
-                     + (f" tau={m.temperature:g}" if m.temperature is not None else "")
-                     + (f" noise={m.noise:g}" if m.noise else "") + f" seed {m.seed}")
+        parts.append(
+            f"{m.teacher}{' (base)' if m.teacher_kind == 'base' else ''} -> {m.student} {m.method}"
+            + (f" tau={m.temperature:g}" if m.temperature is not None else "")
+            + (f" noise={m.noise:g}" if m.noise else "")
+            + f" seed {m.seed}"
+        )
     elif m.role == "student-sft":
         parts.append(f"{m.student} SFT seed {m.seed}")
     elif m.role in ("teacher", "base-teacher"):
@@ -200,8 +216,14 @@ def describe_node(node: Node) -> str:
     return " ".join(parts)
 
 
-def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll: float = 30.0,
-             max_wait: float | None = None, stop_after: int | None = None) -> RunSummary:
+def run_plan(
+    plan: Plan,
+    study_dir: Path,
+    shard: tuple[int, int] = (0, 1),
+    poll: float = 30.0,
+    max_wait: float | None = None,
+    stop_after: int | None = None,
+) -> RunSummary:
     """Run this shard's unfinished nodes in dependency order; failures are recorded and their dependents skipped.
 
     ``stop_after`` (for tests) stops after that many nodes have run in this session.
@@ -216,8 +238,11 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
     failed: set[str] = set()
     waited_since = None
     started = time.time()
-    print(f"kdlab study: {plan.spec.name}: {len(mine)} runs in shard {shard[0] + 1}/{shard[1]}, {summary.done} done, "
-          f"{total} to run (estimated {format_seconds(clock.left(pending))})", flush=True)
+    print(
+        f"kdlab study: {plan.spec.name}: {len(mine)} runs in shard {shard[0] + 1}/{shard[1]}, {summary.done} done, "
+        f"{total} to run (estimated {format_seconds(clock.left(pending))})",
+        flush=True,
+    )
     while pending:
         ready = None
         for node in pending:
@@ -228,28 +253,40 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
                 break
         blocked = [node for node in pending if any(dep in failed for dep in node.deps)]
         for node in blocked:
-            print(f"kdlab study: skipping {node.id}: it needs {', '.join(dep for dep in node.deps if dep in failed)}, which failed", flush=True)
+            print(
+                f"kdlab study: skipping {node.id}: it needs {', '.join(dep for dep in node.deps if dep in failed)}, which failed",
+                flush=True,
+            )
             failed.add(node.id)
             pending.remove(node)
             summary.blocked += 1
         if ready is None:
             if not pending:
                 break
-            waiting = sorted({dep for node in pending for dep in node.deps if not is_done(by_id[dep], study_dir)} |
-                             {node.id for node in pending if node_status(study_dir, node) == "running"})
+            waiting = sorted(
+                {dep for node in pending for dep in node.deps if not is_done(by_id[dep], study_dir)}
+                | {node.id for node in pending if node_status(study_dir, node) == "running"}
+            )
             waited_since = waited_since or time.time()
             if max_wait is not None and time.time() - waited_since > max_wait:
-                raise KdlabError(f"waited {format_seconds(max_wait)} for {len(waiting)} runs of other shards or processes "
-                                 f"(e.g. {waiting[0]}); is their machine running `kdlab study run` on this folder?")
-            print(f"kdlab study: waiting for {len(waiting)} runs elsewhere (e.g. {waiting[0]}); checking every {poll:g} s", flush=True)
+                raise KdlabError(
+                    f"waited {format_seconds(max_wait)} for {len(waiting)} runs of other shards or processes "
+                    f"(e.g. {waiting[0]}); is their machine running `kdlab study run` on this folder?"
+                )
+            print(
+                f"kdlab study: waiting for {len(waiting)} runs elsewhere (e.g. {waiting[0]}); checking every {poll:g} s",
+                flush=True,
+            )
             time.sleep(poll)
             continue
         waited_since = None
         pending.remove(ready)
         index = total - len(pending)
-        print(f"\nkdlab study: [{index}/{total}] {describe_node(ready)}  ->  {ready.id}\n"
-              f"kdlab study: this run ~{format_seconds(clock.left([ready]))}, study left ~{format_seconds(clock.left(pending + [ready]))}",
-              flush=True)
+        print(
+            f"\nkdlab study: [{index}/{total}] {describe_node(ready)}  ->  {ready.id}\n"
+            f"kdlab study: this run ~{format_seconds(clock.left([ready]))}, study left ~{format_seconds(clock.left(pending + [ready]))}",
+            flush=True,
+        )
         begin = time.time()
         if record_run(ready, study_dir):
             summary.ran += 1
@@ -261,9 +298,11 @@ def run_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1), poll:
             break
     summary.seconds = time.time() - started
     summary.done = sum(is_done(node, study_dir) for node in mine)
-    print(f"\nkdlab study: shard {shard[0] + 1}/{shard[1]}: {summary.done}/{len(mine)} runs done "
-          f"({summary.ran} run now in {format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
-          flush=True)
+    print(
+        f"\nkdlab study: shard {shard[0] + 1}/{shard[1]}: {summary.done}/{len(mine)} runs done "
+        f"({summary.ran} run now in {format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
+        flush=True,
+    )
     return summary
 
 
@@ -283,13 +322,16 @@ def record_run(node: Node, study_dir: Path) -> bool:
         raise
     except Exception as exc:  # one failed run must not stop the rest of the study
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        atomic_write_json(state_path(study_dir, node), {**beat.state, "status": "failed", "error": message,
-                                                        "finished": time.time()})
+        atomic_write_json(
+            state_path(study_dir, node), {**beat.state, "status": "failed", "error": message, "finished": time.time()}
+        )
         atomic_write_text(log, traceback.format_exc())
         print(f"kdlab study: FAILED {node.id}: {message} (traceback: {log})", flush=True)
         return False
-    atomic_write_json(state_path(study_dir, node), {**beat.state, "status": "done", "finished": time.time(),
-                                                    "seconds": time.time() - beat.state["started"]})
+    atomic_write_json(
+        state_path(study_dir, node),
+        {**beat.state, "status": "done", "finished": time.time(), "seconds": time.time() - beat.state["started"]},
+    )
     log.unlink(missing_ok=True)
     return True
 
@@ -300,12 +342,18 @@ def record_run(node: Node, study_dir: Path) -> bool:
 def format_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1)) -> str:
     """The runs of this shard with their status and estimated time, then totals per kind."""
     nodes = plan.shard(*shard)
-    lines = [f"study {plan.spec.name}: {len(plan.nodes)} runs" + (f", shard {shard[0] + 1}/{shard[1]}: {len(nodes)}" if shard[1] > 1 else "")
-             + f"; estimates at {plan.spec.cost['tflops']:g} TFLOP/s effective (cost.tflops in the spec)", ""]
+    lines = [
+        f"study {plan.spec.name}: {len(plan.nodes)} runs"
+        + (f", shard {shard[0] + 1}/{shard[1]}: {len(nodes)}" if shard[1] > 1 else "")
+        + f"; estimates at {plan.spec.cost['tflops']:g} TFLOP/s effective (cost.tflops in the spec)",
+        "",
+    ]
     width = max((len(node.id) for node in nodes), default=10)
     lines.append(f"{'status':<12}{'run':<{width + 2}}{'est.':>9}  what")
     for node in nodes:
-        lines.append(f"{node_status(study_dir, node):<12}{node.id:<{width + 2}}{format_seconds(plan.seconds(node)):>9}  {describe_node(node)}")
+        lines.append(
+            f"{node_status(study_dir, node):<12}{node.id:<{width + 2}}{format_seconds(plan.seconds(node)):>9}  {describe_node(node)}"
+        )
     lines += ["", f"{'kind':<14}{'runs':>6}{'left':>7}{'est. left':>11}"]
     left_total = 0.0
     for kind in KIND_ORDER:
@@ -317,8 +365,10 @@ def format_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1)) ->
         left_total += seconds
         lines.append(f"{kind:<14}{len(group):>6}{len(left):>7}{format_seconds(seconds):>11}")
     flops = sum(node.flops for node in nodes if not is_done(node, study_dir))
-    lines.append(f"{'total':<14}{len(nodes):>6}{sum(not is_done(n, study_dir) for n in nodes):>7}{format_seconds(left_total):>11}"
-                 f"   ({flops:.2e} FLOP left)")
+    lines.append(
+        f"{'total':<14}{len(nodes):>6}{sum(not is_done(n, study_dir) for n in nodes):>7}{format_seconds(left_total):>11}"
+        f"   ({flops:.2e} FLOP left)"
+    )
     return "\n".join(lines)
 
 
@@ -340,10 +390,14 @@ def format_status(plan: Plan, study_dir: Path) -> str:
             lines.append(f"{kind:<14}" + "".join(f"{c:>13}" for c in counts))
     for node in groups["running"]:
         state = read_state(study_dir, node)
-        lines.append(f"running      {node.id} on {state.get('host')} (pid {state.get('pid')}) for "
-                     f"{format_seconds(time.time() - float(state.get('started', time.time())))}")
+        lines.append(
+            f"running      {node.id} on {state.get('host')} (pid {state.get('pid')}) for "
+            f"{format_seconds(time.time() - float(state.get('started', time.time())))}"
+        )
     for node in groups["failed"]:
-        lines.append(f"failed       {node.id}: {read_state(study_dir, node).get('error')} (log: {state_path(study_dir, node, '.log')})")
+        lines.append(
+            f"failed       {node.id}: {read_state(study_dir, node).get('error')} (log: {state_path(study_dir, node, '.log')})"
+        )
     for node in groups["interrupted"]:
         lines.append(f"interrupted  {node.id} (re-run `kdlab study run` to resume it)")
     left = [node for status in ("running", "interrupted", "pending", "failed") for node in groups[status]]
@@ -351,19 +405,32 @@ def format_status(plan: Plan, study_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_study(spec_path, out=None, shard: str | None = None, dry_run: bool = False, poll: float = 30.0,
-              max_wait: float | None = None) -> tuple[Path, RunSummary | None]:
+def run_study(
+    spec_path,
+    out=None,
+    shard: str | None = None,
+    dry_run: bool = False,
+    poll: float = 30.0,
+    max_wait: float | None = None,
+) -> tuple[Path, RunSummary | None]:
     shard_index = parse_shard(shard)
     if dry_run:
         spec = load_spec(spec_path, check_files=False)
         check_models(spec)
         study_dir = Path(out or Path("runs") / spec.name)
         print(format_plan(build_plan(spec), study_dir, shard_index), flush=True)
-        missing = [f"{d.name}: {path}" for d in spec.domains.values() for path in (d.train, d.data_dir)
-                   if path and not path.startswith("hf:") and not Path(path).exists()]
+        missing = [
+            f"{d.name}: {path}"
+            for d in spec.domains.values()
+            for path in (d.train, d.data_dir)
+            if path and not path.startswith("hf:") and not Path(path).exists()
+        ]
         if missing:
-            print("\nnot on this machine (needed to run; the estimate assumes the domains' `examples` hints):\n  "
-                  + "\n  ".join(missing), flush=True)
+            print(
+                "\nnot on this machine (needed to run; the estimate assumes the domains' `examples` hints):\n  "
+                + "\n  ".join(missing),
+                flush=True,
+            )
         return study_dir, None
     spec, study_dir = prepare_study(spec_path, out)
     plan = build_plan(spec)

@@ -15,15 +15,22 @@ import time
 from pathlib import Path
 
 from kdlab.io import atomic_write_json
-from kdlab.study.plan import Node
 from kdlab.study.executors.local import read_state, record_run, state_path
+from kdlab.study.plan import Node
 from kdlab.study.steps import is_done
 
 
 def outcome(node: Node, status: str, ran: bool = False, seconds: float = 0.0, error: str | None = None) -> dict:
     """What a worker reports for a node: ``status`` is done, failed or skipped."""
-    return {"id": node.id, "status": status, "ran": ran, "seconds": seconds, "error": error,
-            "host": socket.gethostname(), "pid": os.getpid()}
+    return {
+        "id": node.id,
+        "status": status,
+        "ran": ran,
+        "seconds": seconds,
+        "error": error,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 @contextlib.contextmanager
@@ -39,9 +46,17 @@ def _record_done(node: Node, study_dir: Path) -> None:
     retry finds the marker and records the node as done, so ``kdlab study status`` and the state agree."""
     state = read_state(study_dir, node)
     if state and state.get("status") != "done":
-        atomic_write_json(state_path(study_dir, node), {**state, "status": "done", "finished": time.time(),
-                                                        "host": socket.gethostname(), "pid": os.getpid(),
-                                                        "note": "completed by a worker lost before it recorded so"})
+        atomic_write_json(
+            state_path(study_dir, node),
+            {
+                **state,
+                "status": "done",
+                "finished": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "note": "completed by a worker lost before it recorded so",
+            },
+        )
 
 
 def run_node(node: Node, study_dir: str | Path, *deps: dict) -> dict:
@@ -59,4 +74,6 @@ def run_node(node: Node, study_dir: str | Path, *deps: dict) -> dict:
         ok = record_run(node, study_dir)
     if ok:
         return outcome(node, "done", ran=True, seconds=time.time() - begin)
-    return outcome(node, "failed", ran=True, seconds=time.time() - begin, error=read_state(study_dir, node).get("error"))
+    return outcome(
+        node, "failed", ran=True, seconds=time.time() - begin, error=read_state(study_dir, node).get("error")
+    )

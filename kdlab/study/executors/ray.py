@@ -19,23 +19,27 @@ import time
 import uuid
 from pathlib import Path
 
-from kdlab.version import __version__
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
+from kdlab.study.executors.local import Clock, RunSummary, describe_node, state_path
 from kdlab.study.executors.node import run_node
 from kdlab.study.plan import Node, Plan
-from kdlab.study.sizes import format_seconds
 from kdlab.study.resources import Need
-from kdlab.study.executors.local import RunSummary, Clock, describe_node, state_path
+from kdlab.study.sizes import format_seconds
 from kdlab.study.steps import is_done
+from kdlab.version import __version__
 
 PROBE_TIMEOUT = 120.0
 
 
 def task_options(need: Need, max_retries: int, use_gpus: bool = True) -> dict:
     """Ray task options for a node that needs ``need`` (GPUs dropped when the cluster has none)."""
-    options = {"num_cpus": need.cpus, "num_gpus": need.gpus if use_gpus else 0.0, "max_retries": max_retries,
-               "retry_exceptions": False}
+    options = {
+        "num_cpus": need.cpus,
+        "num_gpus": need.gpus if use_gpus else 0.0,
+        "max_retries": max_retries,
+        "retry_exceptions": False,
+    }
     if need.memory_gb:
         options["memory"] = int(need.memory_gb * 2**30)
     return options
@@ -51,8 +55,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise KdlabError(f"--address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})") from None
     return True
@@ -78,33 +81,47 @@ def check_cluster(study_dir: Path, kinds: dict[str, Need], use_gpus: bool) -> li
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     for kind, need in kinds.items():
         gpus = need.gpus if use_gpus else 0.0
-        if not any(node["Resources"].get("GPU", 0.0) >= gpus and node["Resources"].get("CPU", 0.0) >= need.cpus
-                   for node in nodes):
+        if not any(
+            node["Resources"].get("GPU", 0.0) >= gpus and node["Resources"].get("CPU", 0.0) >= need.cpus
+            for node in nodes
+        ):
             largest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0.0), n["Resources"].get("CPU", 0.0)))
-            raise KdlabError(f"resources.{kind}: asks for {gpus:g} GPU(s) and {need.cpus:g} CPU(s) per run; no Ray node "
-                             f"has that (largest: {largest['Resources'].get('GPU', 0):g} GPUs, "
-                             f"{largest['Resources'].get('CPU', 0):g} CPUs)")
+            raise KdlabError(
+                f"resources.{kind}: asks for {gpus:g} GPU(s) and {need.cpus:g} CPU(s) per run; no Ray node "
+                f"has that (largest: {largest['Resources'].get('GPU', 0):g} GPUs, "
+                f"{largest['Resources'].get('CPU', 0):g} CPUs)"
+            )
     probe_path = study_dir / "state" / f".probe-{uuid.uuid4().hex}"
     token = uuid.uuid4().hex
     probe_path.parent.mkdir(parents=True, exist_ok=True)
     probe_path.write_text(token)
     remote = ray.remote(_probe)
     try:
-        refs = [remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                .remote(str(probe_path), token) for node in nodes]
+        refs = [
+            remote.options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(str(probe_path), token)
+            for node in nodes
+        ]
         ready, missing = ray.wait(refs, num_returns=len(refs), timeout=PROBE_TIMEOUT)
         if missing:
-            raise KdlabError(f"{len(missing)} Ray node(s) did not answer within {PROBE_TIMEOUT:g} s; is kdlab installed there?")
+            raise KdlabError(
+                f"{len(missing)} Ray node(s) did not answer within {PROBE_TIMEOUT:g} s; is kdlab installed there?"
+            )
         answers = ray.get(ready)
     finally:
         probe_path.unlink(missing_ok=True)
     for answer in answers:
         if not answer["seen"]:
-            raise KdlabError(f"{study_dir}: the study folder is not visible from Ray node {answer['host']}; put it on "
-                             "storage every node mounts at the same path (NFS, Lustre, ...) and pass that path to --out")
+            raise KdlabError(
+                f"{study_dir}: the study folder is not visible from Ray node {answer['host']}; put it on "
+                "storage every node mounts at the same path (NFS, Lustre, ...) and pass that path to --out"
+            )
         if answer["version"] != __version__:
-            raise KdlabError(f"Ray node {answer['host']} runs kdlab {answer['version']} ({answer['file']}), this driver "
-                             f"{__version__}: install the same kdlab on every node")
+            raise KdlabError(
+                f"Ray node {answer['host']} runs kdlab {answer['version']} ({answer['file']}), this driver "
+                f"{__version__}: install the same kdlab on every node"
+            )
     return answers
 
 
@@ -134,8 +151,10 @@ def _lost(node: Node, study_dir: Path, error: Exception, outcomes: dict) -> dict
     if blocked:
         return {"id": node.id, "status": "skipped", "error": f"it needs {', '.join(blocked)}, which did not finish"}
     message = f"Ray gave up on it: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    atomic_write_json(state_path(study_dir, node), {"status": "failed", "error": message, "node": node.id,
-                                                    "finished": time.time(), "host": "ray"})
+    atomic_write_json(
+        state_path(study_dir, node),
+        {"status": "failed", "error": message, "node": node.id, "finished": time.time(), "host": "ray"},
+    )
     return {"id": node.id, "status": "failed", "error": message}
 
 
@@ -162,11 +181,16 @@ def follow(plan: Plan, study_dir: Path, refs: dict, summary: RunSummary) -> dict
         summary.failed += result["status"] == "failed"
         summary.blocked += result["status"] == "skipped"
         left = [by_id[node_of[r]] for r in waiting]
-        detail = {"done": f"in {format_seconds(result.get('seconds', 0.0))} on {result.get('host')}",
-                  "failed": f"FAILED: {result.get('error')} (traceback: {state_path(study_dir, node, '.log')})",
-                  "skipped": f"skipped: {result.get('error')}"}[result["status"]]
-        print(f"kdlab study: [{len(outcomes)}/{len(order)}] {describe_node(node)}  ->  {node.id}: {detail}; "
-              f"{len(left)} left (~{format_seconds(clock.left(left))} of run time)", flush=True)
+        detail = {
+            "done": f"in {format_seconds(result.get('seconds', 0.0))} on {result.get('host')}",
+            "failed": f"FAILED: {result.get('error')} (traceback: {state_path(study_dir, node, '.log')})",
+            "skipped": f"skipped: {result.get('error')}",
+        }[result["status"]]
+        print(
+            f"kdlab study: [{len(outcomes)}/{len(order)}] {describe_node(node)}  ->  {node.id}: {detail}; "
+            f"{len(left)} left (~{format_seconds(clock.left(left))} of run time)",
+            flush=True,
+        )
     return outcomes
 
 
@@ -186,9 +210,13 @@ def run_plan_ray(plan: Plan, study_dir: Path, address: str | None = None, max_re
         use_gpus = _has_gpus()
         answers = check_cluster(study_dir, {node.kind: plan.spec.resources[node.kind] for node in pending}, use_gpus)
         resources = ray.cluster_resources()
-        print(f"kdlab study: {plan.spec.name}: {len(plan.nodes)} runs, {summary.done} done, {len(pending)} to run on Ray "
-              f"({len(answers)} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
-              + ("" if use_gpus else "; no GPUs: every run uses CPUs") + ")", flush=True)
+        print(
+            f"kdlab study: {plan.spec.name}: {len(plan.nodes)} runs, {summary.done} done, {len(pending)} to run on Ray "
+            f"({len(answers)} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+            + ("" if use_gpus else "; no GPUs: every run uses CPUs")
+            + ")",
+            flush=True,
+        )
         refs = submit(plan, study_dir, pending, max_retries, use_gpus)
         follow(plan, study_dir, refs, summary)
     except KeyboardInterrupt:
@@ -200,6 +228,9 @@ def run_plan_ray(plan: Plan, study_dir: Path, address: str | None = None, max_re
             ray.shutdown()
     summary.seconds = time.time() - begin
     summary.done = sum(is_done(node, study_dir) for node in plan.nodes)
-    print(f"\nkdlab study: Ray: {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
-          f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped", flush=True)
+    print(
+        f"\nkdlab study: Ray: {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
+        f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
+        flush=True,
+    )
     return summary

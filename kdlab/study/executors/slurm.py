@@ -25,11 +25,11 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
+from kdlab.study.executors.local import RunSummary, describe_node, state_path
 from kdlab.study.executors.node import run_node
 from kdlab.study.plan import Node, Plan, run_name
-from kdlab.study.sizes import format_seconds
 from kdlab.study.resources import Need
-from kdlab.study.executors.local import RunSummary, describe_node, state_path
+from kdlab.study.sizes import format_seconds
 from kdlab.study.steps import is_done
 
 JOB_FOLDER = "slurm/%j"
@@ -45,9 +45,13 @@ def slurm_job(node: Node, study_dir: str) -> dict:
 
 def job_parameters(node: Node, need: Need, slurm: dict, dep_ids: list[str]) -> dict:
     """submitit ``SlurmExecutor`` parameters of one node's job (``afterok`` on ``dep_ids``)."""
-    params = {"job_name": f"kdlab-{node.kind}-{run_name(node)}"[:120], "time": need.time_min or slurm["time_min"],
-              "cpus_per_task": max(1, math.ceil(need.cpus)), "setup": list(slurm["setup"]),
-              "additional_parameters": dict(slurm["additional"])}
+    params = {
+        "job_name": f"kdlab-{node.kind}-{run_name(node)}"[:120],
+        "time": need.time_min or slurm["time_min"],
+        "cpus_per_task": max(1, math.ceil(need.cpus)),
+        "setup": list(slurm["setup"]),
+        "additional_parameters": dict(slurm["additional"]),
+    }
     if need.gpus > 0:
         params["gpus_per_node"] = math.ceil(need.gpus)  # SLURM hands out whole GPUs
     if need.memory_gb:
@@ -56,7 +60,9 @@ def job_parameters(node: Node, need: Need, slurm: dict, dep_ids: list[str]) -> d
         if slurm.get(key):
             params[key] = slurm[key]
     if dep_ids:
-        params["additional_parameters"].update({"dependency": "afterok:" + ":".join(dep_ids), "kill-on-invalid-dep": "yes"})
+        params["additional_parameters"].update(
+            {"dependency": "afterok:" + ":".join(dep_ids), "kill-on-invalid-dep": "yes"}
+        )
     return params
 
 
@@ -92,7 +98,9 @@ def _active_jobs(study_dir: Path) -> list[str]:
         return []
     ids = list(json.loads(path.read_text()).values())
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip() in ids]
@@ -103,29 +111,47 @@ def submit_slurm(plan: Plan, study_dir: Path, slurm: dict) -> dict[str, str]:
     try:
         from submitit import SlurmExecutor
     except ImportError:
-        raise KdlabError("--executor slurm needs submitit: pip install 'kdlab[distributed]' (submitit==1.5.4)") from None
+        raise KdlabError(
+            "--executor slurm needs submitit: pip install 'kdlab[distributed]' (submitit==1.5.4)"
+        ) from None
     study_dir = Path(study_dir).resolve()
     active = _active_jobs(study_dir)
     if active:
-        raise KdlabError(f"{study_dir}: {len(active)} jobs of an earlier submission are still queued or running "
-                         f"(e.g. {active[0]}); wait for them or `scancel` them before submitting again")
+        raise KdlabError(
+            f"{study_dir}: {len(active)} jobs of an earlier submission are still queued or running "
+            f"(e.g. {active[0]}); wait for them or `scancel` them before submitting again"
+        )
     ids: dict[str, str] = {}
     for node in pending_nodes(plan, study_dir):
         try:
             executor = SlurmExecutor(folder=study_dir / JOB_FOLDER)
         except RuntimeError as exc:
             raise KdlabError(f"--executor slurm: {exc} (use --dry-run to see the job scripts)") from None
-        executor.update_parameters(**job_parameters(node, plan.spec.resources[node.kind], slurm,
-                                                    [ids[d] for d in node.deps if d in ids]))
+        executor.update_parameters(
+            **job_parameters(node, plan.spec.resources[node.kind], slurm, [ids[d] for d in node.deps if d in ids])
+        )
         ids[node.id] = executor.submit(slurm_job, node, str(study_dir)).job_id
-        atomic_write_json(study_dir / "slurm" / "jobs.json", ids)  # after each job: a failed submission keeps the record
-    print(f"kdlab study: {plan.spec.name}: submitted {len(ids)} SLURM jobs (ids in {study_dir / 'slurm' / 'jobs.json'}, "
-          f"logs in {study_dir / 'slurm'}/<job id>/); follow them with `kdlab study status {study_dir}`", flush=True)
+        atomic_write_json(
+            study_dir / "slurm" / "jobs.json", ids
+        )  # after each job: a failed submission keeps the record
+    print(
+        f"kdlab study: {plan.spec.name}: submitted {len(ids)} SLURM jobs (ids in {study_dir / 'slurm' / 'jobs.json'}, "
+        f"logs in {study_dir / 'slurm'}/<job id>/); follow them with `kdlab study status {study_dir}`",
+        flush=True,
+    )
     return ids
 
 
-def _start_ready(pending: list[Node], running: dict, outcomes: dict, summary: RunSummary, study_dir: Path,
-                 plan: Plan, slurm: dict, parallel: int) -> None:
+def _start_ready(
+    pending: list[Node],
+    running: dict,
+    outcomes: dict,
+    summary: RunSummary,
+    study_dir: Path,
+    plan: Plan,
+    slurm: dict,
+    parallel: int,
+) -> None:
     """Submit (up to ``parallel`` running jobs) the pending nodes whose dependencies have finished; skip those whose
     dependencies failed."""
     from submitit import LocalExecutor
@@ -147,7 +173,9 @@ def _start_ready(pending: list[Node], running: dict, outcomes: dict, summary: Ru
             running[node.id] = executor.submit(slurm_job, node, str(study_dir))
 
 
-def _collect_finished(running: dict, outcomes: dict, summary: RunSummary, study_dir: Path, plan: Plan, total: int) -> None:
+def _collect_finished(
+    running: dict, outcomes: dict, summary: RunSummary, study_dir: Path, plan: Plan, total: int
+) -> None:
     """Record the outcome of every finished job and print a line for it."""
     by_id = plan.by_id()
     for node_id, job in list(running.items()):
@@ -161,12 +189,20 @@ def _collect_finished(running: dict, outcomes: dict, summary: RunSummary, study_
         outcomes[node_id] = result
         summary.ran += result["status"] == "done" and bool(result.get("ran"))
         summary.failed += result["status"] == "failed"
-        detail = (f"in {format_seconds(result['seconds'])}" if result["status"] == "done"
-                  else f"FAILED (see {state_path(study_dir, by_id[node_id], '.log')})")
-        print(f"kdlab study: [{len(outcomes)}/{total}] {describe_node(by_id[node_id])}  ->  {node_id}: {detail}", flush=True)
+        detail = (
+            f"in {format_seconds(result['seconds'])}"
+            if result["status"] == "done"
+            else f"FAILED (see {state_path(study_dir, by_id[node_id], '.log')})"
+        )
+        print(
+            f"kdlab study: [{len(outcomes)}/{total}] {describe_node(by_id[node_id])}  ->  {node_id}: {detail}",
+            flush=True,
+        )
 
 
-def run_plan_submitit_local(plan: Plan, study_dir: Path, slurm: dict, parallel: int = 2, poll: float = 0.2) -> RunSummary:
+def run_plan_submitit_local(
+    plan: Plan, study_dir: Path, slurm: dict, parallel: int = 2, poll: float = 0.2
+) -> RunSummary:
     """Run the plan with submitit's local executor: each node a local process, at most ``parallel`` at a time (the
     driver enforces the dependencies)."""
     study_dir = Path(study_dir).resolve()
@@ -181,6 +217,9 @@ def run_plan_submitit_local(plan: Plan, study_dir: Path, slurm: dict, parallel: 
         _collect_finished(running, outcomes, summary, study_dir, plan, total)
     summary.seconds = time.time() - begin
     summary.done = sum(is_done(node, study_dir) for node in plan.nodes)
-    print(f"\nkdlab study: submitit (local): {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
-          f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped", flush=True)
+    print(
+        f"\nkdlab study: submitit (local): {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
+        f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
+        flush=True,
+    )
     return summary

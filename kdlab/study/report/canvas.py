@@ -19,11 +19,26 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 LINE_STYLES = ["-", "--", ":", "-."]
 STYLE = {
-    "font.family": "DejaVu Sans", "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold",
-    "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-    "grid.linestyle": "-", "axes.axisbelow": True, "figure.titlesize": 13, "figure.titleweight": "bold",
-    "legend.frameon": False, "errorbar.capsize": 3, "lines.linewidth": 1.8, "lines.markersize": 6,
+    "font.family": "DejaVu Sans",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linestyle": "-",
+    "axes.axisbelow": True,
+    "figure.titlesize": 13,
+    "figure.titleweight": "bold",
+    "legend.frameon": False,
+    "errorbar.capsize": 3,
+    "lines.linewidth": 1.8,
+    "lines.markersize": 6,
 }
 MAX_WIDTH = 11.5  # inches: the report's column at 110 dpi
 MIN_WIDTH = 8.0  # inches: a one-panel figure still has room for its title and legend
@@ -78,13 +93,22 @@ def axes_handles(axes) -> dict:
     return handles
 
 
-def finish(result: FigureResult, fig: Figure, caption: str, title: str | None = None, handles: dict | None = None,
-           legend_title: str | None = None, ncols: int = 6, loc: str = "outside lower center") -> FigureResult:
+def finish(
+    result: FigureResult,
+    fig: Figure,
+    caption: str,
+    title: str | None = None,
+    handles: dict | None = None,
+    legend_title: str | None = None,
+    ncols: int = 6,
+    loc: str = "outside lower center",
+) -> FigureResult:
     """End a figure: one legend for all panels (``handles``: label -> artist; none when empty), the figure's title,
     its PNG in ``result.png`` and the caption."""
     if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), title=legend_title, loc=loc,
-                   ncols=min(ncols, len(handles)))
+        fig.legend(
+            list(handles.values()), list(handles.keys()), title=legend_title, loc=loc, ncols=min(ncols, len(handles))
+        )
     if title:
         fig.suptitle(title)
     result.png = png_bytes(fig)
@@ -97,5 +121,15 @@ def interval_bars(ax, centers, width, values, color, label, hatch="", edge="whit
     means = np.array([v[0] for v in values]) * 100
     lows = np.array([v[1] for v in values]) * 100
     highs = np.array([v[2] for v in values]) * 100
-    return ax.bar(centers, means, width, color=color, label=label, hatch=hatch, edgecolor=edge, linewidth=0.6,
-                  yerr=yerr(means, lows, highs), error_kw={"ecolor": "#333333", "elinewidth": 1, "capsize": 2})
+    return ax.bar(
+        centers,
+        means,
+        width,
+        color=color,
+        label=label,
+        hatch=hatch,
+        edgecolor=edge,
+        linewidth=0.6,
+        yerr=yerr(means, lows, highs),
+        error_kw={"ecolor": "#333333", "elinewidth": 1, "capsize": 2},
+    )

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from kdlab.significance import t_interval
 from kdlab.study.report.canvas import PALETTE
 from kdlab.study.runmeta import RunMeta
-from kdlab.significance import t_interval
 from kdlab.study.stats import main_grid
 
 
@@ -46,8 +46,15 @@ def over_seeds(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     out = []
     for key, group in per_seed.groupby(keys, dropna=False, sort=False):
         mean, _, low, high, n = t_interval(group[value])
-        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "mean": mean, "low": low,
-                    "high": high, "n_seeds": n})
+        out.append(
+            {
+                **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n_seeds": n,
+            }
+        )
     return pd.DataFrame(out, columns=keys + ["mean", "low", "high", "n_seeds"])
 
 

@@ -15,21 +15,45 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlab.version import __version__
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.markdown import markdown_table
 from kdlab.study.report.canvas import FigureResult
 from kdlab.study.report.context import ReportContext
 from kdlab.study.report.figures import fidelity_plane_figure, fig_validation, make_figures
-from kdlab.study.report.tables import (Table, agreement_findings, agreement_table, data_fit_table, error_bar_note, findings,
-                                       hypothesis_tables, overview_table, paired_tables, paper_view_table, selection_table)
+from kdlab.study.report.tables import (
+    Table,
+    agreement_findings,
+    agreement_table,
+    data_fit_table,
+    error_bar_note,
+    findings,
+    hypothesis_tables,
+    overview_table,
+    paired_tables,
+    paper_view_table,
+    selection_table,
+)
 from kdlab.study.stats import SEED_INPUT, check_table, paired_tests, seed_summary, study_hypotheses
+from kdlab.version import __version__
 
-REPORT_INPUT = SEED_INPUT + ["run", "improvement", "sft_accuracy", "teacher_accuracy", "agreement", "bleu",
-                             "ci_low", "ci_high"]
-SECTIONS = [("findings", "Findings"), ("overview", "Results overview"), ("figures", "Figures"),
-            ("hypotheses", "Hypothesis tests"), ("paired", "Paired tests")]
+REPORT_INPUT = SEED_INPUT + [
+    "run",
+    "improvement",
+    "sft_accuracy",
+    "teacher_accuracy",
+    "agreement",
+    "bleu",
+    "ci_low",
+    "ci_high",
+]
+SECTIONS = [
+    ("findings", "Findings"),
+    ("overview", "Results overview"),
+    ("figures", "Figures"),
+    ("hypotheses", "Hypothesis tests"),
+    ("paired", "Paired tests"),
+]
 
 CSS = """
 :root { --ink: #1d2733; --muted: #5b6673; --rule: #d8dee6; --band: #f4f6f9; --accent: #0072B2; }
@@ -87,13 +111,16 @@ def _html_table(table: Table) -> str:
     head = "".join(f'<th class="{"r" if a == "r" else "l"}">{html.escape(h)}</th>' for h, a in zip(table.header, align))
     body = []
     for row in table.rows:
-        cells = "".join(f'<td class="{"r" if a == "r" else "l"}">{html.escape(str(c))}</td>'
-                        for c, a in zip(row, align))
+        cells = "".join(
+            f'<td class="{"r" if a == "r" else "l"}">{html.escape(str(c))}</td>' for c, a in zip(row, align)
+        )
         body.append(f"<tr>{cells}</tr>")
     if not table.rows:
         body.append(f'<tr><td colspan="{len(table.header)}">(no rows)</td></tr>')
-    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-            f"</table></div>" + (f'<p class="tnote">{html.escape(table.note)}</p>' if table.note else ""))
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+        f"</table></div>" + (f'<p class="tnote">{html.escape(table.note)}</p>' if table.note else "")
+    )
 
 
 def _md_table(table: Table) -> str:
@@ -141,30 +168,49 @@ def build_report(study_dir: Path, frame: pd.DataFrame, stats: dict, title: str) 
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     roles = frame.groupby("role")["run"].nunique()
-    role_text = ", ".join(f"{roles[r]} {r}" for r in ("teacher", "base-teacher", "student-sft", "student-kd")
-                          if r in roles)
-    footer = (f"Study: {study_dir.name or study_dir} · generated {now} by kdlab {__version__} · "
-              f"{frame['run'].nunique()} runs ({role_text}) · {len(frame)} run × task rows · "
-              f"tasks: {', '.join(ctx.tasks)}")
-    subtitle = (f"{len(ctx.students)} student(s), {len(ctx.methods)} KD method(s) "
-                f"({', '.join(ctx.methods)}), {len(ctx.tasks)} task(s), "
-                f"{int(frame['seed'].nunique())} seed(s)")
-    return Report(title, subtitle, findings(ctx, hyp, paired) + agreement_findings(agreement), overview_table(ctx, seeds),
-                  extra_tables, error_bar_note(frame), figures, hypothesis_tables(hyp) if hyp is not None else None,
-                  hyp_note, paired_tables(paired), footer)
+    role_text = ", ".join(
+        f"{roles[r]} {r}" for r in ("teacher", "base-teacher", "student-sft", "student-kd") if r in roles
+    )
+    footer = (
+        f"Study: {study_dir.name or study_dir} · generated {now} by kdlab {__version__} · "
+        f"{frame['run'].nunique()} runs ({role_text}) · {len(frame)} run × task rows · "
+        f"tasks: {', '.join(ctx.tasks)}"
+    )
+    subtitle = (
+        f"{len(ctx.students)} student(s), {len(ctx.methods)} KD method(s) "
+        f"({', '.join(ctx.methods)}), {len(ctx.tasks)} task(s), "
+        f"{int(frame['seed'].nunique())} seed(s)"
+    )
+    return Report(
+        title,
+        subtitle,
+        findings(ctx, hyp, paired) + agreement_findings(agreement),
+        overview_table(ctx, seeds),
+        extra_tables,
+        error_bar_note(frame),
+        figures,
+        hypothesis_tables(hyp) if hyp is not None else None,
+        hyp_note,
+        paired_tables(paired),
+        footer,
+    )
 
 
 def render_html(report: Report) -> str:
     """The self-contained HTML page: inline CSS, figures as base64 PNG, long tables folded in ``<details>``."""
     title, overview = report.title, report.overview
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>",
-             f"<h1>{html.escape(title)}</h1><p class=\"subtitle\">{html.escape(report.subtitle)}</p>",
-             "<nav>" + "".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>",
-             '<h2 id="findings">Findings</h2><ul class="findings">'
-             + "".join(f"<li>{html.escape(f)}</li>" for f in report.facts) + "</ul>",
-             f'<h2 id="overview">{html.escape(overview.title)}</h2>', _html_table(overview)]
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>",
+        f'<h1>{html.escape(title)}</h1><p class="subtitle">{html.escape(report.subtitle)}</p>',
+        "<nav>" + "".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>",
+        '<h2 id="findings">Findings</h2><ul class="findings">'
+        + "".join(f"<li>{html.escape(f)}</li>" for f in report.facts)
+        + "</ul>",
+        f'<h2 id="overview">{html.escape(overview.title)}</h2>',
+        _html_table(overview),
+    ]
     for table in report.extra_tables:
         parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
     parts += ['<h2 id="figures">Figures</h2>', f'<p class="tnote">{html.escape(report.bars_note)}</p>']
@@ -174,9 +220,11 @@ def render_html(report: Report) -> str:
             parts.append(f'<p class="note">{html.escape(figure.note or "")}</p>')
         else:
             data = base64.b64encode(figure.png).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(figure.title)}">'
-                         f"<figcaption><b>{html.escape(figure.title)}.</b> {html.escape(figure.caption)}"
-                         f"</figcaption></figure>")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(figure.title)}">'
+                f"<figcaption><b>{html.escape(figure.title)}.</b> {html.escape(figure.caption)}"
+                f"</figcaption></figure>"
+            )
     parts.append('<h2 id="hypotheses">Hypothesis tests (H1–H5)</h2>')
     if report.hypotheses is None:
         parts.append(f'<p class="note">{html.escape("not in this study: " + report.hyp_note)}</p>')
@@ -189,8 +237,9 @@ def render_html(report: Report) -> str:
 
 
 def _html_details(table: Table) -> str:
-    return (f"<details><summary>{html.escape(table.title)} ({len(table.rows)} rows)</summary>"
-            f"{_html_table(table)}</details>")
+    return (
+        f"<details><summary>{html.escape(table.title)} ({len(table.rows)} rows)</summary>{_html_table(table)}</details>"
+    )
 
 
 def render_markdown(report: Report) -> str:
@@ -220,8 +269,13 @@ def render_markdown(report: Report) -> str:
     return "\n".join(md)
 
 
-def write_report(study_dir: str | Path, frame: pd.DataFrame, stats: dict | None, out_dir: str | Path,
-                 title: str = "Knowledge-distillation study") -> tuple[Path, Path]:
+def write_report(
+    study_dir: str | Path,
+    frame: pd.DataFrame,
+    stats: dict | None,
+    out_dir: str | Path,
+    title: str = "Knowledge-distillation study",
+) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/report.md`` with ``out_dir/figures/*.png``.
 
     ``stats`` holds the tables of :mod:`kdlab.study.stats` (``hypotheses``, ``paired``, ``seeds``); a missing one is

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats as sps
 
-from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
 from kdlab.significance import stars
+from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
 from kdlab.study.stats import CONFIG
 from kdlab.study.stats_markdown import config_label
 
@@ -40,9 +40,18 @@ def overview_table(ctx: ReportContext, seeds: pd.DataFrame) -> Table:
     keys = ["role"] + [k for k in CONFIG if k != "domain"]  # one row per configuration across its domains' tasks
     rows = []
     groups = seeds.groupby(keys, dropna=False, sort=False)
-    firsts = sorted(groups, key=lambda kv: (kv[1]["_r"].iloc[0] > 1, kv[1]["_s"].iloc[0], kv[1]["_r"].iloc[0],
-                                             kv[1]["_ablation"].iloc[0], kv[1]["_m"].iloc[0],
-                                             kv[1]["temperature"].fillna(-1).iloc[0], kv[1]["noise"].iloc[0]))
+    firsts = sorted(
+        groups,
+        key=lambda kv: (
+            kv[1]["_r"].iloc[0] > 1,
+            kv[1]["_s"].iloc[0],
+            kv[1]["_r"].iloc[0],
+            kv[1]["_ablation"].iloc[0],
+            kv[1]["_m"].iloc[0],
+            kv[1]["temperature"].fillna(-1).iloc[0],
+            kv[1]["noise"].iloc[0],
+        ),
+    )
     for _, group in firsts:
         first = group.iloc[0]
         role = first["role"]
@@ -59,14 +68,22 @@ def overview_table(ctx: ReportContext, seeds: pd.DataFrame) -> Table:
             if r is None:
                 cells.append("")
                 continue
-            low, high = ((r["accuracy_ci_low"], r["accuracy_ci_high"]) if r["n_seeds"] >= 2
-                         else (r["wilson_low"], r["wilson_high"]))
+            low, high = (
+                (r["accuracy_ci_low"], r["accuracy_ci_high"])
+                if r["n_seeds"] >= 2
+                else (r["wilson_low"], r["wilson_high"])
+            )
             ci = f" [{pp(low, False)}, {pp(high, False)}]" if not isnan(low) else ""
             cells.append(f"{pp(r['accuracy_mean'], False)}{ci}")
         rows.append(cells)
-    return Table(["model", "run", "seeds"] + tasks, rows, "lll" + "r" * len(tasks), "Results overview",
-                 "Accuracy in % with a 95% interval: Student-t over seeds when a configuration has several seeds, "
-                 "else the run's Wilson interval. Ablation rows (noisy or base teacher) are marked.")
+    return Table(
+        ["model", "run", "seeds"] + tasks,
+        rows,
+        "lll" + "r" * len(tasks),
+        "Results overview",
+        "Accuracy in % with a 95% interval: Student-t over seeds when a configuration has several seeds, "
+        "else the run's Wilson interval. Ablation rows (noisy or base teacher) are marked.",
+    )
 
 
 EFFECT_NAMES = {"cohen_d": "d", "eta_squared": "η²", "spearman_rho": "ρ"}
@@ -74,6 +91,7 @@ EFFECT_NAMES = {"cohen_d": "d", "eta_squared": "η²", "spearman_rho": "ρ"}
 
 def hypothesis_tables(hyp: pd.DataFrame) -> tuple[Table, Table]:
     """The hypothesis tests pooled over tasks (summary) and per task (detail)."""
+
     def rows_of(part: pd.DataFrame) -> list[list[str]]:
         rows = []
         for r in part.itertuples(index=False):
@@ -81,20 +99,36 @@ def hypothesis_tables(hyp: pd.DataFrame) -> tuple[Table, Table]:
             effect = "" if isnan(r.effect_size) else f"{name} = {r.effect_size:.2f}"
             mark = stars(r.pvalue_holm)
             statistic = "–" if isnan(r.statistic) else f"{r.statistic:.3g}"
-            rows.append([r.hypothesis, str(r.group), str(r.task), statistic,
-                         fmt_p(r.pvalue), fmt_p(r.pvalue_holm) + (f" {mark}" if mark else ""), str(r.n), effect,
-                         "" if isnan(r.mean) else f"{100 * r.mean:+.1f}", r.note])
+            rows.append(
+                [
+                    r.hypothesis,
+                    str(r.group),
+                    str(r.task),
+                    statistic,
+                    fmt_p(r.pvalue),
+                    fmt_p(r.pvalue_holm) + (f" {mark}" if mark else ""),
+                    str(r.n),
+                    effect,
+                    "" if isnan(r.mean) else f"{100 * r.mean:+.1f}",
+                    r.note,
+                ]
+            )
         return rows
 
     header = ["hypothesis", "group", "task", "statistic", "p", "p (Holm)", "n", "effect size", "mean gain pp", "note"]
     pooled = hyp[hyp["task"] == "all"]
-    summary = Table(header, rows_of(pooled), "lllrrrrrrl", "Hypothesis tests, pooled over tasks",
-                    "H1: one-sided t-test of gain > 0 (effect: Cohen's d); H1-anova: gain differs across methods "
-                    "(η²); H2/H3/H3b/H4/H5: Spearman ρ of the gain with teacher accuracy / student size / "
-                    "student SFT accuracy / agreement / BLEU. Main grid only (fine-tuned teacher, no noise), "
-                    "seeds averaged per configuration × task. p (Holm): adjusted within each hypothesis × group "
-                    "across tasks; "
-                    "* p < 0.05, ** p < 0.01, *** p < 0.001 on that adjusted p.")
+    summary = Table(
+        header,
+        rows_of(pooled),
+        "lllrrrrrrl",
+        "Hypothesis tests, pooled over tasks",
+        "H1: one-sided t-test of gain > 0 (effect: Cohen's d); H1-anova: gain differs across methods "
+        "(η²); H2/H3/H3b/H4/H5: Spearman ρ of the gain with teacher accuracy / student size / "
+        "student SFT accuracy / agreement / BLEU. Main grid only (fine-tuned teacher, no noise), "
+        "seeds averaged per configuration × task. p (Holm): adjusted within each hypothesis × group "
+        "across tasks; "
+        "* p < 0.05, ** p < 0.01, *** p < 0.001 on that adjusted p.",
+    )
     per_task = Table(header, rows_of(hyp[hyp["task"] != "all"]), "lllrrrrrrl", "Hypothesis tests per task")
     return summary, per_task
 
@@ -109,34 +143,88 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
         better = int((group["diff"] > 0).sum())
         sig_better = int(((group["pvalue_holm"] < 0.05) & (group["diff"] > 0)).sum())
         sig_worse = int(((group["pvalue_holm"] < 0.05) & (group["diff"] < 0)).sum())
-        rows.append([str(first["student"]), config_label(first), str(group["task"].nunique()),
-                     str(group["seed"].nunique()), str(len(group)), f"{100 * group['diff'].mean():+.1f}",
-                     str(better), str(sig_better), str(sig_worse)])
-    summary = Table(["student", "configuration", "tasks", "seeds", "comparisons", "mean Δ pp", "KD ahead",
-                     "KD better *", "KD worse *"], rows, "llrrrrrrr", "Paired tests: summary per configuration",
-                    "One comparison = one KD run against its SFT twin (same student, seed) on one task's examples. "
-                    "* = significant after Holm correction across the tasks of that configuration and seed "
-                    "(exact McNemar, p < 0.05).")
+        rows.append(
+            [
+                str(first["student"]),
+                config_label(first),
+                str(group["task"].nunique()),
+                str(group["seed"].nunique()),
+                str(len(group)),
+                f"{100 * group['diff'].mean():+.1f}",
+                str(better),
+                str(sig_better),
+                str(sig_worse),
+            ]
+        )
+    summary = Table(
+        [
+            "student",
+            "configuration",
+            "tasks",
+            "seeds",
+            "comparisons",
+            "mean Δ pp",
+            "KD ahead",
+            "KD better *",
+            "KD worse *",
+        ],
+        rows,
+        "llrrrrrrr",
+        "Paired tests: summary per configuration",
+        "One comparison = one KD run against its SFT twin (same student, seed) on one task's examples. "
+        "* = significant after Holm correction across the tasks of that configuration and seed "
+        "(exact McNemar, p < 0.05).",
+    )
     rows = []
     for r in paired.to_dict("records"):
         mark = stars(r["pvalue_holm"])
-        ci = ("" if isnan(r["diff"]) else
-              f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]")
-        rows.append([str(r["student"]), config_label(r), f"{r['seed']:g}", str(r["task"]),
-                     "" if isnan(r["n"]) else f"{r['n']:.0f}", pp(r["kd_accuracy"], False),
-                     pp(r["sft_accuracy"], False), ci, "" if isnan(r["b"]) else f"{r['b']:.0f}",
-                     "" if isnan(r["c"]) else f"{r['c']:.0f}",
-                     "" if isnan(r["odds_ratio"]) else f"{r['odds_ratio']:.2f}", fmt_p(r["pvalue"]),
-                     fmt_p(r["pvalue_holm"]) + (f" {mark}" if mark else ""), fmt_p(r["pvalue_holm_all"]),
-                     r["note"]])
-    detail = Table(["student", "configuration", "seed", "task", "n", "KD %", "SFT %", "Δ pp [95% CI]", "b", "c",
-                    "odds ratio", "p", "p (Holm)", "p (Holm, all)", "note"], rows, "llllrrrrrrrrrrl",
-                   "Paired tests: every comparison",
-                   "b = examples KD got right and SFT wrong, c = the reverse; Δ = KD − SFT accuracy with a 95% "
-                   "paired bootstrap interval over examples; odds ratio b / c (0.5 added to both when either is "
-                   "0); p = exact McNemar; p (Holm) adjusted across the tasks of one configuration and seed "
-                   "(stars use it); "
-                   "p (Holm, all) adjusted across every comparison in the table.")
+        ci = "" if isnan(r["diff"]) else f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        rows.append(
+            [
+                str(r["student"]),
+                config_label(r),
+                f"{r['seed']:g}",
+                str(r["task"]),
+                "" if isnan(r["n"]) else f"{r['n']:.0f}",
+                pp(r["kd_accuracy"], False),
+                pp(r["sft_accuracy"], False),
+                ci,
+                "" if isnan(r["b"]) else f"{r['b']:.0f}",
+                "" if isnan(r["c"]) else f"{r['c']:.0f}",
+                "" if isnan(r["odds_ratio"]) else f"{r['odds_ratio']:.2f}",
+                fmt_p(r["pvalue"]),
+                fmt_p(r["pvalue_holm"]) + (f" {mark}" if mark else ""),
+                fmt_p(r["pvalue_holm_all"]),
+                r["note"],
+            ]
+        )
+    detail = Table(
+        [
+            "student",
+            "configuration",
+            "seed",
+            "task",
+            "n",
+            "KD %",
+            "SFT %",
+            "Δ pp [95% CI]",
+            "b",
+            "c",
+            "odds ratio",
+            "p",
+            "p (Holm)",
+            "p (Holm, all)",
+            "note",
+        ],
+        rows,
+        "llllrrrrrrrrrrl",
+        "Paired tests: every comparison",
+        "b = examples KD got right and SFT wrong, c = the reverse; Δ = KD − SFT accuracy with a 95% "
+        "paired bootstrap interval over examples; odds ratio b / c (0.5 added to both when either is "
+        "0); p = exact McNemar; p (Holm) adjusted across the tasks of one configuration and seed "
+        "(stars use it); "
+        "p (Holm, all) adjusted across every comparison in the table.",
+    )
     return summary, detail
 
 
@@ -162,18 +250,22 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
         ties = int((main_paired["diff"] == 0).sum())
         better = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] > 0)).sum())
         worse = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] < 0)).sum())
-        out.append(f"KD was ahead of SFT in {ahead} of {len(main_paired)} paired comparisons of the main grid "
-                   f"(KD run × task{', ' + str(ties) + ' ties' if ties else ''}); {better} significantly better and "
-                   f"{worse} significantly worse after Holm correction within each configuration × seed (exact "
-                   f"McNemar, p < 0.05).")
+        out.append(
+            f"KD was ahead of SFT in {ahead} of {len(main_paired)} paired comparisons of the main grid "
+            f"(KD run × task{', ' + str(ties) + ' ties' if ties else ''}); {better} significantly better and "
+            f"{worse} significantly worse after Holm correction within each configuration × seed (exact "
+            f"McNemar, p < 0.05)."
+        )
     if hyp is not None:
         h1 = _hyp_row(hyp, "H1")
         if h1 is not None and not isnan(h1["mean"]):
             caveat = h1["note"] or "points sharing a student are not independent, so read p as descriptive"
             d = "" if isnan(h1["effect_size"]) else f" (Cohen's d {h1['effect_size']:.2f})"
-            out.append(f"Mean gain of KD over SFT across {h1['n']} configuration × task points: "
-                       f"{100 * h1['mean']:+.1f} percentage points{d}; one-sided t-test of gain > 0: "
-                       f"p = {fmt_p(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat}).")
+            out.append(
+                f"Mean gain of KD over SFT across {h1['n']} configuration × task points: "
+                f"{100 * h1['mean']:+.1f} percentage points{d}; one-sided t-test of gain > 0: "
+                f"p = {fmt_p(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat})."
+            )
         gains = []
         for method in ctx.methods:
             row = _hyp_row(hyp, "H1", method)
@@ -181,12 +273,19 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
                 gains.append(f"{method} {100 * row['mean']:+.1f} pp")
         anova = _hyp_row(hyp, "H1-anova")
         if len(gains) >= 2 and anova is not None:
-            test = (f"ANOVA across methods p = {fmt_p(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
-                    f"({_significance(anova['pvalue'])})" if not isnan(anova["pvalue"])
-                    else f"ANOVA across methods not testable ({anova['note']})")
+            test = (
+                f"ANOVA across methods p = {fmt_p(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
+                f"({_significance(anova['pvalue'])})"
+                if not isnan(anova["pvalue"])
+                else f"ANOVA across methods not testable ({anova['note']})"
+            )
             out.append(f"Mean gain by method: {', '.join(gains)}; {test}.")
-        for hypothesis, what in (("H3", "student size"), ("H2", "teacher accuracy"), ("H4", "answer agreement"),
-                                 ("H5", "BLEU fidelity")):
+        for hypothesis, what in (
+            ("H3", "student size"),
+            ("H2", "teacher accuracy"),
+            ("H4", "answer agreement"),
+            ("H5", "BLEU fidelity"),
+        ):
             row = _hyp_row(hyp, hypothesis)
             if row is None:
                 continue
@@ -195,21 +294,30 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
                 continue
             direction = ""
             if row["pvalue"] < 0.05:
-                direction = (f": the gain {'rises' if row['statistic'] > 0 else 'falls'} with {what}")
-            out.append(f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {fmt_p(row['pvalue'])}, n = "
-                       f"{row['n']} ({_significance(row['pvalue'])}){direction}.")
-    for column, what, scale, unit in (("agreement", "Teacher–student answer agreement", 100, "%"),
-                                      ("bleu", "BLEU of student vs teacher rationales", 1, "")):
+                direction = f": the gain {'rises' if row['statistic'] > 0 else 'falls'} with {what}"
+            out.append(
+                f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {fmt_p(row['pvalue'])}, n = "
+                f"{row['n']} ({_significance(row['pvalue'])}){direction}."
+            )
+    for column, what, scale, unit in (
+        ("agreement", "Teacher–student answer agreement", 100, "%"),
+        ("bleu", "BLEU of student vs teacher rationales", 1, ""),
+    ):
         values = ctx.main[column].dropna()
         if len(values):
             sd = f" ± {values.std(ddof=1) * scale:.1f}{unit} (sd)" if len(values) > 1 else ""
-            out.append(f"{what} (main-grid KD runs): mean {values.mean() * scale:.1f}{unit}{sd} over {len(values)} "
-                       f"run × task values, range {values.min() * scale:.1f}–{values.max() * scale:.1f}{unit}.")
+            out.append(
+                f"{what} (main-grid KD runs): mean {values.mean() * scale:.1f}{unit}{sd} over {len(values)} "
+                f"run × task values, range {values.min() * scale:.1f}–{values.max() * scale:.1f}{unit}."
+            )
     temps = ctx.main.dropna(subset=["temperature", "improvement"])
     if temps["temperature"].nunique() >= 2:
         by_t = temps.groupby("temperature")["improvement"].mean()
-        out.append("Mean gain by temperature (all methods, students, tasks, seeds): "
-                   + ", ".join(f"τ={t:g} {100 * v:+.1f} pp" for t, v in by_t.items()) + " (descriptive).")
+        out.append(
+            "Mean gain by temperature (all methods, students, tasks, seeds): "
+            + ", ".join(f"τ={t:g} {100 * v:+.1f} pp" for t, v in by_t.items())
+            + " (descriptive)."
+        )
     base = ctx.kd[ctx.kd["teacher_kind"] == "base"]
     if len(base):
         keys = ["teacher", "student", "domain", "method", "temperature", "noise", "task", "seed"]
@@ -217,18 +325,23 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
         matched = base.merge(ft, on=keys, suffixes=("_base", "_ft"))
         if len(matched):
             diff = (matched["accuracy_base"] - matched["accuracy_ft"]) * 100
-            out.append(f"KD from the base (task-unaware) teacher: mean accuracy "
-                       f"{100 * matched['accuracy_base'].mean():.1f}% vs {100 * matched['accuracy_ft'].mean():.1f}% "
-                       f"from the fine-tuned teacher on the same {len(matched)} configuration × task × seed runs "
-                       f"(difference {diff.mean():+.1f} pp, range "
-                       f"{diff.min():+.1f} to {diff.max():+.1f}).")
+            out.append(
+                f"KD from the base (task-unaware) teacher: mean accuracy "
+                f"{100 * matched['accuracy_base'].mean():.1f}% vs {100 * matched['accuracy_ft'].mean():.1f}% "
+                f"from the fine-tuned teacher on the same {len(matched)} configuration × task × seed runs "
+                f"(difference {diff.mean():+.1f} pp, range "
+                f"{diff.min():+.1f} to {diff.max():+.1f})."
+            )
     noisy = ctx.kd[ctx.kd["noise"] > 0]
     if len(noisy):
         keys = [k for k in CONFIG if k != "noise"]
         rows = ctx.kd.merge(noisy[keys].drop_duplicates(), on=keys)
         by_sigma = rows.groupby("noise")["accuracy"].mean()
-        out.append("Teacher-noise ablation, mean accuracy by σ: "
-                   + ", ".join(f"σ={s:g} {100 * v:.1f}%" for s, v in by_sigma.items()) + ".")
+        out.append(
+            "Teacher-noise ablation, mean accuracy by σ: "
+            + ", ".join(f"σ={s:g} {100 * v:.1f}%" for s, v in by_sigma.items())
+            + "."
+        )
     if not out:
         out.append("No KD run with a paired SFT run yet: nothing to summarise.")
     return out
@@ -243,9 +356,14 @@ def agreement_findings(agreement: pd.DataFrame | None) -> list[str]:
         raised = part[(part["agree_pvalue_holm"] < 0.05) & (part["agree_diff"] > 0)]
         safe = raised[~((raised["acc_pvalue_holm"] < 0.05) & (raised["acc_diff"] < 0))]
         name = "the SFT baseline" if reference == "sft" else reference
-        which = ", ".join(f"{r['method']} (seed {r['seed']}, {r['task']}: {100 * r['agree_diff']:+.0f} pp)" for r in safe.to_dict("records"))
-        facts.append(f"Agreement with the teacher vs {name}: {len(safe)} of {len(part)} KD runs raised it significantly "
-                     f"(McNemar, Holm) without a significant accuracy loss" + (f": {which}." if which else "."))
+        which = ", ".join(
+            f"{r['method']} (seed {r['seed']}, {r['task']}: {100 * r['agree_diff']:+.0f} pp)"
+            for r in safe.to_dict("records")
+        )
+        facts.append(
+            f"Agreement with the teacher vs {name}: {len(safe)} of {len(part)} KD runs raised it significantly "
+            f"(McNemar, Holm) without a significant accuracy loss" + (f": {which}." if which else ".")
+        )
     return facts
 
 
@@ -254,8 +372,11 @@ def error_bar_note(frame: pd.DataFrame) -> str:
     runs = frame[frame["role"].isin(["student-sft", "student-kd"])]
     counts = sorted(runs.groupby(["role"] + CONFIG + ["task"], dropna=False)["seed"].nunique().unique())
     multipliers = [f"t = {sps.t.ppf(0.975, k - 1):.1f} for {k} seeds" for k in counts if k >= 2]
-    text = ("Error bars are 95% intervals: Student-t over seeds (mean ± t·sd/√k for k seeds"
-            + (f"; {', '.join(multipliers)}" if multipliers else "") + ")")
+    text = (
+        "Error bars are 95% intervals: Student-t over seeds (mean ± t·sd/√k for k seeds"
+        + (f"; {', '.join(multipliers)}" if multipliers else "")
+        + ")"
+    )
     if 1 in counts:
         text += ", or a single run's Wilson interval over its examples"
     text += "."
@@ -266,12 +387,27 @@ def error_bar_note(frame: pd.DataFrame) -> str:
 
 def paper_view_table(paper: pd.DataFrame) -> Table:
     """The paper's max-over-test-temperatures view, labelled as optimistic."""
-    rows = [[str(r["student"]), str(r["method"]), str(r["seed"]), str(r["task"]), r["temperatures"],
-             f"{r['best_temperature']:g}", pp(r["accuracy"], False), pp(r["improvement"])] for _, r in paper.iterrows()]
-    return Table(["student", "method", "seed", "task", "temperatures", "best on test", "accuracy", "gain vs SFT"], rows,
-                 "llllllrr", "Paper-compatible view: best temperature on the test set",
-                 "The paper took the maximum over temperatures on test scores. That selection is optimistic (it reads the "
-                 "test set); kdlab's fair rule is `tuning: {temperature: validation}`. Shown for comparison only.")
+    rows = [
+        [
+            str(r["student"]),
+            str(r["method"]),
+            str(r["seed"]),
+            str(r["task"]),
+            r["temperatures"],
+            f"{r['best_temperature']:g}",
+            pp(r["accuracy"], False),
+            pp(r["improvement"]),
+        ]
+        for _, r in paper.iterrows()
+    ]
+    return Table(
+        ["student", "method", "seed", "task", "temperatures", "best on test", "accuracy", "gain vs SFT"],
+        rows,
+        "llllllrr",
+        "Paper-compatible view: best temperature on the test set",
+        "The paper took the maximum over temperatures on test scores. That selection is optimistic (it reads the "
+        "test set); kdlab's fair rule is `tuning: {temperature: validation}`. Shown for comparison only.",
+    )
 
 
 def selection_table(selection: pd.DataFrame) -> Table:
@@ -280,12 +416,24 @@ def selection_table(selection: pd.DataFrame) -> Table:
     for _, group in selection.groupby("select", sort=False):
         first, chosen = group.iloc[0], group[group["selected"]].iloc[0]
         scores = ", ".join(f"{r['settings']}: {pp(r['val_accuracy'], False)}" for _, r in group.iterrows())
-        rows.append([str(first["student"]), candidate_label(first), str(first["seed"]), str(chosen["settings"]),
-                     f"{pp(chosen['val_accuracy'], False)} (n = {int(chosen['n'])})", scores])
-    return Table(["student", "run", "seed", "selected", "validation accuracy", "all candidates (validation %)"], rows,
-                 "llllrl", "Settings selected on validation",
-                 "Every run was trained once per candidate; the best by validation accuracy (ties: the first listed) was "
-                 "the only one evaluated on the test set. All runs had the same candidates, so the same budget.")
+        rows.append(
+            [
+                str(first["student"]),
+                candidate_label(first),
+                str(first["seed"]),
+                str(chosen["settings"]),
+                f"{pp(chosen['val_accuracy'], False)} (n = {int(chosen['n'])})",
+                scores,
+            ]
+        )
+    return Table(
+        ["student", "run", "seed", "selected", "validation accuracy", "all candidates (validation %)"],
+        rows,
+        "llllrl",
+        "Settings selected on validation",
+        "Every run was trained once per candidate; the best by validation accuracy (ties: the first listed) was "
+        "the only one evaluated on the test set. All runs had the same candidates, so the same budget.",
+    )
 
 
 def data_fit_table(study_dir: Path):
@@ -295,11 +443,24 @@ def data_fit_table(study_dir: Path):
     fit = collect_data_fit(study_dir)
     if fit.empty:
         return None
-    rows = [[str(r["run"]), f"{r['examples']} of {r['examples_in_data']}", str(r["dropped_long"]), str(r["cut_responses"]),
-             str(r["max_length"]), str(r["on_long"])] for _, r in fit.iterrows()]
-    return Table(["run", "examples trained", "dropped", "responses cut", "max_length", "on_long"], rows, "lrrrrl",
-                 "Training examples that did not fit max_length",
-                 "A cut response loses its end (the final answer and EOS); raise train.max_length or set train.on_long.")
+    rows = [
+        [
+            str(r["run"]),
+            f"{r['examples']} of {r['examples_in_data']}",
+            str(r["dropped_long"]),
+            str(r["cut_responses"]),
+            str(r["max_length"]),
+            str(r["on_long"]),
+        ]
+        for _, r in fit.iterrows()
+    ]
+    return Table(
+        ["run", "examples trained", "dropped", "responses cut", "max_length", "on_long"],
+        rows,
+        "lrrrrl",
+        "Training examples that did not fit max_length",
+        "A cut response loses its end (the final answer and EOS); raise train.max_length or set train.on_long.",
+    )
 
 
 def _pct(value: float) -> str:
@@ -314,26 +475,49 @@ def _p(value: float) -> str:
     return "—" if value != value else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
 
 
-AGREEMENT_HEADER = ["method", "vs", "seed", "task", "n", "agreement", "Δ agreement [95% CI]", "McNemar p (Holm)",
-                    "accuracy", "Δ accuracy [95% CI]", "McNemar p (Holm)", "verdict"]
+AGREEMENT_HEADER = [
+    "method",
+    "vs",
+    "seed",
+    "task",
+    "n",
+    "agreement",
+    "Δ agreement [95% CI]",
+    "McNemar p (Holm)",
+    "accuracy",
+    "Δ accuracy [95% CI]",
+    "McNemar p (Holm)",
+    "verdict",
+]
 AGREEMENT_TITLE = "Agreement with the teacher: each method against the reference, on the same examples"
-AGREEMENT_NOTE = ("Paired per example: Δ agreement = the method's agreement minus the reference run's (same student, "
-                  "seed and test examples), percentile bootstrap 95% interval; exact McNemar test on the examples where "
-                  "exactly one of the two agrees with the teacher; Holm over all comparisons of each column. The same "
-                  "for accuracy. The verdict reads both at alpha = 0.05 after Holm.")
+AGREEMENT_NOTE = (
+    "Paired per example: Δ agreement = the method's agreement minus the reference run's (same student, "
+    "seed and test examples), percentile bootstrap 95% interval; exact McNemar test on the examples where "
+    "exactly one of the two agrees with the teacher; Holm over all comparisons of each column. The same "
+    "for accuracy. The verdict reads both at alpha = 0.05 after Holm."
+)
 
 
 def agreement_rows(tests: pd.DataFrame) -> list[list[str]]:
     """Rows of the agreement table (:data:`AGREEMENT_HEADER`)."""
     rows = []
     for r in tests.to_dict("records"):
-        rows.append([str(r["method"]), "SFT" if r["reference"] == "sft" else str(r["reference"]), str(r["seed"]), str(r["task"]),
-                     str(r["n"]), f"{_pct(r['agreement'])} vs {_pct(r['reference_agreement'])}",
-                     _pp_interval(r["agree_diff"], r["agree_ci_low"], r["agree_ci_high"]),
-                     f"{_p(r['agree_pvalue'])} ({_p(r['agree_pvalue_holm'])})",
-                     f"{_pct(r['accuracy'])} vs {_pct(r['reference_accuracy'])}",
-                     _pp_interval(r["acc_diff"], r["acc_ci_low"], r["acc_ci_high"]),
-                     f"{_p(r['acc_pvalue'])} ({_p(r['acc_pvalue_holm'])})", str(r["verdict"])])
+        rows.append(
+            [
+                str(r["method"]),
+                "SFT" if r["reference"] == "sft" else str(r["reference"]),
+                str(r["seed"]),
+                str(r["task"]),
+                str(r["n"]),
+                f"{_pct(r['agreement'])} vs {_pct(r['reference_agreement'])}",
+                _pp_interval(r["agree_diff"], r["agree_ci_low"], r["agree_ci_high"]),
+                f"{_p(r['agree_pvalue'])} ({_p(r['agree_pvalue_holm'])})",
+                f"{_pct(r['accuracy'])} vs {_pct(r['reference_accuracy'])}",
+                _pp_interval(r["acc_diff"], r["acc_ci_low"], r["acc_ci_high"]),
+                f"{_p(r['acc_pvalue'])} ({_p(r['acc_pvalue_holm'])})",
+                str(r["verdict"]),
+            ]
+        )
     return rows
 
 

@@ -85,7 +85,25 @@ from kdlab.study.spec.tuning import TUNING_KEYS, UNTUNABLE, VALIDATION_KEYS, Tun
 from kdlab.study.spec.values import flatten_sections, parse_params
 
 __all__ = [
-    "ABLATION_KEYS", "CACHE_DEFAULTS", "EVAL_DEFAULTS", "FIDELITY_DEFAULTS", "SECTION_TYPES", "TOKEN_LOSSES", "TOP_KEYS",
-    "TUNING_KEYS", "UNTUNABLE", "VALIDATION_KEYS", "Ablations", "Domain", "Method", "ModelEntry", "StudySpec", "Tuning",
-    "check_models", "flatten_sections", "load_spec", "missing_models", "parse_params",
+    "ABLATION_KEYS",
+    "CACHE_DEFAULTS",
+    "EVAL_DEFAULTS",
+    "FIDELITY_DEFAULTS",
+    "SECTION_TYPES",
+    "TOKEN_LOSSES",
+    "TOP_KEYS",
+    "TUNING_KEYS",
+    "UNTUNABLE",
+    "VALIDATION_KEYS",
+    "Ablations",
+    "Domain",
+    "Method",
+    "ModelEntry",
+    "StudySpec",
+    "Tuning",
+    "check_models",
+    "flatten_sections",
+    "load_spec",
+    "missing_models",
+    "parse_params",
 ]

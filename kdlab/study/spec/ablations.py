@@ -23,13 +23,16 @@ class Ablations:
     seeds: list[int] = field(default_factory=list)
 
 
-def load_ablations(data, where: str, students: list[str], token_methods: list[str], temperatures: list[float],
-                   seeds: list[int]) -> Ablations:
+def load_ablations(
+    data, where: str, students: list[str], token_methods: list[str], temperatures: list[float], seeds: list[int]
+) -> Ablations:
     """The ``ablations`` section. Defaults: the first student, the first of ``token_methods`` (the study's
     token-level methods), the first temperature and every seed; each chosen one must be one of the study's."""
     data = as_mapping(data, where)
     check_keys(data, ABLATION_KEYS, where)
-    noise = as_numbers(data["teacher_noise"], f"{where}.teacher_noise", positive=True) if data.get("teacher_noise") else []
+    noise = (
+        as_numbers(data["teacher_noise"], f"{where}.teacher_noise", positive=True) if data.get("teacher_noise") else []
+    )
     base_teacher = data.get("base_teacher", False)
     if not isinstance(base_teacher, bool):
         raise KdlabError(f"{where}.base_teacher: expected true or false, got {base_teacher!r}")
@@ -42,7 +45,9 @@ def load_ablations(data, where: str, students: list[str], token_methods: list[st
     chosen_methods = as_names(data["methods"], f"{where}.methods") if "methods" in data else token_methods[:1]
     for item in chosen_methods:
         if item not in token_methods:
-            raise KdlabError(f"{where}.methods: {item!r} is not a token-level method of the study ({', '.join(token_methods)})")
+            raise KdlabError(
+                f"{where}.methods: {item!r} is not a token-level method of the study ({', '.join(token_methods)})"
+            )
     temperature = data.get("temperature", temperatures[0])
     as_numbers(temperature, f"{where}.temperature", positive=True)
     chosen_seeds = as_numbers(data["seeds"], f"{where}.seeds", kind=int) if "seeds" in data else list(seeds)

@@ -26,12 +26,38 @@ from kdlab.study.spec.values import (
     with_defaults,
 )
 
-TOP_KEYS = {"name", "description", "models", "teachers", "students", "pairs", "domains", "methods", "temperatures", "seeds",
-            "ablations", "teacher_training", "student_training", "kd", "teacher_cache", "evaluation", "fidelity", "cost",
-            "tuning", "resources", "slurm"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "models",
+    "teachers",
+    "students",
+    "pairs",
+    "domains",
+    "methods",
+    "temperatures",
+    "seeds",
+    "ablations",
+    "teacher_training",
+    "student_training",
+    "kd",
+    "teacher_cache",
+    "evaluation",
+    "fidelity",
+    "cost",
+    "tuning",
+    "resources",
+    "slurm",
+}
 TOKEN_LOSSES = ("fkl", "rkl", "gjsd", "skl", "srkl", "tvd")
-EVAL_DEFAULTS = {"mode": "generate", "batch_size": 16, "limit": None, "max_new_tokens": None, "extraction": "strict",
-                 "precision": "auto"}
+EVAL_DEFAULTS = {
+    "mode": "generate",
+    "batch_size": 16,
+    "limit": None,
+    "max_new_tokens": None,
+    "extraction": "strict",
+    "precision": "auto",
+}
 FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
 
@@ -117,7 +143,9 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
         entry = as_mapping(entry, here)
         check_keys(entry, {"spec", "prune", "params"}, here)
         if ("spec" in entry) == ("prune" in entry):
-            raise KdlabError(f"{here}: give exactly one of 'spec' (a model to load) or 'prune' (a student cut from another entry)")
+            raise KdlabError(
+                f"{here}: give exactly one of 'spec' (a model to load) or 'prune' (a student cut from another entry)"
+            )
         params = parse_params(entry["params"], f"{here}.params") if entry.get("params") is not None else None
         if "spec" in entry:
             if not isinstance(entry["spec"], str) or not entry["spec"]:
@@ -136,9 +164,13 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
         if entry.prune_from is not None:
             parent = models.get(entry.prune_from)
             if parent is None:
-                raise KdlabError(f"{where}.{entry.name}.prune.model: unknown model {entry.prune_from!r} (models: {', '.join(models)})")
+                raise KdlabError(
+                    f"{where}.{entry.name}.prune.model: unknown model {entry.prune_from!r} (models: {', '.join(models)})"
+                )
             if parent.spec is None:
-                raise KdlabError(f"{where}.{entry.name}.prune.model: {entry.prune_from!r} is itself pruned; prune from a loadable model")
+                raise KdlabError(
+                    f"{where}.{entry.name}.prune.model: {entry.prune_from!r} is itself pruned; prune from a loadable model"
+                )
     return models
 
 
@@ -175,8 +207,15 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
         examples = entry.get("examples")
         if examples is not None and (not is_int(examples) or examples < 1):
             raise KdlabError(f"{here}.examples: expected a positive integer, got {examples!r}")
-        domains[name] = Domain(name, train, tasks, data_dir, load_sections(entry.get("training"), f"{here}.training"), examples,
-                               paths.get("teacher_train"))
+        domains[name] = Domain(
+            name,
+            train,
+            tasks,
+            data_dir,
+            load_sections(entry.get("training"), f"{here}.training"),
+            examples,
+            paths.get("teacher_train"),
+        )
     if not domains:
         raise KdlabError(f"{where}: no domains")
     return domains
@@ -249,20 +288,30 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
     token_methods = [m for m in methods.values() if m.uses_temperature]
     temperatures = as_numbers(data.get("temperatures", [1.0]), f"{where}: temperatures", positive=True)
     seeds = as_numbers(data.get("seeds", [0]), f"{where}: seeds", kind=int)
-    ablations = load_ablations(data.get("ablations"), f"{where}: ablations", students, [m.name for m in token_methods],
-                                temperatures, seeds)
+    ablations = load_ablations(
+        data.get("ablations"), f"{where}: ablations", students, [m.name for m in token_methods], temperatures, seeds
+    )
     spec = StudySpec(
-        name=name, path=path.resolve(), models=models, teachers=teachers, students=students,
+        name=name,
+        path=path.resolve(),
+        models=models,
+        teachers=teachers,
+        students=students,
         pairs=_pairs(data.get("pairs", "smaller"), f"{where}: pairs"),
-        domains=_load_domains(data["domains"], f"{where}: domains", base, check_files), methods=methods,
-        temperatures=temperatures, seeds=seeds, ablations=ablations,
+        domains=_load_domains(data["domains"], f"{where}: domains", base, check_files),
+        methods=methods,
+        temperatures=temperatures,
+        seeds=seeds,
+        ablations=ablations,
         teacher_training=load_sections(data.get("teacher_training"), f"{where}: teacher_training"),
         student_training=load_sections(data.get("student_training"), f"{where}: student_training"),
-        kd=kd_defaults, teacher_cache=with_defaults(data.get("teacher_cache"), CACHE_DEFAULTS, f"{where}: teacher_cache"),
+        kd=kd_defaults,
+        teacher_cache=with_defaults(data.get("teacher_cache"), CACHE_DEFAULTS, f"{where}: teacher_cache"),
         evaluation=with_defaults(data.get("evaluation"), EVAL_DEFAULTS, f"{where}: evaluation"),
         fidelity=with_defaults(data.get("fidelity"), FIDELITY_DEFAULTS, f"{where}: fidelity"),
         cost=with_defaults(data.get("cost"), {"tflops": 0.05}, f"{where}: cost"),
-        description=str(data.get("description") or ""), raw=data,
+        description=str(data.get("description") or ""),
+        raw=data,
         tuning=load_tuning(data.get("tuning"), f"{where}: tuning", base, check_files) if "tuning" in data else None,
     )
     _check_types(spec, where)
@@ -281,24 +330,32 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
 def _pairs(value, where: str) -> str:
     """The ``pairs`` rule: ``smaller`` (KD only into students with fewer parameters than the teacher) or ``all``."""
     if value not in ("smaller", "all"):
-        raise KdlabError(f"{where}: {value!r} is not one of smaller (distil only into students with fewer parameters), all")
+        raise KdlabError(
+            f"{where}: {value!r} is not one of smaller (distil only into students with fewer parameters), all"
+        )
     return value
 
 
 #: section -> key -> (check, what it expects); None is allowed where the default is None
 SECTION_TYPES = {
-    "evaluation": {"mode": (lambda v: v in ("generate", "loglik"), "generate or loglik"),
-                   "batch_size": (lambda v: is_int(v) and v > 0, "an integer > 0"),
-                   "limit": (lambda v: v is None or (is_int(v) and v > 0), "an integer > 0 or null"),
-                   "max_new_tokens": (lambda v: v is None or (is_int(v) and v > 0), "an integer > 0 or null"),
-                   "extraction": (lambda v: v in ("strict", "paper"), "strict or paper"),
-                   "precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16")},
-    "fidelity": {"enabled": (lambda v: isinstance(v, bool), "true or false"),
-                 "token_kl": (lambda v: isinstance(v, bool), "true or false"),
-                 "embeddings": (lambda v: isinstance(v, bool), "true or false")},
-    "teacher_cache": {"enabled": (lambda v: isinstance(v, bool), "true or false"),
-                      "k": (lambda v: is_int(v) and v > 0, "an integer > 0"),
-                      "tail": (lambda v: v in ("bucket", "renormalize"), "bucket or renormalize")},
+    "evaluation": {
+        "mode": (lambda v: v in ("generate", "loglik"), "generate or loglik"),
+        "batch_size": (lambda v: is_int(v) and v > 0, "an integer > 0"),
+        "limit": (lambda v: v is None or (is_int(v) and v > 0), "an integer > 0 or null"),
+        "max_new_tokens": (lambda v: v is None or (is_int(v) and v > 0), "an integer > 0 or null"),
+        "extraction": (lambda v: v in ("strict", "paper"), "strict or paper"),
+        "precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+    },
+    "fidelity": {
+        "enabled": (lambda v: isinstance(v, bool), "true or false"),
+        "token_kl": (lambda v: isinstance(v, bool), "true or false"),
+        "embeddings": (lambda v: isinstance(v, bool), "true or false"),
+    },
+    "teacher_cache": {
+        "enabled": (lambda v: isinstance(v, bool), "true or false"),
+        "k": (lambda v: is_int(v) and v > 0, "an integer > 0"),
+        "tail": (lambda v: v in ("bucket", "renormalize"), "bucket or renormalize"),
+    },
     "cost": {"tflops": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0")},
 }
 
@@ -349,8 +406,15 @@ def _check_run_configs(spec: StudySpec) -> None:
     from kdlab.config import build_config
 
     where = str(spec.path)
-    samples = [("sft", "teacher_training", spec.teacher_training, {}), ("sft", "student_training", spec.student_training, {})]
-    samples += [("distill", f"methods.{m.name}", spec.student_training, m.kd) for m in spec.methods.values() if m.uses_temperature]
+    samples = [
+        ("sft", "teacher_training", spec.teacher_training, {}),
+        ("sft", "student_training", spec.student_training, {}),
+    ]
+    samples += [
+        ("distill", f"methods.{m.name}", spec.student_training, m.kd)
+        for m in spec.methods.values()
+        if m.uses_temperature
+    ]
     for kind, label, sections, kd in samples:
         flags = {"model": "m", "data": "d", "out": "o", **({"teacher": "t"} if kind == "distill" else {})}
         flags.update(flatten_sections(sections))
@@ -359,4 +423,3 @@ def _check_run_configs(spec: StudySpec) -> None:
             build_config(kind, None, flags, [])
         except KdlabError as exc:
             raise KdlabError(f"{where}: {label}: {exc}") from None
-

@@ -15,7 +15,15 @@ from kdlab.study.spec.values import as_mapping, check_keys, flatten_sections, is
 
 TUNING_KEYS = {"params", "temperature", "validation"}
 VALIDATION_KEYS = {"n", "seed", "file", "task"}
-UNTUNABLE = {"train.seed", "lora.enabled", "train.max_length", "train.on_long", "train.precision", "train.report_to", "train.trace_data"}
+UNTUNABLE = {
+    "train.seed",
+    "lora.enabled",
+    "train.max_length",
+    "train.on_long",
+    "train.precision",
+    "train.report_to",
+    "train.trace_data",
+}
 
 
 @dataclass
@@ -48,8 +56,10 @@ def load_tuning(data, where: str, base: Path, check_files: bool) -> Tuning:
     params = _load_params(data.get("params"), f"{where}.params")
     rule = data.get("temperature", "validation")
     if rule not in ("validation", "paper"):
-        raise KdlabError(f"{where}.temperature: {rule!r} is not one of validation (select on the validation split), "
-                         "paper (every temperature to the test set; the paper's max over test scores shown as a labelled view)")
+        raise KdlabError(
+            f"{where}.temperature: {rule!r} is not one of validation (select on the validation split), "
+            "paper (every temperature to the test set; the paper's max over test scores shown as a labelled view)"
+        )
     where = f"{where}.validation"
     validation = as_mapping(data.get("validation"), where)
     check_keys(validation, VALIDATION_KEYS, where)
@@ -79,8 +89,10 @@ def _load_params(data, where: str) -> dict[str, list]:
         if not isinstance(key, str) or key.count(".") != 1 or key.split(".")[0] not in ("train", "lora"):
             raise KdlabError(f"{where}: {key!r} is not a student run setting (train.NAME or lora.NAME)")
         if key in UNTUNABLE:
-            raise KdlabError(f"{where}.{key}: cannot be tuned (seeds are the study's 'seeds'; the others change "
-                             "what a run is, not how well it trains)")
+            raise KdlabError(
+                f"{where}.{key}: cannot be tuned (seeds are the study's 'seeds'; the others change "
+                "what a run is, not how well it trains)"
+            )
         if isinstance(values, (int, float, str)) and not isinstance(values, bool):
             values = [values]
         if not isinstance(values, list) or not values:
@@ -113,5 +125,7 @@ def check_tuning(tuning: Tuning, student_training: dict, domains: dict, where: s
                 continue
             count = len(load_examples(domain.train))
             if tuning.n >= count:
-                raise KdlabError(f"{where}.validation.n: {tuning.n} validation examples would leave no training data in "
-                                 f"domains.{domain.name}.train ({count} examples)")
+                raise KdlabError(
+                    f"{where}.validation.n: {tuning.n} validation examples would leave no training data in "
+                    f"domains.{domain.name}.train ({count} examples)"
+                )

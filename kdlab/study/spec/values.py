@@ -58,7 +58,11 @@ def as_numbers(value, where: str, kind=float, positive: bool = False, allow_zero
         raise KdlabError(f"{where}: expected a non-empty list of numbers, got {value!r}")
     out = []
     for item in value:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or (kind is int and not float(item).is_integer()):
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, (int, float))
+            or (kind is int and not float(item).is_integer())
+        ):
             raise KdlabError(f"{where}: expected {'integers' if kind is int else 'numbers'}, got {item!r}")
         if (positive and item <= 0) or (not allow_zero and item == 0) or item < 0:
             raise KdlabError(f"{where}: {item} is out of range (must be {'> 0' if positive else '>= 0'})")
@@ -72,7 +76,9 @@ def check_keys(data: dict, allowed: set, where: str) -> None:
     """Refuse a key of ``data`` that is not in ``allowed``, listing the known ones."""
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise KdlabError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(allowed))})")
+        raise KdlabError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(allowed))})"
+        )
 
 
 def resolve_path(text: str, base: Path) -> str:
@@ -81,7 +87,6 @@ def resolve_path(text: str, base: Path) -> str:
         return text
     path = Path(os.path.expandvars(text)).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
-
 
 
 def is_int(value) -> bool:

@@ -11,8 +11,14 @@ def small_study_spec(tiny_study_spec, tmp_path_factory) -> Path:
     """The tiny study cut to one student, forward KL at tau 1, one seed, no ablations, no fidelity: 7 runs (teacher SFT
     and evaluation, cache, student SFT and evaluation, KD and evaluation)."""
     data = yaml.safe_load(tiny_study_spec.read_text())
-    data.update(name="small", students=["small"], methods={"fkl": {"loss": "fkl"}}, temperatures=[1.0], seeds=[0],
-                fidelity={"enabled": False})
+    data.update(
+        name="small",
+        students=["small"],
+        methods={"fkl": {"loss": "fkl"}},
+        temperatures=[1.0],
+        seeds=[0],
+        fidelity={"enabled": False},
+    )
     data.pop("ablations")
     for domain in data["domains"].values():
         domain["train"] = str(tiny_study_spec.parent / domain["train"])
@@ -29,9 +35,9 @@ def results_table():
 
 
 def _results_table(study_dir: Path):
+    from kdlab.study.executors.local import load_study
     from kdlab.study.plan import build_plan
     from kdlab.study.results import collect_results
-    from kdlab.study.executors.local import load_study
 
     spec, study_dir = load_study(study_dir)
     frame = collect_results(build_plan(spec), study_dir)

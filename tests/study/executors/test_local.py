@@ -18,9 +18,14 @@ from kdlab.study.spec import load_spec
 
 
 def _markers(study_dir: Path) -> dict[str, float]:
-    plan = build_plan(load_spec(study_dir / "spec.yaml", base=yaml.safe_load((study_dir / "study.json").read_text())["spec_base"]))
-    return {node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
-            for node in plan.nodes if steps.is_done(node, study_dir)}
+    plan = build_plan(
+        load_spec(study_dir / "spec.yaml", base=yaml.safe_load((study_dir / "study.json").read_text())["spec_base"])
+    )
+    return {
+        node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
+        for node in plan.nodes
+        if steps.is_done(node, study_dir)
+    }
 
 
 def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
@@ -66,7 +71,12 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
 
     frame = collect_results(plan, study_dir)
     assert list(frame.columns) == RESULT_COLUMNS
-    assert frame.groupby("role").size().to_dict() == {"base-teacher": 2, "student-kd": 44, "student-sft": 8, "teacher": 2}
+    assert frame.groupby("role").size().to_dict() == {
+        "base-teacher": 2,
+        "student-kd": 44,
+        "student-sft": 8,
+        "teacher": 2,
+    }
     kd = frame[frame.role == "student-kd"]
     assert kd["improvement"].notna().all() and kd["token_kl"].notna().all() and kd["agreement"].notna().all()
     assert (kd["improvement"] == kd["accuracy"] - kd["sft_accuracy"]).all()
@@ -76,8 +86,8 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     teacher_rows = frame[frame.role == "base-teacher"].set_index("task")["accuracy"]
     assert (base["teacher_accuracy"].values == teacher_rows.loc[base["task"]].values).all()
 
-    from kdlab.study.stats import compute_stats
     from kdlab.study.report import write_report
+    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats")
     assert len(tables["paired"]) == len(kd) and set(tables["paired"]["run"]) == set(kd["run"])

@@ -12,10 +12,10 @@ import pytest
 
 import kdlab.version
 from kdlab.study import steps
+from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
 from kdlab.study.executors.ray import check_cluster, run_plan_ray, task_options
 from kdlab.study.plan import build_plan
 from kdlab.study.resources import Need
-from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
 
 ray = pytest.importorskip("ray")
 
@@ -29,8 +29,11 @@ def ray_cluster():
 
 
 def _markers(plan, study_dir: Path) -> dict[str, int]:
-    return {node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
-            for node in plan.nodes if steps.is_done(node, study_dir)}
+    return {
+        node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
+        for node in plan.nodes
+        if steps.is_done(node, study_dir)
+    }
 
 
 def _states(study_dir: Path) -> list[dict]:
@@ -49,8 +52,13 @@ def _kill_a_running_worker(study_dir: Path, after_done: int, timeout: float = 24
     deadline = time.time() + timeout
     while time.time() < deadline:
         states = _states(study_dir)
-        running = [state for state in states if state.get("status") == "running" and state["pid"] != os.getpid()
-                   and state["node"].startswith(("kd/", "sft/", "eval/"))]
+        running = [
+            state
+            for state in states
+            if state.get("status") == "running"
+            and state["pid"] != os.getpid()
+            and state["node"].startswith(("kd/", "sft/", "eval/"))
+        ]
         if sum(state.get("status") == "done" for state in states) < after_done or not running:
             time.sleep(0.01)
             continue
@@ -66,7 +74,12 @@ def _kill_a_running_worker(study_dir: Path, after_done: int, timeout: float = 24
 
 def test_task_options():
     assert task_options(Need(gpus=0.5, cpus=2, memory_gb=1), 3) == {
-        "num_cpus": 2, "num_gpus": 0.5, "max_retries": 3, "retry_exceptions": False, "memory": 2**30}
+        "num_cpus": 2,
+        "num_gpus": 0.5,
+        "max_retries": 3,
+        "retry_exceptions": False,
+        "memory": 2**30,
+    }
     assert task_options(Need(gpus=1), 0, use_gpus=False)["num_gpus"] == 0
 
 

@@ -9,10 +9,10 @@ import pytest
 from kdlab.cli import main
 from kdlab.errors import KdlabError
 from kdlab.study.executors import run_with_executor
+from kdlab.study.executors.local import prepare_study, run_study, state_path
 from kdlab.study.executors.slurm import dry_run, job_parameters, run_plan_submitit_local
 from kdlab.study.plan import Node, Plan, build_plan
 from kdlab.study.resources import load_resources, load_slurm
-from kdlab.study.executors.local import prepare_study, run_study, state_path
 from kdlab.study.steps import MARKERS, is_done
 
 
@@ -22,8 +22,15 @@ class _Spec:
 
 def _chain() -> Plan:
     """teacher SFT -> KD -> evaluation, and a prune node that nothing depends on."""
-    return Plan(_Spec(), [Node("models/p-1", "prune", {}), Node("teacher/t-2", "teacher-sft", {}),
-                          Node("kd/k-3", "kd", {}, ("teacher/t-2",)), Node("eval/e-4", "eval", {}, ("kd/k-3", "teacher/t-2"))])
+    return Plan(
+        _Spec(),
+        [
+            Node("models/p-1", "prune", {}),
+            Node("teacher/t-2", "teacher-sft", {}),
+            Node("kd/k-3", "kd", {}, ("teacher/t-2",)),
+            Node("eval/e-4", "eval", {}, ("kd/k-3", "teacher/t-2")),
+        ],
+    )
 
 
 def _scripts(text: str) -> dict[str, str]:
@@ -65,7 +72,9 @@ def test_job_parameters_for_cpu_runs():
 
 def test_cli_refuses_shard_with_an_engine_and_slurm_without_sbatch(tiny_study_spec, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
-        main(["study", "run", str(tiny_study_spec), "--executor", "ray", "--shard", "1/2", "--out", str(tmp_path / "s")])
+        main(
+            ["study", "run", str(tiny_study_spec), "--executor", "ray", "--shard", "1/2", "--out", str(tmp_path / "s")]
+        )
     assert exit_info.value.code == 2 and "--shard is for --executor local" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     with pytest.raises(KdlabError, match="no `sbatch` on this machine"):
@@ -74,8 +83,20 @@ def test_cli_refuses_shard_with_an_engine_and_slurm_without_sbatch(tiny_study_sp
 
 
 def test_cli_dry_run_prints_scripts_and_wall_times(tiny_study_spec, tmp_path, capsys):
-    main(["study", "run", str(tiny_study_spec), "--executor", "slurm", "--dry-run", "--partition", "big",
-          "--out", str(tmp_path / "s")])
+    main(
+        [
+            "study",
+            "run",
+            str(tiny_study_spec),
+            "--executor",
+            "slurm",
+            "--dry-run",
+            "--partition",
+            "big",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     out = capsys.readouterr().out
     assert out.count("##### job ") == 85 and out.count("#SBATCH --partition=big") == 85
     assert "expected wall time on N GPUs" in out and not (tmp_path / "s").exists()

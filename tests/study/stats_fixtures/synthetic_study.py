@@ -63,48 +63,96 @@ def make_study(
             correct = difficulty[task] + rng.normal(0, 0.08, size=n_examples) < p
             with open(pred_dir / f"{task}.jsonl", "w", encoding="utf-8") as handle:
                 for i in rng.permutation(n_examples):  # file order need not be id order
-                    handle.write(json.dumps({"id": int(i), "correct": bool(correct[i]), "pred": "1",
-                                             "gold": "1" if correct[i] else "2", "output": "..."}) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "id": int(i),
+                                "correct": bool(correct[i]),
+                                "pred": "1",
+                                "gold": "1" if correct[i] else "2",
+                                "output": "...",
+                            }
+                        )
+                        + "\n"
+                    )
             k = int(correct.sum())
             low, high = wilson_ci(k, n_examples)
-            rows.append({**base_row, "run": run, "domain": domain, "task": task, "n": n_examples, "correct": k,
-                         "accuracy": k / n_examples, "ci_low": low, "ci_high": high, "eval_dir": eval_dir})
+            rows.append(
+                {
+                    **base_row,
+                    "run": run,
+                    "domain": domain,
+                    "task": task,
+                    "n": n_examples,
+                    "correct": k,
+                    "accuracy": k / n_examples,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "eval_dir": eval_dir,
+                }
+            )
 
     def common(role, teacher_kind, student, size, method, loss, temperature, nz, seed):
-        return {"role": role, "teacher": teacher_name if role != "student-sft" else None,
-                "teacher_kind": teacher_kind, "student": student, "student_size_b": size, "method": method,
-                "loss": loss, "temperature": temperature, "noise": nz, "seed": seed}
+        return {
+            "role": role,
+            "teacher": teacher_name if role != "student-sft" else None,
+            "teacher_kind": teacher_kind,
+            "student": student,
+            "student_size_b": size,
+            "method": method,
+            "loss": loss,
+            "temperature": temperature,
+            "noise": nz,
+            "seed": seed,
+        }
 
-    write_run("teacher-ft", common("teacher", "finetuned", teacher_name, teacher_size, "sft", "sft", nan, 0.0, 0),
-              {t: BASE.get(t, 0.4) + 0.35 for t in tasks})
+    write_run(
+        "teacher-ft",
+        common("teacher", "finetuned", teacher_name, teacher_size, "sft", "sft", nan, 0.0, 0),
+        {t: BASE.get(t, 0.4) + 0.35 for t in tasks},
+    )
     if base_teacher:
-        write_run("teacher-base", common("base-teacher", "base", teacher_name, teacher_size, "sft", "sft", nan,
-                                         0.0, 0), {t: BASE.get(t, 0.4) - 0.1 for t in tasks})
+        write_run(
+            "teacher-base",
+            common("base-teacher", "base", teacher_name, teacher_size, "sft", "sft", nan, 0.0, 0),
+            {t: BASE.get(t, 0.4) - 0.1 for t in tasks},
+        )
     first_student, first_method = next(iter(students)), next(iter(methods))
     for student, size in students.items():
         sft_latent = {t: BASE.get(t, 0.4) + SIZE_BONUS.get(size, 0.05) for t in tasks}
         for seed in seeds:
             shift = 0.01 * seed
-            write_run(f"sft-{student}-s{seed}", common("student-sft", None, student, size, "sft", "sft", nan, 0.0,
-                                                       seed), {t: v + shift for t, v in sft_latent.items()})
+            write_run(
+                f"sft-{student}-s{seed}",
+                common("student-sft", None, student, size, "sft", "sft", nan, 0.0, seed),
+                {t: v + shift for t, v in sft_latent.items()},
+            )
             for method, loss in methods.items():
                 temps = (nan,) if loss in NO_TEMPERATURE else temperatures
                 for temperature in temps:
-                    gain = (METHOD_GAIN.get(method, 0.03) + TEMP_GAIN.get(temperature, 0.0) - 0.05 * (size > 1))
+                    gain = METHOD_GAIN.get(method, 0.03) + TEMP_GAIN.get(temperature, 0.0) - 0.05 * (size > 1)
                     latent = {t: v + shift + gain for t, v in sft_latent.items()}
                     tag = f"{student}-{method}" + ("" if math.isnan(temperature) else f"-T{temperature:g}")
-                    write_run(f"kd-{tag}-s{seed}",
-                              common("student-kd", "finetuned", student, size, method, loss, temperature, 0.0, seed),
-                              latent)
+                    write_run(
+                        f"kd-{tag}-s{seed}",
+                        common("student-kd", "finetuned", student, size, method, loss, temperature, 0.0, seed),
+                        latent,
+                    )
                     if student == first_student and method == first_method and temperature == temps[-1]:
                         for sigma in noise:
-                            write_run(f"kd-{tag}-n{sigma:g}-s{seed}",
-                                      common("student-kd", "finetuned", student, size, method, loss, temperature,
-                                             sigma, seed), {t: v - 0.04 * sigma for t, v in latent.items()})
+                            write_run(
+                                f"kd-{tag}-n{sigma:g}-s{seed}",
+                                common(
+                                    "student-kd", "finetuned", student, size, method, loss, temperature, sigma, seed
+                                ),
+                                {t: v - 0.04 * sigma for t, v in latent.items()},
+                            )
                         if base_teacher:
-                            write_run(f"kd-{tag}-base-s{seed}",
-                                      common("student-kd", "base", student, size, method, loss, temperature, 0.0,
-                                             seed), {t: v - 0.12 for t, v in latent.items()})
+                            write_run(
+                                f"kd-{tag}-base-s{seed}",
+                                common("student-kd", "base", student, size, method, loss, temperature, 0.0, seed),
+                                {t: v - 0.12 for t, v in latent.items()},
+                            )
 
     frame = pd.DataFrame(rows)
     # the joins the results builder does: SFT accuracy / eval dir of the same student, domain, task, seed;
@@ -118,9 +166,15 @@ def make_study(
     frame["improvement"] = np.where(kd, frame["accuracy"] - frame["sft_accuracy"], nan)
     frame["teacher_accuracy"] = [
         teachers.get((kind, task), nan) if role != "student-sft" else nan
-        for kind, task, role in zip(frame.teacher_kind, frame.task, frame.role)]
-    for column, (low, high) in {"agreement": (0.3, 0.8), "bleu": (15.0, 55.0), "cosine": (0.6, 0.95),
-                                "token_kl": (0.2, 1.5), "top1_agreement": (0.5, 0.9)}.items():
+        for kind, task, role in zip(frame.teacher_kind, frame.task, frame.role)
+    ]
+    for column, (low, high) in {
+        "agreement": (0.3, 0.8),
+        "bleu": (15.0, 55.0),
+        "cosine": (0.6, 0.95),
+        "token_kl": (0.2, 1.5),
+        "top1_agreement": (0.5, 0.9),
+    }.items():
         values = rng.uniform(low, high, size=len(frame))
         frame[column] = np.where(kd & fidelity, values, nan)
     return frame
