@@ -402,8 +402,12 @@ def write_results(out: Path, size: Size, runs: list[Run], data: dict, started: f
     }
     (out / "kd_vs_sft.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
-    ci = lambda c: "" if not c else f" [{100 * c[0]:.0f}-{100 * c[1]:.0f}]"
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    def ci(c):
+        return "" if not c else f" [{100 * c[0]:.0f}-{100 * c[1]:.0f}]"
+
     lines = [
         "# KD vs SFT in the kdlab demo: measured diagnosis",
         "",
@@ -486,10 +490,15 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     md_paths = [out / "kd_vs_sft.md"] + ([] if args.quick else [ROOT / "benchmarks" / "kd_vs_sft.md"])
     started, runs = time.time(), grid(args.quick)
-    log = lambda text: print(f"[kd_vs_sft {(time.time() - started) / 60:5.1f} min] {text}", flush=True)
+
+    def log(text):
+        return print(f"[kd_vs_sft {(time.time() - started) / 60:5.1f} min] {text}", flush=True)
 
     data = prepare_data(out, size)
-    report = lambda: write_results(out, size, runs, data, started, md_paths)
+
+    def report():
+        return write_results(out, size, runs, data, started, md_paths)
+
     log(
         f"data: {size.train} train, {size.test} test, disjoint teacher set {data['teacher2_examples']} of {size.teacher2_n}"
     )

@@ -403,7 +403,9 @@ def compare(spec: dict, prepared: dict, kdlab: dict, trl: dict, evaluated: dict)
 
 
 def markdown(r: dict) -> str:
-    pct = lambda v: f"{100 * v:.0f}%"
+    def pct(v):
+        return f"{100 * v:.0f}%"
+
     acc = {
         name: f"{pct(a['accuracy'])} [{100 * a['ci95'][0]:.0f}–{100 * a['ci95'][1]:.0f}] (n={a['n']}, no answer {a['no_answer']})"
         for name, a in r["accuracy"].items()
@@ -477,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     quick = args.quick
-    pick = lambda value, full, small: value if value is not None else (small if quick else full)
+
+    def pick(value, full, small):
+        return value if value is not None else (small if quick else full)
+
     layers, steps = pick(args.student_layers, 24, 4), pick(args.steps, 18, 2)
     teacher_steps, test_limit = pick(args.teacher_steps, 26, 2), pick(args.test_limit, 100, 8)
     data = out / "data"

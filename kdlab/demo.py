@@ -344,8 +344,13 @@ def _short(settings: str) -> str:
 
 def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -> str:
     """The plain-language end of the demo's output."""
-    pct = lambda v: f"{100 * v:.0f}%"
-    ci = lambda c: f"[{100 * c[0]:.0f}-{100 * c[1]:.0f}%]"
+
+    def pct(v):
+        return f"{100 * v:.0f}%"
+
+    def ci(c):
+        return f"[{100 * c[0]:.0f}-{100 * c[1]:.0f}%]"
+
     lines = [
         f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs); "
         "settings chosen on the validation split:",

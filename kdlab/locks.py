@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from kdlab.errors import KdlabError
@@ -133,10 +133,8 @@ def folder_lock(folder: str | Path, what: str = "a kdlab run", wait: bool = Fals
         yield path
     finally:
         del _HELD[key]
-        try:
+        with suppress(OSError):
             path.unlink()
-        except OSError:
-            pass
         os.close(fd)
 
 

@@ -50,12 +50,7 @@ def _read_csv(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
         raise KdlabError(f"{path}: file not found")
     try:
         frame = pd.read_csv(path)
-    except (
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        UnicodeDecodeError,
-        OSError,
-    ) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise KdlabError(f"{path}: cannot read as CSV ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -104,9 +99,7 @@ def size_of(student: str) -> float:
     return float(match.group(1))
 
 
-def load_results(
-    paths: Sequence[str | Path],
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def load_results(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Return (long improvements, SFT scores indexed by student x task, task list)."""
     if not paths:
         raise KdlabError("no results CSV given")
@@ -141,12 +134,7 @@ def load_results(
     kd["teacher"] = kd["Teacher"].map(teacher_of)
     kd["family"] = kd["Method"].map(family_of)
     best = kd.groupby(["teacher", "Student", "family"])[tasks].max().reset_index()
-    long = best.melt(
-        id_vars=["teacher", "Student", "family"],
-        value_vars=tasks,
-        var_name="task",
-        value_name="kd",
-    )
+    long = best.melt(id_vars=["teacher", "Student", "family"], value_vars=tasks, var_name="task", value_name="kd")
     long = long.dropna(subset=["kd"])
     missing = sorted(set(long["Student"]) - set(sft_scores.index))
     if missing:
@@ -173,14 +161,7 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
         if rows.empty:
             raise KdlabError(f"{path}: no rows with Method 'KD'")
         rows = rows.assign(teacher=rows["Teacher"].map(teacher_of))
-        frames.append(
-            rows.melt(
-                id_vars=["teacher", "Student"],
-                value_vars=tasks,
-                var_name="task",
-                value_name=name,
-            )
-        )
+        frames.append(rows.melt(id_vars=["teacher", "Student"], value_vars=tasks, var_name="task", value_name=name))
     if not frames:
         return pd.DataFrame(columns=["teacher", "student", "task", name])
     long = pd.concat(frames, ignore_index=True).dropna(subset=[name]).rename(columns={"Student": "student"})
@@ -199,37 +180,18 @@ def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
 
 
 def paper_hypotheses(
-    results: Sequence[str | Path],
-    agreement: Sequence[str | Path] = (),
-    fidelity: Sequence[str | Path] = (),
+    results: Sequence[str | Path], agreement: Sequence[str | Path] = (), fidelity: Sequence[str | Path] = ()
 ) -> pd.DataFrame:
     """One row per (hypothesis, group, task): ``hypothesis, group, task, statistic, pvalue, n``."""
     long, _, tasks = load_results(list(results))
     if agreement:
-        long = long.merge(
-            load_pair_values(list(agreement), "agreement"),
-            on=["teacher", "student", "task"],
-            how="left",
-        )
+        long = long.merge(load_pair_values(list(agreement), "agreement"), on=["teacher", "student", "task"], how="left")
     if fidelity:
-        long = long.merge(
-            load_pair_values(list(fidelity), "fidelity"),
-            on=["teacher", "student", "task"],
-            how="left",
-        )
+        long = long.merge(load_pair_values(list(fidelity), "fidelity"), on=["teacher", "student", "task"], how="left")
     rows = []
 
     def add(hyp, group, task, stat, p, n):
-        rows.append(
-            {
-                "hypothesis": hyp,
-                "group": group,
-                "task": task,
-                "statistic": stat,
-                "pvalue": p,
-                "n": n,
-            }
-        )
+        rows.append({"hypothesis": hyp, "group": group, "task": task, "statistic": stat, "pvalue": p, "n": n})
 
     correlates = [("H2", "teacher_sft"), ("H3", "size"), ("H3b", "sft")]
     if agreement:
@@ -253,23 +215,9 @@ def paper_hypotheses(
                 samples = [s for s in samples if len(s)]
                 if len(samples) >= 2 and all(len(s) >= 1 for s in samples) and sum(map(len, samples)) > len(samples):
                     res = stats.f_oneway(*samples)
-                    add(
-                        "H1-anova",
-                        group,
-                        task,
-                        float(res.statistic),
-                        float(res.pvalue),
-                        sum(map(len, samples)),
-                    )
+                    add("H1-anova", group, task, float(res.statistic), float(res.pvalue), sum(map(len, samples)))
                 else:
-                    add(
-                        "H1-anova",
-                        group,
-                        task,
-                        math.nan,
-                        math.nan,
-                        sum(map(len, samples)),
-                    )
+                    add("H1-anova", group, task, math.nan, math.nan, sum(map(len, samples)))
             for hyp, column in correlates:
                 add(hyp, group, task, *_spearman(imp, sub[column]))
     frame = pd.DataFrame(rows, columns=COLUMNS + ["n"])
@@ -303,10 +251,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_paper_stats(
-    results: Sequence[str | Path],
-    agreement: Sequence[str | Path],
-    fidelity: Sequence[str | Path],
-    out_dir: str | Path,
+    results: Sequence[str | Path], agreement: Sequence[str | Path], fidelity: Sequence[str | Path], out_dir: str | Path
 ) -> pd.DataFrame:
     """Write ``out_dir/hypotheses.csv`` and ``out_dir/hypotheses.md``; return the table.
 

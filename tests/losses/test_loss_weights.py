@@ -46,12 +46,12 @@ def _inputs(n=37, hidden=16, vocab=50, seed=0):
 
 
 CASES = [
-    dict(loss="fkl", tau=1.0, w=1.0, gamma=2.0),
-    dict(loss="fkl", tau=2.0, w=0.5, gamma=0.7),
-    dict(loss="rkl", tau=1.0, w=1.0, a=5.0),
-    dict(loss="fkl", tau=2.0, w=0.7, a=3.0, gamma=1.5),
-    dict(loss="fkl", tau=1.0, w=1.0, a=4.0, hard=True),
-    dict(loss="rkl", tau=2.0, w=0.5, a=2.0, hard=True, gamma=1.0),
+    {"loss": "fkl", "tau": 1.0, "w": 1.0, "gamma": 2.0},
+    {"loss": "fkl", "tau": 2.0, "w": 0.5, "gamma": 0.7},
+    {"loss": "rkl", "tau": 1.0, "w": 1.0, "a": 5.0},
+    {"loss": "fkl", "tau": 2.0, "w": 0.7, "a": 3.0, "gamma": 1.5},
+    {"loss": "fkl", "tau": 1.0, "w": 1.0, "a": 4.0, "hard": True},
+    {"loss": "rkl", "tau": 2.0, "w": 0.5, "a": 2.0, "hard": True, "gamma": 1.0},
 ]
 
 

@@ -172,7 +172,7 @@ def make_hidden(seed=0, n=37, hidden=8, vocab=23, teacher_hidden=6, teacher_voca
 def test_chunked_matches_naive_values_and_gradients(name, kd_weight):
     hs, ws, ht, wt, targets = make_hidden()
     vocab = 20  # slice both vocabularies (the teacher pads beyond the tokenizer)
-    spec = dict(loss=name, temperature=2.0, kd_weight=kd_weight, loss_kwargs=KWARGS[name])
+    spec = {"loss": name, "temperature": 2.0, "kd_weight": kd_weight, "loss_kwargs": KWARGS[name]}
 
     hs1, ws1 = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
     naive = naive_distill_loss(hs1 @ ws1[:vocab].T, ht @ wt[:vocab].T, targets, **spec)

@@ -121,16 +121,16 @@ def test_findings_restate_the_numbers(full_report):
 
 
 def _minimal(tmp_path, **kwargs):
-    options = dict(
-        students={"Tiny-0.5B": 0.5},
-        methods={"fkl": "fkl", "rkl": "rkl"},
-        temperatures=(2.0,),
-        seeds=(0,),
-        noise=(),
-        base_teacher=False,
-        fidelity=False,
-        n_examples=30,
-    )
+    options = {
+        "students": {"Tiny-0.5B": 0.5},
+        "methods": {"fkl": "fkl", "rkl": "rkl"},
+        "temperatures": (2.0,),
+        "seeds": (0,),
+        "noise": (),
+        "base_teacher": False,
+        "fidelity": False,
+        "n_examples": 30,
+    }
     options.update(kwargs)
     root = tmp_path / "study"
     return root, synthetic.make_study(root, **options)

@@ -290,7 +290,10 @@ def test_teacher_train_is_the_teachers_data(tuned_spec, tmp_path):
     from kdlab.data.synth import write_synth
 
     write_synth(tmp_path / "teacher.json", n=12, seed=9, split="train")
-    edit = lambda d: d["domains"]["arith"].update(teacher_train=str(tmp_path / "teacher.json"))
+
+    def edit(d):
+        return d["domains"]["arith"].update(teacher_train=str(tmp_path / "teacher.json"))
+
     path = _edited(tuned_spec, tmp_path, edit)
     plan = build_plan(load_spec(path))
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")

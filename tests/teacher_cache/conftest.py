@@ -22,9 +22,15 @@ def setup():
         t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :V]
         s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     keep = batch["labels"][:, 1:] != -100
-    return dict(
-        tok=tok, teacher=teacher, data=data, batch=batch, V=V, T=t_logits[:, :-1][keep], S=s_logits[:, :-1][keep]
-    )
+    return {
+        "tok": tok,
+        "teacher": teacher,
+        "data": data,
+        "batch": batch,
+        "V": V,
+        "T": t_logits[:, :-1][keep],
+        "S": s_logits[:, :-1][keep],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +49,12 @@ def objective_setup(synth_train, tmp_path_factory):
     V = len(tok)
     path = tmp_path_factory.mktemp("cache") / "exact"
     build_cache(teacher, tok, data, path, k=V, quantize=False, progress=False, chunk_size=64)
-    return dict(
-        tok=tok,
-        teacher=teacher,
-        student=student,
-        data=data,
-        V=V,
-        cache=load_cache(path, teacher=teacher, dataset=data),
-        synth_train=synth_train,
-    )
+    return {
+        "tok": tok,
+        "teacher": teacher,
+        "student": student,
+        "data": data,
+        "V": V,
+        "cache": load_cache(path, teacher=teacher, dataset=data),
+        "synth_train": synth_train,
+    }

@@ -83,7 +83,7 @@ def _coarsened_reference(S, T, ids, tau, loss):
 def test_bucket_tail_is_exact_at_a_stored_temperature(setup, tmp_path, loss):
     """k < V, exact cache: at tau = 2 (stored) the bucket divergence and its gradient equal the full logits coarsened
     to the same k + 1 outcomes."""
-    S, T, V = setup["S"], setup["T"], setup["V"]
+    S, T, _V = setup["S"], setup["T"], setup["V"]
     cache = _cache(setup, tmp_path / "k16", k=16, quantize=False, temperatures=[2.0])
     assert cache.temperatures == (1.0, 2.0) and cache.manifest["temperatures"] == [1.0, 2.0]
     rows = cache.rows(setup["batch"]["index"])
@@ -228,10 +228,10 @@ def test_cached_objective_refuses_misaligned_rows(objective_setup):
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(disagreement_gamma=2.0),
-        dict(answer_weight=5.0),
-        dict(answer_weight=3.0, disagreement_gamma=1.0, kd_weight=0.5, temperature=2.0),
-        dict(answer_weight=2.0, answer_target="teacher", loss="rkl"),
+        {"disagreement_gamma": 2.0},
+        {"answer_weight": 5.0},
+        {"answer_weight": 3.0, "disagreement_gamma": 1.0, "kd_weight": 0.5, "temperature": 2.0},
+        {"answer_weight": 2.0, "answer_target": "teacher", "loss": "rkl"},
     ],
 )
 def test_cached_fidelity_weights_equal_the_live_teacher(objective_setup, settings):

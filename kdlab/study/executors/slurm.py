@@ -55,7 +55,7 @@ def job_parameters(node: Node, need: Need, slurm: dict, dep_ids: list[str]) -> d
     if need.gpus > 0:
         params["gpus_per_node"] = math.ceil(need.gpus)  # SLURM hands out whole GPUs
     if need.memory_gb:
-        params["mem"] = f"{int(math.ceil(need.memory_gb))}GB"
+        params["mem"] = f"{math.ceil(need.memory_gb)}GB"
     for key in ("partition", "account", "qos"):
         if slurm.get(key):
             params[key] = slurm[key]

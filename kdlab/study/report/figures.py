@@ -537,7 +537,7 @@ def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> Figu
                 linewidth=0.8,
                 zorder=3,
             )
-        for seed, seed_part in part.groupby("seed"):
+        for _seed, seed_part in part.groupby("seed"):
             xs, ys = _front(seed_part)
             if len(xs) > 1:
                 ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)

@@ -223,7 +223,7 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
 
 def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method]:
     """The ``methods`` section: a loss name or kd.* settings (optionally a ``preset``) per method, over ``kd_defaults``."""
-    kd_fields = {item for item in KDConfig.__dataclass_fields__}
+    kd_fields = set(KDConfig.__dataclass_fields__)
     methods = {}
     for name, entry in as_mapping(data, where).items():
         here = f"{where}.{name}"

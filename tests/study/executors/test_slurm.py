@@ -122,5 +122,5 @@ def test_small_study_through_submitit_local(small_study_spec, tmp_path, results_
     assert summary.done == 7 and summary.ran == 7 and summary.failed == 0
     assert list((study_dir / "slurm").glob("*/*_log.out"))  # submitit's logs in the study folder
     pd.testing.assert_frame_equal(results_table(study_dir), results_table(local_dir))
-    again_dir, again = run_with_executor("slurm", small_study_spec, tmp_path / "submitit", submitit_local=True)
+    _again_dir, again = run_with_executor("slurm", small_study_spec, tmp_path / "submitit", submitit_local=True)
     assert again.ran == 0 and again.done == 7  # nothing finished is redone
