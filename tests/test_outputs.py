@@ -45,7 +45,7 @@ def test_output_folder_rules(tmp_path):
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "m.json").write_text("{}")
     check_output_dir(tmp_path / "ours", "m.json", "x")
-    with pytest.raises(KdlabError, match="exists and is not a x folder .no m.json."):
+    with pytest.raises(KdlabError, match=r"exists and is not a x folder .no m.json."):
         check_output_dir(users_folder(tmp_path / "user"), "m.json", "x")
     (tmp_path / "file").write_text("data")
     with pytest.raises(KdlabError, match="exists and is a file"):
@@ -93,9 +93,8 @@ def test_settings_compare_by_content_not_path_strings(tmp_path, monkeypatch):
 def test_atomic_dir_never_replaces_a_users_file_or_folder(tmp_path):
     """Why: atomic_dir replaced any existing path (a folder of the user's files, or a file hidden as .NAME.old)."""
     folder = users_folder(tmp_path / "user")
-    with pytest.raises(KdlabError, match="kdlab does not replace it"):
-        with atomic_dir(folder, marker="PRUNED.txt") as tmp:
-            (tmp / "x").write_text("new")
+    with pytest.raises(KdlabError, match="kdlab does not replace it"), atomic_dir(folder, marker="PRUNED.txt") as tmp:
+        (tmp / "x").write_text("new")
     (tmp_path / "file").write_text("keep me")
     with pytest.raises(KdlabError, match="exists and is a file"), atomic_dir(tmp_path / "file") as tmp:
         pass

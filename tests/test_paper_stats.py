@@ -117,13 +117,13 @@ def test_tiny_csv_parsing(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(KdlabError, match="nope.csv"):
+    with pytest.raises(KdlabError, match=r"nope.csv"):
         paper_hypotheses([tmp_path / "nope.csv"])
     bad = tmp_path / "bad.csv"
     bad.write_text("Teacher,Method,taskA\n-,SFT,1\n")
-    with pytest.raises(KdlabError, match="bad.csv.*Student"):
+    with pytest.raises(KdlabError, match=r"bad.csv.*Student"):
         paper_hypotheses([bad])
     nosft = tmp_path / "nosft.csv"
     nosft.write_text("Teacher,Student,Method,taskA\nM-7B,M-1B,student_KD,1\n")
-    with pytest.raises(KdlabError, match="nosft.csv.*SFT"):
+    with pytest.raises(KdlabError, match=r"nosft.csv.*SFT"):
         paper_hypotheses([nosft])

@@ -335,7 +335,7 @@ def _problem(rng: random.Random, steps: int) -> Example:
             if cost <= remaining and (not final_only or cost == remaining)
         ]
         rng.shuffle(candidates)
-        for op, cost in candidates:
+        for op, cost in candidates:  # noqa: B007 (the chosen operation's cost is used after the loop)
             step = op(rng, state, first=not rationale)
             if step is not None:
                 break

@@ -44,7 +44,7 @@ def test_missing_required_settings_and_bad_yaml(tmp_path):
         build_config("distill", None, {"model": "s", "data": "d", "out": "o"}, [])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
-    with pytest.raises(KdlabError, match="bad.yaml: malformed YAML"):
+    with pytest.raises(KdlabError, match=r"bad.yaml: malformed YAML"):
         build_config("sft", str(bad), BASE, [])
     with pytest.raises(KdlabError, match="config file not found"):
         build_config("sft", str(tmp_path / "none.yaml"), BASE, [])

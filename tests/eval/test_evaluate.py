@@ -107,7 +107,9 @@ def test_auto_precision_follows_the_hardware(tiny_models, arith_dir, tmp_path, m
     monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
     for native, expected in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(precision.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-        monkeypatch.setattr(precision.torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+        monkeypatch.setattr(
+            precision.torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False
+        )
         metrics = evaluate(
             settings(tmp_path, tiny_models["talker"], f"auto-{expected}", data_dir=str(arith_dir), limit=2)
         )
@@ -291,5 +293,5 @@ def test_a_moved_or_differently_named_evaluation_folder_resumes(tiny_models, ari
         )
         == 0
     )
-    with pytest.raises(KdlabError, match="other settings .*max_new_tokens"):
+    with pytest.raises(KdlabError, match=r"other settings .*max_new_tokens"):
         evaluate(settings(tmp_path, tiny_models["talker"], "moved", data_dir=str(arith_dir), limit=3, max_new_tokens=5))

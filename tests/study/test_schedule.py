@@ -1,6 +1,7 @@
 """Expected wall time on N GPUs: list scheduling over the plan's dependency graph."""
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from kdlab.study.spec import load_spec
 class _Spec:
     """The two spec fields the estimate reads."""
 
-    cost = {"tflops": 1e-12}  # 1 FLOP per second: a node's flops are its seconds
+    cost: ClassVar[dict] = {"tflops": 1e-12}  # 1 FLOP per second: a node's flops are its seconds
     resources = load_resources({"eval": {"gpus": 0.5}}, "test")
 
 

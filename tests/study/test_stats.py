@@ -193,13 +193,13 @@ def test_undefined_tests_are_nan_with_a_reason_and_no_warning(tmp_path):
 
 def test_hypotheses_errors_name_the_problem(kd_study):
     _, frame = kd_study
-    with pytest.raises(KdlabError, match="missing column.*improvement.*bleu"):
+    with pytest.raises(KdlabError, match=r"missing column.*improvement.*bleu"):
         study_hypotheses(frame.drop(columns=["improvement", "bleu"]))
     with pytest.raises(KdlabError, match="empty"):
         study_hypotheses(frame.iloc[:0])
     with pytest.raises(KdlabError, match="no student-kd rows"):
         study_hypotheses(frame[frame.role != "student-kd"])
-    with pytest.raises(KdlabError, match="unknown role.*student-x"):
+    with pytest.raises(KdlabError, match=r"unknown role.*student-x"):
         study_hypotheses(frame.assign(role=frame.role.replace("student-kd", "student-x")))
     with pytest.raises(KdlabError, match="column noise has non-numeric value 'loud'"):
         study_hypotheses(frame.assign(noise=frame.noise.astype(object).where(frame.noise == 0, "loud")))
@@ -277,18 +277,18 @@ def test_paired_ids_must_match(tmp_path):
 
 def test_paired_file_errors(tmp_path):
     frame = _hand_study(tmp_path, [1, 0], [0, 0], kd_ids=[3, 3])
-    with pytest.raises(KdlabError, match="kd/eval/predictions/t.jsonl: example id 3 appears more than once"):
+    with pytest.raises(KdlabError, match=r"kd/eval/predictions/t.jsonl: example id 3 appears more than once"):
         paired_tests(frame, tmp_path, n_boot=10)
     frame = _hand_study(tmp_path, [1, 0], [0, 0])
     (tmp_path / "sft/eval/predictions/t.jsonl").unlink()
-    with pytest.raises(KdlabError, match="sft/eval/predictions/t.jsonl: predictions file not found"):
+    with pytest.raises(KdlabError, match=r"sft/eval/predictions/t.jsonl: predictions file not found"):
         paired_tests(frame, tmp_path, n_boot=10)
     _write_jsonl(tmp_path / "sft/eval/predictions/t.jsonl", [{"id": 0}])
     with pytest.raises(KdlabError, match=r"t.jsonl:1: a record needs keys 'id' and 'correct'"):
         paired_tests(frame, tmp_path, n_boot=10)
     with pytest.raises(KdlabError, match="n_boot"):
         paired_tests(frame, tmp_path, n_boot=0)
-    with pytest.raises(KdlabError, match="missing column.*sft_eval_dir"):
+    with pytest.raises(KdlabError, match=r"missing column.*sft_eval_dir"):
         paired_tests(frame.drop(columns=["sft_eval_dir"]), tmp_path)
     # a KD row without its SFT pair is reported, not silently dropped
     out = paired_tests(frame.assign(sft_eval_dir=None), tmp_path, n_boot=10)
@@ -365,7 +365,7 @@ def test_seed_summary_rejects_duplicate_rows(kd_study):
     _, frame = kd_study
     with pytest.raises(KdlabError, match="several rows for run"):
         seed_summary(pd.concat([frame, frame.iloc[[5]]]))
-    with pytest.raises(KdlabError, match="missing column.*accuracy"):
+    with pytest.raises(KdlabError, match=r"missing column.*accuracy"):
         seed_summary(frame.drop(columns=["accuracy"]))
 
 

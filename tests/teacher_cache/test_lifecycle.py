@@ -113,7 +113,7 @@ def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, 
         return build_config("distill", None, {**flags, **changes}, [])
 
     assert config().kd.cache_temperatures == [2.0, 5.0]
-    with pytest.raises(KdlabError, match="kd.cache_temperatures"):
+    with pytest.raises(KdlabError, match=r"kd.cache_temperatures"):
         config(**{"kd.cache_temperatures": "2,-1"})
     lifecycle.ensure_teacher_cache(config(), progress=False)
     manifest = json.loads((cache / "manifest.json").read_text())
@@ -129,5 +129,5 @@ def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, 
     assert (cache / "cache.npz").stat().st_mtime_ns == stamp
     manifest["format_version"] = 1
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(KdlabError, match="older kdlab.*delete the folder"):
+    with pytest.raises(KdlabError, match=r"older kdlab.*delete the folder"):
         lifecycle.ensure_teacher_cache(config())

@@ -21,7 +21,7 @@ def test_old_format_cache_is_refused(setup, tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 1
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(KdlabError, match="older kdlab.*delete the folder to rebuild it"):
+    with pytest.raises(KdlabError, match=r"older kdlab.*delete the folder to rebuild it"):
         load_cache(path)
 
 

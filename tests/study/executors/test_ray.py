@@ -87,7 +87,7 @@ def test_cluster_check_sees_the_folder_and_this_kdlab(ray_cluster, tmp_path):
     answers = check_cluster(tmp_path, {"kd": Need(gpus=0)}, use_gpus=False)
     assert len(answers) == 1 and answers[0]["seen"] and answers[0]["file"] == kdlab.version.__file__
     assert not list((tmp_path / "state").glob(".probe-*"))
-    with pytest.raises(kdlab.errors.KdlabError, match="resources.kd: asks for 1 GPU"):
+    with pytest.raises(kdlab.errors.KdlabError, match=r"resources.kd: asks for 1 GPU"):
         check_cluster(tmp_path, {"kd": Need(gpus=1)}, use_gpus=True)
 
 
