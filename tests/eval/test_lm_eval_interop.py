@@ -148,7 +148,6 @@ def trained(tiny_models, synth_train, tmp_path_factory):
     }
 
 
-@pytest.mark.slow  # about 35 s on CPU (lm-eval's import and two evaluations); run with -m slow
 @pytest.mark.parametrize("which", ["student", "lora_teacher"])
 def test_lm_eval_chooses_as_kdlab_eval_loglik(trained, tmp_path, which):
     data_dir, task_dir = tmp_path / "data", tmp_path / "tasks"
