@@ -77,41 +77,19 @@ class StudyResult:
     blocked: int = 0
 
     def results(self):
-        """The tidy results table (a row per run x task) as a DataFrame; also written to ``path/results``."""
-        return study_tables(self.path)[1]
+        """The tidy results table (a row per run x task) of the finished evaluations, as a DataFrame."""
+        from kdlab.study.executors.local import load_study
+        from kdlab.study.publish import finished_results
+
+        return finished_results(*load_study(self.path))[0]
 
     def report(self) -> Path:
-        """Write the statistics (``path/stats``) and the HTML report (``path/report``); return the HTML file."""
-        return write_study_report(self.path)[0]
+        """Write the results and statistics tables (``path/results``, ``path/stats``) and the HTML report
+        (``path/report/report.html``, with ``report.md``); return the HTML file."""
+        from kdlab.study.executors.local import load_study
+        from kdlab.study.publish import write_study_report
 
-
-def study_tables(study_dir: str | Path):
-    """(spec, results table, selection table) of a study folder with finished evaluations; the tables are also
-    written to ``study_dir/results``."""
-    from kdlab.study.executors.local import load_study
-    from kdlab.study.plan import build_plan
-    from kdlab.study.results import collect_results, collect_selection, write_results
-
-    spec, study_dir = load_study(study_dir)
-    plan = build_plan(spec)
-    frame = collect_results(plan, study_dir)
-    if frame.empty:
-        raise KdlabError(f"{study_dir}: no finished evaluations yet (see `kdlab study status {study_dir}`)")
-    selection = collect_selection(plan, study_dir)
-    write_results(frame, study_dir / "results", selection)
-    return spec, frame, selection
-
-
-def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
-    """Write a study's statistics (``study_dir/stats``) and report (``out``, default ``study_dir/report``);
-    return the HTML and Markdown files."""
-    from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
-
-    study_dir = Path(study_dir)
-    spec, frame, selection = study_tables(study_dir)
-    stats = compute_stats(study_dir, frame, study_dir / "stats", selection)
-    return write_report(study_dir, frame, stats, Path(out or study_dir / "report"), title=f"kdlab study: {spec.name}")
+        return write_study_report(*load_study(self.path))[0]
 
 
 def _flags(settings: dict) -> dict:

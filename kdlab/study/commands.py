@@ -25,15 +25,10 @@ def _study(args: argparse.Namespace):
 
 def _results_frame(args: argparse.Namespace):
     """(spec, study folder, results table, selection table) of a study with finished evaluations."""
-    from kdlab.study.plan import build_plan
-    from kdlab.study.results import collect_results, collect_selection
+    from kdlab.study.publish import finished_results
 
     spec, study_dir = _study(args)
-    plan = build_plan(spec)
-    frame = collect_results(plan, study_dir)
-    if frame.empty:
-        raise KdlabError(f"{study_dir}: no finished evaluations yet (see `kdlab study status {study_dir}`)")
-    return spec, study_dir, frame, collect_selection(plan, study_dir)
+    return spec, study_dir, *finished_results(spec, study_dir)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -99,13 +94,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
+    from kdlab.study.publish import write_study_report
 
-    spec, study_dir, frame, selection = _results_frame(args)
-    out = Path(args.out or study_dir / "report")
-    stats = compute_stats(study_dir, frame, study_dir / "stats", selection)
-    html, markdown = write_report(study_dir, frame, stats, out, title=f"kdlab study: {spec.name}")
+    spec, study_dir = _study(args)
+    html, markdown = write_study_report(spec, study_dir, Path(args.out) if args.out else None)
     print(f"kdlab: wrote {html} and {markdown}")
 
 
