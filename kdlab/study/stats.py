@@ -4,7 +4,8 @@ Three tables, each a :class:`pandas.DataFrame`:
 
 * :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.paper_stats`), on this study's runs.
 * :func:`paired_tests` -- per KD run and task: the KD student against its SFT twin on the same examples
-  (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction).
+  (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction), in
+  :mod:`kdlab.study.paired_stats`.
 * :func:`seed_summary` -- per configuration x task: mean over seeds with a t-interval.
 
 :func:`compute_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` (rendered by
@@ -13,36 +14,25 @@ Three tables, each a :class:`pandas.DataFrame`:
 
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
 a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
-the other KD rows are ablations (task-unaware base teacher, noisy teacher logits).
+the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.study.stats_table` (``check_table``,
+``main_grid`` and ``CONFIG`` are re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
-from kdlab.significance import (
-    anova,
-    holm,
-    mcnemar_exact,
-    odds_ratio,
-    paired_bootstrap_ci,
-    spearman,
-    t_interval,
-    ttest_greater,
-)
+from kdlab.significance import anova, holm, spearman, t_interval, ttest_greater
 from kdlab.study.fidelity_stats import fidelity_tables
-from kdlab.study.predictions import read_predictions
+from kdlab.study.paired_stats import paired_tests
 from kdlab.study.stats_markdown import stats_markdown
+from kdlab.study.stats_table import CONFIG, check_table, main_grid
 
-ROLES = ("teacher", "base-teacher", "student-sft", "student-kd")
-CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 HYPOTHESES = ("H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5")
 # H2..H5: Spearman(improvement, column)
 CORRELATES = (
@@ -64,27 +54,6 @@ HYPOTHESIS_COLUMNS = [
     "pvalue_holm",
     "mean",
     "test",
-    "note",
-]
-PAIRED_COLUMNS = CONFIG + [
-    "seed",
-    "task",
-    "run",
-    "n",
-    "kd_accuracy",
-    "sft_accuracy",
-    "diff",
-    "ci_low",
-    "ci_high",
-    "b",
-    "c",
-    "odds_ratio",
-    "pvalue",
-    "pvalue_holm",
-    "pvalue_holm_all",
-    "n_boot",
-    "kd_file",
-    "sft_file",
     "note",
 ]
 SEED_COLUMNS = (
@@ -125,65 +94,7 @@ HYPOTHESIS_INPUT = [
     "agreement",
     "bleu",
 ] + CONFIG
-PAIRED_INPUT = ["role", "task", "seed", "run", "eval_dir", "sft_eval_dir"] + CONFIG
 SEED_INPUT = ["role", "task", "seed", "accuracy", "student_size_b"] + CONFIG
-NUMERIC = (
-    "student_size_b",
-    "temperature",
-    "noise",
-    "seed",
-    "n",
-    "correct",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "sft_accuracy",
-    "improvement",
-    "teacher_accuracy",
-    "agreement",
-    "bleu",
-    "cosine",
-    "token_kl",
-    "top1_agreement",
-)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# input
-
-
-def check_table(frame: pd.DataFrame, columns: Iterable[str], what: str = "results table") -> pd.DataFrame:
-    """A copy of ``frame`` with numeric columns as floats.
-
-    KdlabError when it is empty, lacks columns (named), has non-numeric numbers or unknown roles."""
-    if not isinstance(frame, pd.DataFrame):
-        raise KdlabError(f"{what}: expected a pandas DataFrame, got {type(frame).__name__}")
-    if len(frame) == 0:
-        raise KdlabError(f"{what} is empty (no rows)")
-    missing = [c for c in dict.fromkeys(columns) if c not in frame.columns]
-    if missing:
-        raise KdlabError(f"{what}: missing column(s) {', '.join(missing)}")
-    frame = frame.copy()
-    for column in NUMERIC:
-        if column not in frame.columns:
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & frame[column].notna()
-        if bad.any():
-            raise KdlabError(f"{what}: column {column} has non-numeric value {frame[column][bad].iloc[0]!r}")
-        frame[column] = values.astype(float)
-    if "role" in frame.columns:
-        odd = sorted(set(frame["role"].dropna().astype(str)) - set(ROLES))
-        if odd:
-            raise KdlabError(f"{what}: unknown role(s) {', '.join(odd)} (expected {', '.join(ROLES)})")
-    return frame
-
-
-def main_grid(frame: pd.DataFrame) -> pd.DataFrame:
-    """The ``student-kd`` rows distilled from the fine-tuned teacher without noise (ablations left out)."""
-    return frame[
-        (frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned") & (frame["noise"].fillna(0) == 0)
-    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,85 +172,6 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
     out = out.sort_values(["_h", "_t", "_g"], kind="stable").reset_index(drop=True)
     out["n"] = out["n"].astype(int)
     return out[HYPOTHESIS_COLUMNS]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# paired per-example tests
-
-
-def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
-    """Every ``student-kd`` row (main grid and ablations) against its SFT twin (same student, domain, seed) on the
-    same examples, read from ``<study_dir>/<eval_dir>/predictions/<task>.jsonl`` and joined by example ``id`` (the
-    two files must hold the same ids).
-
-    Columns: ``b`` = examples KD got right and SFT wrong, ``c`` = SFT right and KD wrong; ``diff`` = KD accuracy -
-    SFT accuracy = (b - c) / n, with ``ci_low`` / ``ci_high`` a 95% paired percentile bootstrap over examples
-    (``n_boot`` resamples; every comparison uses a generator seeded with ``seed``, so its interval does not depend
-    on the other rows); ``odds_ratio`` = b / c (0.5 added to both when either is 0); ``pvalue`` = exact McNemar
-    (two-sided binomial test of b in b + c at 1/2; 1 when b + c = 0). ``pvalue_holm`` is Holm-adjusted across the
-    tasks of one (configuration, seed) family; ``pvalue_holm_all`` is Holm-adjusted across every comparison in the
-    table. A KD row without ``sft_eval_dir`` gives NaN statistics and a ``note``.
-    """
-    frame = check_table(frame, PAIRED_INPUT)
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise KdlabError(f"n_boot must be a positive integer, got {n_boot!r}")
-    study_dir = Path(study_dir)
-    kd_rows = frame[frame["role"] == "student-kd"]
-    cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-
-    def load(path: Path):
-        if path not in cache:
-            cache[path] = read_predictions(path)
-        return cache[path]
-
-    rows = []
-    for record in kd_rows.to_dict("records"):
-        row = {key: record[key] for key in CONFIG + ["seed", "task", "run"]}
-        row.update({k: math.nan for k in PAIRED_COLUMNS if k not in row})
-        row.update(note="", n_boot=n_boot, kd_file="", sft_file="")
-        kd_file = study_dir / str(record["eval_dir"]) / "predictions" / f"{record['task']}.jsonl"
-        row["kd_file"] = str(kd_file)
-        sft_dir = record["sft_eval_dir"]
-        if sft_dir is None or (isinstance(sft_dir, float) and math.isnan(sft_dir)) or str(sft_dir) == "":
-            row["note"] = "no paired SFT run (sft_eval_dir empty)"
-            rows.append(row)
-            continue
-        sft_file = study_dir / str(sft_dir) / "predictions" / f"{record['task']}.jsonl"
-        row["sft_file"] = str(sft_file)
-        kd_ids, kd_ok = load(kd_file)
-        sft_ids, sft_ok = load(sft_file)
-        if len(kd_ids) != len(sft_ids) or not np.array_equal(kd_ids, sft_ids):
-            only_kd = np.setdiff1d(kd_ids, sft_ids)
-            only_sft = np.setdiff1d(sft_ids, kd_ids)
-            raise KdlabError(
-                f"example ids differ between {kd_file} and {sft_file}: {len(only_kd)} only in the first"
-                f"{' (e.g. ' + ', '.join(map(str, only_kd[:3])) + ')' if len(only_kd) else ''}, {len(only_sft)} only "
-                f"in the second{' (e.g. ' + ', '.join(map(str, only_sft[:3])) + ')' if len(only_sft) else ''}"
-            )
-        n = len(kd_ok)
-        b = int((kd_ok & ~sft_ok).sum())
-        c = int((~kd_ok & sft_ok).sum())
-        low, high = paired_bootstrap_ci(kd_ok, sft_ok, n_boot=n_boot, seed=seed)
-        row.update(
-            n=n,
-            kd_accuracy=kd_ok.mean(),
-            sft_accuracy=sft_ok.mean(),
-            diff=(b - c) / n,
-            ci_low=low,
-            ci_high=high,
-            b=b,
-            c=c,
-            odds_ratio=odds_ratio(b, c),
-            pvalue=mcnemar_exact(b, c),
-        )
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-    if out.empty:
-        return out
-    family = out.groupby(CONFIG + ["seed"], dropna=False, sort=False)["pvalue"]
-    out["pvalue_holm"] = family.transform(lambda p: pd.Series(holm(p.to_numpy()), index=p.index))
-    out["pvalue_holm_all"] = holm(out["pvalue"].to_numpy())
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
