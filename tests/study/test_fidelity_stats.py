@@ -122,7 +122,7 @@ def test_no_fidelity_folders_no_tables():
 
 
 def test_report_parts(study):
-    from kdlab.study.report.figures import plane_figure
+    from kdlab.study.report.fidelity_figures import plane_figure
     from kdlab.study.report.tables import AGREEMENT_HEADER, agreement_rows
 
     study_dir, frame, _ = study

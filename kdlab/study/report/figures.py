@@ -3,7 +3,10 @@
 Each ``fig_*`` function takes the :class:`~kdlab.study.report.context.ReportContext` and returns a
 :class:`FigureResult`: a PNG with its caption, or a one-line "not in this study" note when the study lacks the
 dimension (one temperature, no noise ablation, ...). :func:`~kdlab.study.report.canvas.finish` ends every figure the
-same way (legend, title, PNG, caption).
+same way (legend, title, PNG, caption). This module draws the figures of the study grid (gain vs size, temperature,
+teacher noise, base teacher, methods); :mod:`~kdlab.study.report.fidelity_figures` draws the fidelity ones (agreement,
+BLEU, the accuracy–agreement plane) and :mod:`~kdlab.study.report.validation_figure` the validation figure of a tuned
+study. :func:`make_figures` gathers the figures drawn from the results table, in report order.
 """
 
 from __future__ import annotations
@@ -13,15 +16,11 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from scipy import stats as sps
 
 from kdlab.study.report.canvas import (
     HATCHES,
-    LINE_STYLES,
     MARKERS,
     MAX_WIDTH,
     PALETTE,
@@ -35,27 +34,15 @@ from kdlab.study.report.canvas import (
     new_figure,
     yerr,
 )
-from kdlab.study.report.context import (
-    ReportContext,
-    acc_interval,
-    candidate_label,
-    fmt_p,
-    isnan,
-    over_seeds,
-    size_label,
-)
-from kdlab.study.stats import CONFIG, seed_means
+from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
+from kdlab.study.report.fidelity_figures import fidelity_plane_figure as fidelity_plane_figure  # re-exported
+from kdlab.study.report.fidelity_figures import fig_agreement, fig_bleu
+from kdlab.study.report.fidelity_figures import plane_figure as plane_figure  # re-exported
+from kdlab.study.report.validation_figure import fig_validation as fig_validation  # re-exported
+from kdlab.study.stats import CONFIG
 from kdlab.study.stats_markdown import config_label
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
-SEED_MARKERS = ["o", "s", "^", "D", "v"]
-PLANE_TITLE = "Accuracy vs agreement with the teacher"
-PLANE_CAPTION = (
-    "One point per student run (colour = method, marker = seed), with 95% Wilson intervals on both axes "
-    "(n test examples each). Agreement = share of test examples where the student's extracted answer equals "
-    "the teacher's. The teacher sits at 100% agreement with itself. The dashed line joins each seed's "
-    "Pareto front: runs that no other run of that seed beats on both axes."
-)
 
 
 def fig_gain_vs_size(ctx: ReportContext) -> FigureResult:
@@ -346,65 +333,6 @@ def fig_methods(ctx: ReportContext) -> FigureResult:
     )
 
 
-def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: float, unit: str) -> FigureResult:
-    result = FigureResult(key, f"Accuracy vs {name}")
-    points = seed_means(ctx.main) if not ctx.main.empty else pd.DataFrame()
-    if points.empty or column not in points or points[column].notna().sum() == 0:
-        result.note = f"not in this study: {name} was not computed for any KD run"
-        return result
-    points = points.dropna(subset=[column, "accuracy"])
-    fig, axes = new_figure(1, ncols=1, width=6.6, height=4.4)
-    ax = axes[0]
-    task_marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(ctx.tasks)}
-    for (method, task), part in points.groupby(["method", "task"], sort=False):
-        ax.scatter(
-            part[column] * scale,
-            part["accuracy"] * 100,
-            color=ctx.colors[method],
-            marker=task_marker[task],
-            s=42,
-            alpha=0.85,
-            edgecolor="white",
-            linewidth=0.5,
-        )
-    x, y = points[column].to_numpy(float), points["accuracy"].to_numpy(float)
-    n = len(points)
-    if n >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        res = sps.spearmanr(x, y)
-        stat = f"Spearman ρ = {res.statistic:.2f}, p = {fmt_p(res.pvalue)}, n = {n}"
-    else:
-        stat = f"Spearman ρ undefined (n = {n} or constant values)"
-    ax.set_title(f"Accuracy vs {name}\n{stat}", fontsize=11)
-    ax.set_xlabel(f"{name} ({unit})")
-    ax.set_ylabel("student accuracy (%)")
-    handles = [
-        Line2D([], [], color=ctx.colors[m], marker="o", linestyle="", label=m)
-        for m in ctx.methods
-        if m in set(points["method"])
-    ]
-    handles += [
-        Line2D([], [], color="#555555", marker=task_marker[t], linestyle="", label=t)
-        for t in ctx.tasks
-        if t in set(points["task"])
-    ]
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), title="method / task")
-    caption = (
-        f"Each point is one KD configuration on one task (mean over seeds; colour = method, marker = "
-        f"task), pooled over tasks, so differences in task difficulty also shape the cloud; ρ is the "
-        f"rank correlation of accuracy with {name} (the hypothesis table tests the gain over SFT "
-        f"instead)."
-    )
-    return finish(result, fig, caption)
-
-
-def fig_agreement(ctx: ReportContext) -> FigureResult:
-    return _fig_scatter(ctx, "agreement", "agreement", "teacher–student answer agreement", 100, "% of examples")
-
-
-def fig_bleu(ctx: ReportContext) -> FigureResult:
-    return _fig_scatter(ctx, "bleu", "bleu", "BLEU of student vs teacher rationales", 1, "sacreBLEU, 0–100")
-
-
 FIGURES = (fig_gain_vs_size, fig_temperature, fig_noise, fig_base_teacher, fig_methods, fig_agreement, fig_bleu)
 
 
@@ -413,160 +341,3 @@ def make_figures(frame: pd.DataFrame) -> list[FigureResult]:
     ctx = ReportContext(frame)
     with rc_context(STYLE):
         return [build(ctx) for build in FIGURES]
-
-
-def fig_validation(selection: pd.DataFrame) -> FigureResult:
-    """Validation accuracy of every candidate against the tuned setting, one panel per student, the choice ringed."""
-    result = FigureResult("validation", "Settings selected on validation")
-    if selection is None or selection.empty:
-        result.note = "not in this study: no tuning section (every run used the spec's settings)"
-        return result
-    numeric = [
-        c
-        for c in selection.columns
-        if c.startswith("setting:") and c != "setting:kd.temperature" and pd.api.types.is_numeric_dtype(selection[c])
-    ]
-    x_col = numeric[0] if numeric else ("setting:kd.temperature" if "setting:kd.temperature" in selection else None)
-    if x_col is None:
-        result.note = "not in this study: no numeric tuned setting to plot"
-        return result
-    students = list(dict.fromkeys(selection["student"]))
-    caption = (
-        f"Each line is one run's candidates for one seed, scored on the validation split (n = "
-        f"{int(selection['n'].max())}, disjoint from training and test); the ringed point of each is the "
-        "setting carried to the test set. Line styles: the other tuned settings (e.g. temperatures)."
-    )
-    with rc_context(STYLE):
-        fig, axes = new_figure(len(students), ncols=min(3, len(students)), width=5.0, height=3.6)
-        labels = list(dict.fromkeys(selection.apply(candidate_label, axis=1)))
-        colors = {label: ([SFT_COLOR] + PALETTE)[i % (len(PALETTE) + 1)] for i, label in enumerate(labels)}
-        for ax, student in zip(axes, students):
-            rows = selection[selection["student"] == student].assign(label=lambda f: f.apply(candidate_label, axis=1))
-            other = [c for c in rows.columns if c.startswith("setting:") and c != x_col]
-            for label, runs in rows.groupby("label", sort=False):
-                for style, (keys, line) in zip(
-                    LINE_STYLES, runs.groupby(other, dropna=False, sort=False) if other else [((), runs)]
-                ):
-                    keys = keys if isinstance(keys, tuple) else (keys,)
-                    extra = " ".join(
-                        f"{c.split(':', 1)[1].split('.')[-1]}={v:g}" for c, v in zip(other, keys) if v == v
-                    )
-                    for i, (_, seed_line) in enumerate(line.groupby("seed", sort=True)):  # one line per seed
-                        curve = seed_line.set_index(x_col)["val_accuracy"].sort_index()
-                        ax.plot(
-                            curve.index,
-                            curve.to_numpy() * 100,
-                            marker="o",
-                            color=colors[label],
-                            linestyle=style,
-                            alpha=0.85,
-                            label=f"{label} {extra}".strip() if i == 0 else None,
-                        )
-            chosen = rows[rows["selected"]]
-            ax.scatter(
-                chosen[x_col],
-                chosen["val_accuracy"] * 100,
-                s=160,
-                facecolors="none",
-                edgecolors="black",
-                linewidths=1.5,
-                zorder=5,
-                label="selected",
-            )
-            if x_col != "setting:kd.temperature" and (rows[x_col] > 0).all():
-                ax.set_xscale("log")
-            ax.set_title(student)
-            ax.set_xlabel(x_col.split(":", 1)[1])
-            ax.set_ylabel("validation accuracy (%)")
-        return finish(result, fig, caption, handles=axes_handles(axes), legend_title="run")
-
-
-def _front(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Pareto points sorted by agreement (x), as a staircase-free polyline."""
-    front = points[points["pareto"]].sort_values("agreement")
-    return front["agreement"].to_numpy(float) * 100, front["accuracy"].to_numpy(float) * 100
-
-
-def plane_figure(plane: pd.DataFrame, teacher_accuracy: dict[str, float], style: dict | None = None) -> bytes | None:
-    """PNG of the accuracy–agreement plane, one panel per task; None when no run has an agreement value."""
-    with rc_context(style or {}):
-        return _draw_plane(plane, teacher_accuracy).png
-
-
-def fidelity_plane_figure(frame: pd.DataFrame, plane: pd.DataFrame) -> FigureResult:
-    """The accuracy–agreement plane as a report figure, each task's fine-tuned teacher marked."""
-    teachers = frame[(frame["role"] == "teacher")].drop_duplicates("task")
-    with rc_context(STYLE):
-        return _draw_plane(plane, dict(zip(teachers["task"], teachers["accuracy"])))
-
-
-def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> FigureResult:
-    result = FigureResult("fidelity_plane", PLANE_TITLE, PLANE_CAPTION)
-    if plane.empty:
-        return result
-    tasks = list(dict.fromkeys(plane["task"]))
-    methods = list(dict.fromkeys(plane.loc[plane["role"] == "student-kd", "method"]))
-    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
-    colors["sft"] = SFT_COLOR
-    seeds = sorted(plane["seed"].dropna().unique().tolist())
-    fig = Figure(figsize=(max(8.0, 5.2 * len(tasks)) + 2.2, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(tasks), squeeze=False).ravel()
-    for ax, task in zip(axes, tasks):
-        part = plane[plane["task"] == task]
-        for record in part.to_dict("records"):
-            method = "sft" if record["role"] == "student-sft" else record["method"]
-            x, y = record["agreement"] * 100, record["accuracy"] * 100
-            ax.errorbar(
-                x,
-                y,
-                xerr=[[x - record["agree_low"] * 100], [record["agree_high"] * 100 - x]],
-                yerr=[[y - record["acc_low"] * 100], [record["acc_high"] * 100 - y]],
-                fmt="none",
-                ecolor=colors[method],
-                alpha=0.45,
-                elinewidth=1,
-            )
-            ax.scatter(
-                x,
-                y,
-                color=colors[method],
-                marker=SEED_MARKERS[seeds.index(record["seed"]) % len(SEED_MARKERS)],
-                s=70 if record["pareto"] else 45,
-                edgecolor="black" if record["pareto"] else "white",
-                linewidth=0.8,
-                zorder=3,
-            )
-        for _seed, seed_part in part.groupby("seed"):
-            xs, ys = _front(seed_part)
-            if len(xs) > 1:
-                ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)
-        if task in teacher_accuracy:
-            ax.scatter(100, teacher_accuracy[task] * 100, marker="*", s=160, color=TEACHER_COLOR, zorder=4)
-            ax.annotate(
-                "teacher",
-                (100, teacher_accuracy[task] * 100),
-                textcoords="offset points",
-                xytext=(-8, 6),
-                ha="right",
-                fontsize=9,
-            )
-        ax.set_title(task)
-        ax.set_xlabel("agreement with the teacher (% of test examples)")
-        ax.set_ylabel("accuracy (%)")
-    handles = [
-        ax.scatter([], [], color=colors[m], marker="o", label="SFT" if m == "sft" else m) for m in ["sft", *methods]
-    ]
-    handles += [
-        ax.scatter([], [], color="#777777", marker=SEED_MARKERS[i % len(SEED_MARKERS)], label=f"seed {s}")
-        for i, s in enumerate(seeds)
-    ]
-    return finish(
-        result,
-        fig,
-        PLANE_CAPTION,
-        handles={h.get_label(): h for h in handles},
-        legend_title="run",
-        ncols=1,
-        loc="outside right center",
-    )

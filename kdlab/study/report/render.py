@@ -1,8 +1,10 @@
 """Render a study report: one self-contained HTML file and a Markdown twin.
 
-:func:`write_report` gathers the figures (:mod:`~kdlab.study.report.figures`) and tables
-(:mod:`~kdlab.study.report.tables`), embeds the figures in the HTML as base64 PNG (inline CSS, no scripts, no external
-requests) and saves them as ``figures/<name>.png`` beside the Markdown file.
+:func:`write_report` gathers the figures (:mod:`~kdlab.study.report.figures`,
+:mod:`~kdlab.study.report.fidelity_figures`, :mod:`~kdlab.study.report.validation_figure`), the tables
+(:mod:`~kdlab.study.report.tables`) and the findings (:mod:`~kdlab.study.report.findings`), embeds the figures in the
+HTML as base64 PNG (inline CSS, no scripts, no external requests) and saves them as ``figures/<name>.png`` beside the
+Markdown file.
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.markdown import markdown_table
 from kdlab.study.report.canvas import FigureResult
 from kdlab.study.report.context import ReportContext
-from kdlab.study.report.figures import fidelity_plane_figure, fig_validation, make_figures
+from kdlab.study.report.fidelity_figures import fidelity_plane_figure
+from kdlab.study.report.figures import make_figures
+from kdlab.study.report.findings import agreement_findings, error_bar_note, findings
 from kdlab.study.report.tables import (
     Table,
-    agreement_findings,
     agreement_table,
     data_fit_table,
-    error_bar_note,
-    findings,
     hypothesis_tables,
     overview_table,
     paired_tables,
     paper_view_table,
     selection_table,
 )
+from kdlab.study.report.validation_figure import fig_validation
 from kdlab.study.stats import SEED_INPUT, check_table, paired_tests, seed_summary, study_hypotheses
 from kdlab.version import __version__
 
