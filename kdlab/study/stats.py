@@ -15,7 +15,7 @@ Three tables, each a :class:`pandas.DataFrame`:
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
 a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
 the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.study.stats_table` (``check_table``,
-``main_grid`` and ``CONFIG`` are re-exported here).
+``main_grid``, ``CONFIG``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.significance import holm, stars
-from kdlab.study.stats import compute_study_stats, main_grid, seed_summary, study_hypotheses, write_stats_tables
+from kdlab.study.stats import compute_study_stats, seed_summary, study_hypotheses, write_stats_tables
+from kdlab.study.stats_table import main_grid
 
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 

@@ -11,7 +11,7 @@ import pandas as pd
 from kdlab.significance import t_interval
 from kdlab.study.report.canvas import PALETTE
 from kdlab.study.runmeta import RunMeta
-from kdlab.study.stats import main_grid
+from kdlab.study.stats_table import main_grid
 
 
 def isnan(value) -> bool:

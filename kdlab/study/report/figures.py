@@ -35,12 +35,9 @@ from kdlab.study.report.canvas import (
     yerr,
 )
 from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
-from kdlab.study.report.fidelity_figures import fidelity_plane_figure as fidelity_plane_figure  # re-exported
 from kdlab.study.report.fidelity_figures import fig_agreement, fig_bleu
-from kdlab.study.report.fidelity_figures import plane_figure as plane_figure  # re-exported
-from kdlab.study.report.validation_figure import fig_validation as fig_validation  # re-exported
-from kdlab.study.stats import CONFIG
 from kdlab.study.stats_markdown import config_label
+from kdlab.study.stats_table import CONFIG
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
 

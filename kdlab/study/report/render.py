@@ -20,6 +20,7 @@ import pandas as pd
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.markdown import markdown_table
+from kdlab.study.paired_stats import paired_tests
 from kdlab.study.report.canvas import FigureResult
 from kdlab.study.report.context import ReportContext
 from kdlab.study.report.fidelity_figures import fidelity_plane_figure
@@ -36,7 +37,8 @@ from kdlab.study.report.tables import (
     selection_table,
 )
 from kdlab.study.report.validation_figure import fig_validation
-from kdlab.study.stats import SEED_INPUT, check_table, paired_tests, seed_summary, study_hypotheses
+from kdlab.study.stats import SEED_INPUT, seed_summary, study_hypotheses
+from kdlab.study.stats_table import check_table
 from kdlab.version import __version__
 
 REPORT_INPUT = SEED_INPUT + [

@@ -10,11 +10,8 @@ import pandas as pd
 
 from kdlab.significance import stars
 from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
-from kdlab.study.report.findings import agreement_findings as agreement_findings  # re-exported
-from kdlab.study.report.findings import error_bar_note as error_bar_note  # re-exported
-from kdlab.study.report.findings import findings as findings  # re-exported
-from kdlab.study.stats import CONFIG
 from kdlab.study.stats_markdown import config_label
+from kdlab.study.stats_table import CONFIG
 
 
 @dataclass
