@@ -185,7 +185,7 @@ def train_teacher(folder: Path, data: Path, size: Size, steps: int) -> Path:
 
 
 def build_cache(out: Path, data: Path, teacher_adapter: Path) -> Path:
-    """The shared teacher cache, built with the very flags of the study's ``cache`` node (kdlab/study/plan.py)."""
+    """The shared teacher cache, built with the very flags of the study's ``cache`` node (kdlab/study/training_runs.py)."""
     cache = out / "teacher_cache"
     flags = {
         "teacher": MODEL,

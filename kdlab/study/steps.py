@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from kdlab.model_card import card_after_eval, evaluated_run
-from kdlab.study.plan import Node, resolve
+from kdlab.study.nodes import Node, resolve
 from kdlab.train.trackers import evaluation_values, log_evaluation
 
 MARKERS = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kdlab.io import atomic_write_json
 from kdlab.study.executors.local import read_state, record_run, state_path
-from kdlab.study.plan import Node
+from kdlab.study.nodes import Node
 from kdlab.study.steps import is_done
 
 

@@ -1,0 +1,95 @@
+"""A run of a study plan (a "node"): what it does, its folder under the study, and the readable names of folders.
+
+A run's folder is ``<kind folder>/<slug>-<h>`` (kind folders: :mod:`kdlab.study.kinds`). ``<h>`` is the first 8 hex
+digits of the SHA-1 of the run's resolved parameters (its config and its inputs' folders): changing any setting makes
+a new folder, so a study never mixes results of different configs, and re-running an unchanged spec finds its finished
+runs. Each node belongs to a shard group (the training run it evaluates, or itself), so ``--shard K/N`` keeps a run and
+its evaluation on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdlab.study.kinds import KIND_DIRS
+from kdlab.study.runmeta import RunMeta
+
+STUDY_PREFIX = "study:"  # parameter values that are folders inside the study
+
+
+@dataclass
+class Node:
+    """One run of the study: ``params`` say what to do (study-relative paths are ``study:`` prefixed)."""
+
+    id: str
+    kind: str
+    params: dict
+    deps: tuple[str, ...] = ()
+    meta: RunMeta = field(default_factory=RunMeta)
+    group: str = ""
+    flops: float = 0.0
+
+    def folder(self, study_dir: Path) -> Path:
+        return Path(study_dir) / self.id
+
+    def shard(self, count: int) -> int:
+        """Deterministic shard (0-based) of this node's group among ``count`` shards."""
+        return zlib.crc32((self.group or self.id).encode()) % count
+
+
+def make_node(
+    kind: str,
+    slug: str,
+    params: dict,
+    deps=(),
+    meta: RunMeta | None = None,
+    group: str | None = None,
+    flops: float = 0.0,
+) -> Node:
+    """A node in folder ``<kind folder>/<slug>-<h>``, ``<h>`` the hash of its kind and params; its own group by default."""
+    digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
+    return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
+
+
+def study_path(node_id: str, *parts: str) -> str:
+    """A parameter value naming a folder (or file) inside the study: ``study:<node id>/<parts>``."""
+    return STUDY_PREFIX + "/".join((node_id,) + parts)
+
+
+def resolve(value, study_dir: Path):
+    """A parameter value with ``study:`` folders turned into real paths."""
+    if isinstance(value, str) and value.startswith(STUDY_PREFIX):
+        return str(Path(study_dir) / value[len(STUDY_PREFIX) :])
+    return value
+
+
+def run_name(node: Node) -> str:
+    """A node's folder name without its kind folder and hash: ``kd/a.b.fkl.s0-1a2b3c4d`` -> ``a.b.fkl.s0``."""
+    return node.id.split("/", 1)[1].rsplit("-", 1)[0]
+
+
+def kd_slug(
+    teacher: str, student: str, domain: str, method: str, temperature: float | None, noise: float, base: bool, seed: int
+) -> str:
+    """The readable part of a KD run's folder name."""
+    return ".".join(
+        [teacher, student, domain, method]
+        + ([f"t{temperature:g}"] if temperature is not None else [])
+        + ([f"noise{noise:g}"] if noise else [])
+        + (["base"] if base else [])
+        + [f"s{seed}"]
+    )
+
+
+def setting_tag(overrides: dict | None) -> str:
+    """A candidate's tuned settings in its folder name: ``{"train.lr": 3e-4}`` -> ``.lr0.0003``."""
+
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "".join(f".{key.split('.', 1)[1]}{text(value)}" for key, value in (overrides or {}).items())
