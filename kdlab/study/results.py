@@ -37,40 +37,14 @@ from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.study.plan import Node, Plan
 from kdlab.study.sizes import model_params
+from kdlab.study.stats_table import NUMERIC
 from kdlab.study.steps import is_done
 
+# identity and settings, the numbers (:data:`kdlab.study.stats_table.NUMERIC`, in that order), then the folders
 RESULT_COLUMNS = [
-    "run",
-    "role",
-    "domain",
-    "task",
-    "teacher",
-    "teacher_kind",
-    "student",
-    "student_size_b",
-    "method",
-    "loss",
-    "temperature",
-    "noise",
-    "seed",
-    "n",
-    "correct",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "sft_accuracy",
-    "improvement",
-    "teacher_accuracy",
-    "agreement",
-    "bleu",
-    "cosine",
-    "token_kl",
-    "top1_agreement",
-    "eval_dir",
-    "sft_eval_dir",
-    "selected",
-    "val_accuracy",
-    "fidelity_dir",
+    *("run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss"),
+    *NUMERIC[1:],
+    *("eval_dir", "sft_eval_dir", "selected", "val_accuracy", "fidelity_dir"),
 ]
 SELECTION_COLUMNS = [
     "select",

@@ -10,6 +10,25 @@ import pandas as pd
 from kdlab.significance import stars
 from kdlab.study.markdown import markdown_table
 
+# the columns of the every-comparison paired table, in stats.md and in the report
+PAIRED_TABLE_HEADER = [
+    "student",
+    "configuration",
+    "seed",
+    "task",
+    "n",
+    "KD %",
+    "SFT %",
+    "Δ pp [95% CI]",
+    "b",
+    "c",
+    "odds ratio",
+    "p",
+    "p (Holm)",
+    "p (Holm, all)",
+    "note",
+]
+
 
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
@@ -99,27 +118,7 @@ def stats_markdown(hypotheses: pd.DataFrame, paired: pd.DataFrame, seeds: pd.Dat
                 r["note"],
             ]
         )
-    lines += markdown_table(
-        [
-            "student",
-            "configuration",
-            "seed",
-            "task",
-            "n",
-            "KD %",
-            "SFT %",
-            "Δ pp [95% CI]",
-            "b",
-            "c",
-            "odds ratio",
-            "p",
-            "p (Holm)",
-            "p (Holm, all)",
-            "note",
-        ],
-        rows,
-        "lllllrrrrrrrrrl",
-    )
+    lines += markdown_table(PAIRED_TABLE_HEADER, rows, "lllllrrrrrrrrrl")
     lines += [
         "",
         "## Seeds: mean over seeds per configuration x task",

@@ -10,7 +10,7 @@ import pandas as pd
 
 from kdlab.significance import stars
 from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
-from kdlab.study.stats_markdown import config_label
+from kdlab.study.stats_markdown import PAIRED_TABLE_HEADER, config_label
 from kdlab.study.stats_table import CONFIG
 
 
@@ -198,23 +198,7 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
             ]
         )
     detail = Table(
-        [
-            "student",
-            "configuration",
-            "seed",
-            "task",
-            "n",
-            "KD %",
-            "SFT %",
-            "Δ pp [95% CI]",
-            "b",
-            "c",
-            "odds ratio",
-            "p",
-            "p (Holm)",
-            "p (Holm, all)",
-            "note",
-        ],
+        PAIRED_TABLE_HEADER,
         rows,
         "llllrrrrrrrrrrl",
         "Paired tests: every comparison",
