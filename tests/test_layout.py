@@ -92,3 +92,14 @@ def test_no_module_over_450_lines():
     sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()}
     big = {name: n for name, n in sorted(sizes.items()) if n > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_layout_page_lists_every_module():
+    """docs/layout.md (written by scripts/layout.py) names exactly the modules there are."""
+    page = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    listed = {line.split()[0] for line in page.splitlines() if line.startswith("kdlab/")}
+    present = {path.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*.py")}
+    assert listed == present, (
+        f"docs/layout.md is out of date (run scripts/layout.py): missing {sorted(present - listed)}, "
+        f"gone {sorted(listed - present)}"
+    )

@@ -1,1 +1,1 @@
-"""Statistical studies over published or produced results."""
+"""Studies: a whole KD grid from one YAML spec — plan, run (local, Ray, SLURM), results, statistics, report."""
