@@ -11,7 +11,14 @@ Public API (tests and outside checks call it)::
     LOSSES[name](student_logits, teacher_logits, labels, temperature=1.0, **kwargs) -> scalar tensor
 """
 
-from kdlab.losses.chunked import chunked_ce_loss, chunked_distill_loss, chunked_token_loss, naive_distill_loss
+from kdlab.losses.chunked import (
+    chunked_ce_loss,
+    chunked_distill_loss,
+    chunked_objective,
+    chunked_token_loss,
+    naive_distill_loss,
+    noise_draw,
+)
 from kdlab.losses.divergences import (
     IGNORE_INDEX,
     LOG_PROB_DIVERGENCES,
@@ -55,6 +62,7 @@ __all__ = [
     "chunk_weights",
     "chunked_ce_loss",
     "chunked_distill_loss",
+    "chunked_objective",
     "chunked_token_loss",
     "disagreement_weight",
     "divergence_from_log_probs",
@@ -63,6 +71,7 @@ __all__ = [
     "log_probs",
     "mix_objective",
     "naive_distill_loss",
+    "noise_draw",
     "reverse_kl",
     "skew_kl",
     "skew_reverse_kl",

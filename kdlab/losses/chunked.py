@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.losses.divergences import check_loss_args, upcast
-from kdlab.losses.objective import LiveTeacher, LossParts, TokenWeights, chunk_weights, token_objective
+from kdlab.losses.objective import LiveTeacher, LossParts, TeacherSignal, TokenWeights, chunk_weights, token_objective
 
 TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
 
@@ -116,15 +116,59 @@ def chunked_distill_loss(
     teacher_weight = teacher_weight.detach()[:vocab]  # a view: no copy
     teacher_hidden = teacher_hidden.detach()
 
-    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> LiveTeacher:
         with torch.no_grad():
             teacher_logits = upcast(F.linear(teacher_hidden[start:end], teacher_weight))
-        noise = (
-            teacher_noise * torch.randn(teacher_logits.shape, generator=noise_generator) if teacher_noise > 0 else None
-        )
+        return LiveTeacher(teacher_logits, noise_draw(teacher_noise, end - start, vocab, noise_generator))
+
+    return chunked_objective(
+        student_hidden,
+        student_weight,
+        teacher_at,
+        targets,
+        loss,
+        temperature,
+        kd_weight,
+        loss_kwargs,
+        vocab,
+        chunk_size,
+        weights,
+        parts,
+    )
+
+
+def noise_draw(sigma: float, rows: int, vocab: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """The teacher-logit noise of one chunk: ``sigma * randn(rows, vocab)`` from ``generator`` (on the CPU), or None
+    for sigma = 0. The live and the cached loss draw the same numbers chunk by chunk."""
+    return sigma * torch.randn((rows, vocab), generator=generator) if sigma > 0 else None
+
+
+def chunked_objective(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_at: Callable[[int, int, torch.Tensor], TeacherSignal],
+    targets: torch.Tensor,
+    loss: str,
+    temperature: float,
+    kd_weight: float,
+    loss_kwargs: dict,
+    vocab: int,
+    chunk_size: int,
+    weights: TokenWeights | None,
+    parts: LossParts | None,
+) -> torch.Tensor:
+    """``sum_n`` :func:`token_objective` ``(z_S,n, teacher_n)`` over N positions, ``chunk_size`` at a time: the one
+    chunked KD sum behind :func:`chunked_distill_loss` (live teacher) and the teacher cache's loss.
+
+    ``teacher_at(start, end, student_logits [C, V])`` gives the teacher signal of rows ``start:end``; the student's
+    output layer is cut to ``vocab`` rows (the shared vocabulary).
+    """
+
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        teacher = teacher_at(start, end, student_logits)
         return token_objective(
             student_logits,
-            LiveTeacher(teacher_logits, noise),
+            teacher,
             targets[start:end],
             loss,
             temperature,

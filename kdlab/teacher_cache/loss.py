@@ -73,10 +73,9 @@ from kdlab.losses import (
     LossParts,
     TokenWeights,
     check_loss_args,
-    chunk_weights,
-    chunked_token_loss,
+    chunked_objective,
     divergence_from_log_probs,
-    token_objective,
+    noise_draw,
     upcast,
 )
 from kdlab.teacher_cache.format import TAIL_MODES, temperature_index
@@ -260,25 +259,21 @@ def chunked_cached_distill_loss(
         )
     rows = cache_rows.to(student_hidden.device)
 
-    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        noise = None
-        if teacher_noise > 0:
-            noise = teacher_noise * torch.randn((end - start, vocab), generator=noise_generator).to(
-                student_logits.device
-            )
-        teacher = CachedTeacher(rows.slice(start, end), tail, noise)
-        return token_objective(
-            student_logits,
-            teacher,
-            targets[start:end],
-            loss,
-            temperature,
-            kd_weight,
-            loss_kwargs,
-            chunk_weights(weights, start, end),
-            parts=parts,
-        )
+    def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> CachedTeacher:
+        noise = noise_draw(teacher_noise, end - start, vocab, noise_generator)
+        return CachedTeacher(rows.slice(start, end), tail, None if noise is None else noise.to(student_logits.device))
 
-    if vocab < student_weight.shape[0]:
-        student_weight = student_weight[:vocab]
-    return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
+    return chunked_objective(
+        student_hidden,
+        student_weight,
+        teacher_at,
+        targets,
+        loss,
+        temperature,
+        kd_weight,
+        loss_kwargs,
+        vocab,
+        chunk_size,
+        weights,
+        parts,
+    )
