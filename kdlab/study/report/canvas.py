@@ -84,6 +84,13 @@ def yerr(mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.vstack([np.maximum(lower, 0), np.maximum(upper, 0)])
 
 
+def percent_errorbar(ax, x, part, color: str, label: str) -> None:
+    """Points at ``100 * part["mean"]`` with error bars to ``part["low"]`` and ``part["high"]`` (fractions), marker o."""
+    mean = part["mean"].to_numpy() * 100
+    high = part["high"].to_numpy() * 100
+    ax.errorbar(x, mean, yerr=yerr(mean, part["low"].to_numpy() * 100, high), marker="o", color=color, label=label)
+
+
 def axes_handles(axes) -> dict:
     """Every labelled artist of every panel, by label (first occurrence wins)."""
     handles = {}

@@ -32,6 +32,7 @@ from kdlab.study.report.canvas import (
     finish,
     interval_bars,
     new_figure,
+    percent_errorbar,
     yerr,
 )
 from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
@@ -64,15 +65,7 @@ def fig_gain_vs_size(ctx: ReportContext) -> FigureResult:
             if part.empty:
                 continue
             x = part["student_size_b"].to_numpy() * 10**offset  # small shift on the log axis
-            mean = part["mean"].to_numpy() * 100
-            ax.errorbar(
-                x,
-                mean,
-                yerr=yerr(mean, part["low"].to_numpy() * 100, part["high"].to_numpy() * 100),
-                marker="o",
-                color=ctx.colors[method],
-                label=method,
-            )
+            percent_errorbar(ax, x, part, ctx.colors[method], method)
         ax.axhline(0, color="black", linewidth=0.9, linestyle="--")
         ax.set_xscale("log")
         ax.set_xticks(sizes)
@@ -113,15 +106,8 @@ def fig_temperature(ctx: ReportContext) -> FigureResult:
             part = agg[agg["method"] == method].sort_values("temperature")
             if part.empty:
                 continue
-            mean = part["mean"].to_numpy() * 100
-            ax.errorbar(
-                part["temperature"] + (i - (len(swept) - 1) / 2) * jitter,
-                mean,
-                yerr=yerr(mean, part["low"].to_numpy() * 100, part["high"].to_numpy() * 100),
-                marker="o",
-                color=ctx.colors[method],
-                label=method,
-            )
+            x = part["temperature"] + (i - (len(swept) - 1) / 2) * jitter
+            percent_errorbar(ax, x, part, ctx.colors[method], method)
         ax.axhline(0, color="black", linewidth=0.9, linestyle="--")
         ax.set_xticks(temps)
         ax.set_xticklabels([f"{t:g}" for t in temps])
