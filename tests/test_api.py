@@ -9,22 +9,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from kdlab_testing import cli_args, run_cli
 from safetensors.torch import load_file
 
 import kdlab
-from kdlab.cli import main
 from kdlab.config import build_config
 from kdlab.errors import KdlabError
 
 FAST = {"max_steps": 3, "batch_size": 4, "precision": "fp32", "save_steps": 0, "lr": 1e-3}
+FAST_ARGS = [f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()]  # the CLI's --name=value form
 TIMINGS = {"train_seconds", "tokens_per_s", "elapsed_s", "seconds", "started", "finished", "wall_seconds"}
-
-
-def cli(argv) -> None:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        assert not exc.code, f"kdlab {argv[0]} exited with {exc.code}"
 
 
 def _untimed(value):
@@ -69,19 +63,8 @@ def test_import_kdlab_is_light_and_exposes_the_api():
 
 
 def test_sft_and_distill_match_the_cli(tiny_models, four, tmp_path):
-    cli(
-        [
-            "sft",
-            "--model",
-            tiny_models["student"],
-            "--data",
-            four,
-            "--out",
-            tmp_path / "cli-sft",
-            "--no-lora",
-            *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()],
-        ]
-    )
+    sft_args = cli_args("sft", model=tiny_models["student"], data=four, out=tmp_path / "cli-sft", no_lora=True)
+    assert run_cli(*sft_args, *FAST_ARGS) == 0
     run = kdlab.sft(
         model=tiny_models["student"], data=four, out=tmp_path / "api-sft", lora={"enabled": False}, train=dict(FAST)
     )
@@ -92,25 +75,17 @@ def test_sft_and_distill_match_the_cli(tiny_models, four, tmp_path):
     same_json(tmp_path / "cli-sft" / "result.json", run.path / "result.json")
     assert list(run.log().step) == [1, 2, 3]
 
-    cli(
-        [
-            "distill",
-            "--teacher",
-            tiny_models["teacher"],
-            "--student",
-            tiny_models["student"],
-            "--data",
-            four,
-            "--out",
-            tmp_path / "cli-kd",
-            "--loss",
-            "rkl",
-            "--temperature",
-            "2",
-            "--no-lora",
-            *[f"--{key.replace('_', '-')}={value}" for key, value in FAST.items()],
-        ]
+    distill_args = cli_args(
+        "distill",
+        teacher=tiny_models["teacher"],
+        student=tiny_models["student"],
+        data=four,
+        out=tmp_path / "cli-kd",
+        loss="rkl",
+        temperature="2",
+        no_lora=True,
     )
+    assert run_cli(*distill_args, *FAST_ARGS) == 0
     kd = kdlab.distill(
         teacher=tiny_models["teacher"],
         student=tiny_models["student"],
@@ -161,47 +136,23 @@ def test_evaluate_and_fidelity_match_the_cli(tiny_models, tmp_path):
     write_synth(tmp_path / "data" / "arith" / "test.json", n=6, seed=3, split="test")
     common = {"data_dir": tmp_path / "data", "max_new_tokens": 8, "batch_size": 3, "precision": "fp32"}
     for side in ("teacher", "student"):
-        cli(
-            [
-                "eval",
-                "--model",
-                tiny_models[side],
-                "--tasks",
-                "arith",
-                "--out",
-                tmp_path / f"cli-{side}",
-                "--data-dir",
-                common["data_dir"],
-                "--max-new-tokens",
-                8,
-                "--batch-size",
-                3,
-                "--precision",
-                "fp32",
-            ]
-        )
+        assert run_cli("eval", model=tiny_models[side], tasks="arith", out=tmp_path / f"cli-{side}", **common) == 0
         api = kdlab.evaluate(tiny_models[side], "arith", tmp_path / f"api-{side}", **common)
         same_json(tmp_path / f"cli-{side}" / "metrics.json", api.path / "metrics.json", ignore_paths=("settings",))
         assert api.metrics["tasks"]["arith"]["n"] == 6 and len(api.predictions("arith")) == 6
         assert (tmp_path / f"cli-{side}" / "predictions" / "arith.jsonl").read_text() == (
             api.path / "predictions" / "arith.jsonl"
         ).read_text()
-    cli(
-        [
-            "fidelity",
-            "--teacher",
-            tmp_path / "cli-teacher",
-            "--student",
-            tmp_path / "cli-student",
-            "--out",
-            tmp_path / "cli-fid",
-            "--teacher-model",
-            tiny_models["teacher"],
-            "--student-model",
-            tiny_models["student"],
-            "--no-embeddings",
-        ]
+    status = run_cli(
+        "fidelity",
+        teacher=tmp_path / "cli-teacher",
+        student=tmp_path / "cli-student",
+        out=tmp_path / "cli-fid",
+        teacher_model=tiny_models["teacher"],
+        student_model=tiny_models["student"],
+        no_embeddings=True,
     )
+    assert status == 0
     fid = kdlab.fidelity(
         tmp_path / "api-teacher",
         tmp_path / "api-student",
@@ -236,8 +187,8 @@ def test_run_study_matches_the_cli(tiny_models, tmp_path):
     }
     path = tmp_path / "api.yaml"
     path.write_text(yaml.safe_dump(spec))
-    cli(["study", "run", path, "--out", tmp_path / "cli-study"])
-    cli(["study", "report", tmp_path / "cli-study"])
+    assert run_cli("study", "run", path, out=tmp_path / "cli-study") == 0
+    assert run_cli("study", "report", tmp_path / "cli-study") == 0
     study = kdlab.run_study(path, out=tmp_path / "api-study", report=True)
     assert study.failed == 0 and study.blocked == 0
     assert (study.path / "report" / "report.html").is_file()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kdlab_testing import cli_args
 
 from kdlab.cli import build_parser, main
 
@@ -55,19 +56,7 @@ def test_distill_help_documents_every_kd_setting(capsys):
 
 def test_console_script_runs(tmp_path):
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kdlab.cli",
-            "data",
-            "synth",
-            "--n",
-            "5",
-            "--seed",
-            "3",
-            "--out",
-            str(tmp_path / "s.json"),
-        ],
+        [sys.executable, *cli_args("-m", "kdlab.cli", "data", "synth", n=5, seed=3, out=tmp_path / "s.json")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -77,18 +66,18 @@ def test_console_script_runs(tmp_path):
 
 
 def test_data_synth_is_byte_identical_and_bad_split_exits_2(tmp_path, capsys):
-    main(["data", "synth", "--n", "20", "--seed", "7", "--out", str(tmp_path / "a.json")])
-    main(["data", "synth", "--n", "20", "--seed", "7", "--out", str(tmp_path / "b.json")])
+    main(cli_args("data", "synth", n=20, seed=7, out=tmp_path / "a.json"))
+    main(cli_args("data", "synth", n=20, seed=7, out=tmp_path / "b.json"))
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     with pytest.raises(SystemExit) as info:
-        main(["data", "synth", "--n", "20", "--split", "dev", "--out", str(tmp_path / "c.json")])
+        main(cli_args("data", "synth", n=20, split="dev", out=tmp_path / "c.json"))
     assert info.value.code == 2 and "dev" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
 
 
 def test_data_overlap_reports_exact_and_ngram_counts(tmp_path, capsys):
-    main(["data", "synth", "--n", "30", "--seed", "1", "--out", str(tmp_path / "train.json")])
-    main(["data", "synth", "--n", "10", "--seed", "2", "--split", "test", "--out", str(tmp_path / "test.json")])
+    main(cli_args("data", "synth", n=30, seed=1, out=tmp_path / "train.json"))
+    main(cli_args("data", "synth", n=10, seed=2, split="test", out=tmp_path / "test.json"))
     capsys.readouterr()
     main(["data", "overlap", str(tmp_path / "train.json"), str(tmp_path / "train.json"), str(tmp_path / "test.json")])
     rows = {
@@ -114,20 +103,14 @@ def test_gsm8k_contamination_of_math_data(shared_dir, capsys):
 def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
     results = shared_dir / "data" / "paper-kd-generalization" / "results"
     main(
-        [
+        cli_args(
             "stats",
             "paper",
-            "--results",
-            str(results / "math_results_main.csv"),
-            "--results",
-            str(results / "llama_math_results.csv"),
-            "--agreement",
-            str(results / "EM1.csv"),
-            "--fidelity",
-            str(results / "BLEU.csv"),
-            "--out",
-            str(tmp_path / "paper"),
-        ]
+            results=[results / "math_results_main.csv", results / "llama_math_results.csv"],
+            agreement=results / "EM1.csv",
+            fidelity=results / "BLEU.csv",
+            out=tmp_path / "paper",
+        )
     )
     import pandas as pd
 

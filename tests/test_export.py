@@ -5,21 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from kdlab_testing import FAST, run_cli
 from safetensors.torch import load_file
 
-from kdlab.cli import main
 from kdlab.model_card import read_model_card
-
-
-def run_cli(argv: list) -> int:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-FAST = ["--precision", "fp32", "--save-steps", "0", "--batch-size", 4]
 
 
 @pytest.fixture(scope="module")
@@ -29,40 +18,28 @@ def runs(tiny_models, synth_train, tmp_path_factory) -> dict[str, Path]:
     data.write_text(json.dumps(json.loads(synth_train.read_text())[:8]))
     assert (
         run_cli(
-            [
-                "sft",
-                "--model",
-                tiny_models["talker"],
-                "--data",
-                data,
-                "--out",
-                root / "lora",
-                "--max-steps",
-                3,
-                "--lr",
-                1e-2,
-                "--lora-r",
-                4,
-                *FAST,
-            ]
+            "sft",
+            model=tiny_models["talker"],
+            data=data,
+            out=root / "lora",
+            max_steps=3,
+            lr=1e-2,
+            lora_r=4,
+            **FAST,
+            batch_size=4,
         )
         == 0
     )
     assert (
         run_cli(
-            [
-                "sft",
-                "--model",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                root / "full",
-                "--max-steps",
-                1,
-                "--no-lora",
-                *FAST,
-            ]
+            "sft",
+            model=tiny_models["student"],
+            data=data,
+            out=root / "full",
+            max_steps=1,
+            no_lora=True,
+            **FAST,
+            batch_size=4,
         )
         == 0
     )
@@ -82,7 +59,7 @@ def test_merged_lora_loads_without_peft_and_generates_as_base_plus_adapter(tiny_
     from kdlab.models.load import load_model
 
     out = tmp_path / "merged"
-    assert run_cli(["export", runs["lora"], "--out", out, "--merge-lora"]) == 0
+    assert run_cli("export", runs["lora"], out=out, merge_lora=True) == 0
     assert not (out / "adapter_config.json").exists() and (out / "config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(merged).__module__.startswith("transformers.") and not any(
@@ -104,7 +81,7 @@ def test_merged_lora_loads_without_peft_and_generates_as_base_plus_adapter(tiny_
 
 def test_lora_export_without_merge_is_the_adapter_with_its_card(tiny_models, runs, tmp_path):
     out = tmp_path / "adapter"
-    assert run_cli(["export", runs["lora"], "--out", out]) == 0
+    assert run_cli("export", runs["lora"], out=out) == 0
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file()
     header = read_model_card(out)[0]
@@ -115,7 +92,7 @@ def test_full_model_export_round_trip(runs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "full"
-    assert run_cli(["export", runs["full"], "--out", out]) == 0
+    assert run_cli("export", runs["full"], out=out) == 0
     exported, final = load_file(out / "model.safetensors"), load_file(runs["full"] / "final" / "model.safetensors")
     assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
@@ -128,18 +105,18 @@ def test_refusals(runs, tmp_path, monkeypatch, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text("kind: sft\n")
-    assert run_cli(["export", unfinished, "--out", tmp_path / "a"]) == 2
+    assert run_cli("export", unfinished, out=tmp_path / "a") == 2
     assert "unfinished run (no final/" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    assert run_cli(["export", runs["full"], "--out", busy]) == 2
+    assert run_cli("export", runs["full"], out=busy) == 2
     assert "add --force to replace it" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
-    assert run_cli(["export", runs["full"], "--out", busy, "--force"]) == 0
+    assert run_cli("export", runs["full"], out=busy, force=True) == 0
     assert not (busy / "keep.txt").exists() and (busy / "model.safetensors").is_file()
 
-    assert run_cli(["export", runs["full"], "--out", tmp_path / "b", "--merge-lora"]) == 2
+    assert run_cli("export", runs["full"], out=tmp_path / "b", merge_lora=True) == 2
     assert "no LoRA adapter" in capsys.readouterr().err
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -147,6 +124,6 @@ def test_refusals(runs, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))  # no saved login either
-    assert run_cli(["export", runs["full"], "--out", tmp_path / "c", "--push-to-hub", "me/model"]) == 2
+    assert run_cli("export", runs["full"], out=tmp_path / "c", push_to_hub="me/model") == 2
     err = capsys.readouterr().err
     assert "needs a Hugging Face token" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()

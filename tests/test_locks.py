@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from kdlab_testing import cli_args
 
 from kdlab.errors import KdlabError
 from kdlab.locks import folder_lock, lock_file
@@ -16,9 +17,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 TIMEOUT = 240
 
 
-def start(argv):
+def start(*words, **flags):
+    """Start ``python -m kdlab.cli`` with :func:`cli_args` ``(*words, **flags)``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "kdlab.cli", *map(str, argv)],
+        [sys.executable, "-m", "kdlab.cli", *cli_args(*words, **flags)],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -75,21 +77,13 @@ def test_an_evaluation_into_a_locked_folder_exits_2_and_writes_nothing(tiny_mode
     with folder_lock(out, "test"):
         code, _, err = finish(
             start(
-                [
-                    "eval",
-                    "--model",
-                    tiny_models["talker"],
-                    "--tasks",
-                    "arith",
-                    "--data-dir",
-                    arith_dir,
-                    "--out",
-                    out,
-                    "--max-new-tokens",
-                    4,
-                    "--precision",
-                    "fp32",
-                ]
+                "eval",
+                model=tiny_models["talker"],
+                tasks="arith",
+                data_dir=arith_dir,
+                out=out,
+                max_new_tokens=4,
+                precision="fp32",
             )
         )
     assert code == 2, err[-2000:]
@@ -100,22 +94,16 @@ def test_an_evaluation_into_a_locked_folder_exits_2_and_writes_nothing(tiny_mode
 def test_two_evaluations_with_different_models_into_one_folder(tiny_models, arith_dir, tmp_path):
     """Why: both exited 0, the folder was labelled with one model and one run reported a wrong no-answer count."""
     out = tmp_path / "eval"
-    common = [
-        "--tasks",
-        "arith",
-        "--data-dir",
-        arith_dir,
-        "--out",
-        out,
-        "--max-new-tokens",
-        24,
-        "--batch-size",
-        2,
-        "--precision",
-        "fp32",
-    ]
+    common = {
+        "tasks": "arith",
+        "data_dir": arith_dir,
+        "out": out,
+        "max_new_tokens": 24,
+        "batch_size": 2,
+        "precision": "fp32",
+    }
     models = [tiny_models["talker"], tiny_models["teacher"]]
-    results = [finish(process) for process in [start(["eval", "--model", model, *common]) for model in models]]
+    results = [finish(process) for process in [start("eval", model=model, **common) for model in models]]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [err[-1500:] for _, _, err in results]
     winner = models[[code for code, _, _ in results].index(0)]
@@ -131,24 +119,16 @@ def test_two_evaluations_with_different_models_into_one_folder(tiny_models, arit
 def test_two_sft_runs_with_different_settings_into_one_folder(tiny_models, synth_train, tmp_path):
     """Why: both ran and the last writer won; now one trains and the other exits 2."""
     out = tmp_path / "run"
-    common = [
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--out",
-        out,
-        "--max-steps",
-        3,
-        "--batch-size",
-        2,
-        "--precision",
-        "fp32",
-        "--save-steps",
-        0,
-    ]
-    results = [finish(process) for process in [start([*common, "--lr", lr]) for lr in (1e-3, 2e-3)]]
+    common = {
+        "model": tiny_models["student"],
+        "data": synth_train,
+        "out": out,
+        "max_steps": 3,
+        "batch_size": 2,
+        "precision": "fp32",
+        "save_steps": 0,
+    }
+    results = [finish(process) for process in [start("sft", **common, lr=lr) for lr in (1e-3, 2e-3)]]
     codes = [code for code, _, _ in results]
     assert sorted(codes) == [0, 2], [err[-1500:] for _, _, err in results]
     loser_err = results[codes.index(2)][2]
@@ -163,27 +143,16 @@ def test_two_runs_sharing_a_new_teacher_cache_build_it_once(tiny_models, synth_t
     cache = tmp_path / "cache"
     runs = [
         start(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                synth_train,
-                "--teacher-cache",
-                cache,
-                "--out",
-                tmp_path / f"kd{i}",
-                "--max-steps",
-                1,
-                "--batch-size",
-                4,
-                "--precision",
-                "fp32",
-                "--save-steps",
-                0,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=synth_train,
+            teacher_cache=cache,
+            out=tmp_path / f"kd{i}",
+            max_steps=1,
+            batch_size=4,
+            precision="fp32",
+            save_steps=0,
         )
         for i in range(2)
     ]

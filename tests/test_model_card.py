@@ -5,21 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kdlab_testing import FAST, run_cli
 
-from kdlab.cli import main
 from kdlab.model_card import read_model_card, write_model_card
 from kdlab.study.steps import RUNNERS
-
-
-def run_cli(argv: list) -> int:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-FAST = ["--precision", "fp32", "--save-steps", "0", "--max-steps", 2, "--batch-size", 4]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,9 @@ def front(card: Path) -> dict:
 
 def test_sft_lora_card(tiny_models, synth_train, tmp_path):
     out = tmp_path / "sft"
-    assert run_cli(["sft", "--model", tiny_models["student"], "--data", synth_train, "--out", out, *FAST]) == 0
+    assert (
+        run_cli("sft", model=tiny_models["student"], data=synth_train, out=out, **FAST, max_steps=2, batch_size=4) == 0
+    )
     header = front(out / "final" / "README.md")
     assert header["base_model"] == str(tiny_models["student"]) and header["library_name"] == "peft"
     assert {"knowledge-distillation", "sft", "lora"} <= set(header["tags"]) and header["datasets"] == ["train.json"]
@@ -53,25 +44,18 @@ def test_kd_card_gets_the_study_evaluation_and_fidelity(tiny_models, synth_train
     out = tmp_path / "kd"
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                synth_train,
-                "--out",
-                out,
-                "--loss",
-                "rkl",
-                "--temperature",
-                2,
-                "--kd-weight",
-                0.5,
-                "--no-lora",
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=synth_train,
+            out=out,
+            loss="rkl",
+            temperature=2,
+            kd_weight=0.5,
+            no_lora=True,
+            **FAST,
+            max_steps=2,
+            batch_size=4,
         )
         == 0
     )

@@ -8,19 +8,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from kdlab_testing import cli_args, run_cli
 
-from kdlab.cli import main
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir, atomic_write_text
 from kdlab.outputs import check_output_dir, check_output_file, check_writable, same_settings
-
-
-def run_cli(argv) -> int:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def one_error_line(capsys) -> str:
@@ -126,21 +118,16 @@ def test_folders_honour_the_umask_like_files(tmp_path):
 def test_models_prune_refuses_a_users_folder_and_file(tiny_models, tmp_path, capsys):
     """Why: `models prune --out DIR` deleted a folder of the user's files and hid an existing file as .NAME.old."""
     folder = users_folder(tmp_path / "mine")
-    assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", folder]) == 2
+    assert run_cli("models", "prune", model=tiny_models["teacher"], keep_layers=1, out=folder) == 2
     assert "not a pruned model" in one_error_line(capsys)
     assert [path.name for path in folder.iterdir()] == ["thesis.txt"]
     (tmp_path / "notes.txt").write_text("keep")
-    assert (
-        run_cli(
-            ["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", tmp_path / "notes.txt"]
-        )
-        == 2
-    )
+    assert run_cli("models", "prune", model=tiny_models["teacher"], keep_layers=1, out=tmp_path / "notes.txt") == 2
     assert "exists and is a file" in one_error_line(capsys)
     assert (tmp_path / "notes.txt").read_text() == "keep" and not (tmp_path / ".notes.txt.old").exists()
     out = tmp_path / "pruned"
     for _ in range(2):  # an earlier pruned model is replaced
-        assert run_cli(["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", out]) == 0
+        assert run_cli("models", "prune", model=tiny_models["teacher"], keep_layers=1, out=out) == 0
     assert (out / "PRUNED.txt").is_file()
 
 
@@ -151,17 +138,11 @@ def test_eval_out_an_existing_file(tiny_models, tmp_path, capsys):
     (tmp_path / "results.txt").write_text("keep")
     assert (
         run_cli(
-            [
-                "eval",
-                "--model",
-                tiny_models["student"],
-                "--tasks",
-                "arith",
-                "--data-dir",
-                tmp_path / "data",
-                "--out",
-                tmp_path / "results.txt",
-            ]
+            "eval",
+            model=tiny_models["student"],
+            tasks="arith",
+            data_dir=tmp_path / "data",
+            out=tmp_path / "results.txt",
         )
         == 2
     )
@@ -171,33 +152,33 @@ def test_eval_out_an_existing_file(tiny_models, tmp_path, capsys):
 
 def test_data_synth_out_a_folder_or_a_users_file(tmp_path, capsys):
     (tmp_path / "dir").mkdir()
-    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "dir"]) == 2
+    assert run_cli("data", "synth", n=3, out=tmp_path / "dir") == 2
     assert "is a folder" in one_error_line(capsys)
     (tmp_path / "mine.json").write_text('[{"instruction": "mine"}]')
-    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "mine.json"]) == 2
+    assert run_cli("data", "synth", n=3, out=tmp_path / "mine.json") == 2
     assert "without --overwrite" in one_error_line(capsys)
     assert "mine" in (tmp_path / "mine.json").read_text()
-    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "s.json"]) == 0
-    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "s.json"]) == 0  # the same problems: nothing to do
+    assert run_cli("data", "synth", n=3, out=tmp_path / "s.json") == 0
+    assert run_cli("data", "synth", n=3, out=tmp_path / "s.json") == 0  # the same problems: nothing to do
     assert "nothing to do" in capsys.readouterr().out
-    assert run_cli(["data", "synth", "--n", 3, "--out", tmp_path / "mine.json", "--overwrite"]) == 0
+    assert run_cli("data", "synth", n=3, out=tmp_path / "mine.json", overwrite=True) == 0
     assert len(json.loads((tmp_path / "mine.json").read_text())) == 3
 
 
 def test_stats_paper_out_an_existing_file_or_users_folder(tmp_path, capsys):
     (tmp_path / "out.txt").write_text("keep")
-    assert run_cli(["stats", "paper", "--results", tmp_path / "r.csv", "--out", tmp_path / "out.txt"]) == 2
+    assert run_cli("stats", "paper", results=tmp_path / "r.csv", out=tmp_path / "out.txt") == 2
     assert "exists and is a file" in one_error_line(capsys)
-    assert run_cli(["stats", "paper", "--results", tmp_path / "r.csv", "--out", users_folder(tmp_path / "u")]) == 2
+    assert run_cli("stats", "paper", results=tmp_path / "r.csv", out=users_folder(tmp_path / "u")) == 2
     assert "not a kdlab stats paper output folder" in one_error_line(capsys)
 
 
 def test_models_convert_of_a_file_that_is_not_gguf(tmp_path, capsys):
     (tmp_path / "model.gguf").write_text("not a model")
-    assert run_cli(["models", "convert", "--model", tmp_path / "model.gguf"]) == 2
+    assert run_cli("models", "convert", model=tmp_path / "model.gguf") == 2
     assert "not a GGUF file" in one_error_line(capsys)
     (tmp_path / "weights.bin").write_text("x")
-    assert run_cli(["models", "convert", "--model", tmp_path / "weights.bin"]) == 2
+    assert run_cli("models", "convert", model=tmp_path / "weights.bin") == 2
     assert "not a model folder" in one_error_line(capsys)
 
 
@@ -245,33 +226,14 @@ def test_a_permission_error_on_an_output_is_one_line(command, tiny_models, synth
             )
             (tmp_path / side / "metrics.json").write_text("{}")
     argv = {
-        "sft": [
-            "sft",
-            "--model",
-            tiny_models["student"],
-            "--data",
-            synth_train,
-            "--out",
-            out,
-            "--max-steps",
-            1,
-            "--precision",
-            "fp32",
-        ],
-        "eval": ["eval", "--model", tiny_models["student"], "--tasks", "arith", "--data-dir", eval_dir, "--out", out],
-        "data synth": ["data", "synth", "--n", 2, "--out", out / "s.json"],
-        "models prune": ["models", "prune", "--model", tiny_models["teacher"], "--keep-layers", 1, "--out", out],
-        "fidelity": [
-            "fidelity",
-            "--teacher",
-            tmp_path / "teacher",
-            "--student",
-            tmp_path / "student",
-            "--out",
-            out,
-            "--no-embeddings",
-        ],
-        "stats paper": ["stats", "paper", "--results", tmp_path / "r.csv", "--out", out],
+        "sft": cli_args("sft", model=tiny_models["student"], data=synth_train, out=out, max_steps=1, precision="fp32"),
+        "eval": cli_args("eval", model=tiny_models["student"], tasks="arith", data_dir=eval_dir, out=out),
+        "data synth": cli_args("data", "synth", n=2, out=out / "s.json"),
+        "models prune": cli_args("models", "prune", model=tiny_models["teacher"], keep_layers=1, out=out),
+        "fidelity": cli_args(
+            "fidelity", teacher=tmp_path / "teacher", student=tmp_path / "student", out=out, no_embeddings=True
+        ),
+        "stats paper": cli_args("stats", "paper", results=tmp_path / "r.csv", out=out),
     }[command]
     if command == "eval":
         real_mkdir(eval_dir / "arith", parents=True)
@@ -280,7 +242,7 @@ def test_a_permission_error_on_an_output_is_one_line(command, tiny_models, synth
         )
     if command == "stats paper":
         (tmp_path / "r.csv").write_text(PAPER_CSV)
-    assert run_cli(argv) == 2
+    assert run_cli(*argv) == 2
     err = one_error_line(capsys)
     assert "Permission denied" in err or "not writable" in err or "ro" in err
     assert not out.exists()

@@ -9,8 +9,8 @@ choices and the differences between options agree, the raw values do not.
 import json
 
 import pytest
+from kdlab_testing import run_cli, small_data
 
-from kdlab.cli import main
 from kdlab.data.formats import load_examples
 from kdlab.data.prompt import format_prompt
 from kdlab.eval.options import parse_options
@@ -31,13 +31,6 @@ PIQA = [  # LLM-Adapters piqa format: two solutions, the answer is solution1 or 
     ),
     ("How to find a lost key?", "Retrace your steps.", "Buy a new door 12 + 5 = 17.", "solution1"),
 ]
-
-
-def run_cli(argv) -> None:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        assert not exc.code, f"kdlab {argv[0]} exited with {exc.code}"
 
 
 def write_piqa(data_dir):
@@ -132,15 +125,12 @@ def argmax(values):
 def trained(tiny_models, synth_train, tmp_path_factory):
     """A kdlab SFT student folder (full fine-tuning) and a LoRA adapter on a second base model, 2 steps each."""
     root = tmp_path_factory.mktemp("lm-eval-models")
-    data = root / "four.json"
-    data.write_text(json.dumps(json.loads(synth_train.read_text())[:4]))
-    fast = ["--max-steps", 2, "--batch-size", 4, "--lr", 1e-2, "--precision", "fp32", "--save-steps", "0"]
-    run_cli(["sft", "--model", tiny_models["student"], "--data", data, "--out", root / "student", "--no-lora", *fast])
+    data = small_data(root / "four.json", synth_train, 4)
+    fast = {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "save_steps": "0"}
+    assert run_cli("sft", model=tiny_models["student"], data=data, out=root / "student", no_lora=True, **fast) == 0
     # the LoRA base has no padded output rows: lm-eval resizes the embeddings to len(tokenizer) when it loads an
     # adapter (see docs/ecosystem.md), which would renormalise a padded head's log-probabilities
-    run_cli(
-        ["sft", "--model", tiny_models["talker"], "--data", data, "--out", root / "teacher-lora", "--lora-r", 4, *fast]
-    )
+    assert run_cli("sft", model=tiny_models["talker"], data=data, out=root / "teacher-lora", lora_r=4, **fast) == 0
     return {
         "student": root / "student" / "final",
         "base": tiny_models["talker"],
@@ -154,28 +144,21 @@ def test_lm_eval_chooses_as_kdlab_eval_loglik(trained, tmp_path, which):
     task_dir.mkdir()
     rows = write_lm_eval_task(task_dir, write_piqa(data_dir))
     if which == "student":
-        kdlab_model, model_args = ["--model", trained["student"]], {"pretrained": str(trained["student"])}
+        kdlab_model, model_args = {"model": trained["student"]}, {"pretrained": str(trained["student"])}
     else:
-        kdlab_model = ["--model", trained["base"], "--adapter", trained["adapter"]]
+        kdlab_model = {"model": trained["base"], "adapter": trained["adapter"]}
         model_args = {"pretrained": str(trained["base"]), "peft": str(trained["adapter"])}
-    run_cli(
-        [
-            "eval",
-            *kdlab_model,
-            "--tasks",
-            "piqa",
-            "--data-dir",
-            data_dir,
-            "--mode",
-            "loglik",
-            "--out",
-            tmp_path / "eval",
-            "--batch-size",
-            4,
-            "--precision",
-            "fp32",
-        ]
-    )  # auto would be bf16 on a CPU with native bf16
+    status = run_cli(
+        "eval",
+        **kdlab_model,
+        tasks="piqa",
+        data_dir=data_dir,
+        mode="loglik",
+        out=tmp_path / "eval",
+        batch_size=4,
+        precision="fp32",  # auto would be bf16 on a CPU with native bf16
+    )
+    assert status == 0
     ours = kdlab_scores(tmp_path / "eval", [row["labels"] for row in rows])
     theirs = lm_eval_loglikelihoods(task_dir, **model_args)
     assert len(theirs) == len(ours) == len(PIQA)

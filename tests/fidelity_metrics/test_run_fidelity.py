@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from kdlab_testing import cli_args
 
 from kdlab import fidelity_metrics as fidelity
 from kdlab.fidelity_metrics import run_fidelity
@@ -67,23 +68,12 @@ def test_cli_prints_a_table_and_exits_2_on_mismatched_folders(tmp_path, capsys, 
     from kdlab.cli import main
 
     teacher, student = folders(tmp_path)
-    main(
-        [
-            "fidelity",
-            "--teacher",
-            str(teacher),
-            "--student",
-            str(student),
-            "--out",
-            str(tmp_path / "fid"),
-            "--no-embeddings",
-        ]
-    )
+    main(cli_args("fidelity", teacher=teacher, student=student, out=tmp_path / "fid", no_embeddings=True))
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["task", "n", "agree"] and out[-1].startswith("average")
     summary = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert out[-1].split()[1] == str(summary["average"]["n"])
     with pytest.raises(SystemExit) as info:
-        main(["fidelity", "--teacher", str(teacher), "--student", str(tmp_path), "--out", str(tmp_path / "fid2")])
+        main(cli_args("fidelity", teacher=teacher, student=tmp_path, out=tmp_path / "fid2"))
     assert info.value.code == 2 and "kdlab: error:" in capsys.readouterr().err
     assert not (tmp_path / "fid2").exists()

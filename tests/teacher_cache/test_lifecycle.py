@@ -2,29 +2,11 @@
 when it does not match; its temperatures."""
 
 import json
-from pathlib import Path
 
 import pytest
+from kdlab_testing import FAST, run_cli, small_data
 
-from kdlab.cli import main
 from kdlab.errors import KdlabError
-
-
-def run_cli(argv: list[str]) -> int:
-    """Run ``kdlab`` in-process; return its exit status."""
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def small_data(path: Path, source: Path, n: int) -> Path:
-    path.write_text(json.dumps(json.loads(source.read_text())[:n]))
-    return path
-
-
-FAST = ["--precision", "fp32", "--save-steps", "0"]
 
 
 def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
@@ -63,24 +45,15 @@ def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp
     out = tmp_path / "refused"
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                other,
-                "--teacher-cache",
-                cache,
-                "--cache-k",
-                16,
-                "--out",
-                out,
-                "--max-steps",
-                1,
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=other,
+            teacher_cache=cache,
+            cache_k=16,
+            out=out,
+            max_steps=1,
+            **FAST,
         )
         == 2
     )

@@ -1,6 +1,5 @@
 """SFT and distill end to end on tiny models: loss falls, runs resume, bad input is refused cleanly."""
 
-import csv
 import json
 import os
 import subprocess
@@ -9,38 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from kdlab_testing import FAST, cli_args, losses, run_cli, small_data, weights
 
-from kdlab.cli import main
 from kdlab.train import loop
-
-
-def run_cli(argv: list[str]) -> int:
-    """Run ``kdlab`` in-process; return its exit status."""
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def losses(run_dir: Path) -> list[float]:
-    with (run_dir / "log.csv").open() as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    final = run_dir / "final"
-    name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").exists() else "model.safetensors"
-    return load_file(final / name)
-
-
-def small_data(path: Path, source: Path, n: int) -> Path:
-    path.write_text(json.dumps(json.loads(source.read_text())[:n]))
-    return path
-
-
-FAST = ["--precision", "fp32", "--save-steps", "0"]
 
 
 def test_sft_full_finetuning_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path):
@@ -48,23 +18,15 @@ def test_sft_full_finetuning_loss_falls_on_a_repeated_batch(tiny_models, synth_t
     out = tmp_path / "sft"
     assert (
         run_cli(
-            [
-                "sft",
-                "--model",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                out,
-                "--no-lora",
-                "--max-steps",
-                12,
-                "--batch-size",
-                4,
-                "--lr",
-                1e-2,
-                *FAST,
-            ]
+            "sft",
+            model=tiny_models["student"],
+            data=data,
+            out=out,
+            no_lora=True,
+            max_steps=12,
+            batch_size=4,
+            lr=1e-2,
+            **FAST,
         )
         == 0
     )
@@ -80,24 +42,15 @@ def test_sft_lora_saves_only_the_adapter(tiny_models, synth_train, tmp_path):
     out = tmp_path / "lora"
     assert (
         run_cli(
-            [
-                "sft",
-                "--model",
-                tiny_models["student"],
-                "--data",
-                synth_train,
-                "--out",
-                out,
-                "--max-steps",
-                3,
-                "--batch-size",
-                4,
-                "--lora-r",
-                4,
-                "--lora-targets",
-                "q_proj,v_proj",
-                *FAST,
-            ]
+            "sft",
+            model=tiny_models["student"],
+            data=synth_train,
+            out=out,
+            max_steps=3,
+            batch_size=4,
+            lora_r=4,
+            lora_targets="q_proj,v_proj",
+            **FAST,
         )
         == 0
     )
@@ -109,11 +62,11 @@ def test_sft_lora_saves_only_the_adapter(tiny_models, synth_train, tmp_path):
 @pytest.mark.parametrize(
     "loss,extra",
     [
-        ("fkl", ["--temperature", 2]),
-        ("rkl", []),
-        ("gjsd", ["--beta", 0.5, "--lmbda", 0.5]),
-        ("skl", ["--skew-alpha", 0.1]),
-        ("tvd", ["--kd-weight", 0.5, "--teacher-noise", 1.0]),
+        ("fkl", {"temperature": 2}),
+        ("rkl", {}),
+        ("gjsd", {"beta": 0.5, "lmbda": 0.5}),
+        ("skl", {"skew_alpha": 0.1}),
+        ("tvd", {"kd_weight": 0.5, "teacher_noise": 1.0}),
     ],
 )
 def test_distill_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_path, loss, extra):
@@ -121,30 +74,19 @@ def test_distill_loss_falls_on_a_repeated_batch(tiny_models, synth_train, tmp_pa
     out = tmp_path / loss
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                out,
-                "--loss",
-                loss,
-                "--no-lora",
-                "--max-steps",
-                10,
-                "--batch-size",
-                4,
-                "--lr",
-                1e-2,
-                "--max-new-tokens",
-                8,
-                *extra,
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=data,
+            out=out,
+            loss=loss,
+            no_lora=True,
+            max_steps=10,
+            batch_size=4,
+            lr=1e-2,
+            max_new_tokens=8,
+            **extra,
+            **FAST,
         )
         == 0
     )
@@ -158,48 +100,24 @@ def test_distill_with_a_teacher_adapter_and_seqkd(tiny_models, synth_train, tmp_
     teacher_run = tmp_path / "teacher"
     assert (
         run_cli(
-            [
-                "sft",
-                "--model",
-                tiny_models["teacher"],
-                "--data",
-                synth_train,
-                "--out",
-                teacher_run,
-                "--max-steps",
-                2,
-                "--batch-size",
-                8,
-                *FAST,
-            ]
+            "sft", model=tiny_models["teacher"], data=synth_train, out=teacher_run, max_steps=2, batch_size=8, **FAST
         )
         == 0
     )
     out = tmp_path / "seqkd"
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--teacher-adapter",
-                teacher_run / "final",
-                "--student",
-                tiny_models["student"],
-                "--data",
-                synth_train,
-                "--out",
-                out,
-                "--loss",
-                "seqkd",
-                "--max-steps",
-                2,
-                "--batch-size",
-                8,
-                "--max-new-tokens",
-                6,
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            teacher_adapter=teacher_run / "final",
+            student=tiny_models["student"],
+            data=synth_train,
+            out=out,
+            loss="seqkd",
+            max_steps=2,
+            batch_size=8,
+            max_new_tokens=6,
+            **FAST,
         )
         == 0
     )
@@ -210,30 +128,19 @@ def test_distill_with_a_teacher_adapter_and_seqkd(tiny_models, synth_train, tmp_
 
 
 def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train, tmp_path, monkeypatch):
-    args = [
-        "distill",
-        "--teacher",
-        tiny_models["teacher"],
-        "--student",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--loss",
-        "fkl",
-        "--max-steps",
-        6,
-        "--batch-size",
-        4,
-        "--lmbda",
-        0.3,
-        "--max-new-tokens",
-        4,
-        "--precision",
-        "fp32",
-        "--save-steps",
-        2,
-    ]
-    assert run_cli([*args, "--out", tmp_path / "straight"]) == 0
+    args = {
+        "teacher": tiny_models["teacher"],
+        "student": tiny_models["student"],
+        "data": synth_train,
+        "loss": "fkl",
+        "max_steps": 6,
+        "batch_size": 4,
+        "lmbda": 0.3,
+        "max_new_tokens": 4,
+        "precision": "fp32",
+        "save_steps": 2,
+    }
+    assert run_cli("distill", **args, out=tmp_path / "straight") == 0
 
     original_step = loop.Trainer._step
 
@@ -244,7 +151,7 @@ def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train
 
     monkeypatch.setattr(loop.Trainer, "_step", crash_after_step_4)
     with pytest.raises(KeyboardInterrupt):
-        run_cli([*args, "--out", tmp_path / "resumed"])
+        run_cli("distill", **args, out=tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoints" / "step-000004").is_dir()
     assert not (tmp_path / "resumed" / "final").exists() and not (tmp_path / "resumed" / "result.json").exists()
     monkeypatch.setattr(loop.Trainer, "_step", original_step)
@@ -253,7 +160,7 @@ def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train
     monkeypatch.setattr(
         loop.Trainer, "_step", lambda self, step, batches: calls.append(step) or original_step(self, step, batches)
     )
-    assert run_cli([*args, "--out", tmp_path / "resumed"]) == 0
+    assert run_cli("distill", **args, out=tmp_path / "resumed") == 0
     assert calls == [5, 6]
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
@@ -262,32 +169,26 @@ def test_resume_after_interruption_gives_the_same_model(tiny_models, synth_train
     assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
 
     calls.clear()  # a complete run is not trained again
-    assert run_cli([*args, "--out", tmp_path / "resumed"]) == 0
+    assert run_cli("distill", **args, out=tmp_path / "resumed") == 0
     assert calls == []
 
 
 def test_gradient_accumulation_normalises_by_all_response_tokens(tiny_models, synth_train, tmp_path, monkeypatch):
     """With SGD the update is lr * gradient: one batch of 4 == two micro-batches of 2 (uneven token counts)."""
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
-    common = [
-        "--model",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--no-lora",
-        "--max-steps",
-        1,
-        "--lr",
-        1.0,
-        "--warmup-ratio",
-        0,
-        "--max-grad-norm",
-        0,
-        *FAST,
-    ]
-    assert run_cli(["sft", *common, "--out", tmp_path / "one", "--batch-size", 4]) == 0
-    assert run_cli(["sft", *common, "--out", tmp_path / "accum", "--batch-size", 2, "--grad-accum", 2]) == 0
-    assert run_cli(["sft", *common, "--out", tmp_path / "accum-small", "--batch-size", 1, "--grad-accum", 4]) == 0
+    common = dict(
+        model=tiny_models["student"],
+        data=synth_train,
+        no_lora=True,
+        max_steps=1,
+        lr=1.0,
+        warmup_ratio=0,
+        max_grad_norm=0,
+        **FAST,
+    )
+    assert run_cli("sft", **common, out=tmp_path / "one", batch_size=4) == 0
+    assert run_cli("sft", **common, out=tmp_path / "accum", batch_size=2, grad_accum=2) == 0
+    assert run_cli("sft", **common, out=tmp_path / "accum-small", batch_size=1, grad_accum=4) == 0
     one = weights(tmp_path / "one")
     for other in ("accum", "accum-small"):
         for name, value in weights(tmp_path / other).items():
@@ -296,20 +197,9 @@ def test_gradient_accumulation_normalises_by_all_response_tokens(tiny_models, sy
 
 
 def test_a_folder_with_another_config_is_refused(tiny_models, synth_train, tmp_path, capsys):
-    args = [
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--out",
-        tmp_path / "run",
-        "--max-steps",
-        1,
-        *FAST,
-    ]
-    assert run_cli(args) == 0
-    assert run_cli([*args, "--lr", 0.1]) == 2
+    args = dict(model=tiny_models["student"], data=synth_train, out=tmp_path / "run", max_steps=1, **FAST)
+    assert run_cli("sft", **args) == 0
+    assert run_cli("sft", **args, lr=0.1) == 2
     assert "different config" in capsys.readouterr().err
 
 
@@ -366,36 +256,22 @@ def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_mo
         "missing-field": missing_field(tmp_path),
     }.get(case, synth_train)
     options = {
-        "zero-temperature": ["--temperature", 0],
-        "negative-temperature": ["--temperature", -1],
-        "beta": ["--beta", 1.5],
-        "unknown-loss": ["--set", "kd.loss=kl"],
-        "bad-adapter": ["--teacher-adapter", tmp_path],
-        "too-short": ["--max-length", 4],
-        "seqkd-cache": ["--loss", "seqkd", "--teacher-cache", tmp_path / "cache"],
-        "cache-k": ["--teacher-cache", tmp_path / "cache", "--cache-k", 0],
-        "not-a-cache": ["--teacher-cache", not_a_cache(tmp_path)],
-    }.get(case, [])
+        "zero-temperature": {"temperature": 0},
+        "negative-temperature": {"temperature": -1},
+        "beta": {"beta": 1.5},
+        "unknown-loss": {"set": "kd.loss=kl"},
+        "bad-adapter": {"teacher_adapter": tmp_path},
+        "too-short": {"max_length": 4},
+        "seqkd-cache": {"loss": "seqkd", "teacher_cache": tmp_path / "cache"},
+        "cache-k": {"teacher_cache": tmp_path / "cache", "cache_k": 0},
+        "not-a-cache": {"teacher_cache": not_a_cache(tmp_path)},
+    }.get(case, {})
     student = {"tokenizers": tiny_models["other"], "missing-model": tmp_path / "no-model"}.get(
         case, tiny_models["student"]
     )
     out = tmp_path / "out"
     code = run_cli(
-        [
-            "distill",
-            "--teacher",
-            tiny_models["teacher"],
-            "--student",
-            student,
-            "--data",
-            data,
-            "--out",
-            out,
-            "--max-steps",
-            1,
-            *options,
-            *FAST,
-        ]
+        "distill", teacher=tiny_models["teacher"], student=student, data=data, out=out, max_steps=1, **options, **FAST
     )
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -405,28 +281,19 @@ def test_bad_input_is_one_clear_line_exit_2_and_no_output(case, message, tiny_mo
 
 def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train, tmp_path):
     """torchrun with 2 CPU processes (gloo): disjoint examples per step; one final save; same losses as 1 process."""
-    common = [
-        "-m",
-        "kdlab.cli",
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--max-steps",
-        3,
-        "--batch-size",
-        2,
-        "--trace-data",
-        "--precision",
-        "fp32",
-        "--save-steps",
-        2,
-    ]
+    common = {
+        "model": tiny_models["student"],
+        "data": synth_train,
+        "max_steps": 3,
+        "batch_size": 2,
+        "trace_data": True,
+        "precision": "fp32",
+        "save_steps": 2,
+    }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(
-        [*torchrun, *map(str, common), "--out", str(tmp_path / "ddp")],
+        [*torchrun, *cli_args("-m", "kdlab.cli", "sft", **common, out=tmp_path / "ddp")],
         env=env,
         capture_output=True,
         text=True,
@@ -450,7 +317,7 @@ def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train
     ]
     # the same micro-batches in one process with 2 accumulation steps give the same losses
     single = subprocess.run(
-        [sys.executable, *map(str, common), "--grad-accum", "2", "--out", str(tmp_path / "single")],
+        [sys.executable, *cli_args("-m", "kdlab.cli", "sft", **common, grad_accum=2, out=tmp_path / "single")],
         env=env,
         capture_output=True,
         text=True,
@@ -467,28 +334,19 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
-    common = [
-        "distill",
-        "--teacher",
-        tiny_models["teacher"],
-        "--student",
-        tiny_models["student"],
-        "--data",
-        data,
-        "--teacher-cache",
-        cache,
-        "--cache-k",
-        32,
-        "--no-lora",
-        "--max-steps",
-        4,
-        "--batch-size",
-        4,
-        "--lr",
-        1e-2,
-        *FAST,
-    ]
-    assert run_cli([*common, "--out", tmp_path / "fkl"]) == 0
+    common = dict(
+        teacher=tiny_models["teacher"],
+        student=tiny_models["student"],
+        data=data,
+        teacher_cache=cache,
+        cache_k=32,
+        no_lora=True,
+        max_steps=4,
+        batch_size=4,
+        lr=1e-2,
+        **FAST,
+    )
+    assert run_cli("distill", **common, out=tmp_path / "fkl") == 0
     manifest = json.loads((cache / "manifest.json").read_text())
     assert (
         manifest["k"] == 32 and manifest["examples"] == 8 and manifest["vocab_size"] == 384
@@ -503,7 +361,7 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
     monkeypatch.setattr(lifecycle, "load_teacher", no_teacher)
     monkeypatch.setattr(lifecycle, "build_cache", no_teacher)
     out = tmp_path / "rkl-t2"
-    assert run_cli([*common, "--out", out, "--loss", "rkl", "--temperature", 2, "--cache-tail", "renormalize"]) == 0
+    assert run_cli("distill", **common, out=out, loss="rkl", temperature=2, cache_tail="renormalize") == 0
     assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
     curve = losses(out)
     assert len(curve) == 4 and curve[-1] < curve[0] and all(value >= 0 for value in curve)
@@ -511,7 +369,7 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
 
     # GKD with the cache: off-policy steps from the cache, on-policy steps from the (loaded) live teacher
     out = tmp_path / "gkd"
-    assert run_cli([*common, "--out", out, "--loss", "gjsd", "--lmbda", 0.5, "--max-new-tokens", 4]) == 0
+    assert run_cli("distill", **common, out=out, loss="gjsd", lmbda=0.5, max_new_tokens=4) == 0
     assert json.loads((out / "result.json").read_text())["on_policy_steps_this_session"] > 0
     assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps
 
@@ -520,77 +378,55 @@ def test_a_run_started_before_a_setting_existed_resumes(tiny_models, synth_train
     """A config.yaml without a setting added to kdlab later counts that setting as its default."""
     import yaml
 
-    args = [
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        synth_train,
-        "--out",
-        tmp_path / "run",
-        "--max-steps",
-        1,
-        *FAST,
-    ]
-    assert run_cli(args) == 0
+    args = dict(model=tiny_models["student"], data=synth_train, out=tmp_path / "run", max_steps=1, **FAST)
+    assert run_cli("sft", **args) == 0
     path = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(path.read_text())
     del old["kd"]["cache_tail"], old["teacher_cache"]
     path.write_text(yaml.safe_dump(old))
-    assert run_cli(args) == 0
+    assert run_cli("sft", **args) == 0
     assert "is complete" in capsys.readouterr().out
     old["train"]["lr"] = 0.5  # a real difference is still refused
     path.write_text(yaml.safe_dump(old))
-    assert run_cli(args) == 2
+    assert run_cli("sft", **args) == 2
 
 
 def test_runs_of_different_precision_in_one_process(tiny_models, synth_train, tmp_path):
     """A study runs many trainings in one process; accelerate's process-wide state must not pin the first precision."""
-    base = ["sft", "--model", tiny_models["student"], "--data", synth_train, "--max-steps", 1, "--save-steps", 0]
-    assert run_cli([*base, "--out", tmp_path / "bf16", "--precision", "bf16"]) == 0
-    assert run_cli([*base, "--out", tmp_path / "fp32", "--precision", "fp32"]) == 0
+    base = {"model": tiny_models["student"], "data": synth_train, "max_steps": 1, "save_steps": 0}
+    assert run_cli("sft", **base, out=tmp_path / "bf16", precision="bf16") == 0
+    assert run_cli("sft", **base, out=tmp_path / "fp32", precision="fp32") == 0
     assert (tmp_path / "fp32" / "result.json").is_file()
 
 
 @pytest.mark.parametrize(
     "name,extra",
     [
-        ("decision", ["--answer-weight", 5.0]),
-        ("disagreement-cached", ["--disagreement-gamma", 2.0, "--teacher-cache", "CACHE"]),
-        ("speculative", ["--preset", "speculative-kd", "--lmbda", 1.0, "--speculative-k", 3]),
-        ("on-policy", ["--preset", "on-policy"]),
+        ("decision", {"answer_weight": 5.0}),
+        ("disagreement-cached", {"disagreement_gamma": 2.0, "teacher_cache": "CACHE"}),
+        ("speculative", {"preset": "speculative-kd", "lmbda": 1.0, "speculative_k": 3}),
+        ("on-policy", {"preset": "on-policy"}),
     ],
 )
 def test_fidelity_aware_objectives_train(tiny_models, synth_train, tmp_path, capsys, name, extra):
     data = small_data(tmp_path / "four.json", synth_train, 4)
     out = tmp_path / name
-    extra = [tmp_path / "cache" if value == "CACHE" else value for value in extra]
+    extra = {flag: tmp_path / "cache" if value == "CACHE" else value for flag, value in extra.items()}
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                out,
-                "--no-lora",
-                "--max-steps",
-                4,
-                "--batch-size",
-                4,
-                "--lr",
-                1e-2,
-                "--max-new-tokens",
-                8,
-                "--max-length",
-                400,
-                *extra,
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=data,
+            out=out,
+            no_lora=True,
+            max_steps=4,
+            batch_size=4,
+            lr=1e-2,
+            max_new_tokens=8,
+            max_length=400,
+            **extra,
+            **FAST,
         )
         == 0
     )
@@ -619,31 +455,19 @@ def test_answer_target_teacher_trains_on_the_teachers_answers(tiny_models, synth
     out = tmp_path / "teacher-target"
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                out,
-                "--no-lora",
-                "--max-steps",
-                2,
-                "--batch-size",
-                4,
-                "--answer-weight",
-                2.0,
-                "--max-length",
-                400,
-                "--answer-target",
-                "teacher",
-                "--teacher-answers",
-                tmp_path / "answers.json",
-                *FAST,
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=data,
+            out=out,
+            no_lora=True,
+            max_steps=2,
+            batch_size=4,
+            answer_weight=2.0,
+            max_length=400,
+            answer_target="teacher",
+            teacher_answers=tmp_path / "answers.json",
+            **FAST,
         )
         == 0
     )
@@ -658,29 +482,23 @@ def test_answer_target_teacher_trains_on_the_teachers_answers(tiny_models, synth
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--speculative-k", 4], "set kd.lmbda > 0"),
-        (["--answer-target", "teacher", "--teacher-cache", "CACHE"], "drop --teacher-cache"),
-        (["--loss", "seqkd", "--answer-weight", 3], "token-level KD settings"),
-        (["--disagreement-gamma", -1], "kd.disagreement_gamma must be >= 0"),
-        (["--preset", "nope"], "invalid choice"),
+        ({"speculative_k": 4}, "set kd.lmbda > 0"),
+        ({"answer_target": "teacher", "teacher_cache": "CACHE"}, "drop --teacher-cache"),
+        ({"loss": "seqkd", "answer_weight": 3}, "token-level KD settings"),
+        ({"disagreement_gamma": -1}, "kd.disagreement_gamma must be >= 0"),
+        ({"preset": "nope"}, "invalid choice"),
     ],
 )
 def test_fidelity_options_are_checked(tiny_models, synth_train, tmp_path, capsys, flags, message):
-    flags = [tmp_path / "cache" if value == "CACHE" else value for value in flags]
+    flags = {flag: tmp_path / "cache" if value == "CACHE" else value for flag, value in flags.items()}
     code = run_cli(
-        [
-            "distill",
-            "--teacher",
-            tiny_models["teacher"],
-            "--student",
-            tiny_models["student"],
-            "--data",
-            synth_train,
-            "--out",
-            tmp_path / "out",
-            *flags,
-            *FAST,
-        ]
+        "distill",
+        teacher=tiny_models["teacher"],
+        student=tiny_models["student"],
+        data=synth_train,
+        out=tmp_path / "out",
+        **flags,
+        **FAST,
     )
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -693,21 +511,19 @@ def test_resume_does_not_depend_on_the_path_string_and_a_moved_run_resumes(
     folder "hold a different config"."""
     monkeypatch.chdir(tmp_path)
     data = small_data(tmp_path / "train.json", synth_train, 8)
-    common = ["sft", "--model", tiny_models["student"], "--max-steps", 1, "--batch-size", 4, *FAST]
-    assert run_cli([*common, "--data", "train.json", "--out", "runs/x/"]) == 0
+    common = dict(model=tiny_models["student"], max_steps=1, batch_size=4, **FAST)
+    assert run_cli("sft", **common, data="train.json", out="runs/x/") == 0
     capsys.readouterr()
-    assert run_cli([*common, "--data", "./train.json", "--out", "./runs/x"]) == 0
-    assert run_cli([*common, "--data", data, "--out", tmp_path / "runs" / "x"]) == 0
+    assert run_cli("sft", **common, data="./train.json", out="./runs/x") == 0
+    assert run_cli("sft", **common, data=data, out=tmp_path / "runs" / "x") == 0
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert run_cli([*common, "--data", "../train.json", "--out", "../runs/x"]) == 0
+    assert run_cli("sft", **common, data="../train.json", out="../runs/x") == 0
     (tmp_path / "runs" / "x").rename(tmp_path / "moved")
-    assert run_cli([*common, "--data", data, "--out", tmp_path / "moved"]) == 0
+    assert run_cli("sft", **common, data=data, out=tmp_path / "moved") == 0
     out = capsys.readouterr().out
     assert out.count("is complete (result.json); nothing to do") == 4
-    assert (
-        run_cli([*common, "--data", data, "--out", tmp_path / "moved", "--lr", 0.1]) == 2
-    )  # a real change still is refused
+    assert run_cli("sft", **common, data=data, out=tmp_path / "moved", lr=0.1) == 2  # a real change still is refused
     assert "different config (train.lr" in capsys.readouterr().err
 
 
@@ -724,21 +540,8 @@ def test_examples_that_do_not_fit_are_counted_and_on_long_chooses(tiny_models, s
     """Why: a prompt over max_length was dropped and a long response cut (losing "The answer is" and EOS) without a
     word; result.json just said 8 examples instead of 9."""
     data = long_examples(tmp_path / "long.json", synth_train)
-    common = [
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        data,
-        "--max-steps",
-        1,
-        "--batch-size",
-        4,
-        "--max-length",
-        400,
-        *FAST,
-    ]
-    assert run_cli([*common, "--out", tmp_path / "truncate"]) == 0
+    common = dict(model=tiny_models["student"], data=data, max_steps=1, batch_size=4, max_length=400, **FAST)
+    assert run_cli("sft", **common, out=tmp_path / "truncate") == 0
     err = capsys.readouterr().err
     assert "1 of 9 examples dropped and 1 responses cut" in err and "--on-long" in err
     data_counts = json.loads((tmp_path / "truncate" / "result.json").read_text())["data"]
@@ -750,10 +553,10 @@ def test_examples_that_do_not_fit_are_counted_and_on_long_chooses(tiny_models, s
         "max_length": 400,
         "on_long": "truncate",
     }
-    assert run_cli([*common, "--out", tmp_path / "drop", "--on-long", "drop"]) == 0
+    assert run_cli("sft", **common, out=tmp_path / "drop", on_long="drop") == 0
     drop = json.loads((tmp_path / "drop" / "result.json").read_text())["data"]
     assert (drop["examples"], drop["dropped_long"], drop["cut_responses"]) == (7, 2, 0)
     capsys.readouterr()
-    assert run_cli([*common, "--out", tmp_path / "error", "--on-long", "error"]) == 2
+    assert run_cli("sft", **common, out=tmp_path / "error", on_long="error") == 2
     assert "long.json: example 0 has" in capsys.readouterr().err
     assert not (tmp_path / "error").exists()

@@ -5,18 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from kdlab_testing import run_cli, small_data
 
-from kdlab.cli import main
 from kdlab.train import loop
 from kdlab.train.trackers import installed, resolve_report_to
-
-
-def run_cli(argv: list) -> int:
-    try:
-        main([str(arg) for arg in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def csv_losses(run_dir: Path) -> dict[int, float]:
@@ -45,31 +37,18 @@ def mlflow_losses(run_dir: Path) -> dict[int, float]:
 READERS = {"tensorboard": tensorboard_losses, "mlflow": mlflow_losses}
 
 
-def sft_args(tiny_models, data: Path, out: Path, tracker: str, steps: int = 4, save_steps: int = 0) -> list:
-    return [
-        "sft",
-        "--model",
-        tiny_models["student"],
-        "--data",
-        data,
-        "--out",
-        out,
-        "--max-steps",
-        steps,
-        "--batch-size",
-        4,
-        "--precision",
-        "fp32",
-        "--save-steps",
-        save_steps,
-        "--report-to",
-        tracker,
-    ]
-
-
-def small_data(path: Path, source: Path, n: int) -> Path:
-    path.write_text(json.dumps(json.loads(source.read_text())[:n]))
-    return path
+def sft_args(tiny_models, data: Path, out: Path, tracker: str, steps: int = 4, save_steps: int = 0) -> dict:
+    """The flags of a small ``kdlab sft`` run reporting to ``tracker``."""
+    return {
+        "model": tiny_models["student"],
+        "data": data,
+        "out": out,
+        "max_steps": steps,
+        "batch_size": 4,
+        "precision": "fp32",
+        "save_steps": save_steps,
+        "report_to": tracker,
+    }
 
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
@@ -78,7 +57,7 @@ def test_tracker_loss_series_equals_log_csv(tiny_models, synth_train, tmp_path, 
     pytest.importorskip(tracker)
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     out = tmp_path / "run"
-    assert run_cli(sft_args(tiny_models, data, out, tracker)) == 0
+    assert run_cli("sft", **sft_args(tiny_models, data, out, tracker)) == 0
     expected, logged = csv_losses(out), READERS[tracker](out)
     assert sorted(logged) == sorted(expected) == [1, 2, 3, 4]
     for step, value in expected.items():
@@ -102,10 +81,10 @@ def test_a_resumed_run_logs_each_step_once(tiny_models, synth_train, tmp_path, m
 
     monkeypatch.setattr(loop.Trainer, "_step", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        run_cli(args)
+        run_cli("sft", **args)
     monkeypatch.setattr(loop.Trainer, "_step", original_step)
     assert sorted(csv_losses(out)) == [1, 2, 3, 4, 5]
-    assert run_cli(args) == 0
+    assert run_cli("sft", **args) == 0
     expected, logged = csv_losses(out), READERS[tracker](out)
     assert sorted(logged) == sorted(expected) == [1, 2, 3, 4, 5, 6]
     for step, value in expected.items():
@@ -139,7 +118,7 @@ def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, t
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     out = tmp_path / "run"
-    assert run_cli(sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
+    assert run_cli("sft", **sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
     write_synth(tmp_path / "eval-data" / "arith" / "test.json", n=4, seed=3, split="test")
     RUNNERS["eval"](
         {
@@ -196,34 +175,20 @@ def test_a_kd_run_logs_its_kd_and_ce_parts(tiny_models, synth_train, tmp_path):
     out = tmp_path / "kd"
     assert (
         run_cli(
-            [
-                "distill",
-                "--teacher",
-                tiny_models["teacher"],
-                "--student",
-                tiny_models["student"],
-                "--data",
-                data,
-                "--out",
-                out,
-                "--loss",
-                "fkl",
-                "--temperature",
-                2,
-                "--kd-weight",
-                0.5,
-                "--no-lora",
-                "--max-steps",
-                3,
-                "--batch-size",
-                4,
-                "--precision",
-                "fp32",
-                "--save-steps",
-                0,
-                "--report-to",
-                "tensorboard",
-            ]
+            "distill",
+            teacher=tiny_models["teacher"],
+            student=tiny_models["student"],
+            data=data,
+            out=out,
+            loss="fkl",
+            temperature=2,
+            kd_weight=0.5,
+            no_lora=True,
+            max_steps=3,
+            batch_size=4,
+            precision="fp32",
+            save_steps=0,
+            report_to="tensorboard",
         )
         == 0
     )

@@ -5,6 +5,7 @@ import re
 
 import pandas as pd
 import pytest
+from kdlab_testing import cli_args
 
 from kdlab.cli import main
 from kdlab.errors import KdlabError
@@ -72,9 +73,7 @@ def test_job_parameters_for_cpu_runs():
 
 def test_cli_refuses_shard_with_an_engine_and_slurm_without_sbatch(tiny_study_spec, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["study", "run", str(tiny_study_spec), "--executor", "ray", "--shard", "1/2", "--out", str(tmp_path / "s")]
-        )
+        main(cli_args("study", "run", tiny_study_spec, executor="ray", shard="1/2", out=tmp_path / "s"))
     assert exit_info.value.code == 2 and "--shard is for --executor local" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     with pytest.raises(KdlabError, match="no `sbatch` on this machine"):
@@ -83,20 +82,7 @@ def test_cli_refuses_shard_with_an_engine_and_slurm_without_sbatch(tiny_study_sp
 
 
 def test_cli_dry_run_prints_scripts_and_wall_times(tiny_study_spec, tmp_path, capsys):
-    main(
-        [
-            "study",
-            "run",
-            str(tiny_study_spec),
-            "--executor",
-            "slurm",
-            "--dry-run",
-            "--partition",
-            "big",
-            "--out",
-            str(tmp_path / "s"),
-        ]
-    )
+    main(cli_args("study", "run", tiny_study_spec, executor="slurm", dry_run=True, partition="big", out=tmp_path / "s"))
     out = capsys.readouterr().out
     assert out.count("##### job ") == 85 and out.count("#SBATCH --partition=big") == 85
     assert "expected wall time on N GPUs" in out and not (tmp_path / "s").exists()
