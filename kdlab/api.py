@@ -202,12 +202,12 @@ def run_study(
     spec: str | Path, out: str | Path | None = None, *, executor: str = "local", report: bool = False, **options
 ) -> StudyResult:
     """Run a study spec, as ``kdlab study run`` (resumable: finished runs are kept); with ``report=True`` also
-    write its statistics and HTML report.
+    write its statistics and HTML report (not after a ``dry_run=True``, which only prints the plan).
 
     ``executor``: ``local`` (default; options ``shard``, ``poll``, ``max_wait``), ``ray`` (``address``,
     ``max_retries``) or ``slurm`` (``slurm_overrides``, ``submitit_local``); see docs/distributed.md.
 
-    >>> study = kdlab.run_study("configs/studies/smollm2-tiny.yaml", out="runs/tiny", report=True)
+    >>> study = kdlab.run_study("configs/studies/smollm2-cpu.yaml", out="runs/cpu", report=True)
     >>> study.results().groupby("method").accuracy.mean()
     """
     if executor == "local":
@@ -221,6 +221,6 @@ def run_study(
     result = StudyResult(
         path=Path(study_dir), failed=getattr(summary, "failed", 0), blocked=getattr(summary, "blocked", 0)
     )
-    if report:
+    if report and summary is not None:
         result.report()
     return result
