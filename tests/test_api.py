@@ -165,7 +165,9 @@ def test_evaluate_and_fidelity_match_the_cli(tiny_models, tmp_path):
     assert fid.summary["average"]["n"] == 6
 
 
-def test_run_study_matches_the_cli(tiny_models, tmp_path):
+@pytest.fixture
+def api_spec(tiny_models, tmp_path) -> Path:
+    """A 5-run study (teacher SFT, student SFT, one KD run, their evaluations and fidelity) on tiny models."""
     from kdlab.data.synth import write_synth
 
     write_synth(tmp_path / "train.json", n=16, seed=0, split="train")
@@ -187,6 +189,18 @@ def test_run_study_matches_the_cli(tiny_models, tmp_path):
     }
     path = tmp_path / "api.yaml"
     path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_dry_run_plans_and_writes_nothing(api_spec, tmp_path, capsys):
+    study = kdlab.run_study(api_spec, out=tmp_path / "dry", dry_run=True, report=True)
+    assert study.path == tmp_path / "dry" and study.failed == 0
+    assert "teacher-sft" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
+
+
+def test_run_study_matches_the_cli(api_spec, tmp_path):
+    path = api_spec
     assert run_cli("study", "run", path, out=tmp_path / "cli-study") == 0
     assert run_cli("study", "report", tmp_path / "cli-study") == 0
     study = kdlab.run_study(path, out=tmp_path / "api-study", report=True)
