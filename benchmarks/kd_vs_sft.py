@@ -63,11 +63,10 @@ from kdlab.data.synth import write_synth  # noqa: E402
 from kdlab.data.tokenize import collate, encode_examples  # noqa: E402
 from kdlab.eval.evaluate import EvalSettings, evaluate  # noqa: E402
 from kdlab.fidelity_metrics import run_fidelity  # noqa: E402
-from kdlab.models.heads import final_hidden, output_weight  # noqa: E402
+from kdlab.models.heads import final_hidden, output_weight, response_hidden  # noqa: E402
 from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402
 from kdlab.teacher_cache.lifecycle import ensure_teacher_cache  # noqa: E402
-from kdlab.train.objectives import response_hidden  # noqa: E402
 from kdlab.train.recipes import run_distill, run_sft  # noqa: E402
 
 MODEL = "smollm2-135m"

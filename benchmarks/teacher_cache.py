@@ -225,8 +225,7 @@ class Heldout:
 
     @staticmethod
     def _hidden(model, batch):
-        from kdlab.models.heads import final_hidden
-        from kdlab.train.objectives import response_hidden
+        from kdlab.models.heads import final_hidden, response_hidden
 
         return response_hidden(final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
 

@@ -47,18 +47,18 @@ import torch
 from torch import nn
 
 from kdlab.errors import KdlabError
-from kdlab.losses import IGNORE_INDEX, check_loss_args, chunked_distill_loss, chunked_token_loss, token_objective
+from kdlab.losses import LiveTeacher, check_loss_args, chunked_distill_loss, chunked_objective
+from kdlab.models.heads import response_hidden
 
 
 def shift_for_causal_lm(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states [N, H] of the positions that predict a kept label, and those labels [N]:
-    ``hidden[:, :-1]`` and ``labels[:, 1:]`` where ``labels[:, 1:] != -100`` (batch rows, then positions)."""
+    """:func:`kdlab.models.heads.response_hidden` (the rows that predict a kept label, and those labels), after
+    checking that ``hidden`` [B, T, ...] and ``labels`` [B, T] have the same batch and length."""
     if hidden.shape[:2] != labels.shape:
         raise KdlabError(
             f"hidden states {tuple(hidden.shape)} and labels {tuple(labels.shape)} differ in (batch, length)"
         )
-    keep = labels[:, 1:] != IGNORE_INDEX
-    return hidden[:, :-1][keep], labels[:, 1:][keep]
+    return response_hidden(hidden, labels)
 
 
 class DistillationLoss(nn.Module):
@@ -156,20 +156,23 @@ class DistillationLoss(nn.Module):
         vocab = self.vocab_size or min(weight.shape[0], teacher_log_probs.shape[-1])
         teacher_rows, _ = shift_for_causal_lm(teacher_log_probs.detach()[..., :vocab], labels)
 
-        def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
-            teacher = teacher_rows[start:end].to(student_logits.dtype)
-            return token_objective(
-                student_logits,
-                teacher,
-                targets[start:end],
-                self.loss,
-                self.temperature,
-                self.kd_weight,
-                self.loss_kwargs,
-            )
+        def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> LiveTeacher:
+            # log-probabilities are logits up to a per-position constant, which the softmax removes
+            return LiveTeacher(teacher_rows[start:end].to(student_logits.dtype))
 
-        return chunked_token_loss(
-            hidden, weight[:vocab] if vocab < weight.shape[0] else weight, token_loss, self.chunk_size
+        return chunked_objective(
+            hidden,
+            weight,
+            teacher_at,
+            targets,
+            self.loss,
+            self.temperature,
+            self.kd_weight,
+            self.loss_kwargs,
+            vocab,
+            self.chunk_size,
+            None,
+            None,
         )
 
     def _cached(self, hidden, weight, teacher_cache, example_index, targets) -> torch.Tensor:

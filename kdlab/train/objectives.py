@@ -17,14 +17,8 @@ from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
 from kdlab.generation import generate_ids, speculative_generate_ids
 from kdlab.losses import LossParts, TokenWeights, chunked_ce_loss, chunked_distill_loss
-from kdlab.models.heads import final_hidden, output_weight
+from kdlab.models.heads import final_hidden, output_weight, response_hidden
 from kdlab.teacher_cache import chunked_cached_distill_loss
-
-
-def response_hidden(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states [N, H] of the positions that predict response tokens, and those tokens [N]."""
-    keep = labels[:, 1:] != IGNORE_INDEX
-    return hidden[:, :-1][keep], labels[:, 1:][keep]
 
 
 def token_weights(batch: dict, kd: KDConfig) -> TokenWeights | None:
