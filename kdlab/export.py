@@ -22,7 +22,7 @@ import yaml
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
-from kdlab.model_card import card_text, format_card, logged_tokens, parse_card, read_model_card
+from kdlab.model_card import format_card, parse_card, read_model_card, run_card_text
 
 MERGED_NOTE = (
     "The LoRA adapter trained by this run is merged into the base model's weights (PEFT `merge_and_unload`): "
@@ -74,16 +74,10 @@ def export_run(
         else:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
             if not (tmp / "README.md").is_file() or not read_model_card(tmp / "README.md")[0]:
-                (tmp / "README.md").write_text(_card(Path(run)))
+                (tmp / "README.md").write_text(run_card_text(run))
     if push_to_hub:
         upload(out, push_to_hub, token)
     return out
-
-
-def _card(run_dir: Path) -> str:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary = yaml.safe_load((run_dir / "result.json").read_text())
-    return card_text(config, summary, tokens=logged_tokens(run_dir, summary.get("steps")))
 
 
 def _write_merged(run_dir: Path, final: Path, tmp: Path) -> None:
@@ -99,7 +93,7 @@ def _write_merged(run_dir: Path, final: Path, tmp: Path) -> None:
         AutoTokenizer.from_pretrained(final).save_pretrained(tmp)
     header, body = read_model_card(final) if (final / "README.md").is_file() else ({}, "")
     if not header:
-        header, body = parse_card(_card(run_dir))
+        header, body = parse_card(run_card_text(run_dir))
     header["library_name"] = "transformers"
     header["tags"] = [tag for tag in header.get("tags", []) if tag != "lora"] + ["merged-lora"]
     (tmp / "README.md").write_text(format_card(header, body.rstrip() + "\n\n" + MERGED_NOTE + "\n"))

@@ -106,22 +106,22 @@ def format_card(header: dict, body: str) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body
 
 
-def write_model_card(run_dir: str | Path, evaluation: dict | None = None, fidelity: dict | None = None) -> Path:
-    """(Re)write ``run_dir/final/README.md`` from config.yaml and result.json; results given replace those on the
-    card, the others are kept. Returns the card's path."""
+def run_card_text(run_dir: str | Path, evaluation: dict | None = None, fidelity: dict | None = None) -> str:
+    """The card of a finished run, from its ``config.yaml``, ``result.json`` and ``log.csv`` (:func:`card_text`)."""
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary = yaml.safe_load((run_dir / "result.json").read_text())  # JSON is YAML
-    card = run_dir / "final" / "README.md"
+    return card_text(config, summary, evaluation, fidelity, logged_tokens(run_dir, summary.get("steps")))
+
+
+def write_model_card(run_dir: str | Path, evaluation: dict | None = None, fidelity: dict | None = None) -> Path:
+    """(Re)write ``run_dir/final/README.md`` from config.yaml and result.json; results given replace those on the
+    card, the others are kept. Returns the card's path."""
+    card = Path(run_dir) / "final" / "README.md"
     old = read_model_card(card)[0].get("kdlab", {}) if card.is_file() else {}
-    text = card_text(
-        config,
-        summary,
-        evaluation or old.get("evaluation"),
-        fidelity or old.get("fidelity"),
-        logged_tokens(run_dir, summary.get("steps")),
+    atomic_write_text(
+        card, run_card_text(run_dir, evaluation or old.get("evaluation"), fidelity or old.get("fidelity"))
     )
-    atomic_write_text(card, text)
     return card
 
 
