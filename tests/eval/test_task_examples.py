@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+from kdlab_testing import SHARED_TASKS
 
 from kdlab.data.formats import Example
 from kdlab.errors import KdlabError
@@ -14,22 +15,6 @@ from kdlab.eval.task_examples import load_task_examples, map_gsm8k, map_hellaswa
 from kdlab.eval.tasks import TASKS, Task
 
 EVAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "paper-kd-generalization" / "eval"
-SHARED_TASKS = [
-    "AQuA",
-    "ARC-Challenge",
-    "ARC-Easy",
-    "AddSub",
-    "MultiArith",
-    "SVAMP",
-    "SingleEq",
-    "boolq",
-    "gsm8k",
-    "mathqa",
-    "openbookqa",
-    "piqa",
-    "social_i_qa",
-    "winogrande",
-]
 
 
 @pytest.fixture

@@ -1,27 +1,11 @@
 """Task registry: resolving names and groups, validating task records."""
 
 import pytest
+from kdlab_testing import SHARED_TASKS
 
 from kdlab.errors import KdlabError
 from kdlab.eval import task_examples
 from kdlab.eval.tasks import GROUPS, TASKS, Task, get_task, resolve_tasks
-
-SHARED_TASKS = [
-    "AQuA",
-    "ARC-Challenge",
-    "ARC-Easy",
-    "AddSub",
-    "MultiArith",
-    "SVAMP",
-    "SingleEq",
-    "boolq",
-    "gsm8k",
-    "mathqa",
-    "openbookqa",
-    "piqa",
-    "social_i_qa",
-    "winogrande",
-]
 
 
 def _names(tasks):

@@ -13,6 +13,24 @@ from safetensors.torch import load_file
 
 from kdlab.cli import main
 
+# the task folders of ../shared/data/paper-kd-generalization/eval (13 of the paper's 14 tasks, no HellaSwag; plus mathqa)
+SHARED_TASKS = [
+    "AQuA",
+    "ARC-Challenge",
+    "ARC-Easy",
+    "AddSub",
+    "MultiArith",
+    "SVAMP",
+    "SingleEq",
+    "boolq",
+    "gsm8k",
+    "mathqa",
+    "openbookqa",
+    "piqa",
+    "social_i_qa",
+    "winogrande",
+]
+
 FAST = {"precision": "fp32", "save_steps": 0}
 """Settings that make a tiny training run quick: no mixed precision, no checkpoints."""
 
