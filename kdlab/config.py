@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from kdlab.errors import KdlabError
+from kdlab.io import read_yaml
 
 
 def option(default, help: str, flag: str | None = None, choices: tuple | None = None, **kwargs):
@@ -222,10 +223,7 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise KdlabError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise KdlabError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise KdlabError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     flat = {}

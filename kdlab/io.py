@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: readers never see a half-written result."""
+"""Atomic file and folder writes (readers never see a half-written result), and the strict reader of a user's YAML."""
 
 from __future__ import annotations
 
@@ -10,7 +10,49 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from kdlab.errors import KdlabError
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping repeats a key: ``key``, its ``line`` and the ``first`` line it was given on (1-based)."""
+
+    def __init__(self, key, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping repeating a key (PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys: that is its purpose
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path):
+    """A user's YAML file (a study spec, a run's ``--config``) read through :class:`StrictLoader`.
+
+    Malformed YAML and a repeated key are a :class:`KdlabError` naming the file (and the key and its lines:
+    ``spec.yaml: line 12: duplicate key 'fkl' (first at line 8)``).
+    """
+    try:
+        return yaml.load(Path(path).read_text(), Loader=StrictLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as exc:
+        raise KdlabError(f"{path}: line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first})") from None
+    except yaml.YAMLError as exc:
+        raise KdlabError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
 
 
 def _umask() -> int:

@@ -7,10 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from kdlab.config import KD_PRESETS, KDConfig
 from kdlab.errors import KdlabError
+from kdlab.io import read_yaml
 from kdlab.study.spec.ablations import Ablations, load_ablations
 from kdlab.study.spec.tuning import Tuning, check_tuning, load_tuning
 from kdlab.study.spec.values import (
@@ -258,11 +257,7 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
     path = Path(path)
     if not path.is_file():
         raise KdlabError(f"{path}: study spec not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise KdlabError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    data = as_mapping(data, str(path))
+    data = as_mapping(read_yaml(path), str(path))
     where = str(path)
     check_keys(data, TOP_KEYS, where)
     for key in ("models", "teachers", "students", "domains", "methods"):
