@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlab.errors import KdlabError
 from kdlab.study.kinds import KIND_DIRS
 from kdlab.study.runmeta import RunMeta
 
@@ -34,7 +36,7 @@ class Node:
     flops: float = 0.0
 
     def folder(self, study_dir: Path) -> Path:
-        return Path(study_dir) / self.id
+        return inside_study(study_dir, self.id)
 
     def shard(self, count: int) -> int:
         """Deterministic shard (0-based) of this node's group among ``count`` shards."""
@@ -56,6 +58,20 @@ def make_node(
     return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
 
 
+def inside_study(study_dir: Path, relative: str) -> Path:
+    """``study_dir / relative``, refused unless it names something inside the study folder.
+
+    Defence in depth behind the spec's name rule (:func:`kdlab.study.spec.values.check_name`): a run folder built
+    from a name holding ``..`` or an absolute path would write outside the study. The check is on the normalised
+    path, not on symlinks (a study may keep, e.g., ``kd/`` on another disk through a link).
+    """
+    root = os.path.abspath(study_dir)
+    path = os.path.abspath(os.path.join(root, relative))
+    if path == root or os.path.commonpath([root, path]) != root:
+        raise KdlabError(f"study plan: {relative!r} is not inside the study folder {study_dir}")
+    return Path(study_dir) / relative
+
+
 def study_path(node_id: str, *parts: str) -> str:
     """A parameter value naming a folder (or file) inside the study: ``study:<node id>/<parts>``."""
     return STUDY_PREFIX + "/".join((node_id,) + parts)
@@ -64,7 +80,7 @@ def study_path(node_id: str, *parts: str) -> str:
 def resolve(value, study_dir: Path):
     """A parameter value with ``study:`` folders turned into real paths."""
     if isinstance(value, str) and value.startswith(STUDY_PREFIX):
-        return str(Path(study_dir) / value[len(STUDY_PREFIX) :])
+        return str(inside_study(study_dir, value[len(STUDY_PREFIX) :]))
     return value
 
 

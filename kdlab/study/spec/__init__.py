@@ -59,6 +59,10 @@ the selections (plan order: training, validation, selection, then test evaluatio
 
 Validation happens when the spec is loaded: unknown keys, unknown model names, missing data files, bad values and
 run-config settings that :func:`kdlab.config.build_config` would refuse are reported with the spec path and the key.
+A repeated key is refused (``spec.yaml: line 12: duplicate key 'fkl' (first at line 8)``, see
+:func:`kdlab.io.read_yaml`). Names become folder names, so the study's, the models', the domains' and the methods'
+names (and string values under ``tuning.params``) may only hold letters, digits, '.', '_' and '-', start with a
+letter or digit and hold no '..' (:func:`~kdlab.study.spec.values.check_name`).
 
 The package: :mod:`~kdlab.study.spec.load` (the spec dataclasses, :func:`load_spec` and its checks),
 :mod:`~kdlab.study.spec.tuning` and :mod:`~kdlab.study.spec.ablations` (those two sections) and

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from kdlab.study.spec.values import (
     as_names,
     as_numbers,
     check_keys,
+    check_name,
     flatten_sections,
     is_int,
     load_sections,
@@ -136,7 +136,7 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
     a pruned entry must name a loadable one."""
     models = {}
     for name, entry in as_mapping(data, where).items():
-        here = f"{where}.{name}"
+        here = f"{where}.{check_name(name, where)}"
         if isinstance(entry, str):
             entry = {"spec": entry}
         entry = as_mapping(entry, here)
@@ -180,7 +180,7 @@ def _load_domains(data: dict, where: str, base: Path, check_files: bool) -> dict
 
     domains = {}
     for name, entry in as_mapping(data, where).items():
-        here = f"{where}.{name}"
+        here = f"{where}.{check_name(name, where)}"
         entry = as_mapping(entry, here)
         check_keys(entry, {"train", "tasks", "data_dir", "training", "examples", "teacher_train"}, here)
         paths = {}
@@ -225,7 +225,7 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
     kd_fields = set(KDConfig.__dataclass_fields__)
     methods = {}
     for name, entry in as_mapping(data, where).items():
-        here = f"{where}.{name}"
+        here = f"{where}.{check_name(name, where)}"
         if name == "sft":
             raise KdlabError(f"{here}: 'sft' is the baseline every study runs; it is not a KD method")
         if isinstance(entry, str):
@@ -264,9 +264,7 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
         if key not in data:
             raise KdlabError(f"{where}: missing '{key}'")
     base = Path(base).resolve() if base else path.resolve().parent
-    name = str(data.get("name") or path.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise KdlabError(f"{where}: name {name!r} may only hold letters, digits, '.', '_' and '-'")
+    name = check_name(str(data.get("name") or path.stem), f"{where}: name")
     models = _load_models(data["models"], f"{where}: models")
     teachers = as_names(data["teachers"], f"{where}: teachers")
     students = as_names(data["students"], f"{where}: students")

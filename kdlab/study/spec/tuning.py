@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlab.errors import KdlabError
-from kdlab.study.spec.values import as_mapping, check_keys, flatten_sections, is_int, resolve_path
+from kdlab.study.spec.values import as_mapping, check_keys, check_name, flatten_sections, is_int, resolve_path
 
 TUNING_KEYS = {"params", "temperature", "validation"}
 VALIDATION_KEYS = {"n", "seed", "file", "task"}
@@ -99,6 +99,10 @@ def _load_params(data, where: str) -> dict[str, list]:
             raise KdlabError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
         if len(set(map(repr, values))) != len(values):
             raise KdlabError(f"{where}.{key}: values repeat in {values}")
+        for value in values:  # a candidate's values are part of its runs' folder names (nodes.setting_tag)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    check_name(item, f"{where}.{key}")
         params[key] = values
     return params
 

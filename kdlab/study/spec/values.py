@@ -14,6 +14,18 @@ from kdlab.config import SECTIONS
 from kdlab.errors import KdlabError
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_name(name, where: str) -> str:
+    """A name that becomes part of a folder name (the study, a model, a domain, a method): letters, digits, '.', '_'
+    and '-', starting with a letter or digit, without '..' (so no path separator, no way out of the study folder)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise KdlabError(
+            f"{where}: {name!r} is not a valid name (letters, digits, '.', '_', '-'; starting with a letter or "
+            "digit; no '..')"
+        )
+    return name
 
 
 def parse_params(value, where: str) -> float:
