@@ -11,7 +11,7 @@ from kdlab.errors import KdlabError
 
 def _study(args: argparse.Namespace):
     """(spec, study_dir) from a study folder, or from a spec file plus ``--out`` (default runs/<name>)."""
-    from kdlab.study.executors.local import load_study
+    from kdlab.study.executors.local import load_study, study_folder
     from kdlab.study.spec import load_spec
 
     target = Path(args.study)
@@ -19,7 +19,7 @@ def _study(args: argparse.Namespace):
         return load_study(target)
     if target.is_file():
         spec = load_spec(target)
-        return spec, Path(getattr(args, "study_dir", None) or Path("runs") / spec.name)
+        return spec, study_folder(getattr(args, "study_dir", None), spec)
     raise KdlabError(f"{target}: neither a study folder nor a spec file")
 
 

@@ -48,9 +48,7 @@ def prepare_study(spec_path: str | Path, out: str | Path | None) -> tuple[StudyS
     in it."""
     spec = load_spec(spec_path)
     check_models(spec)
-    study_dir = Path(out or Path("runs") / spec.name)
-    if study_dir.exists() and any(study_dir.iterdir()) and not (study_dir / "study.json").is_file():
-        raise KdlabError(f"{study_dir}: exists and is not a study folder (no study.json); choose another --out")
+    study_dir = study_folder(out, spec)
     study_dir.mkdir(parents=True, exist_ok=True)
     text = Path(spec_path).read_text()
     old = study_dir / "spec.yaml"
@@ -66,6 +64,17 @@ def prepare_study(spec_path: str | Path, out: str | Path | None) -> tuple[StudyS
         {"name": spec.name, "spec_source": str(Path(spec_path).resolve()), "spec_base": str(spec.path.parent)},
     )
     return spec, study_dir
+
+
+def study_folder(out: str | Path | None, spec: StudySpec) -> Path:
+    """The study folder: ``out``, default ``runs/<name>``. Refused when it exists and is not one (a file, or a folder
+    holding other things), so neither a run nor a dry run or status reports a plan for a folder it cannot use."""
+    study_dir = Path(out or Path("runs") / spec.name)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise KdlabError(f"{study_dir}: exists and is a file, not a study folder; choose another --out")
+    if study_dir.exists() and any(study_dir.iterdir()) and not (study_dir / "study.json").is_file():
+        raise KdlabError(f"{study_dir}: exists and is not a study folder (no study.json); choose another --out")
+    return study_dir
 
 
 def load_study(study_dir: str | Path) -> tuple[StudySpec, Path]:
@@ -417,7 +426,7 @@ def run_study(
     if dry_run:
         spec = load_spec(spec_path, check_files=False)
         check_models(spec)
-        study_dir = Path(out or Path("runs") / spec.name)
+        study_dir = study_folder(out, spec)
         print(format_plan(build_plan(spec), study_dir, shard_index), flush=True)
         missing = [
             f"{d.name}: {path}"
