@@ -56,8 +56,10 @@ class EvalResult:
 
     def predictions(self, task: str) -> list[dict]:
         """The per-example records of ``task`` (``predictions/<task>.jsonl``)."""
+        from kdlab.eval.predictions import read_prediction_lines
+
         path = self.path / "predictions" / f"{task}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [record for _, record in read_prediction_lines(path, str_ids=True)]
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,14 @@ from kdlab.errors import KdlabError
 from kdlab.eval.extract import MODES, extract, is_correct
 from kdlab.eval.metrics import group_metrics, task_metrics
 from kdlab.eval.options import parse_options
+from kdlab.eval.predictions import read_prediction_lines
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
-from kdlab.outputs import absolute_paths, check_output_dir, same_settings
+from kdlab.outputs import absolute_paths, check_output_dir, read_config_mapping, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
 
 
@@ -98,7 +99,7 @@ def _check_out(settings: EvalSettings) -> Path:
     out = check_output_dir(settings.out, "config.yaml", "kdlab evaluation")
     config = out / "config.yaml"
     if config.is_file():
-        old = yaml.safe_load(config.read_text()) or {}
+        old = read_config_mapping(config)
         changed = same_settings(old, asdict(settings), EVAL_PATH_SETTINGS)
         if changed:
             raise KdlabError(
@@ -108,17 +109,12 @@ def _check_out(settings: EvalSettings) -> Path:
 
 
 def _read_done(path: Path) -> dict[int, dict]:
-    """Lines already written (a line cut by a kill is dropped and the file rewritten without it)."""
+    """Lines already written (a last line cut by a kill is dropped and the file rewritten without it); a line that
+    is not a prediction (:mod:`kdlab.eval.predictions`) is a KdlabError naming the file and line."""
     if not path.is_file():
         return {}
-    done, lines = {}, path.read_text().splitlines()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[record["id"]] = record
-    if len(done) != len(lines):
+    done = {record["id"]: record for _, record in read_prediction_lines(path, cut_last=True)}
+    if len(done) != sum(1 for line in path.read_bytes().split(b"\n") if line.strip()):
         atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in done.values()))
     return done
 
