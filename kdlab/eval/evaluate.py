@@ -47,7 +47,7 @@ from kdlab.errors import KdlabError
 from kdlab.eval.extract import MODES, extract, is_correct
 from kdlab.eval.metrics import group_metrics, task_metrics
 from kdlab.eval.predictions import read_prediction_lines
-from kdlab.eval.prompts import Prompt, model_context, prepare_prompts
+from kdlab.eval.prompts import Prompt, PromptLimit, model_context, prepare_prompts
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
@@ -173,8 +173,13 @@ def evaluate(settings: EvalSettings) -> dict:
     tokenizer.padding_side = "left"
     device = inference_device()
     model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
-    context = model_context(model, tokenizer)
-    prompts = {task.name: prepare_prompts(task, items[task.name], tokenizer, settings, context) for task in tasks}
+    limits = PromptLimit(settings.max_prompt_tokens, settings.on_long, model_context(model, tokenizer))
+    prompts = {
+        task.name: prepare_prompts(
+            task, items[task.name], tokenizer, settings.mode, settings.max_new_tokens or task.max_new_tokens, limits
+        )
+        for task in tasks
+    }
     for task in tasks:
         message = prompts[task.name].message(task.name, settings.on_long)
         if message:
@@ -187,7 +192,7 @@ def evaluate(settings: EvalSettings) -> dict:
                 out / "config.yaml",
                 yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False),
             )
-            return _run_tasks(model, tokenizer, device, tasks, prompts, settings, out, context)
+            return _run_tasks(model, tokenizer, device, tasks, prompts, settings, out, limits.context)
 
 
 @contextmanager

@@ -22,7 +22,6 @@ records ``prompt_tokens_cut``; its ``prompt`` stays the full text, which identif
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from kdlab.data.formats import Example
 from kdlab.data.prompt import format_prompt
@@ -30,9 +29,6 @@ from kdlab.data.tokenize import fit_length
 from kdlab.errors import KdlabError
 from kdlab.eval.options import parse_options
 from kdlab.eval.tasks import Task
-
-if TYPE_CHECKING:
-    from kdlab.eval.evaluate import EvalSettings
 
 UNSET_LENGTH = 10_000_000  # a tokenizer's model_max_length from here up means "not set" (transformers writes 1e30)
 
@@ -95,37 +91,44 @@ def _leading_special(ids: list[int], special: set[int]) -> int:
     return lead
 
 
-def _limit(settings: EvalSettings, context: int | None, after: int) -> int | None:
-    """The prompt limit when ``after`` tokens must follow the prompt (None: no limit)."""
-    if settings.max_prompt_tokens is not None:
-        return settings.max_prompt_tokens
-    return None if context is None else context - after
+@dataclass(frozen=True)
+class PromptLimit:
+    """How prompts are fitted: ``max_prompt_tokens`` (None: from the model's ``context``) and ``on_long``."""
 
+    max_prompt_tokens: int | None
+    on_long: str
+    context: int | None
 
-def _rule(settings: EvalSettings, context: int | None, after: str) -> str:
-    """Where the prompt limit comes from, in words."""
-    if settings.max_prompt_tokens is not None:
-        return f"--max-prompt-tokens {settings.max_prompt_tokens}"
-    if context is None:
-        return "no limit (the model states no context length)"
-    return f"the model's context of {context} tokens less {after}"
+    def tokens(self, after: int) -> int | None:
+        """The prompt limit when ``after`` tokens must follow the prompt (None: no limit)."""
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens
+        return None if self.context is None else self.context - after
+
+    def rule(self, after: str) -> str:
+        """Where the limit comes from, in words."""
+        if self.max_prompt_tokens is not None:
+            return f"--max-prompt-tokens {self.max_prompt_tokens}"
+        if self.context is None:
+            return "no limit (the model states no context length)"
+        return f"the model's context of {self.context} tokens less {after}"
 
 
 def prepare_prompts(
-    task: Task, items: list[tuple[int, Example]], tokenizer, settings: EvalSettings, context: int | None
+    task: Task, items: list[tuple[int, Example]], tokenizer, mode: str, budget: int, limits: PromptLimit
 ) -> TaskPrompts:
-    """Tokenise the prompts (and, in loglik mode, parse and tokenise the options) of ``items`` and fit each to its
-    limit; errors (``--on-long error``, unparsable options, no room left by the budget) are :class:`KdlabError`."""
-    budget = settings.max_new_tokens or task.max_new_tokens
-    loglik = settings.mode == "loglik"
-    limit = _limit(settings, context, budget)
+    """Tokenise the prompts (and, in ``loglik`` mode, parse and tokenise the options) of ``items`` and fit each to
+    its limit (``budget``: the generation budget); errors (``--on-long error``, unparsable options, no room left by
+    the budget) are :class:`KdlabError`."""
+    loglik = mode == "loglik"
+    limit = limits.tokens(budget)
     if not loglik and limit is not None and limit < 1:
         raise KdlabError(
             f"task {task.name}: --max-new-tokens {budget} leaves no room for a prompt in the model's context of "
-            f"{context} tokens; lower it, or pass --max-prompt-tokens N"
+            f"{limits.context} tokens; lower it, or pass --max-prompt-tokens N"
         )
     special = set(tokenizer.all_special_ids)
-    fitted = TaskPrompts([], rule=_rule(settings, context, "the longest option" if loglik else f"{budget} new tokens"))
+    fitted = TaskPrompts([], rule=limits.rule("the longest option" if loglik else f"{budget} new tokens"))
     for index, example in items:
         prompt = Prompt(index, example, format_prompt(example.instruction, example.input), [])
         prompt.ids = tokenizer(prompt.text, add_special_tokens=True)["input_ids"]
@@ -135,7 +138,7 @@ def prepare_prompts(
                 label: tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
                 for label, text in prompt.options.items()
             }
-            limit = _limit(settings, context, max(len(ids) for ids in prompt.option_ids.values()))
+            limit = limits.tokens(max(len(ids) for ids in prompt.option_ids.values()))
         if limit is None:
             fitted.prompts.append(prompt)
             continue
@@ -144,7 +147,7 @@ def prepare_prompts(
             lead,
             len(prompt.ids) - lead,
             limit,
-            settings.on_long,
+            limits.on_long,
             f"task {task.name}, example {index}: the prompt has {len(prompt.ids)} tokens, more than {limit} "
             f"({fitted.rule}); pass --on-long truncate|drop, or --max-prompt-tokens N",
         )
@@ -156,5 +159,5 @@ def prepare_prompts(
             prompt.ids = prompt.ids[:lead] + prompt.ids[len(prompt.ids) - keep :]
         fitted.prompts.append(prompt)
     if not fitted.prompts:
-        raise KdlabError(f"task {task.name}: no example fits {fitted.rule} (--on-long {settings.on_long})")
+        raise KdlabError(f"task {task.name}: no example fits {fitted.rule} (--on-long {limits.on_long})")
     return fitted
