@@ -56,8 +56,10 @@ class EvalResult:
 
     def predictions(self, task: str) -> list[dict]:
         """The per-example records of ``task`` (``predictions/<task>.jsonl``)."""
+        from kdlab.eval.predictions import read_prediction_lines
+
         path = self.path / "predictions" / f"{task}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [record for _, record in read_prediction_lines(path, str_ids=True)]
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def evaluate(model: str | Path, tasks: str | list[str], out: str | Path, **setti
 
     ``tasks``: names or groups (``"math"``, ``"gsm8k,svamp"`` or a list); other keywords are the fields of
     :class:`kdlab.eval.evaluate.EvalSettings` (``adapter``, ``data_dir``, ``mode``, ``extraction``, ``batch_size``,
-    ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``).
+    ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``, ``max_prompt_tokens``, ``on_long``).
 
     >>> scores = kdlab.evaluate("smollm2-135m", "arith", "runs/eval", limit=50)
     >>> scores.metrics["tasks"]["arith"]["accuracy"]

@@ -74,6 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         exclude_overlap=args.exclude_overlap,
         precision=args.precision,
+        max_prompt_tokens=args.max_prompt_tokens,
+        on_long=args.on_long,
     )
     print(format_metrics(result.metrics))
 
@@ -210,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_new_tokens",
         type=int,
         help="generation budget per answer (default: the task's own: 256 for math and synthetic, 32 for commonsense)",
+    )
+    evaluation.add_argument(
+        "--max-prompt-tokens",
+        dest="max_prompt_tokens",
+        type=int,
+        help="prompt length limit in tokens (default: the model's context, from its max_position_embeddings or the "
+        "tokenizer's model_max_length, less the generation budget, or less the longest option in loglik mode)",
+    )
+    evaluation.add_argument(
+        "--on-long",
+        dest="on_long",
+        default="truncate",
+        choices=("truncate", "drop", "error"),
+        help="a prompt over the limit: truncate (default, as in training) = cut its start, keeping BOS and its end "
+        "(the question's end and '### Response:'); drop = leave the example out; error = stop before writing "
+        "anything; counts per task in metrics.json",
     )
     evaluation.add_argument(
         "--exclude-overlap", dest="exclude_overlap", help="skip test questions found in this training JSON file"

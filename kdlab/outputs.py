@@ -108,3 +108,28 @@ def absolute_paths(settings: dict, paths: tuple[str, ...]) -> dict:
         if isinstance(value, str) and value and Path(value).expanduser().exists():
             recorded[key] = str(Path(value).expanduser().absolute())
     return recorded
+
+
+def read_config_mapping(path: str | Path) -> dict:
+    """The settings saved in an output folder's ``config.yaml`` (an empty file: ``{}``); invalid YAML, or YAML that
+    is not a mapping (a list, a scalar), is a one-line :class:`KdlabError` naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KdlabError(
+            f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or type(exc).__name__}), "
+            "not the settings of a kdlab output folder"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KdlabError(
+            f"{path}: holds a YAML {type(data).__name__}, not a mapping of settings (not the settings of a kdlab "
+            "output folder)"
+        )
+    return data

@@ -19,7 +19,7 @@ from kdlab.config import RunConfig
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
 from kdlab.locks import is_main_rank, main_rank_lock
-from kdlab.outputs import absolute_paths, check_writable, same_settings
+from kdlab.outputs import absolute_paths, check_writable, read_config_mapping, same_settings
 
 PATH_SETTINGS = ("model", "adapter", "teacher", "teacher_adapter", "teacher_cache", "data")
 
@@ -46,7 +46,7 @@ def run_state(config: RunConfig) -> str:
     if not config_path.is_file():
         what = "a file" if not run_dir.is_dir() else "not a kdlab run folder (no config.yaml)"
         raise KdlabError(f"{run_dir}: exists and is {what}; choose another --out")
-    old = _with_defaults(yaml.safe_load(config_path.read_text()) or {}, RunConfig(kind=config.kind).to_dict())
+    old = _with_defaults(read_config_mapping(config_path), RunConfig(kind=config.kind).to_dict())
     diffs = same_settings(old, config.to_dict(), PATH_SETTINGS)
     if diffs:
         raise KdlabError(

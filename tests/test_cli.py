@@ -126,7 +126,7 @@ def test_stats_paper_writes_the_hypothesis_tables(shared_dir, tmp_path, capsys):
     "command, flags",
     [
         (["data", "synth"], ["--task", "--seed", "--split", "--max-steps", "--min-steps", "--scale"]),
-        (["eval"], ["--limit", "--max-new-tokens", "--batch-size"]),
+        (["eval"], ["--limit", "--max-new-tokens", "--batch-size", "--max-prompt-tokens", "--on-long"]),
         (["study", "run"], ["--max-wait", "--poll"]),
         (["fidelity"], ["--allow-partial"]),
         (["sft"], ["--on-long"]),

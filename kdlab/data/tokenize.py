@@ -42,6 +42,25 @@ def encode_prompt(tokenizer, example: Example) -> list[int]:
 ON_LONG = ("truncate", "drop", "error")
 
 
+def fit_length(kept: int, cuttable: int, max_length: int, on_long: str, too_long: str) -> int | None:
+    """The one rule for an example longer than its limit (``--on-long``, in training and in ``kdlab eval``): how
+    many of its ``cuttable`` tokens to keep beside the ``kept`` ones within ``max_length``.
+
+    All of them when everything fits. Otherwise ``truncate`` keeps the room left (None when ``kept`` alone leaves
+    no room: the example is dropped), ``drop`` returns None and ``error`` raises :class:`KdlabError` with the message
+    ``too_long``. Training cuts the response (keeping its start, after the prompt); evaluation cuts the prompt
+    (keeping its end, before the response): both keep the text nearest to where the response begins.
+    """
+    room = max_length - kept
+    if cuttable <= room:
+        return cuttable
+    if on_long == "error":
+        raise KdlabError(too_long)
+    if on_long == "drop" or room <= 0:
+        return None
+    return room
+
+
 class EncodedData(list):
     """The encoded examples (a list of :class:`Encoded`) and what did not fit in ``max_length``:
     ``total`` examples in the source, ``dropped`` (source indices of examples left out) and ``cut`` (source indices of
@@ -91,18 +110,20 @@ def encode_examples(
         response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [
             tokenizer.eos_token_id
         ]
-        room = max_length - len(prompt_ids)
-        if len(response_ids) > room:
-            if on_long == "error":
-                raise KdlabError(
-                    f"{source}: example {index} has {len(prompt_ids)} prompt + {len(response_ids)} response "
-                    f"tokens, more than train.max_length={max_length} (raise it, or --on-long truncate|drop)"
-                )
-            if on_long == "drop" or room <= 0:
-                dropped.append(index)
-                continue
+        keep = fit_length(
+            len(prompt_ids),
+            len(response_ids),
+            max_length,
+            on_long,
+            f"{source}: example {index} has {len(prompt_ids)} prompt + {len(response_ids)} response "
+            f"tokens, more than train.max_length={max_length} (raise it, or --on-long truncate|drop)",
+        )
+        if keep is None:
+            dropped.append(index)
+            continue
+        if keep < len(response_ids):
             cut.append(index)
-        encoded.append(Encoded(index, prompt_ids, response_ids[:room]))
+        encoded.append(Encoded(index, prompt_ids, response_ids[:keep]))
     if not encoded:
         raise KdlabError(
             f"{source}: no example fits in max_length={max_length} tokens (the dataset is empty after tokenisation)"

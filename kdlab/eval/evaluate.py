@@ -4,7 +4,15 @@ Output folder::
 
     config.yaml                the resolved settings (a folder holding other settings is refused)
     predictions/<task>.jsonl   one line per example, appended batch by batch (an interrupted run resumes)
-    metrics.json               {"tasks": {task: {"accuracy", "n", "no_answer", "ci95", ...}}, "groups": {...}}
+    metrics.json               {"tasks": {task: {"accuracy", "n", "no_answer", "ci95", "truncated_long",
+                               "dropped_long", ...}}, "groups": {...}, "settings": {...}}
+
+Every input (test files, options, prompt lengths) is checked before the folder is written; an error during the run
+removes the folder it created, an interrupt keeps it for the rerun to resume (:func:`_removed_on_error`).
+
+Prompt length: each prompt fits the model's context less the generation budget (or ``--max-prompt-tokens``); a
+longer one is truncated (its start cut, BOS and its end kept), dropped or an error, per ``--on-long``
+(:mod:`kdlab.eval.prompts`, training's rule).
 
 Modes:
 - ``generate``: batched greedy decoding (left padding, KV cache, stop strings, length-sorted batches); the answer
@@ -14,12 +22,16 @@ Modes:
 
 Line fields: ``id`` (index of the example in its test file), ``prompt``, ``gold``, ``pred``, ``correct``; generate
 mode adds ``output`` and ``preds`` / ``corrects`` per extraction mode; loglik mode adds ``options``, ``scores``,
-``scores_norm``, ``pred_norm`` and ``correct_norm``.
+``scores_norm``, ``pred_norm`` and ``correct_norm``; the line of a truncated prompt adds ``prompt_tokens_cut``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,18 +42,19 @@ from tqdm.auto import tqdm
 
 from kdlab.data.formats import Example, load_json_examples
 from kdlab.data.overlap import normalise_question, question_text
-from kdlab.data.prompt import format_prompt
+from kdlab.data.tokenize import ON_LONG
 from kdlab.errors import KdlabError
 from kdlab.eval.extract import MODES, extract, is_correct
 from kdlab.eval.metrics import group_metrics, task_metrics
-from kdlab.eval.options import parse_options
+from kdlab.eval.predictions import read_prediction_lines
+from kdlab.eval.prompts import Prompt, PromptLimit, model_context, prepare_prompts
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
-from kdlab.outputs import absolute_paths, check_output_dir, same_settings
+from kdlab.outputs import absolute_paths, check_output_dir, read_config_mapping, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
 
 
@@ -61,6 +74,8 @@ class EvalSettings:
     max_new_tokens: int | None = None
     exclude_overlap: str | None = None
     precision: str = "auto"  # auto: bf16 where the hardware has native bf16 (kdlab.precision), else fp32
+    max_prompt_tokens: int | None = None  # None: the model's context less the budget (kdlab.eval.prompts)
+    on_long: str = "truncate"  # a longer prompt: truncate (keep its end) | drop | error (kdlab.eval.prompts)
 
     def validate(self) -> None:
         if self.mode not in ("generate", "loglik"):
@@ -69,7 +84,9 @@ class EvalSettings:
             raise KdlabError(f"--extraction {self.extraction!r}: choose {' or '.join(MODES)}")
         if self.precision not in PRECISIONS:
             raise KdlabError(f"--precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
-        for name in ("batch_size", "limit", "max_new_tokens"):
+        if self.on_long not in ON_LONG:
+            raise KdlabError(f"--on-long {self.on_long!r}: choose {', '.join(ON_LONG)}")
+        for name in ("batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise KdlabError(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -90,6 +107,7 @@ def _task_items(task: Task, settings: EvalSettings, excluded: set[str]) -> list[
 
 
 EVAL_PATH_SETTINGS = ("model", "adapter", "data_dir", "exclude_overlap")
+ADDED_SETTINGS = {"max_prompt_tokens": None, "on_long": "truncate"}  # settings added since the first release
 
 
 def _check_out(settings: EvalSettings) -> Path:
@@ -98,7 +116,7 @@ def _check_out(settings: EvalSettings) -> Path:
     out = check_output_dir(settings.out, "config.yaml", "kdlab evaluation")
     config = out / "config.yaml"
     if config.is_file():
-        old = yaml.safe_load(config.read_text()) or {}
+        old = {**ADDED_SETTINGS, **read_config_mapping(config)}  # a folder from before a setting existed
         changed = same_settings(old, asdict(settings), EVAL_PATH_SETTINGS)
         if changed:
             raise KdlabError(
@@ -108,26 +126,18 @@ def _check_out(settings: EvalSettings) -> Path:
 
 
 def _read_done(path: Path) -> dict[int, dict]:
-    """Lines already written (a line cut by a kill is dropped and the file rewritten without it)."""
+    """Lines already written (a last line cut by a kill is dropped and the file rewritten without it); a line that
+    is not a prediction (:mod:`kdlab.eval.predictions`) is a KdlabError naming the file and line."""
     if not path.is_file():
         return {}
-    done, lines = {}, path.read_text().splitlines()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[record["id"]] = record
-    if len(done) != len(lines):
+    done = {record["id"]: record for _, record in read_prediction_lines(path, cut_last=True)}
+    if len(done) != sum(1 for line in path.read_bytes().split(b"\n") if line.strip()):
         atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in done.values()))
     return done
 
 
-def evaluate(settings: EvalSettings) -> dict:
-    """Run the evaluation described by ``settings``; returns the metrics (also written to metrics.json)."""
-    from kdlab.models.load import inference_device, load_model, load_tokenizer
-
-    settings.validate()
+def _select_tasks(settings: EvalSettings) -> tuple[list[Task], dict[str, list[tuple[int, Example]]]]:
+    """The tasks to evaluate and their (index, example) items; a task of a named group without data is skipped."""
     tasks = resolve_tasks(settings.tasks)
     excluded = set()
     if settings.exclude_overlap:
@@ -146,21 +156,70 @@ def evaluate(settings: EvalSettings) -> dict:
     tasks = [task for task in tasks if task.name in items]
     if not tasks:
         raise KdlabError(f"--tasks {','.join(settings.tasks)}: no task has data to evaluate")
+    return tasks, items
+
+
+def evaluate(settings: EvalSettings) -> dict:
+    """Run the evaluation described by ``settings``; returns the metrics (also written to metrics.json).
+
+    Every input is checked (data, options, prompt lengths) before the output folder is written; an error during
+    the run removes the folder it created (:func:`_removed_on_error`)."""
+    from kdlab.models.load import inference_device, load_model, load_tokenizer
+
+    settings.validate()
+    tasks, items = _select_tasks(settings)
     out = _check_out(settings)
     tokenizer = load_tokenizer(settings.model)
     tokenizer.padding_side = "left"
     device = inference_device()
     model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
+    limits = PromptLimit(settings.max_prompt_tokens, settings.on_long, model_context(model, tokenizer))
+    prompts = {
+        task.name: prepare_prompts(
+            task, items[task.name], tokenizer, settings.mode, settings.max_new_tokens or task.max_new_tokens, limits
+        )
+        for task in tasks
+    }
+    for task in tasks:
+        message = prompts[task.name].message(task.name, settings.on_long)
+        if message:
+            print(message, file=sys.stderr, flush=True)
     with folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
-        (out / "predictions").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False)
-        )
-        return _run_tasks(model, tokenizer, device, tasks, items, settings, out)
+        with _removed_on_error(out):
+            (out / "predictions").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                out / "config.yaml",
+                yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False),
+            )
+            return _run_tasks(model, tokenizer, device, tasks, prompts, settings, out, limits.context)
 
 
-def _run_tasks(model, tokenizer, device, tasks: list[Task], items: dict, settings: EvalSettings, out: Path) -> dict:
+@contextmanager
+def _removed_on_error(out: Path) -> Iterator[None]:
+    """On an error in the block (an exception: a KdlabError, MemoryError, CUDA out of memory), remove what this run
+    wrote to a folder that was missing or empty: no half-written evaluation is left behind, and a retry with
+    other settings (a smaller batch) is not refused as "other settings". An interrupt (Ctrl-C, a kill) keeps the
+    folder, which a rerun of the same command resumes; so does an error in a folder that held an evaluation."""
+    existed = out.exists()
+    fresh = not existed or not any(out.iterdir())
+    try:
+        yield
+    except Exception:
+        if fresh:
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            for child in out.iterdir() if out.exists() else []:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+
+
+def _run_tasks(
+    model, tokenizer, device, tasks: list[Task], prompts: dict, settings: EvalSettings, out: Path, context
+) -> dict:
     """Evaluate each task (resuming its predictions file), then write and return the metrics."""
     results = {}
     bf16 = uses_bf16(settings.precision)
@@ -168,16 +227,26 @@ def _run_tasks(model, tokenizer, device, tasks: list[Task], items: dict, setting
         for task in tasks:
             path = out / "predictions" / f"{task.name}.jsonl"
             done = _read_done(path)
-            pending = [(index, example) for index, example in items[task.name] if index not in done]
+            pending = [prompt for prompt in prompts[task.name].prompts if prompt.index not in done]
             if pending:
                 run = _generate_task if settings.mode == "generate" else _loglik_task
                 run(model, tokenizer, task, pending, settings, path)
             records = _read_done(path)
-            results[task.name] = task_metrics([records[index] for index, _ in items[task.name]], settings.mode)
+            results[task.name] = {
+                **task_metrics([records[prompt.index] for prompt in prompts[task.name].prompts], settings.mode),
+                **prompts[task.name].counts(),
+            }
     metrics = {
         "tasks": results,
         "groups": group_metrics(results),
-        "settings": {"mode": settings.mode, "extraction": settings.extraction, "precision": "bf16" if bf16 else "fp32"},
+        "settings": {
+            "mode": settings.mode,
+            "extraction": settings.extraction,
+            "precision": "bf16" if bf16 else "fp32",
+            "on_long": settings.on_long,
+            "max_prompt_tokens": settings.max_prompt_tokens,
+            "context": context,
+        },
     }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -189,27 +258,30 @@ def _append(path: Path, records: list[dict]) -> None:
         handle.flush()
 
 
-def _generate_task(model, tokenizer, task: Task, pending, settings: EvalSettings, path: Path) -> None:
-    prompts = [format_prompt(example.instruction, example.input) for _, example in pending]
-    prompt_ids = [tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt in prompts]
+def _cut_field(prompt: Prompt) -> dict:
+    """``{"prompt_tokens_cut": n}`` on the line of a truncated prompt (kdlab.eval.prompts), else nothing."""
+    return {"prompt_tokens_cut": prompt.cut} if prompt.cut else {}
 
+
+def _generate_task(model, tokenizer, task: Task, pending: list[Prompt], settings: EvalSettings, path: Path) -> None:
     def write_batch(indices: list[int], responses: list[list[int]]) -> None:
         records = []
         for i, response in zip(indices, responses):
-            index, example = pending[i]
+            prompt, example = pending[i], pending[i].example
             text = cut_at_stop(tokenizer.decode(response, skip_special_tokens=True), task.stop).strip()
             preds = {mode: extract(task, text, mode) for mode in MODES}
             corrects = {mode: is_correct(task, preds[mode], example.answer) for mode in MODES}
             records.append(
                 {
-                    "id": index,
-                    "prompt": prompts[i],
+                    "id": prompt.index,
+                    "prompt": prompt.text,
                     "output": text,
                     "gold": example.answer,
                     "pred": preds[settings.extraction],
                     "correct": corrects[settings.extraction],
                     "preds": preds,
                     "corrects": corrects,
+                    **_cut_field(prompt),
                 }
             )
         _append(path, records)
@@ -217,7 +289,7 @@ def _generate_task(model, tokenizer, task: Task, pending, settings: EvalSettings
     generate_ids(
         model,
         tokenizer,
-        prompt_ids,
+        [prompt.ids for prompt in pending],
         settings.max_new_tokens or task.max_new_tokens,
         settings.batch_size,
         stop_strings=list(task.stop),
@@ -251,58 +323,52 @@ def sequence_logprobs(model, tokenizer, prompt_ids: list[list[int]], continuatio
     )
 
 
-def _loglik_task(model, tokenizer, task: Task, pending, settings: EvalSettings, path: Path, chunk: int = 64) -> None:
+def _loglik_task(
+    model, tokenizer, task: Task, pending: list[Prompt], settings: EvalSettings, path: Path, chunk: int = 64
+) -> None:
     """Score every option of every pending example, writing results ``chunk`` examples at a time."""
     for start in tqdm(range(0, len(pending), chunk), desc=f"loglik {task.name}", leave=False):
+        part = pending[start : start + chunk]
         _append(
             path,
             [
-                _loglik_record(task, index, example, *scores)
-                for (index, example), scores in zip(
-                    pending[start : start + chunk],
-                    _score_options(model, tokenizer, task, pending[start : start + chunk], settings),
-                )
+                _loglik_record(task, prompt, scores)
+                for prompt, scores in zip(part, _score_options(model, tokenizer, part, settings))
             ],
         )
 
 
-def _score_options(model, tokenizer, task: Task, items, settings: EvalSettings) -> list[tuple[dict, dict]]:
-    """(options, summed log-probability per label) for each example; pairs batched by length."""
-    pairs, options = [], []  # pairs: (item position, label, prompt ids, option ids)
-    for position, (_, example) in enumerate(items):
-        prompt_ids = tokenizer(format_prompt(example.instruction, example.input), add_special_tokens=True)["input_ids"]
-        options.append(parse_options(task, example.instruction))
-        for label, text in options[-1].items():
-            pairs.append(
-                (
-                    position,
-                    label,
-                    prompt_ids,
-                    tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id],
-                )
-            )
-    scores: list[dict[str, float]] = [{} for _ in items]
+def _score_options(model, tokenizer, prompts: list[Prompt], settings: EvalSettings) -> list[dict[str, float]]:
+    """The summed log-probability of each option (by label) for each prompt; pairs batched by length."""
+    pairs = [  # (prompt position, label, prompt ids, option ids)
+        (position, label, prompt.ids, ids)
+        for position, prompt in enumerate(prompts)
+        for label, ids in prompt.option_ids.items()
+    ]
+    scores: list[dict[str, float]] = [{} for _ in prompts]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][2]) + len(pairs[i][3]))
     for start in range(0, len(order), settings.batch_size):
         batch = order[start : start + settings.batch_size]
         values = sequence_logprobs(model, tokenizer, [pairs[i][2] for i in batch], [pairs[i][3] for i in batch])
         for i, value in zip(batch, values):
             scores[pairs[i][0]][pairs[i][1]] = value
-    return list(zip(options, scores))
+    return scores
 
 
-def _loglik_record(task: Task, index: int, example: Example, options: dict, raw: dict) -> dict:
+def _loglik_record(task: Task, prompt: Prompt, raw: dict) -> dict:
+    options, answer = prompt.options, prompt.example.answer
     norm = {label: raw[label] / max(1, len(options[label])) for label in raw}
     pred, pred_norm = max(raw, key=raw.get), max(norm, key=norm.get)
     return {
-        "id": index,
-        "prompt": format_prompt(example.instruction, example.input),
-        "gold": example.answer,
+        "id": prompt.index,
+        "prompt": prompt.text,
+        "gold": answer,
         "options": options,
         "scores": raw,
         "scores_norm": norm,
         "pred": pred,
-        "correct": is_correct(task, pred, example.answer),
+        "correct": is_correct(task, pred, answer),
         "pred_norm": pred_norm,
-        "correct_norm": is_correct(task, pred_norm, example.answer),
+        "correct_norm": is_correct(task, pred_norm, answer),
+        **_cut_field(prompt),
     }

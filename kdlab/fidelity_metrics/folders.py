@@ -6,12 +6,11 @@ An evaluation folder holds ``predictions/<task>.jsonl`` (one record per example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
 from kdlab.errors import KdlabError
+from kdlab.eval.predictions import read_prediction_lines
+from kdlab.outputs import read_config_mapping
 
 
 def example_order(index) -> tuple:
@@ -28,25 +27,13 @@ def read_eval_folder(folder: str | Path) -> dict:
     files = sorted(path for path in predictions.glob("*.jsonl") if not path.name.startswith("."))
     if not files:
         raise KdlabError(f"{folder}: predictions/ holds no <task>.jsonl file")
-    config = {}
-    if (folder / "config.yaml").is_file():
-        config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    tasks = {}
-    for path in files:
-        records = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise KdlabError(
-                    f"{path}:{number}: not a JSON line (an interrupted evaluation? rerun kdlab eval to finish it)"
-                ) from None
-            if not isinstance(record, dict) or "id" not in record or "pred" not in record or "correct" not in record:
-                raise KdlabError(f"{path}:{number}: a prediction line needs the fields id, pred and correct")
-            records[record["id"]] = record
-        tasks[path.stem] = records
+    config = read_config_mapping(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    tasks = {
+        path.stem: {
+            record["id"]: record for _, record in read_prediction_lines(path, ("id", "pred", "correct"), str_ids=True)
+        }
+        for path in files
+    }
     mode = config.get("mode")
     if mode not in ("generate", "loglik"):
         first = next((record for records in tasks.values() for record in records.values()), {})
