@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -59,6 +58,8 @@ def json_text(data: object, default=str, **options) -> str:
 
 def _finite(data: object) -> object:
     """``data`` with every non-finite float replaced by None (in nested dicts, lists and tuples)."""
+    import math
+
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):

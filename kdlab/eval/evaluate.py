@@ -38,7 +38,7 @@ from kdlab.eval.options import parse_options
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
-from kdlab.io import atomic_write_json, atomic_write_text, json_text
+from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
 from kdlab.outputs import absolute_paths, check_output_dir, same_settings
@@ -119,7 +119,7 @@ def _read_done(path: Path) -> dict[int, dict]:
             continue
         done[record["id"]] = record
     if len(done) != len(lines):
-        atomic_write_text(path, "".join(json_text(record) + "\n" for record in done.values()))
+        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in done.values()))
     return done
 
 
@@ -185,7 +185,7 @@ def _run_tasks(model, tokenizer, device, tasks: list[Task], items: dict, setting
 
 def _append(path: Path, records: list[dict]) -> None:
     with path.open("a") as handle:
-        handle.write("".join(json_text(record) + "\n" for record in records))
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
         handle.flush()
 
 
