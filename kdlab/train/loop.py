@@ -9,9 +9,13 @@ Data order: in epoch ``e`` the examples are permuted with ``seed`` and ``e``, cu
 ``r`` takes micro-batches ``r, r + W, ...``; so processes see different data and the order is reproducible.
 Resuming at step ``k`` skips the first ``k`` steps of that schedule.
 
+A step whose loss or gradient norm is not finite stops the run before the optimizer step, with a
+:class:`~kdlab.errors.KdlabError` naming the step and the last good checkpoint: no final model, no result.json.
+
 Run folder layout::
 
     config.yaml          the resolved config
+    inputs.json          content fingerprints of the local inputs (kdlab.train.run_inputs): changed ones stop a resume
     log.csv              step, epoch, loss, lr, tokens, tokens_per_s, elapsed_s (one row per log step)
     checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG state: safetensors + JSON, no pickle (written
                          atomically; kdlab.train.checkpoints); a damaged one is skipped for the one before
