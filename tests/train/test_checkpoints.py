@@ -162,16 +162,16 @@ def test_an_adapter_weights_pickle_is_not_unpickled(sft_args, straight, tmp_path
 def test_a_teacher_cache_holding_a_pickle_is_not_unpickled(tiny_models, sft_args, tmp_path):
     """The teacher cache is read with ``np.load`` (no pickles): an object array planted in cache.npz never runs."""
     cache, marker = tmp_path / "cache", tmp_path / "MARKER"
-    common = dict(
-        teacher=tiny_models["teacher"],
-        student=tiny_models["student"],
-        data=sft_args["data"],
-        teacher_cache=cache,
-        max_steps=1,
-        batch_size=4,
-        precision="fp32",
-        save_steps=0,
-    )
+    common = {
+        "teacher": tiny_models["teacher"],
+        "student": tiny_models["student"],
+        "data": sft_args["data"],
+        "teacher_cache": cache,
+        "max_steps": 1,
+        "batch_size": 4,
+        "precision": "fp32",
+        "save_steps": 0,
+    }
     assert run_cli("distill", **common, out=tmp_path / "first") == 0
     with np.load(cache / "cache.npz") as data:
         arrays = {name: data[name] for name in data.files}
