@@ -95,11 +95,12 @@ def read_checkpoint(
     try:
         if meta.get("format") != FORMAT or meta["step"] != folder_step(folder):
             raise CheckpointError(f"{META} is not a kdlab checkpoint of step {folder_step(folder)}")
-        trainable = {key[10:]: value for key, value in tensors.items() if key.startswith("trainable/")}
+        trainable = {
+            key.removeprefix("trainable/"): value for key, value in tensors.items() if key.startswith("trainable/")
+        }
         _check_tensors(trainable, params, "trainable weights")
         optimizer = _optimizer_state(meta["optimizer"], tensors, list(params.values()), optimizer_template)
-        if set(meta["scheduler"]) != set(scheduler_template):
-            raise CheckpointError("the scheduler state does not fit this run")
+        _check_scheduler(meta["scheduler"], scheduler_template)
         rng = tensors.get("rng/torch")
         if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise CheckpointError("the RNG state is missing or malformed")
@@ -158,6 +159,19 @@ def _optimizer_state(saved: dict, tensors: dict, params: list[torch.Tensor], tem
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
                 raise CheckpointError(f"optimizer state '{index}/{name}' does not fit its parameter")
     return {"state": state, "param_groups": groups}
+
+
+def _check_scheduler(saved: dict, template: dict) -> None:
+    """The keys every LR scheduler state has, and as many ``lr_lambdas`` (None or attribute dicts) as this run's;
+    other keys may differ between torch versions (``load_state_dict`` sets them as attributes)."""
+    lambdas = saved.get("lr_lambdas", template.get("lr_lambdas")) if isinstance(saved, dict) else None
+    if (
+        not isinstance(saved, dict)
+        or not {"last_epoch", "base_lrs"} <= set(saved)
+        or (lambdas is not None and len(lambdas) != len(template.get("lr_lambdas") or ()))
+        or not all(value is None or isinstance(value, dict) for value in lambdas or ())
+    ):
+        raise CheckpointError("the scheduler state does not fit this run")
 
 
 def _count(optimizer: dict) -> int:
