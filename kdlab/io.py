@@ -87,7 +87,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | Path, data: object) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Write ``data`` as JSON (:func:`json_text`: always valid, non-finite floats as null) atomically."""
+    atomic_write_text(path, json_text(data, indent=2, sort_keys=True) + "\n")
+
+
+def json_text(data: object, default=str, **options) -> str:
+    """``json.dumps(data, **options)`` that is always valid JSON: a non-finite float (NaN, ±inf, also one that
+    ``default`` makes of a value JSON cannot hold) is written as ``null``, never as the bare ``NaN`` / ``Infinity``
+    that JSON parsers other than Python's reject; ``default`` (``str`` unless given) converts other values."""
+    return json.dumps(_finite(data), allow_nan=False, default=lambda value: _finite(default(value)), **options)
+
+
+def _finite(data: object) -> object:
+    """``data`` with every non-finite float replaced by None (in nested dicts, lists and tuples)."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def folder_mode() -> int:

@@ -5,6 +5,9 @@ was started with a different config is refused, so results never mix. The compar
 ignored (a moved folder resumes) and paths compare as the files they name (``./data.json`` = ``/abs/data.json``).
 A run holds the folder's lock (:mod:`kdlab.locks`) from the final settings check until it ends, so two processes
 never write one folder.
+
+Settings compare paths, not contents: a run also records what its local inputs held (``inputs.json``,
+:mod:`kdlab.train.run_inputs`) and is refused, naming them, when they changed since it started.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
 from kdlab.locks import is_main_rank, main_rank_lock
 from kdlab.outputs import absolute_paths, check_writable, read_config_mapping, same_settings
+from kdlab.train.run_inputs import check_inputs, record_inputs
 
 PATH_SETTINGS = ("model", "adapter", "teacher", "teacher_adapter", "teacher_cache", "data")
 
@@ -52,7 +56,10 @@ def run_state(config: RunConfig) -> str:
         raise KdlabError(
             f"{run_dir}: holds a run with a different config ({'; '.join(diffs[:3])}); choose another --out"
         )
-    return "done" if (run_dir / "result.json").is_file() else "resume"
+    if (run_dir / "result.json").is_file():
+        return "done"
+    check_inputs(run_dir, config)
+    return "resume"
 
 
 def start_run(config: RunConfig) -> Path:
@@ -60,6 +67,7 @@ def start_run(config: RunConfig) -> Path:
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(recorded_settings(config), sort_keys=False))
+    record_inputs(run_dir, config)
     return run_dir
 
 

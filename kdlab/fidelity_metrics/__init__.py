@@ -42,7 +42,6 @@ frame and the per-task summary); here the command, :func:`run_fidelity`, and its
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from kdlab.fidelity_metrics.embeddings import (
 )
 from kdlab.fidelity_metrics.frame import FRAME_COLUMNS, PAIR_FIELDS, fidelity_frame, summarize
 from kdlab.fidelity_metrics.text import corpus_bleu, lcs_length, rouge_l, sentence_bleu
-from kdlab.io import atomic_dir
+from kdlab.io import atomic_dir, json_text
 from kdlab.locks import folder_lock
 from kdlab.outputs import check_output_dir
 
@@ -178,11 +177,11 @@ def _run_fidelity(
         (tmp / "pairs").mkdir()
         for task, rows in frame.groupby("task", sort=True):
             lines = [
-                json.dumps({key: _json_value(record[key]) for key in PAIR_FIELDS}) + "\n"
+                json_text({key: record[key] for key in PAIR_FIELDS}, default=_json_value) + "\n"
                 for record in rows.to_dict("records")
             ]
             (tmp / "pairs" / f"{task}.jsonl").write_text("".join(lines))
-        (tmp / "fidelity.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_value) + "\n")
+        (tmp / "fidelity.json").write_text(json_text(summary, default=_json_value, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -9,11 +9,16 @@ Data order: in epoch ``e`` the examples are permuted with ``seed`` and ``e``, cu
 ``r`` takes micro-batches ``r, r + W, ...``; so processes see different data and the order is reproducible.
 Resuming at step ``k`` skips the first ``k`` steps of that schedule.
 
+A step whose loss or gradient norm is not finite stops the run before the optimizer step, with a
+:class:`~kdlab.errors.KdlabError` naming the step and the last good checkpoint: no final model, no result.json.
+
 Run folder layout::
 
     config.yaml          the resolved config
+    inputs.json          content fingerprints of the local inputs (kdlab.train.run_inputs): changed ones stop a resume
     log.csv              step, epoch, loss, lr, tokens, tokens_per_s, elapsed_s (one row per log step)
-    checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG states (written atomically)
+    checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG state: safetensors + JSON, no pickle (written
+                         atomically; kdlab.train.checkpoints); a damaged one is skipped for the one before
     final/               the LoRA adapter or full model, with the tokenizer and a model card README.md (written atomically)
     result.json          summary, written last: its presence marks the run complete
     trackers/            TensorBoard / MLflow / W&B files when train.report_to names them (kdlab.train.trackers)
@@ -25,6 +30,7 @@ import csv
 import io
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -37,10 +43,19 @@ from tqdm.auto import tqdm
 
 from kdlab.config import RunConfig
 from kdlab.data.tokenize import Encoded, collate, count_response_tokens
+from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdlab.model_card import card_text, logged_tokens
 from kdlab.models.load import quiet_loading
 from kdlab.precision import resolve_precision
+from kdlab.train.checkpoints import (
+    CheckpointError,
+    CheckpointState,
+    checkpoint_folders,
+    folder_step,
+    read_checkpoint,
+    write_checkpoint,
+)
 from kdlab.train.trackers import prepare_resume, step_metrics
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"]
@@ -127,11 +142,6 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda path: int(path.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 class Trainer:
     """Runs the optimisation of one run; see the module docstring for the step and folder semantics."""
 
@@ -149,6 +159,7 @@ class Trainer:
         self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
         self.dataset, self.objective, self.prepare_window = dataset, objective, prepare_window
         self.loss_parts: dict | None = None  # the last step's KD and CE parts (KD objectives; see _step)
+        self.last_checkpoint = 0  # step of the last checkpoint restored or written (0: none)
         self.accelerator = accelerator
         train = config.train
         self.schedule = Schedule(
@@ -171,34 +182,52 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
+        """Write ``checkpoints/step-N`` (atomically), then drop the oldest beyond ``train.keep_checkpoints`` and any
+        later than ``step`` (left by an earlier session whose checkpoint could not be used: now superseded)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            state = CheckpointState(
+                step,
+                trainable_state(self.accelerator.unwrap_model(self.model)),
+                self.optimizer.state_dict(),
+                self.scheduler.state_dict(),
+                torch.get_rng_state(),
+            )
             with atomic_dir(self.run_dir / "checkpoints" / f"step-{step:06d}", replace=True) as tmp:
-                torch.save(
-                    {
-                        "step": step,
-                        "trainable": trainable_state(self.accelerator.unwrap_model(self.model)),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    tmp / "state.pt",
-                )
-            for old in sorted((self.run_dir / "checkpoints").glob("step-*"))[: -self.config.train.keep_checkpoints]:
+                write_checkpoint(tmp, state)
+            kept = [path for path in checkpoint_folders(self.run_dir) if folder_step(path) <= step]
+            stale = [path for path in checkpoint_folders(self.run_dir) if folder_step(path) > step]
+            for old in kept[: -self.config.train.keep_checkpoints] + stale:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-    def load_checkpoint(self, path: Path) -> int:
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    def resume(self) -> int:
+        """Restore the latest usable checkpoint and return its step (0: none). A damaged or old-format one
+        (:mod:`kdlab.train.checkpoints`) is skipped with a message on stderr and the previous one is tried."""
         model = self.accelerator.unwrap_model(self.model)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
+        params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+        skipped = False
+        for path in reversed(checkpoint_folders(self.run_dir)):
+            try:
+                state = read_checkpoint(path, params, self.optimizer.state_dict(), self.scheduler.state_dict())
+            except CheckpointError as exc:
+                self._warn(f"kdlab: {path}: checkpoint skipped: {exc}")
+                skipped = True
+                continue
+            with torch.no_grad():
+                for name, value in state.trainable.items():
+                    params[name].copy_(value)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+            torch.set_rng_state(state.torch_rng)
+            return state.step
+        if skipped:
+            self._warn(f"kdlab: {self.run_dir}: no usable checkpoint left: training starts again from step 0")
+        return 0
+
+    def _warn(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            print(message, file=sys.stderr, flush=True)
 
     # --- logs ---------------------------------------------------------------------------------------------------
     def _log_rows(self, upto_step: int) -> list[dict]:
@@ -237,14 +266,16 @@ class Trainer:
                 loss = loss_sum * acc.num_processes / max(global_tokens, 1)
                 acc.backward(loss)
             total += loss_sum.detach().float()
+        trained = [p for p in self.model.parameters() if p.requires_grad]
         if self.config.train.max_grad_norm > 0:
-            acc.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.config.train.max_grad_norm
-            )
+            grad_norm = acc.clip_grad_norm_(trained, self.config.train.max_grad_norm)
+        else:
+            grad_norm = _grad_norm(trained)
+        total = acc.reduce(total, reduction="sum")
+        self._check_finite(step, float(total) / max(global_tokens, 1), float(grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        total = acc.reduce(total, reduction="sum")
         parts = getattr(self.objective, "parts", None)
         if parts is not None:
             sums = acc.reduce(torch.tensor(parts.take(), device=acc.device, dtype=torch.float64), reduction="sum")
@@ -254,13 +285,24 @@ class Trainer:
             }
         return float(total) / max(global_tokens, 1), global_tokens
 
+    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stop the run (before the optimizer step: no NaN weights) when the loss or gradient norm is not finite;
+        ``loss`` and ``grad_norm`` are the same on every process (reduced / computed on synchronised gradients)."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        last = f"checkpoints/step-{self.last_checkpoint:06d}" if self.last_checkpoint else "none"
+        raise KdlabError(
+            f"{self.run_dir}: training diverged at step {step} (loss {loss}, gradient norm {grad_norm}): stopped, "
+            f"no final model written (last good checkpoint: {last}); lower train.lr or check the data"
+        )
+
     def train(self) -> dict:
         acc, train = self.accelerator, self.config.train
-        start_step = 0
-        checkpoint = latest_checkpoint(self.run_dir)
-        if checkpoint is not None:
-            start_step = self.load_checkpoint(checkpoint)
-            acc.print(f"kdlab: resuming {self.run_dir} from {checkpoint.name} (step {start_step}/{self.total_steps})")
+        start_step = self.last_checkpoint = self.resume()
+        if start_step:
+            acc.print(
+                f"kdlab: resuming {self.run_dir} from step-{start_step:06d} (step {start_step}/{self.total_steps})"
+            )
         rows = self._log_rows(start_step)
         trace = self._open_trace(start_step)
         prepare_resume(acc.log_with, start_step)
@@ -276,46 +318,28 @@ class Trainer:
             dynamic_ncols=True,
         )
         loss = float("nan")
-        for step, epoch, batches in self.schedule.windows(start_step, self.total_steps):
+        try:
+            for step, epoch, batches in self.schedule.windows(start_step, self.total_steps):
+                if trace is not None:
+                    trace.write(
+                        f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n"
+                    )
+                    trace.flush()
+                loss, tokens = self._step(step, batches)
+                tokens_seen += tokens
+                elapsed = time.time() - started
+                rate = tokens_seen / max(elapsed, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
+                if step % train.log_steps == 0 or step == self.total_steps:
+                    self._log_step(rows, step, epoch, loss, tokens, rate, elapsed_before + elapsed)
+                if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
+                    self.save_checkpoint(step)
+                    self.last_checkpoint = step
+        finally:  # also when the run stops (a diverged loss, an interruption)
+            bar.close()
             if trace is not None:
-                trace.write(
-                    f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n"
-                )
-                trace.flush()
-            loss, tokens = self._step(step, batches)
-            tokens_seen += tokens
-            elapsed = time.time() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
-            if step % train.log_steps == 0 or step == self.total_steps:
-                row = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": f"{loss:.6f}",
-                    "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
-                    "tokens": tokens,
-                    "tokens_per_s": f"{tokens_seen / max(elapsed, 1e-9):.1f}",
-                    "elapsed_s": f"{elapsed_before + elapsed:.2f}",
-                }
-                rows.append(row)
-                self._write_log(rows)
-                acc.log(
-                    step_metrics(
-                        loss,
-                        self.scheduler.get_last_lr()[0],
-                        tokens,
-                        tokens_seen / max(elapsed, 1e-9),
-                        epoch,
-                        getattr(self.prepare_window, "on_policy_steps", None),
-                        self.loss_parts,
-                    ),
-                    step=step,
-                )
-            if train.save_steps > 0 and step % train.save_steps == 0 and step < self.total_steps:
-                self.save_checkpoint(step)
-        bar.close()
-        if trace is not None:
-            trace.close()
+                trace.close()
         return {
             "steps": self.total_steps,
             "final_loss": loss,
@@ -324,6 +348,26 @@ class Trainer:
             "processes": acc.num_processes,
             "precision": acc.mixed_precision,
         }
+
+    def _log_step(
+        self, rows: list[dict], step: int, epoch: int, loss: float, tokens: int, rate: float, elapsed: float
+    ) -> None:
+        """Append the step's row to log.csv (rewritten atomically) and send its metrics to the trackers."""
+        lr = self.scheduler.get_last_lr()[0]
+        rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "loss": f"{loss:.6f}",
+                "lr": f"{lr:.3e}",
+                "tokens": tokens,
+                "tokens_per_s": f"{rate:.1f}",
+                "elapsed_s": f"{elapsed:.2f}",
+            }
+        )
+        self._write_log(rows)
+        on_policy = getattr(self.prepare_window, "on_policy_steps", None)
+        self.accelerator.log(step_metrics(loss, lr, tokens, rate, epoch, on_policy, self.loss_parts), step=step)
 
     def _open_trace(self, start_step: int):
         if not self.config.train.trace_data:
@@ -354,6 +398,14 @@ class Trainer:
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()
         acc.end_training()  # closes trackers (and, in accelerate, the process group): last
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of the gradients of ``params`` (what ``clip_grad_norm_`` returns), for the finiteness check."""
+    grads = [param.grad.detach() for param in params if param.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grad) for grad in grads]))
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

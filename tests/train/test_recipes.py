@@ -311,6 +311,7 @@ def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train
     assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == [
         "config.yaml",
         "final",
+        "inputs.json",
         "log.csv",
         "result.json",
         "trace",
