@@ -41,7 +41,7 @@ from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
-from kdlab.outputs import absolute_paths, check_output_dir, same_settings
+from kdlab.outputs import EVALUATION, absolute_paths, check_output_dir, record_output, same_settings
 from kdlab.precision import PRECISIONS, uses_bf16
 
 
@@ -95,7 +95,7 @@ EVAL_PATH_SETTINGS = ("model", "adapter", "data_dir", "exclude_overlap")
 def _check_out(settings: EvalSettings) -> Path:
     """Refuse an output that is a file, a non-kdlab folder, unwritable, or an evaluation with other settings
     (compared by content: ``out`` ignored, paths as the files they name, so a moved folder resumes)."""
-    out = check_output_dir(settings.out, "config.yaml", "kdlab evaluation")
+    out = check_output_dir(settings.out, EVALUATION, resume=True)
     config = out / "config.yaml"
     if config.is_file():
         old = yaml.safe_load(config.read_text()) or {}
@@ -153,6 +153,7 @@ def evaluate(settings: EvalSettings) -> dict:
     model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
     with folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
+        record_output(out, EVALUATION, ["config.yaml", "metrics.json", "predictions/"])
         (out / "predictions").mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             out / "config.yaml", yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False)
