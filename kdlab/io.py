@@ -73,10 +73,8 @@ def set_modes(folder: Path) -> None:
 
 def _check_replaceable(path: Path, kind) -> None:
     """Refuse (before any work and again before the rename) a ``path`` that ``atomic_dir`` may not replace."""
-    from kdlab.outputs import check_output_dir
-
     if kind is not None:
-        check_output_dir(path, kind)
+        kind.check(path)
     elif path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
         what = "a file" if path.exists() and not path.is_dir() else "a folder that is not empty"
         raise KdlabError(
@@ -88,10 +86,10 @@ def _check_replaceable(path: Path, kind) -> None:
 def atomic_dir(path: str | Path, kind=None, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it takes the place of ``path`` in one rename.
 
-    ``kind`` (a :class:`kdlab.outputs.OutputKind`): the folder is that kdlab output; it gets kdlab's manifest listing
-    everything written in it, and an existing ``path`` is replaced only under the rules of
-    :func:`kdlab.outputs.check_output_dir` (a ``kind`` output by its manifest holding nothing else), and only what
-    its manifest lists is removed. Without ``kind`` an existing ``path`` must be an empty folder, unless ``replace``
+    ``kind`` (a :class:`kdlab.outputs.OutputKind`, used through its ``check``, ``seal`` and ``owned`` methods): the
+    folder is that kdlab output; it gets kdlab's manifest listing everything written in it, and an existing ``path``
+    is replaced only under the rules of :func:`kdlab.outputs.check_output_dir` (a ``kind`` output by its manifest
+    holding nothing else), and only what its manifest lists is removed. Without ``kind`` an existing ``path`` must be an empty folder, unless ``replace``
     is set (kdlab's own sub-folders of a locked run, such as ``final/`` and ``checkpoints/step-N``). Anything else —
     a user's file or folder — is refused with a :class:`KdlabError` before any work, and is never touched. Files get
     ``0666 & ~umask`` and folders ``0777 & ~umask`` (:func:`set_modes`), not mkdtemp's or safetensors' owner-only.
@@ -104,45 +102,43 @@ def atomic_dir(path: str | Path, kind=None, replace: bool = False) -> Iterator[P
     try:
         yield tmp
         if kind is not None:
-            from kdlab.outputs import MANIFEST, folder_entries, manifest_text
-
-            (tmp / MANIFEST).write_text(manifest_text(kind, folder_entries(tmp)))
+            kind.seal(tmp)
         set_modes(tmp)
         os.chmod(tmp, folder_mode())
         if not replace:
             _check_replaceable(path, kind)  # again: something may have appeared while we worked
-        _swap(tmp, path, replace)
+        _swap(tmp, path, kind, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _swap(tmp: Path, path: Path, replace: bool) -> None:
+def _swap(tmp: Path, path: Path, kind, replace: bool) -> None:
     """Rename ``tmp`` to ``path``; an existing ``path`` is first renamed aside, then removed (see :func:`atomic_dir`)."""
     if not path.exists():
         os.replace(tmp, path)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))  # a name of our own
+    if path.is_symlink() or not path.is_dir():  # only with replace: a file is renamed to the name, not over it
+        old.rmdir()
     os.replace(path, old)  # a folder may be renamed over an empty one
     os.replace(tmp, path)
-    if replace:
+    if replace and (old.is_symlink() or not old.is_dir()):
+        old.unlink()
+    elif replace:
         shutil.rmtree(old, ignore_errors=True)
     else:
-        _remove_owned(old, path)
+        _remove_owned(old, kind.owned(old) if kind is not None else [], path)
 
 
-def _remove_owned(old: Path, path: Path) -> None:
-    """Remove from ``old`` (the replaced ``path``) only what its manifest lists, then the folder when empty."""
-    from kdlab.outputs import MANIFEST, read_manifest
-
-    manifest = read_manifest(old) or {"entries": []}
-    for entry in manifest["entries"]:
+def _remove_owned(old: Path, entries: list[str], path: Path) -> None:
+    """Remove from ``old`` (the replaced ``path``) only ``entries`` (kdlab's), then the folder when empty."""
+    for entry in entries:
         target = old / entry
         if entry.endswith("/") and target.is_dir() and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)
         elif target.is_symlink() or target.is_file():
             target.unlink()
-    (old / MANIFEST).unlink(missing_ok=True)
     for root, _, _ in sorted(os.walk(old), key=lambda item: -len(item[0])):  # the deepest folders first
         with contextlib.suppress(OSError):
             os.rmdir(root)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlab.errors import KdlabError
+from kdlab.io import atomic_write_text
 
 
 def check_writable(path: str | Path) -> None:
@@ -52,11 +53,28 @@ def check_writable(path: str | Path) -> None:
 @dataclass(frozen=True)
 class OutputKind:
     """A kind of output folder kdlab writes: ``name`` (recorded in the manifest), ``what`` (named in messages) and
-    ``marker``, the file that identified such a folder before kdlab wrote manifests (None for newer kinds)."""
+    ``marker``, the file that identified such a folder before kdlab wrote manifests (None for newer kinds).
+
+    Its methods are what :func:`kdlab.io.atomic_dir` needs to write such a folder (so that ``kdlab.io`` need not
+    import this module): :meth:`check`, :meth:`seal` and :meth:`owned`.
+    """
 
     name: str
     what: str
     marker: str | None = None
+
+    def check(self, path: str | Path) -> Path:
+        """:func:`check_output_dir` for replacing ``path`` with a new folder of this kind."""
+        return check_output_dir(path, self)
+
+    def seal(self, folder: Path) -> None:
+        """Write the manifest of ``folder``, a new folder of this kind: everything in it is kdlab's."""
+        (folder / MANIFEST).write_text(manifest_text(self, folder_entries(folder)))
+
+    def owned(self, folder: Path) -> list[str]:
+        """What kdlab may remove from ``folder``: the entries its manifest lists, and the manifest (none without)."""
+        manifest = read_manifest(folder)
+        return [*manifest["entries"], MANIFEST] if manifest else []
 
 
 EVALUATION = OutputKind("evaluation", "kdlab evaluation", "config.yaml")
@@ -105,8 +123,6 @@ def manifest_text(kind: OutputKind, entries) -> str:
 def record_output(folder: str | Path, kind: OutputKind, entries) -> None:
     """Claim ``folder`` (created if needed) as kdlab's ``kind`` output that writes ``entries`` in place; entries
     already recorded are kept. For commands that resume in their folder (``kdlab eval``)."""
-    from kdlab.io import atomic_write_text
-
     folder = Path(folder)
     old = read_manifest(folder)
     kept = old["entries"] if old and old["kind"] == kind.name else []
