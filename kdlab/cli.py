@@ -303,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="merge the LoRA adapter into the base model and save a plain transformers model (default: the adapter)",
     )
-    export.add_argument("--force", action="store_true", help="replace an existing non-empty --out (default: refuse)")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier kdlab export at --out (default: refuse; a folder of other files is always refused)",
+    )
     export.add_argument(
         "--push-to-hub",
         dest="push_to_hub",

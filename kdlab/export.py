@@ -8,13 +8,18 @@ The folder holds the weights, their config, the tokenizer and the model card (RE
   plain transformers model: ``W' = W + (alpha / r) * B @ A`` on every adapted matrix, no peft needed to load it.
 
 The folder is written beside ``DIR`` under a temporary name and renamed into place, so a failure leaves no half
-folder. An existing non-empty ``DIR`` is refused unless ``force``. ``push_to_hub`` then uploads the folder with
+folder; kdlab's manifest in it (:data:`kdlab.outputs.MANIFEST`) marks it as an export. Refused before any work:
+``DIR`` that is, contains or lies inside the run folder (compared on resolved paths); an existing non-empty ``DIR``
+unless it is an earlier export holding only what kdlab wrote and ``force`` is given (then only those files are
+replaced: a folder of the user's files is never replaced, with or without ``force``); weights in ``final/`` that
+do not read back (a truncated or damaged ``*.safetensors``). ``push_to_hub`` then uploads the folder with
 ``huggingface_hub`` (``create_repo(exist_ok=True)`` + ``upload_folder``); it needs network and a token
 (``HF_TOKEN`` or ``hf auth login``), checked before any work.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +28,7 @@ import yaml
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
 from kdlab.model_card import format_card, parse_card, read_model_card, run_card_text
+from kdlab.outputs import EXPORT, MANIFEST, check_output_dir
 
 MERGED_NOTE = (
     "The LoRA adapter trained by this run is merged into the base model's weights (PEFT `merge_and_unload`): "
@@ -41,9 +47,32 @@ def finished_final(run: str | Path) -> Path:
     return final
 
 
-def check_out(out: Path, force: bool) -> None:
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise KdlabError(f"{out}: exists and is not empty; choose another --out or add --force to replace it")
+def check_out(run: str | Path, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that overlaps the run folder, is not an earlier export, or is one and ``force`` is not set."""
+    run_path, out_path = Path(os.path.realpath(run)), Path(os.path.realpath(out))
+    if out_path == run_path or run_path.is_relative_to(out_path) or out_path.is_relative_to(run_path):
+        where = "is" if out_path == run_path else "contains" if run_path.is_relative_to(out_path) else "is inside"
+        raise KdlabError(f"{out}: {where} the run folder {run}; choose an --out outside it")
+    check_output_dir(out, EXPORT)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise KdlabError(f"{out}: holds an earlier export; choose another --out or add --force to replace it")
+
+
+def check_weights(final: Path) -> None:
+    """Refuse ``final/`` without weights, or with a ``*.safetensors`` file that does not read back (truncated)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = sorted(final.glob("*.safetensors"))
+    if not weights and not any(final.glob("*.bin")):
+        raise KdlabError(f"{final}: holds no weights (*.safetensors); rerun its training command to finish it")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise KdlabError(
+                f"{path}: damaged weights ({str(exc).splitlines()[0][:200]}); kdlab does not export it"
+            ) from None
 
 
 def hub_token() -> str:
@@ -63,12 +92,13 @@ def export_run(
 ) -> Path:
     """Write the export folder ``out`` (see the module doc); returns it."""
     final, out = finished_final(run), Path(out)
-    check_out(out, force)
+    check_out(run, out, force)
+    check_weights(final)
     token = hub_token() if push_to_hub else None
     is_lora = (final / "adapter_config.json").is_file()
     if merge_lora and not is_lora:
         raise KdlabError(f"{run}: --merge-lora: the run trained the full model (no LoRA adapter in final/)")
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, kind=EXPORT) as tmp:
         if merge_lora:
             _write_merged(Path(run), final, tmp)
         else:
@@ -107,7 +137,11 @@ def upload(folder: Path, repo: str, token: str) -> None:
     try:
         api.create_repo(repo, repo_type="model", exist_ok=True)
         api.upload_folder(
-            folder_path=str(folder), repo_id=repo, repo_type="model", commit_message="Upload from kdlab export"
+            folder_path=str(folder),
+            repo_id=repo,
+            repo_type="model",
+            commit_message="Upload from kdlab export",
+            ignore_patterns=[MANIFEST],
         )
     except Exception as exc:  # no network, a bad token, no rights on the repository
         raise KdlabError(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,52 +118,92 @@ def folder_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def _replaceable(path: Path, marker: str | None) -> bool:
-    """Whether ``atomic_dir`` may replace ``path``: missing, an empty folder, or a folder holding ``marker``."""
-    if not path.exists() and not path.is_symlink():
-        return True
-    if not path.is_dir() or path.is_symlink():
-        return False
-    return not any(path.iterdir()) or (marker is not None and (path / marker).is_file())
+def set_modes(folder: Path) -> None:
+    """Give everything below ``folder`` the usual permissions: files ``0666 & ~umask``, folders ``0777 & ~umask``.
+
+    Some writers create files owner-only whatever the umask (safetensors writes ``*.safetensors`` 0600 through a
+    temporary file), which other users of a shared folder then cannot read. Links are left alone.
+    """
+    file_mode, dir_mode = 0o666 & ~_umask(), folder_mode()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), file_mode)
+
+
+def _check_replaceable(path: Path, kind) -> None:
+    """Refuse (before any work and again before the rename) a ``path`` that ``atomic_dir`` may not replace."""
+    if kind is not None:
+        kind.check(path)
+    elif path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+        what = "a file" if path.exists() and not path.is_dir() else "a folder that is not empty"
+        raise KdlabError(
+            f"{path}: exists and is {what}; kdlab does not replace it: choose another output path or remove it yourself"
+        )
 
 
 @contextmanager
-def atomic_dir(path: str | Path, marker: str | None = None, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind=None, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it takes the place of ``path`` in one rename.
 
-    An existing ``path`` is replaced only when it is an empty folder, a folder holding the file ``marker`` (a
-    kdlab output of the same kind, e.g. ``fidelity.json``) or when ``replace`` is set (kdlab's own sub-folders
-    such as ``checkpoints/step-N``); anything else — a user's file or folder — is refused with a
-    :class:`KdlabError` before any work, and is never touched. The new folder gets ``0777 & ~umask`` like one made
-    by ``mkdir`` (not mkdtemp's owner-only 0700).
+    ``kind`` (a :class:`kdlab.outputs.OutputKind`, used through its ``check``, ``seal`` and ``owned`` methods): the
+    folder is that kdlab output; it gets kdlab's manifest listing everything written in it, and an existing ``path``
+    is replaced only under the rules of :func:`kdlab.outputs.check_output_dir` (a ``kind`` output by its manifest
+    holding nothing else), and only what its manifest lists is removed. Without ``kind`` an existing ``path`` must be an empty folder, unless ``replace``
+    is set (kdlab's own sub-folders of a locked run, such as ``final/`` and ``checkpoints/step-N``). Anything else —
+    a user's file or folder — is refused with a :class:`KdlabError` before any work, and is never touched. Files get
+    ``0666 & ~umask`` and folders ``0777 & ~umask`` (:func:`set_modes`), not mkdtemp's or safetensors' owner-only.
     """
     path = Path(path)
-    if not replace and not _replaceable(path, marker):
-        raise _refusal(path, marker)
+    if not replace:
+        _check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, folder_mode())
     try:
         yield tmp
-        if path.exists():
-            if not replace and not _replaceable(path, marker):  # appeared while we worked
-                raise _refusal(path, marker)
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if kind is not None:
+            kind.seal(tmp)
+        set_modes(tmp)
+        os.chmod(tmp, folder_mode())
+        if not replace:
+            _check_replaceable(path, kind)  # again: something may have appeared while we worked
+        _swap(tmp, path, kind, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _refusal(path: Path, marker: str | None) -> KdlabError:
-    what = "a file" if path.exists() and not path.is_dir() else "a folder that is not empty"
-    kind = f" (no {marker})" if marker and what != "a file" else ""
-    return KdlabError(
-        f"{path}: exists and is {what}{kind}; kdlab does not replace it: choose another output path "
-        "or remove it yourself"
-    )
+def _swap(tmp: Path, path: Path, kind, replace: bool) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is first renamed aside, then removed (see :func:`atomic_dir`)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))  # a name of our own
+    if path.is_symlink() or not path.is_dir():  # only with replace: a file is renamed to the name, not over it
+        old.rmdir()
+    os.replace(path, old)  # a folder may be renamed over an empty one
+    os.replace(tmp, path)
+    if replace and (old.is_symlink() or not old.is_dir()):
+        old.unlink()
+    elif replace:
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        _remove_owned(old, kind.owned(old) if kind is not None else [], path)
+
+
+def _remove_owned(old: Path, entries: list[str], path: Path) -> None:
+    """Remove from ``old`` (the replaced ``path``) only ``entries`` (kdlab's), then the folder when empty."""
+    for entry in entries:
+        target = old / entry
+        if entry.endswith("/") and target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.is_symlink() or target.is_file():
+            target.unlink()
+    for root, _, _ in sorted(os.walk(old), key=lambda item: -len(item[0])):  # the deepest folders first
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+    if old.exists():  # something kdlab did not write appeared in the folder between the check and the rename
+        print(f"kdlab: {path}: kept what kdlab did not write in {old}", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """Run-folder locks: one kdlab process at a time writes a given output folder.
 
 A lock is an advisory ``fcntl.flock`` on the file ``.<name>.kdlab-lock`` beside the folder ``<name>`` (beside, not
-inside, so that it works for a folder that does not exist yet and for outputs that are renamed into place). The
+inside, so that it works for a folder that does not exist yet and for outputs that are renamed into place), keyed on
+the folder's resolved path, so a symbolic link or another spelling of the same folder meets the same lock. The
 holder writes ``host pid`` into it and removes it when done. A second process that finds the lock held either
 stops with a :class:`KdlabError` naming the holder's host and PID (:func:`folder_lock`, ``wait=False``) or waits
 for it (``wait=True``: teacher-cache builds, where the second process then reuses what the first built). The kernel
@@ -29,8 +30,13 @@ _HELD: dict[str, list] = {}  # lock file (absolute) -> [fd, depth]
 
 
 def lock_file(folder: str | Path) -> Path:
-    """The lock file of ``folder``: ``<parent>/.<name>.kdlab-lock`` (the parent made absolute, not resolved)."""
-    folder = Path(os.path.abspath(folder))
+    """The lock file of ``folder``: ``<parent>/.<name>.kdlab-lock`` of the folder's resolved path.
+
+    Resolved (``os.path.realpath``: symbolic links followed as far as the path exists, ``..`` and relative parts
+    made absolute), so every spelling of one folder — through a link to it or to a parent, ``a/../b`` — meets the
+    same lock file, whether the folder exists yet or not.
+    """
+    folder = Path(os.path.realpath(folder))
     return folder.parent / f".{folder.name}.kdlab-lock"
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.io import atomic_write_text
+from kdlab.io import atomic_dir
 from kdlab.significance import spearman
 
 FAMILIES = ("SeqKD", "RevKD", "GKD")
@@ -255,13 +255,15 @@ def write_paper_stats(
 ) -> pd.DataFrame:
     """Write ``out_dir/hypotheses.csv`` and ``out_dir/hypotheses.md``; return the table.
 
-    ``out_dir`` must be missing, empty or an earlier output of this command (``hypotheses.csv``); anything else is
-    refused before any work (:func:`kdlab.outputs.check_output_dir`).
+    ``out_dir`` must be missing, empty or an earlier output of this command holding only what kdlab wrote; anything
+    else (a user's own ``hypotheses.csv`` included) is refused before any work (:func:`kdlab.outputs.check_output_dir`).
+    The folder appears or is replaced in one rename (:func:`kdlab.io.atomic_dir`).
     """
-    from kdlab.outputs import check_output_dir
+    from kdlab.outputs import PAPER_STATS, check_output_dir
 
-    out_dir = check_output_dir(out_dir, "hypotheses.csv", "kdlab stats paper output")
+    out_dir = check_output_dir(out_dir, PAPER_STATS)
     frame = paper_hypotheses(results, agreement, fidelity)
-    atomic_write_text(out_dir / "hypotheses.csv", frame[COLUMNS + ["n"]].to_csv(index=False))
-    atomic_write_text(out_dir / "hypotheses.md", to_markdown(frame))
+    with atomic_dir(out_dir, kind=PAPER_STATS) as tmp:
+        (tmp / "hypotheses.csv").write_text(frame[COLUMNS + ["n"]].to_csv(index=False), encoding="utf-8")
+        (tmp / "hypotheses.md").write_text(to_markdown(frame), encoding="utf-8")
     return frame

@@ -1,6 +1,7 @@
 """kdlab export: merged LoRA loads with plain transformers and generates as base + adapter; round trips; refusals."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,10 +112,18 @@ def test_refusals(runs, tmp_path, monkeypatch, capsys):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    assert run_cli("export", runs["full"], out=busy) == 2
-    assert "add --force to replace it" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
-    assert run_cli("export", runs["full"], out=busy, force=True) == 0
-    assert not (busy / "keep.txt").exists() and (busy / "model.safetensors").is_file()
+    for force in ({}, {"force": True}):  # a folder of the user's files: refused, --force or not
+        assert run_cli("export", runs["full"], out=busy, **force) == 2
+        assert "is not a kdlab export folder" in capsys.readouterr().err
+    assert [path.name for path in busy.iterdir()] == ["keep.txt"]
+    assert run_cli("export", runs["full"], out=tmp_path / "e") == 0
+    assert run_cli("export", runs["full"], out=tmp_path / "e") == 2
+    assert "add --force to replace it" in capsys.readouterr().err
+    assert run_cli("export", runs["full"], out=tmp_path / "e", force=True) == 0  # an earlier export is replaced
+    (tmp_path / "e" / "keep.txt").write_text("mine")
+    assert run_cli("export", runs["full"], out=tmp_path / "e", force=True) == 2
+    assert "holds keep.txt, which kdlab did not write" in capsys.readouterr().err
+    assert (tmp_path / "e" / "keep.txt").read_text() == "mine"
 
     assert run_cli("export", runs["full"], out=tmp_path / "b", merge_lora=True) == 2
     assert "no LoRA adapter" in capsys.readouterr().err
@@ -127,3 +136,39 @@ def test_refusals(runs, tmp_path, monkeypatch, capsys):
     assert run_cli("export", runs["full"], out=tmp_path / "c", push_to_hub="me/model") == 2
     err = capsys.readouterr().err
     assert "needs a Hugging Face token" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+def test_force_never_replaces_the_run_or_a_folder_around_it(runs, tmp_path, capsys):
+    """Why: `kdlab export p/run1 --out p --force` replaced p wholesale: the run and the user's thesis.tex were gone
+    (exit 0). An --out that is, contains or lies inside the run is refused on resolved paths (links, ..)."""
+    project = tmp_path / "p"
+    shutil.copytree(runs["full"], project / "run1")
+    (project / "thesis.tex").write_text("years of work")
+    (tmp_path / "link").symlink_to(project)
+    before = sorted(path.relative_to(tmp_path) for path in project.rglob("*"))
+    outs = {
+        project: "contains the run folder",
+        tmp_path / "link": "contains the run folder",
+        project / "run1": "is the run folder",
+        project / "x" / ".." / "run1": "is the run folder",
+        project / "run1" / "export": "is inside the run folder",
+        tmp_path / "link" / "run1" / "final": "is inside the run folder",
+    }
+    for out, message in outs.items():
+        assert run_cli("export", project / "run1", out=out, force=True) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (out, err)
+    assert sorted(path.relative_to(tmp_path) for path in project.rglob("*")) == before
+    assert (project / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_truncated_adapter_is_not_exported(runs, tmp_path, capsys):
+    """Why: export copied a truncated adapter with exit 0; now final/'s weights are read back first."""
+    run = tmp_path / "lora"
+    shutil.copytree(runs["lora"], run)
+    weights = run / "final" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert run_cli("export", run, out=tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kdlab: error: {weights}: damaged weights") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

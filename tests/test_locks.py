@@ -5,11 +5,13 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from kdlab_testing import cli_args
 
+import kdlab
 from kdlab.errors import KdlabError
 from kdlab.locks import folder_lock, lock_file
 
@@ -58,6 +60,35 @@ def test_a_held_lock_is_refused_naming_host_and_pid(tmp_path):
             pass
     assert not lock_file(folder).exists()  # removed when released
     assert not folder.exists()  # the lock does not create the folder
+
+
+def test_every_spelling_of_a_folder_meets_the_same_lock(tmp_path, monkeypatch):
+    """Why: the lock file sat beside the unresolved --out, so a run through a symbolic link to the folder (or to a
+    parent, or with ..) took a second lock and both wrote."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs" / "run")  # to the folder, before it exists
+    (tmp_path / "parent").symlink_to(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path / "runs")
+    env = {**ENV, "PYTHONPATH": str(Path(kdlab.__file__).parents[1])}  # this kdlab, from another working directory
+    spellings = [
+        tmp_path / "link",
+        tmp_path / "parent" / "run",
+        tmp_path / "runs" / "x" / ".." / "run",
+        "run",
+        "../parent/run/",
+    ]
+    with folder_lock(tmp_path / "runs" / "run", "test"):
+        for spelling in spellings:
+            assert lock_file(spelling) == tmp_path / "runs" / ".run.kdlab-lock"
+            code = (
+                "import sys\nfrom kdlab.locks import folder_lock\nfrom kdlab.errors import KdlabError\n"
+                f"try:\n    with folder_lock({str(spelling)!r}):\n        pass\n"
+                "except KdlabError as exc:\n    print(exc)\n    sys.exit(2)\n"
+            )
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and f"in use by PID {os.getpid()}" in done.stdout, (spelling, done.stderr)
+    (tmp_path / "runs" / "run").mkdir()
+    assert lock_file(tmp_path / "link") == lock_file(tmp_path / "parent" / "run") == lock_file("run")
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):

@@ -54,7 +54,14 @@ from kdlab.generation import cut_at_stop, generate_ids
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
-from kdlab.outputs import absolute_paths, check_output_dir, read_config_mapping, same_settings
+from kdlab.outputs import (
+    EVALUATION,
+    absolute_paths,
+    check_output_dir,
+    read_config_mapping,
+    record_output,
+    same_settings,
+)
 from kdlab.precision import PRECISIONS, uses_bf16
 
 
@@ -113,7 +120,7 @@ ADDED_SETTINGS = {"max_prompt_tokens": None, "on_long": "truncate"}  # settings 
 def _check_out(settings: EvalSettings) -> Path:
     """Refuse an output that is a file, a non-kdlab folder, unwritable, or an evaluation with other settings
     (compared by content: ``out`` ignored, paths as the files they name, so a moved folder resumes)."""
-    out = check_output_dir(settings.out, "config.yaml", "kdlab evaluation")
+    out = check_output_dir(settings.out, EVALUATION, resume=True)
     config = out / "config.yaml"
     if config.is_file():
         old = {**ADDED_SETTINGS, **read_config_mapping(config)}  # a folder from before a setting existed
@@ -187,6 +194,7 @@ def evaluate(settings: EvalSettings) -> dict:
     with folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
         with _removed_on_error(out):
+            record_output(out, EVALUATION, ["config.yaml", "metrics.json", "predictions/"])
             (out / "predictions").mkdir(parents=True, exist_ok=True)
             atomic_write_text(
                 out / "config.yaml",

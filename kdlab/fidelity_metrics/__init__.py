@@ -60,7 +60,7 @@ from kdlab.fidelity_metrics.frame import FRAME_COLUMNS, PAIR_FIELDS, fidelity_fr
 from kdlab.fidelity_metrics.text import corpus_bleu, lcs_length, rouge_l, sentence_bleu
 from kdlab.io import atomic_dir, json_text
 from kdlab.locks import folder_lock
-from kdlab.outputs import check_output_dir
+from kdlab.outputs import FIDELITY, check_output_dir
 
 __all__ = [
     "AGREEMENT_POLICY",
@@ -115,9 +115,10 @@ def run_fidelity(
     With ``teacher_model`` and ``student_model`` (model specs, optional LoRA adapters) the distribution metrics
     are added. Every check runs before anything is written; the folder appears (or is replaced) in one rename.
     Returns the summary (as written, with its settings). ``out`` must be missing, empty or a fidelity folder
-    (``fidelity.json``); it is locked while the command runs (:mod:`kdlab.locks`).
+    written by kdlab holding nothing else (:func:`kdlab.outputs.check_output_dir`); it is locked while the command
+    runs (:mod:`kdlab.locks`).
     """
-    out = check_output_dir(out, "fidelity.json", "fidelity")
+    out = check_output_dir(out, FIDELITY)
     with folder_lock(out, "kdlab fidelity"):
         return _run_fidelity(
             teacher_dir,
@@ -173,7 +174,7 @@ def _run_fidelity(
         "teacher_adapter": None if teacher_adapter is None else str(teacher_adapter),
         "student_adapter": None if student_adapter is None else str(student_adapter),
     }
-    with atomic_dir(out, marker="fidelity.json") as tmp:
+    with atomic_dir(out, kind=FIDELITY) as tmp:
         (tmp / "pairs").mkdir()
         for task, rows in frame.groupby("task", sort=True):
             lines = [

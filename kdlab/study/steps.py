@@ -95,6 +95,7 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.data.formats import load_examples, write_json_examples
     from kdlab.io import atomic_dir
     from kdlab.models.load import inference_device, load_tokenizer
+    from kdlab.outputs import TEACHER_ANSWERS
     from kdlab.train.teachers import load_frozen_teacher, teacher_answers
 
     precision = p.get("precision", "auto")
@@ -103,7 +104,7 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
     generated = teacher_answers(
         teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"], precision
     )
-    with atomic_dir(out, marker="train.json") as tmp:
+    with atomic_dir(out, kind=TEACHER_ANSWERS) as tmp:
         write_json_examples(generated, tmp / "train.json")
 
 
