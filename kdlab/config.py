@@ -307,55 +307,35 @@ def validate(config: RunConfig) -> None:
 
 
 MAX_SEED = 2**32 - 1  # numpy's limit (accelerate's set_seed seeds numpy too)
+#: The range of each numeric lora/train/kd setting (kd.temperature: in :func:`validate`, token-level KD only):
+#: ``> 0`` (integers: >= 1), ``>= 0``, ``[0, 1]``, ``[0, 1)`` (skew alpha = 1 makes the divergence identically 0;
+#: dropout p = 1 drops every LoRA input).
+RANGES = {
+    "> 0": "train.lr train.batch_size train.grad_accum train.max_length train.chunk_size train.keep_checkpoints "
+    "train.log_steps lora.r lora.alpha kd.max_new_tokens kd.generation_batch_size kd.cache_k kd.sample_temperature",
+    ">= 0": "train.epochs train.max_steps train.save_steps train.weight_decay train.max_grad_norm kd.teacher_noise "
+    "kd.answer_weight kd.disagreement_gamma kd.speculative_k",
+    "in [0, 1]": "kd.kd_weight kd.lmbda kd.beta train.warmup_ratio",
+    "in [0, 1)": "kd.skew_alpha lora.dropout",
+}
+_IN_RANGE = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}  # written so that a NaN is out of every range
 
 
 def _check_ranges(config: RunConfig) -> None:
-    """The numeric range of every lora/train/kd setting (kd.temperature: in :func:`validate`, for token-level KD
-    only), and the tracker names of ``train.report_to``; each error names the setting and its value. Written as
-    ``not (value > bound)`` so that a NaN is refused too."""
-    train, kd, lora = config.train, config.kd, config.lora
-    positive = {  # > 0 (integers: >= 1)
-        "train.lr": train.lr,
-        "train.batch_size": train.batch_size,
-        "train.grad_accum": train.grad_accum,
-        "train.max_length": train.max_length,
-        "train.chunk_size": train.chunk_size,
-        "train.keep_checkpoints": train.keep_checkpoints,
-        "train.log_steps": train.log_steps,
-        "lora.r": lora.r,
-        "lora.alpha": lora.alpha,
-        "kd.max_new_tokens": kd.max_new_tokens,
-        "kd.generation_batch_size": kd.generation_batch_size,
-        "kd.cache_k": kd.cache_k,
-        "kd.sample_temperature": kd.sample_temperature,
-    }
-    non_negative = {
-        "train.epochs": train.epochs,
-        "train.max_steps": train.max_steps,
-        "train.save_steps": train.save_steps,
-        "train.weight_decay": train.weight_decay,
-        "train.max_grad_norm": train.max_grad_norm,
-        "kd.teacher_noise": kd.teacher_noise,
-        "kd.answer_weight": kd.answer_weight,
-        "kd.disagreement_gamma": kd.disagreement_gamma,
-        "kd.speculative_k": kd.speculative_k,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise KdlabError(f"{name} must be > 0, got {value}")
-    for name, value in non_negative.items():
-        if not value >= 0:
-            raise KdlabError(f"{name} must be >= 0, got {value}")
-    for name, value, closed in [
-        ("kd.kd_weight", kd.kd_weight, True),
-        ("kd.lmbda", kd.lmbda, True),
-        ("kd.beta", kd.beta, True),
-        ("train.warmup_ratio", train.warmup_ratio, True),
-        ("kd.skew_alpha", kd.skew_alpha, False),  # alpha = 1 makes the skew divergences identically 0
-        ("lora.dropout", lora.dropout, False),  # p = 1 drops every LoRA input
-    ]:
-        if not (0.0 <= value <= 1.0 and (closed or value < 1.0)):
-            raise KdlabError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value}")
+    """Every setting of :data:`RANGES` in its range, ``train.seed`` in [0, :data:`MAX_SEED`], training length set,
+    tracker names known; each error names the setting and its value."""
+    for bound, names in RANGES.items():
+        for name in names.split():
+            section, _, field_name = name.partition(".")
+            value = getattr(getattr(config, section), field_name)
+            if not _IN_RANGE[bound](value):
+                raise KdlabError(f"{name} must be {bound}, got {value}")
+    train = config.train
     if not 0 <= train.seed <= MAX_SEED:
         raise KdlabError(f"train.seed must be in [0, {MAX_SEED}], got {train.seed}")
     if train.epochs == 0 and train.max_steps == 0:

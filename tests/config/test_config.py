@@ -127,3 +127,13 @@ def test_out_of_range_flags_exit_2_without_output(flags, message, tiny_models, s
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("kdlab: error:") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_a_nan_set_in_code_is_refused():
+    """kdlab.api passes configs built in code to validate: a NaN is out of every range."""
+    from kdlab.config import validate
+
+    config = build_config("distill", None, BASE, [])
+    config.train.max_grad_norm = float("nan")
+    with pytest.raises(KdlabError, match=r"train\.max_grad_norm must be >= 0, got nan"):
+        validate(config)
