@@ -281,39 +281,8 @@ def validate(config: RunConfig) -> None:
             value = getattr(getattr(config, section), item.name)
             if choices and value not in choices:
                 raise KdlabError(f"{section}.{item.name}: {value!r} is not one of {', '.join(choices)}")
-    train, kd, lora = config.train, config.kd, config.lora
-    positive = {
-        "train.lr": train.lr,
-        "train.batch_size": train.batch_size,
-        "train.grad_accum": train.grad_accum,
-        "train.max_length": train.max_length,
-        "train.chunk_size": train.chunk_size,
-        "lora.r": lora.r,
-        "kd.max_new_tokens": kd.max_new_tokens,
-        "kd.generation_batch_size": kd.generation_batch_size,
-        "train.keep_checkpoints": train.keep_checkpoints,
-        "train.log_steps": train.log_steps,
-        "kd.cache_k": kd.cache_k,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise KdlabError(f"{name} must be > 0, got {value}")
-    if train.max_steps < 0 or (train.epochs <= 0 and train.max_steps == 0):
-        raise KdlabError(
-            f"train.epochs must be > 0 or train.max_steps > 0 (got epochs={train.epochs}, max_steps={train.max_steps})"
-        )
-    for name, value in {
-        "kd.kd_weight": kd.kd_weight,
-        "kd.lmbda": kd.lmbda,
-        "kd.beta": kd.beta,
-        "kd.skew_alpha": kd.skew_alpha,
-        "train.warmup_ratio": train.warmup_ratio,
-        "lora.dropout": lora.dropout,
-    }.items():
-        if not 0.0 <= value <= 1.0:
-            raise KdlabError(f"{name} must be in [0, 1], got {value}")
-    if kd.teacher_noise < 0:
-        raise KdlabError(f"kd.teacher_noise must be >= 0, got {kd.teacher_noise}")
+    _check_ranges(config)
+    kd = config.kd
     temperatures = []
     for value in kd.cache_temperatures:
         try:
@@ -324,8 +293,6 @@ def validate(config: RunConfig) -> None:
             raise KdlabError(f"kd.cache_temperatures: expected numbers > 0, got {value!r}")
         temperatures.append(tau)
     kd.cache_temperatures = temperatures
-    if kd.sample_temperature <= 0:
-        raise KdlabError(f"kd.sample_temperature must be > 0, got {kd.sample_temperature}")
     if config.kind == "distill" and config.teacher_cache and kd.loss == "seqkd":
         raise KdlabError(
             "--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)"
@@ -333,20 +300,62 @@ def validate(config: RunConfig) -> None:
     _validate_fidelity_options(config)
     if config.kind == "distill" and kd.loss != "seqkd":
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
-            raise KdlabError(f"temperature must be > 0, got {kd.temperature}")
+            raise KdlabError(f"kd.temperature must be > 0, got {kd.temperature}")
         check_loss_args(kd.loss, kd.temperature, **loss_kwargs(kd))
 
 
+MAX_SEED = 2**32 - 1  # numpy's limit (accelerate's set_seed seeds numpy too)
+#: The range of each numeric lora/train/kd setting (kd.temperature: in :func:`validate`, token-level KD only):
+#: ``> 0`` (integers: >= 1), ``>= 0``, ``[0, 1]``, ``[0, 1)`` (skew alpha = 1 makes the divergence identically 0;
+#: dropout p = 1 drops every LoRA input).
+RANGES = {
+    "> 0": "train.lr train.batch_size train.grad_accum train.max_length train.chunk_size train.keep_checkpoints "
+    "train.log_steps lora.r lora.alpha kd.max_new_tokens kd.generation_batch_size kd.cache_k kd.sample_temperature",
+    ">= 0": "train.epochs train.max_steps train.save_steps train.weight_decay train.max_grad_norm kd.teacher_noise "
+    "kd.answer_weight kd.disagreement_gamma kd.speculative_k",
+    "in [0, 1]": "kd.kd_weight kd.lmbda kd.beta train.warmup_ratio",
+    "in [0, 1)": "kd.skew_alpha lora.dropout",
+}
+_IN_RANGE = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}  # written so that a NaN is out of every range
+
+
+def _check_ranges(config: RunConfig) -> None:
+    """Every setting of :data:`RANGES` in its range, ``train.seed`` in [0, :data:`MAX_SEED`], training length set,
+    tracker names known; each error names the setting and its value."""
+    for bound, names in RANGES.items():
+        for name in names.split():
+            section, _, field_name = name.partition(".")
+            value = getattr(getattr(config, section), field_name)
+            if not _IN_RANGE[bound](value):
+                raise KdlabError(f"{name} must be {bound}, got {value}")
+    train = config.train
+    if not 0 <= train.seed <= MAX_SEED:
+        raise KdlabError(f"train.seed must be in [0, {MAX_SEED}], got {train.seed}")
+    if train.epochs == 0 and train.max_steps == 0:
+        raise KdlabError("train.epochs must be > 0 or train.max_steps > 0 (got epochs=0, max_steps=0)")
+    _check_report_to(train.report_to)
+
+
+def _check_report_to(names: list) -> None:
+    """``train.report_to``: names of :data:`kdlab.train.trackers.KNOWN`, ``all`` or ``none`` (comma lists too)."""
+    from kdlab.train.trackers import KNOWN
+
+    allowed = (*KNOWN, "all", "none")
+    for item in names:
+        for name in str(item).split(","):
+            if name.strip() and name.strip().lower() not in allowed:
+                raise KdlabError(f"train.report_to: unknown tracker {name.strip()!r} (known: {', '.join(allowed)})")
+
+
 def _validate_fidelity_options(config: RunConfig) -> None:
-    """Ranges and combinations of the fidelity-aware KD settings (answer_weight, answer_target,
-    disagreement_gamma, speculative_k)."""
+    """Combinations of the fidelity-aware KD settings (answer_weight, answer_target, disagreement_gamma,
+    speculative_k; their ranges: :func:`_check_ranges`)."""
     kd = config.kd
-    if kd.answer_weight < 0:
-        raise KdlabError(f"kd.answer_weight must be >= 0, got {kd.answer_weight}")
-    if kd.disagreement_gamma < 0:
-        raise KdlabError(f"kd.disagreement_gamma must be >= 0, got {kd.disagreement_gamma}")
-    if kd.speculative_k < 0:
-        raise KdlabError(f"kd.speculative_k must be >= 0, got {kd.speculative_k}")
     if config.kind != "distill":
         return
     fidelity_set = [

@@ -5,6 +5,7 @@
   :class:`TeacherCache` and its decoded :class:`CacheRows`;
 - :mod:`kdlab.teacher_cache.loss`: the cached teacher as a teacher signal (:class:`CachedTeacher`) of the one
   objective :func:`kdlab.losses.token_objective`, and :func:`chunked_cached_distill_loss`;
+- :mod:`kdlab.teacher_cache.integrity`: per-array checksums recorded at build time and checked on every load;
 - :mod:`kdlab.teacher_cache.lifecycle`: the cache of a distill run (``--teacher-cache``): checked, built on first use,
   loaded.
 """

@@ -5,7 +5,10 @@ The folder is built on first use with ``k = kd.cache_k`` and the tail sums of ``
 the student's tokenizer, ``train.max_length``, the same example indices), then checked on every later use against
 the teacher spec (model, adapter folder and a hash of the adapter weights), the data hash, k and the format version,
 without loading any model (a ``kd.temperature`` the cache does not store is a warning, not a rebuild); the weight
-fingerprint is compared too whenever the teacher is loaded anyway. The objective
+fingerprint is compared too whenever the teacher is loaded anyway. ``kdlab distill`` then loads a reused cache before
+it creates the run folder: its arrays are verified against the manifest's checksums
+(:mod:`kdlab.teacher_cache.integrity`), so a damaged or altered cache is refused in one line naming the file and the
+array, and leaves no run folder (delete the cache folder to rebuild it). The objective
 (:class:`kdlab.train.objectives.CachedDistillObjective`, :func:`kdlab.teacher_cache.chunked_cached_distill_loss`)
 computes the student's logits from its hidden states a chunk of ``train.chunk_size`` tokens at a time, sliced to
 the cache's ``vocab_size``, against the rows of the batch (``TeacherCache.rows(batch["index"])``) with
@@ -176,12 +179,15 @@ def check_student_vocab(config: RunConfig, model, vocab: int) -> None:
 
 
 def open_teacher_cache(
-    config: RunConfig, teacher, inputs: DistillInputs, manifest: dict | None, vocab_size: int, accelerator
+    config: RunConfig, teacher, inputs: DistillInputs, cache: TeacherCache | None, vocab_size: int, accelerator
 ) -> TeacherCache:
-    """The run's cache, loaded: built first (once, by the main process) when ``manifest`` is None (it was not
-    complete); the teacher's weight fingerprint is checked too when the teacher is loaded."""
-    if manifest is None:
-        if accelerator.is_main_process:
-            ensure_teacher_cache(config, teacher, accelerator.is_local_main_process, inputs, vocab_size)
-        accelerator.wait_for_everyone()
-    return load_cache(config.teacher_cache, teacher=teacher, manifest=manifest)
+    """The run's cache: ``cache`` when the run has already loaded it (a reused cache, loaded and verified by
+    :func:`load_cache` before the run folder is created, so that a damaged one leaves no output), else built first
+    (once, by the main process) and then loaded; the teacher's weight fingerprint is checked too when the teacher is
+    loaded."""
+    if cache is not None:
+        return cache
+    if accelerator.is_main_process:
+        ensure_teacher_cache(config, teacher, accelerator.is_local_main_process, inputs, vocab_size)
+    accelerator.wait_for_everyone()
+    return load_cache(config.teacher_cache, teacher=teacher)

@@ -7,7 +7,8 @@ Files: a cache is a folder written atomically (:func:`kdlab.io.atomic_dir`) hold
 ``numpy.savez`` of the arrays of :mod:`kdlab.teacher_cache.format`) and ``manifest.json`` (format version, teacher spec and weight fingerprint (256 rows of the output layer rounded to
 bf16, so a teacher loaded in float32 or bfloat16 matches),
 data hash, k, vocab size, quantised or not, the stored ``temperatures``, token and example counts, bytes per token
-from the representation and measured from the file size). Format 2 (this one) added ``tail_lse``; a format-1 cache
+from the representation and measured from the file size, and a SHA-256 ``checksums`` entry per array, verified by
+:func:`load_cache`: :mod:`kdlab.teacher_cache.integrity`). Format 2 (this one) added ``tail_lse``; a format-1 cache
 (only the tau = 1 tail mass) is refused by :func:`load_cache` and by ``kdlab distill --teacher-cache`` with a
 message to delete the folder, so that it is rebuilt, rather than silently trained from with the uniform tail
 approximation (:mod:`kdlab.teacher_cache.loss`).
@@ -43,6 +44,7 @@ from kdlab.teacher_cache.format import (
     temperature_index,
     unpack_ids,
 )
+from kdlab.teacher_cache.integrity import array_checksums, check_arrays, check_manifest, read_arrays
 
 
 def _sha(data: bytes) -> str:
@@ -171,6 +173,7 @@ def build_cache(
         "examples": len(dataset),
         "bytes_per_token": bytes_per_token(k, vocab_size, quantize, len(temperatures)),
         "bytes_per_token_arrays": per_token / max(tokens, 1),
+        "checksums": array_checksums(arrays),
     }
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -302,13 +305,16 @@ def check_format(manifest: dict, path) -> None:
 
 def read_manifest(path) -> dict:
     """The manifest of the cache folder ``path``, of this format version (else :class:`KdlabError`, see
-    :func:`check_format`); an unreadable or invalid manifest is a :class:`KdlabError` naming the file."""
+    :func:`check_format`); an unreadable or invalid manifest (:func:`kdlab.teacher_cache.integrity.check_manifest`)
+    is a :class:`KdlabError` naming the file."""
     manifest_path = Path(path) / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KdlabError(f"{manifest_path}: unreadable teacher cache manifest ({exc})") from None
-    check_format(manifest, path)
+    if isinstance(manifest, dict):
+        check_format(manifest, path)  # an older format first: it has its own message
+    check_manifest(manifest, manifest_path)
     return manifest
 
 
@@ -333,8 +339,6 @@ def load_cache(
         raise KdlabError(f"{path}: teacher cache was built from teacher '{manifest['teacher']}', not '{teacher_spec}'")
     if dataset is not None and data_hash(dataset) != manifest["data_hash"]:
         raise KdlabError(f"{path}: teacher cache was built on other data (data hash differs); rebuild it")
-    with np.load(cache_path) as data:
-        arrays = {name: data[name] for name in data.files}
-    if int(arrays["offsets"][-1]) != manifest["tokens"] or len(arrays["example_index"]) != manifest["examples"]:
-        raise KdlabError(f"{cache_path}: contents do not match {MANIFEST_FILE} (token or example count)")
+    arrays = read_arrays(cache_path)
+    check_arrays(arrays, manifest, cache_path)  # readable, shaped as the manifest says, checksums match
     return TeacherCache(arrays, manifest)

@@ -1,8 +1,8 @@
 """Training recipes: ``kdlab sft`` and ``kdlab distill``, each a short sequence of steps.
 
-Every input is checked (config, data file, models, adapters, tokenizers, a reused teacher cache) before the run folder
-is created, so bad input leaves no output. Re-running a command on the same ``--out`` resumes it, or reports that it
-is complete.
+Every input is checked (config, data file, models, adapters, tokenizers, a reused teacher cache: manifest and arrays)
+before the run folder is created, so bad input leaves no output. Re-running a command on the same ``--out`` resumes
+it, or reports that it is complete.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from kdlab.errors import KdlabError
 from kdlab.models.load import load_adapter, load_model, load_tokenizer
 from kdlab.run_folder import claim_run, run_state
 from kdlab.teacher_cache.lifecycle import cache_vocab, check_student_vocab, check_teacher_cache, open_teacher_cache
+from kdlab.teacher_cache.store import TeacherCache, load_cache
 from kdlab.train.inputs import DistillInputs, distill_inputs, output_vocab
 from kdlab.train.loop import Trainer, make_accelerator
 from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective
@@ -141,6 +142,8 @@ def run_distill(config: RunConfig) -> Path:
     cached = bool(config.teacher_cache) and config.kd.loss != "seqkd"
     manifest = check_teacher_cache(config, inputs) if cached else None  # a reused cache: checked, no model loaded
     teacher = load_teacher(config) if not cached or manifest is None or config.kd.lmbda > 0 else None
+    # a reused cache is loaded and verified (checksums, teacher fingerprint) before the run folder exists
+    cache = load_cache(config.teacher_cache, teacher=teacher, manifest=manifest) if manifest is not None else None
     model = prepare_student(config)
     vocab = _distill_vocab(config, inputs, cached, manifest, teacher, model)
     with claim_run(config, "kdlab distill") as claimed:
@@ -150,7 +153,7 @@ def run_distill(config: RunConfig) -> Path:
         if teacher is not None:
             teacher.to(accelerator.device)
         examples, dataset, source = _distill_data(config, inputs, teacher, run_dir, accelerator)
-        objective = _distill_objective(config, inputs, teacher, manifest, vocab, accelerator)
+        objective = _distill_objective(config, inputs, teacher, cache, vocab, accelerator)
         if cached and config.kd.lmbda == 0:
             teacher = None  # loaded only to build the cache: free it before training
         window_hook = _window_hook(config, inputs.tokenizer, teacher, vocab)
@@ -196,16 +199,17 @@ def _distill_data(config: RunConfig, inputs: DistillInputs, teacher, run_dir: Pa
 
 
 def _distill_objective(
-    config: RunConfig, inputs: DistillInputs, teacher, manifest: dict | None, vocab: int | None, accelerator
+    config: RunConfig, inputs: DistillInputs, teacher, cache: TeacherCache | None, vocab: int | None, accelerator
 ):
-    """SFT on the teacher's answers (SeqKD), the live KD objective, or the cached one (the cache opened, built first
-    when missing; on-policy steps with ``kd.lmbda > 0`` use the live teacher, sliced to the cache's vocabulary)."""
+    """SFT on the teacher's answers (SeqKD), the live KD objective, or the cached one (``cache``: the reused cache,
+    already loaded; None: built first, then loaded; on-policy steps with ``kd.lmbda > 0`` use the live teacher,
+    sliced to the cache's vocabulary)."""
     kd, train, rank = config.kd, config.train, accelerator.process_index
     if kd.loss == "seqkd":
         return sft_objective(train.chunk_size)
     if not config.teacher_cache:
         return DistillObjective(teacher, kd, vocab, train.chunk_size, train.seed, rank)
-    cache = open_teacher_cache(config, teacher, inputs, manifest, vocab, accelerator)
+    cache = open_teacher_cache(config, teacher, inputs, cache, vocab, accelerator)
     live = DistillObjective(teacher, kd, cache.vocab_size, train.chunk_size, train.seed, rank) if kd.lmbda > 0 else None
     return CachedDistillObjective(cache, kd, train.chunk_size, train.seed, rank, live=live)
 
