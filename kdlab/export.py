@@ -23,12 +23,10 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
 from kdlab.model_card import format_card, parse_card, read_model_card, run_card_text
-from kdlab.outputs import EXPORT, MANIFEST, check_output_dir
+from kdlab.outputs import EXPORT, MANIFEST, check_output_dir, read_config_mapping
 
 MERGED_NOTE = (
     "The LoRA adapter trained by this run is merged into the base model's weights (PEFT `merge_and_unload`): "
@@ -116,7 +114,7 @@ def _write_merged(run_dir: Path, final: Path, tmp: Path) -> None:
 
     from kdlab.models.load import load_model, quiet_loading
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_config_mapping(run_dir / "config.yaml")
     model = load_model(config["model"], adapter=str(final), merge_adapter=True)
     with quiet_loading():
         model.save_pretrained(tmp)

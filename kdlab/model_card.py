@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from kdlab.io import atomic_write_text
+from kdlab.outputs import read_config_mapping
 
 #: kdlab model names -> the Hub id of the model they are
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -109,7 +110,7 @@ def format_card(header: dict, body: str) -> str:
 def run_card_text(run_dir: str | Path, evaluation: dict | None = None, fidelity: dict | None = None) -> str:
     """The card of a finished run, from its ``config.yaml``, ``result.json`` and ``log.csv`` (:func:`card_text`)."""
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_config_mapping(run_dir / "config.yaml")
     summary = yaml.safe_load((run_dir / "result.json").read_text())  # JSON is YAML
     return card_text(config, summary, evaluation, fidelity, logged_tokens(run_dir, summary.get("steps")))
 
@@ -165,7 +166,7 @@ def update_model_card(evaluated: list, evaluation: dict | None = None, fidelity:
 
 def evaluated_run(eval_dir: str | Path) -> Path | None:
     """The kdlab run whose ``final/`` the evaluation folder ``eval_dir`` (its config.yaml) evaluated, or None."""
-    settings = yaml.safe_load((Path(eval_dir) / "config.yaml").read_text()) or {}
+    settings = read_config_mapping(Path(eval_dir) / "config.yaml")
     return next((run for run in map(run_of, [settings.get("adapter"), settings.get("model")]) if run is not None), None)
 
 

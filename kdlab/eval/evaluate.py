@@ -27,7 +27,6 @@ mode adds ``output`` and ``preds`` / ``corrects`` per extraction mode; loglik mo
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from kdlab.eval.prompts import Prompt, PromptLimit, model_context, prepare_promp
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
 from kdlab.generation import cut_at_stop, generate_ids
-from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.io import atomic_write_json, atomic_write_text, json_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
 from kdlab.outputs import (
@@ -139,7 +138,7 @@ def _read_done(path: Path) -> dict[int, dict]:
         return {}
     done = {record["id"]: record for _, record in read_prediction_lines(path, cut_last=True)}
     if len(done) != sum(1 for line in path.read_bytes().split(b"\n") if line.strip()):
-        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in done.values()))
+        atomic_write_text(path, "".join(json_text(record) + "\n" for record in done.values()))
     return done
 
 
@@ -262,7 +261,7 @@ def _run_tasks(
 
 def _append(path: Path, records: list[dict]) -> None:
     with path.open("a") as handle:
-        handle.write("".join(json.dumps(record) + "\n" for record in records))
+        handle.write("".join(json_text(record) + "\n" for record in records))
         handle.flush()
 
 
