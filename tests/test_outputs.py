@@ -215,7 +215,7 @@ def test_weights_and_checkpoints_honour_the_umask(tiny_models, synth_train, tmp_
         for folder in ("run", "pruned", "export")
         for name, mode in modes(tmp_path / folder).items()
     }
-    expected = ["run/final/adapter_model.safetensors", "run/checkpoints/step-000001/state.pt"]
+    expected = ["run/final/adapter_model.safetensors", "run/checkpoints/step-000001/state.safetensors"]
     assert set(expected + ["pruned/model.safetensors", "export/adapter_model.safetensors"]) <= set(found)
     for name, mode in found.items():
         assert mode == (0o755 if (tmp_path / name).is_dir() else 0o644), (name, oct(mode))
