@@ -260,9 +260,17 @@ def build_config(
         _apply(config, key, value, "command line")
     for text in overrides:
         key, value = parse_override(text)
-        _apply(config, key, yaml.safe_load(value) if value else value, "--set")
+        _apply(config, key, _override_value(text, value), "--set")
     validate(config)
     return config
+
+
+def _override_value(text: str, value: str):
+    """The value of ``--set key=value`` read as a YAML scalar or list; malformed YAML is a one-line error."""
+    try:
+        return yaml.safe_load(value) if value else value
+    except yaml.YAMLError as exc:
+        raise KdlabError(f"--set {text}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def validate(config: RunConfig) -> None:

@@ -31,3 +31,13 @@ def test_a_merge_key_may_still_override(tmp_path):
     path.write_text("kd:\n  <<: {loss: gjsd, beta: 0.2}\n  beta: 0.3\ntrain: {lr: 0.1}\n")
     config = build_config("distill", str(path), BASE, [])
     assert config.kd.loss == "gjsd" and config.kd.beta == 0.3 and config.train.lr == 0.1
+
+
+def test_a_malformed_set_value_is_one_line(tmp_path, capsys):
+    """Why: `--set lora.r=[` gave a yaml ScannerError traceback (exit 1)."""
+    from tests.support.kdlab_testing import run_cli
+
+    assert run_cli("sft", model="x", data="y", out=tmp_path / "run", set=["lora.r=["]) == 2
+    err = capsys.readouterr().err
+    assert "--set lora.r=[: the value is not valid YAML" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
