@@ -35,7 +35,7 @@ def test_a_merge_key_may_still_override(tmp_path):
 
 def test_a_malformed_set_value_is_one_line(tmp_path, capsys):
     """Why: `--set lora.r=[` gave a yaml ScannerError traceback (exit 1)."""
-    from tests.support.kdlab_testing import run_cli
+    from kdlab_testing import run_cli
 
     assert run_cli("sft", model="x", data="y", out=tmp_path / "run", set=["lora.r=["]) == 2
     err = capsys.readouterr().err
