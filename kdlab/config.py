@@ -9,6 +9,7 @@ Every field of :class:`LoraConfig`, :class:`TrainConfig` and :class:`KDConfig` i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 
 from kdlab.errors import KdlabError
 from kdlab.io import read_yaml
+from kdlab.losses.divergences import DIVERGENCES, argument_fields, check_loss_args
 
 
 def option(default, help: str, flag: str | None = None, choices: tuple | None = None, **kwargs):
@@ -26,6 +28,27 @@ def option(default, help: str, flag: str | None = None, choices: tuple | None = 
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
+
+
+#: Losses that are a training recipe rather than a divergence per token (:mod:`kdlab.train.recipes`): name -> help.
+RECIPE_LOSSES = {"seqkd": "SFT on the teacher's greedy answers (SeqKD: a recipe, no temperature)"}
+#: Every ``kd.loss``: the token-level divergences (:data:`kdlab.losses.divergences.DIVERGENCES`), then the recipes.
+LOSS_NAMES = (*DIVERGENCES, *RECIPE_LOSSES)
+LOSS_HELP = "; ".join(
+    [*(spec.help for spec in DIVERGENCES.values()), *(f"{k} = {v}" for k, v in RECIPE_LOSSES.items())]
+)
+
+
+def _divergence_arguments(cls):
+    """Class decorator (under ``@dataclass``): after ``kd_weight``, a float field per divergence argument (``beta``,
+    ``skew_alpha``: :func:`kdlab.losses.divergences.argument_fields`)."""
+    fields = {name: option(arg.default, arg.config_help(users)) for name, (arg, users) in argument_fields().items()}
+    names = list(own := inspect.get_annotations(cls))
+    names[names.index("kd_weight") + 1 : names.index("kd_weight") + 1] = fields
+    cls.__annotations__ = {name: own.get(name, "float") for name in names}
+    for name, value in fields.items():
+        setattr(cls, name, value)
+    return cls
 
 
 @dataclass
@@ -82,18 +105,13 @@ class TrainConfig:
 
 
 @dataclass
+@_divergence_arguments  # the divergences' arguments: from the registry, like the loss choices
 class KDConfig:
     """Distillation settings (paper: fkl/rkl/gjsd, tau in {1, 2, 5}, w = 1, gjsd beta = 0.5, lambda = 0.5)."""
 
-    loss: str = option(
-        "fkl",
-        "fkl | rkl | gjsd | skl | srkl | tvd | seqkd",
-        choices=("fkl", "rkl", "gjsd", "skl", "srkl", "tvd", "seqkd"),
-    )
+    loss: str = option("fkl", LOSS_HELP, choices=LOSS_NAMES)
     temperature: float = option(1.0, "temperature tau on both distributions; the loss is scaled by tau^2")
     kd_weight: float = option(1.0, "w in loss = (1 - w) * CE + w * KD (paper: 1)")
-    beta: float = option(0.5, "gjsd interpolation beta in [0, 1] (0 = fkl, 1 = rkl)")
-    skew_alpha: float = option(0.1, "skl/srkl skew alpha in [0, 1)")
     lmbda: float = option(0.0, "fraction of optimizer steps trained on student-generated (on-policy) responses")
     teacher_noise: float = option(0.0, "std of Gaussian noise added to the teacher logits")
     max_new_tokens: int = option(128, "max response tokens when generating (on-policy samples, SeqKD answers)")
@@ -275,8 +293,6 @@ def _override_value(text: str, value: str):
 
 def validate(config: RunConfig) -> None:
     """Check ranges and required fields; raise :class:`KdlabError` naming the setting."""
-    from kdlab.losses import check_loss_args
-
     required = ["model", "data", "out"] + (["teacher"] if config.kind == "distill" else [])
     for name in required:
         if not getattr(config, name):
@@ -306,30 +322,35 @@ def validate(config: RunConfig) -> None:
             "--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)"
         )
     _validate_fidelity_options(config)
-    if config.kind == "distill" and kd.loss != "seqkd":
+    if config.kind == "distill" and kd.loss in DIVERGENCES:
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
             raise KdlabError(f"kd.temperature must be > 0, got {kd.temperature}")
         check_loss_args(kd.loss, kd.temperature, **loss_kwargs(kd))
 
 
 MAX_SEED = 2**32 - 1  # numpy's limit (accelerate's set_seed seeds numpy too)
-#: The range of each numeric lora/train/kd setting (kd.temperature: in :func:`validate`, token-level KD only):
-#: ``> 0`` (integers: >= 1), ``>= 0``, ``[0, 1]``, ``[0, 1)`` (skew alpha = 1 makes the divergence identically 0;
-#: dropout p = 1 drops every LoRA input).
-RANGES = {
-    "> 0": "train.lr train.batch_size train.grad_accum train.max_length train.chunk_size train.keep_checkpoints "
-    "train.log_steps lora.r lora.alpha kd.max_new_tokens kd.generation_batch_size kd.cache_k kd.sample_temperature",
-    ">= 0": "train.epochs train.max_steps train.save_steps train.weight_decay train.max_grad_norm kd.teacher_noise "
-    "kd.answer_weight kd.disagreement_gamma kd.speculative_k",
-    "in [0, 1]": "kd.kd_weight kd.lmbda kd.beta train.warmup_ratio",
-    "in [0, 1)": "kd.skew_alpha lora.dropout",
-}
 _IN_RANGE = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
 }  # written so that a NaN is out of every range
+#: The range of each numeric lora/train/kd setting (kd.temperature: in :func:`validate`, token-level KD only):
+#: ``> 0`` (integers: >= 1), ``>= 0``, ``[0, 1]``, ``[0, 1)`` (skew alpha = 1 makes the divergence identically 0;
+#: dropout p = 1 drops every LoRA input); the divergences' arguments are added below, with the ranges they register.
+RANGES = {
+    "> 0": "train.lr train.batch_size train.grad_accum train.max_length train.chunk_size train.keep_checkpoints "
+    "train.log_steps lora.r lora.alpha kd.max_new_tokens kd.generation_batch_size kd.cache_k kd.sample_temperature",
+    ">= 0": "train.epochs train.max_steps train.save_steps train.weight_decay train.max_grad_norm kd.teacher_noise "
+    "kd.answer_weight kd.disagreement_gamma kd.speculative_k",
+    "in [0, 1]": "kd.kd_weight kd.lmbda train.warmup_ratio",
+    "in [0, 1)": "lora.dropout",
+}
+for _name, (_arg, _) in argument_fields().items():  # kd.beta, kd.skew_alpha: after the other kd fields of their range
+    _names = RANGES.get(_arg.bound, "").split()
+    _names.insert(max((i + 1 for i, item in enumerate(_names) if item.startswith("kd.")), default=0), f"kd.{_name}")
+    RANGES[_arg.bound] = " ".join(_names)
+    _IN_RANGE.setdefault(_arg.bound, _arg.contains)
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -412,12 +433,10 @@ KD_PRESETS: dict[str, dict] = {
 
 
 def loss_kwargs(kd: KDConfig) -> dict:
-    """The keyword arguments of the configured divergence (``beta`` for gjsd, ``alpha`` for skl/srkl)."""
-    if kd.loss == "gjsd":
-        return {"beta": kd.beta}
-    if kd.loss in ("skl", "srkl"):
-        return {"alpha": kd.skew_alpha}
-    return {}
+    """The keyword arguments of the configured divergence from their kd fields (``{"beta": kd.beta}`` for gjsd,
+    ``{"alpha": kd.skew_alpha}`` for skl/srkl; none for the others and for recipe-level losses)."""
+    spec = DIVERGENCES.get(kd.loss)
+    return {arg.keyword: getattr(kd, arg.field) for arg in spec.arguments} if spec else {}
 
 
 def dump_yaml(config: RunConfig) -> str:

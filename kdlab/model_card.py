@@ -22,16 +22,17 @@ from pathlib import Path
 import yaml
 
 from kdlab.io import atomic_write_text
+from kdlab.losses.divergences import argument_fields
 from kdlab.outputs import read_config_mapping
 
 #: kdlab model names -> the Hub id of the model they are
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+#: the kd settings a model card shows (the divergences' arguments: each its field, from the registry)
 KD_FIELDS = (
     "loss",
     "temperature",
     "kd_weight",
-    "beta",
-    "skew_alpha",
+    *argument_fields(),
     "lmbda",
     "teacher_noise",
     "answer_weight",

@@ -1,9 +1,12 @@
 """Config resolution: defaults < YAML < flags < --set, with clear errors."""
 
+import re
+
 import pytest
 
-from kdlab.config import build_config, loss_kwargs
+from kdlab.config import LOSS_NAMES, RECIPE_LOSSES, KDConfig, build_config, loss_kwargs
 from kdlab.errors import KdlabError
+from kdlab.losses.divergences import DIVERGENCES
 
 BASE = {"model": "s", "teacher": "t", "data": "d.json", "out": "o"}
 
@@ -16,6 +19,20 @@ def test_precedence_yaml_then_flags_then_overrides(tmp_path):
     )
     assert config.model == "from-yaml" and config.train.lr == 0.01 and config.train.batch_size == 2
     assert config.kd.loss == "gjsd" and loss_kwargs(config.kd) == {"beta": 0.2}
+
+
+def test_loss_choices_and_argument_fields_come_from_the_divergence_registry():
+    fields = KDConfig.__dataclass_fields__
+    assert fields["loss"].metadata["choices"] == LOSS_NAMES == (*DIVERGENCES, *RECIPE_LOSSES)
+    for name, spec in DIVERGENCES.items():
+        assert spec.help in fields["loss"].metadata["help"]
+        config = build_config("distill", None, {**BASE, "kd.loss": name}, [])
+        assert loss_kwargs(config.kd) == {arg.keyword: arg.default for arg in spec.arguments}
+        for arg in spec.arguments:
+            assert fields[arg.field].default == arg.default and arg.bound in fields[arg.field].metadata["help"]
+            with pytest.raises(KdlabError, match=re.escape(f"kd.{arg.field} must be {arg.bound}, got 1.5")):
+                build_config("distill", None, {**BASE, "kd.loss": name}, [f"kd.{arg.field}=1.5"])
+    assert loss_kwargs(build_config("distill", None, {**BASE, "kd.loss": "seqkd"}, []).kd) == {}
 
 
 @pytest.mark.parametrize(

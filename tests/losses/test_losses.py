@@ -8,6 +8,7 @@ import torch
 
 from kdlab.errors import KdlabError
 from kdlab.losses import (
+    DIVERGENCES,
     LOSSES,
     check_loss_args,
     chunked_ce_loss,
@@ -15,6 +16,7 @@ from kdlab.losses import (
     naive_distill_loss,
     token_objective,
 )
+from kdlab.losses.divergences import Argument, Divergence, divergence
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")  # tests/conftest.py
 
@@ -152,6 +154,22 @@ def test_bad_arguments_raise_clear_errors(name, tau, kwargs, message):
         zs, zt, labels = make_batch()
         with pytest.raises(KdlabError, match=re.escape(message)):
             LOSSES[name](zs, zt, labels, temperature=tau, **kwargs)
+
+
+def test_registry_checks_temperature_and_refuses_clashing_registrations(monkeypatch):
+    """A divergence without temperature takes tau = 1 only; a name, or a config field set up differently, twice is an
+    error (the registry is the one list that the config, the CLI and the study spec read)."""
+    fn = DIVERGENCES["tvd"].fn
+    monkeypatch.setitem(DIVERGENCES, "notau", Divergence("notau", fn, "test", temperature=False))
+    check_loss_args("notau", 1.0)
+    with pytest.raises(KdlabError, match=re.escape("loss 'notau' takes no temperature: it must be 1, got 2.0")):
+        check_loss_args("notau", 2.0)
+    with pytest.raises(ValueError, match="registered twice"):
+        divergence("tvd", "again")(fn)
+    clash = Argument("alpha", "skew_alpha", 0.2, "skew alpha")
+    with pytest.raises(ValueError, match=re.escape("kd.skew_alpha is already set up differently")):
+        divergence("skl2", "skew KL again", (clash,))(fn)
+    assert "skl2" not in DIVERGENCES
 
 
 # --- chunked objective ---------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlab.config import KD_PRESETS, KDConfig
+from kdlab.config import KD_PRESETS, LOSS_NAMES, RECIPE_LOSSES, KDConfig
 from kdlab.errors import KdlabError
 from kdlab.io import read_yaml
+from kdlab.losses.divergences import DIVERGENCES
 from kdlab.study.spec.ablations import Ablations, load_ablations
 from kdlab.study.spec.tuning import Tuning, check_tuning, load_tuning
 from kdlab.study.spec.values import (
@@ -48,7 +49,6 @@ TOP_KEYS = {
     "resources",
     "slurm",
 }
-TOKEN_LOSSES = ("fkl", "rkl", "gjsd", "skl", "srkl", "tvd")
 EVAL_DEFAULTS = {
     "mode": "generate",
     "batch_size": 16,
@@ -99,7 +99,8 @@ class Method:
 
     @property
     def uses_temperature(self) -> bool:
-        return self.loss != "seqkd"
+        """A token-level method (a divergence, run at the study's temperatures), not a recipe-level loss (seqkd)."""
+        return self.loss not in tuple(RECIPE_LOSSES)  # by ==: a malformed loss (a list) is reported later
 
 
 @dataclass
@@ -239,10 +240,15 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
                 raise KdlabError(f"{here}.preset: unknown preset {preset!r} (choose from {', '.join(KD_PRESETS)})")
             entry = {**KD_PRESETS[preset], **entry}
         if "loss" not in entry:
-            raise KdlabError(f"{here}: missing 'loss' (one of {', '.join(TOKEN_LOSSES + ('seqkd',))}) or 'preset'")
+            raise KdlabError(f"{here}: missing 'loss' (one of {', '.join(LOSS_NAMES)}) or 'preset'")
         temperatures = entry.pop("temperatures", None)
         if temperatures is not None:
             temperatures = as_numbers(temperatures, f"{here}.temperatures", positive=True)
+        divergence = DIVERGENCES.get(entry["loss"]) if isinstance(entry["loss"], str) else None
+        if divergence is not None and not divergence.temperature:  # taken at tau = 1, not at the study's temperatures
+            if temperatures not in (None, [1.0]):
+                raise KdlabError(f"{here}.temperatures: loss {entry['loss']!r} takes no temperature (only 1)")
+            temperatures = [1.0]
         methods[name] = Method(name, {**kd_defaults, **entry}, temperatures)
     if not methods:
         raise KdlabError(f"{where}: no methods")
