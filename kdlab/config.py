@@ -437,7 +437,3 @@ def loss_kwargs(kd: KDConfig) -> dict:
     ``{"alpha": kd.skew_alpha}`` for skl/srkl; none for the others and for recipe-level losses)."""
     spec = DIVERGENCES.get(kd.loss)
     return {arg.keyword: getattr(kd, arg.field) for arg in spec.arguments} if spec else {}
-
-
-def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
