@@ -250,7 +250,15 @@ def chunked_cached_distill_loss(
     spec = KDSpec(loss, temperature, kd_weight, loss_kwargs or {}, teacher_noise, tail, chunk_size)
     teacher_at = cached_teacher_at(cache_rows, student_hidden, student_weight, tail)
     return chunked_objective(
-        student_hidden, student_weight, teacher_at, targets, spec, cache_rows.vocab_size, weights, parts, noise_generator
+        student_hidden,
+        student_weight,
+        teacher_at,
+        targets,
+        spec,
+        cache_rows.vocab_size,
+        weights,
+        parts,
+        noise_generator,
     )
 
 
