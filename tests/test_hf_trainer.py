@@ -101,7 +101,7 @@ def test_gradient_accumulation_keeps_the_per_token_mean(setup, tmp_path):
     assert 0 < metrics["eval_loss"] < curve[0]
 
 
-def test_teacher_cache_equals_cached_distill_objective(setup, tmp_path):
+def test_teacher_cache_equals_the_cached_objective(setup, tmp_path):
     from kdlab.teacher_cache import build_cache, load_cache
 
     vocab = len(setup["tok"])
