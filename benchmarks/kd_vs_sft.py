@@ -66,7 +66,7 @@ from kdlab.fidelity_metrics import run_fidelity  # noqa: E402
 from kdlab.models.heads import final_hidden, output_weight, response_hidden  # noqa: E402
 from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402
-from kdlab.teacher_cache.lifecycle import ensure_teacher_cache  # noqa: E402
+from kdlab.train.cache_lifecycle import ensure_teacher_cache  # noqa: E402
 from kdlab.train.recipes import run_distill, run_sft  # noqa: E402
 
 MODEL = "smollm2-135m"

@@ -173,7 +173,7 @@ def worker_trl(spec: dict) -> dict:
     student = prepare_student(config)  # seeded, all weights trainable, use_cache off: as in run_distill
     # kdlab's data order: the micro-batches (positions in `encoded`) of steps 1..max_steps, one process
     schedule = Schedule(len(encoded), train.batch_size, train.grad_accum, 1, 0, train.seed)
-    batches = [batch for _, _, window in schedule.windows(0, train.max_steps) for batch in window]
+    batches = [batch for _, _, step_batches in schedule.step_batches(0, train.max_steps) for batch in step_batches]
     dataset = Dataset.from_list(
         [{"index": item.index, "prompt_ids": item.prompt_ids, "response_ids": item.response_ids} for item in encoded]
     )

@@ -14,7 +14,7 @@ What runs (all in this process, one after the other, on the same data):
    :func:`kdlab.models.prune.prune_model`); built once in ``--out/models`` and not timed;
 3. a warm-up: one untimed 1-step distillation, so that one-time kernel set-up costs hit neither mode;
 4. mode **live**: ``run_distill`` per student, the teacher forward pass recomputed at every step;
-   mode **cache**: :func:`kdlab.teacher_cache.lifecycle.ensure_teacher_cache` once (teacher load + one pass over the train
+   mode **cache**: :func:`kdlab.train.cache_lifecycle.ensure_teacher_cache` once (teacher load + one pass over the train
    split, counted once in the cache total), then ``run_distill --teacher-cache`` per student (no teacher loaded).
    The two modes alternate per student (live first for the 1st and 3rd student, cache first for the others) so that
    a drift of the shared machine hits both alike. Same settings otherwise: ``--loss`` (fkl), ``--temperature``
@@ -58,7 +58,7 @@ import torch  # noqa: E402
 
 from kdlab.config import build_config  # noqa: E402
 from kdlab.data.synth import write_synth  # noqa: E402
-from kdlab.teacher_cache.lifecycle import ensure_teacher_cache  # noqa: E402
+from kdlab.train.cache_lifecycle import ensure_teacher_cache  # noqa: E402
 from kdlab.train.recipes import run_distill  # noqa: E402
 
 GOAL = 1.4

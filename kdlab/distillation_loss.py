@@ -1,8 +1,9 @@
 """``DistillationLoss``: kdlab's training objective as a torch module, for a training loop of your own.
 
-It computes the very objective ``kdlab distill`` trains (:func:`kdlab.losses.chunked_distill_loss`, or
-:func:`kdlab.teacher_cache.chunked_cached_distill_loss` with a teacher cache), from final (post-norm) hidden states
-and lm_head weights, a chunk of tokens at a time, so that no ``[B, T, V]`` logits tensor is built.
+It computes the very objective ``kdlab distill`` trains (:func:`kdlab.losses.chunked.chunked_objective` of a
+:class:`kdlab.losses.objective.KDSpec` against one teacher source: live, log-probabilities or a teacher cache), from
+final (post-norm) hidden states and lm_head weights, a chunk of tokens at a time, so that no ``[B, T, V]`` logits
+tensor is built.
 
 Formula, per kept position ``n`` (student logits ``z_S = h_S @ W_S.T``, teacher logits ``z_T = h_T @ W_T.T``,
 ``p = softmax(z / tau)``, target token ``y_n``)::
@@ -47,7 +48,8 @@ import torch
 from torch import nn
 
 from kdlab.errors import KdlabError
-from kdlab.losses import LiveTeacher, check_loss_args, chunked_distill_loss, chunked_objective
+from kdlab.losses.chunked import TeacherAt, chunked_objective, live_teacher_at
+from kdlab.losses.objective import KDSpec, LiveTeacher
 from kdlab.models.heads import response_hidden
 
 
@@ -73,6 +75,8 @@ class DistillationLoss(nn.Module):
         vocab_size: shared vocabulary size (default: the smaller output layer / the cache's).
         tail: teacher-cache tail mode, ``bucket`` or ``renormalize`` (:mod:`kdlab.teacher_cache`).
         reduction: ``mean`` (divide by the number of kept tokens or ``num_items_in_batch``) or ``sum``.
+
+    The settings of the objective are one :class:`kdlab.losses.objective.KDSpec`, ``self.spec`` (checked once, here).
     """
 
     def __init__(
@@ -87,14 +91,19 @@ class DistillationLoss(nn.Module):
         reduction: str = "mean",
     ):
         super().__init__()
-        self.loss_kwargs = dict(loss_kwargs or {})
-        check_loss_args(loss, temperature, **self.loss_kwargs)
+        self.spec = KDSpec(loss, temperature, kd_weight, loss_kwargs or {}, tail=tail, chunk_size=chunk_size)
         if not 0.0 <= kd_weight <= 1.0:
             raise KdlabError(f"kd_weight must be in [0, 1], got {kd_weight}")
         if reduction not in ("mean", "sum"):
             raise KdlabError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.loss, self.temperature, self.kd_weight = loss, temperature, kd_weight
-        self.chunk_size, self.vocab_size, self.tail, self.reduction = chunk_size, vocab_size, tail, reduction
+        self.vocab_size, self.reduction = vocab_size, reduction
+
+    loss = property(lambda self: self.spec.loss)
+    temperature = property(lambda self: self.spec.temperature)
+    kd_weight = property(lambda self: self.spec.kd_weight)
+    loss_kwargs = property(lambda self: self.spec.loss_kwargs)
+    chunk_size = property(lambda self: self.spec.chunk_size)
+    tail = property(lambda self: self.spec.tail)
 
     def extra_repr(self) -> str:
         return f"loss={self.loss!r}, temperature={self.temperature}, kd_weight={self.kd_weight}, loss_kwargs={self.loss_kwargs}"
@@ -121,12 +130,14 @@ class DistillationLoss(nn.Module):
                 "give exactly one teacher source: teacher_hidden (+ teacher_lm_head_weight), teacher_log_probs "
                 "or teacher_cache"
             )
+        weight = student_lm_head_weight
         if teacher_hidden is not None:
-            total = self._live(hidden, student_lm_head_weight, teacher_hidden, teacher_lm_head_weight, labels, targets)
+            vocab, teacher_at = self._live(weight, teacher_hidden, teacher_lm_head_weight, labels)
         elif teacher_log_probs is not None:
-            total = self._from_log_probs(hidden, student_lm_head_weight, teacher_log_probs, labels, targets)
+            vocab, teacher_at = self._from_log_probs(weight, teacher_log_probs, labels)
         else:
-            total = self._cached(hidden, student_lm_head_weight, teacher_cache, example_index, targets)
+            vocab, teacher_at = self._cached(hidden, weight, teacher_cache, example_index)
+        total = chunked_objective(hidden, weight, teacher_at, targets, self.spec, vocab)
         if self.reduction == "sum":
             return total
         count = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
@@ -134,49 +145,26 @@ class DistillationLoss(nn.Module):
             count = count.to(total.device)
         return total / count
 
-    def _live(self, hidden, weight, teacher_hidden, teacher_weight, labels, targets) -> torch.Tensor:
+    def _live(self, weight, teacher_hidden, teacher_weight, labels) -> tuple[int, TeacherAt]:
         if teacher_weight is None:
             raise KdlabError("teacher_hidden needs teacher_lm_head_weight")
         teacher_rows, _ = shift_for_causal_lm(teacher_hidden, labels)
-        return chunked_distill_loss(
-            hidden,
-            weight,
-            teacher_rows,
-            teacher_weight,
-            targets,
-            loss=self.loss,
-            temperature=self.temperature,
-            kd_weight=self.kd_weight,
-            loss_kwargs=self.loss_kwargs,
-            vocab_size=self.vocab_size,
-            chunk_size=self.chunk_size,
-        )
+        vocab = self.vocab_size or min(weight.shape[0], teacher_weight.shape[0])
+        return vocab, live_teacher_at(teacher_rows, teacher_weight, vocab)
 
-    def _from_log_probs(self, hidden, weight, teacher_log_probs, labels, targets) -> torch.Tensor:
+    def _from_log_probs(self, weight, teacher_log_probs, labels) -> tuple[int, TeacherAt]:
         vocab = self.vocab_size or min(weight.shape[0], teacher_log_probs.shape[-1])
         teacher_rows, _ = shift_for_causal_lm(teacher_log_probs.detach()[..., :vocab], labels)
 
-        def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> LiveTeacher:
+        def teacher_at(start: int, end: int, student_logits: torch.Tensor, noise) -> LiveTeacher:
             # log-probabilities are logits up to a per-position constant, which the softmax removes
             return LiveTeacher(teacher_rows[start:end].to(student_logits.dtype))
 
-        return chunked_objective(
-            hidden,
-            weight,
-            teacher_at,
-            targets,
-            self.loss,
-            self.temperature,
-            self.kd_weight,
-            self.loss_kwargs,
-            vocab,
-            self.chunk_size,
-            None,
-            None,
-        )
+        return vocab, teacher_at
 
-    def _cached(self, hidden, weight, teacher_cache, example_index, targets) -> torch.Tensor:
-        from kdlab.teacher_cache import CacheRows, chunked_cached_distill_loss
+    def _cached(self, hidden, weight, teacher_cache, example_index) -> tuple[int, TeacherAt]:
+        from kdlab.teacher_cache import CacheRows
+        from kdlab.teacher_cache.loss import cached_teacher_at
 
         if isinstance(teacher_cache, CacheRows):
             rows = teacher_cache
@@ -184,20 +172,4 @@ class DistillationLoss(nn.Module):
             if example_index is None:
                 raise KdlabError("teacher_cache needs example_index (the batch's Encoded.index, batch['index'])")
             rows = teacher_cache.rows(torch.as_tensor(example_index).cpu())
-        if len(rows) != hidden.shape[0]:
-            raise KdlabError(
-                f"teacher cache: {hidden.shape[0]} kept positions but {len(rows)} cached rows (the cache was "
-                "built on other tokenisation or other examples)"
-            )
-        return chunked_cached_distill_loss(
-            hidden,
-            weight,
-            rows,
-            targets,
-            loss=self.loss,
-            temperature=self.temperature,
-            kd_weight=self.kd_weight,
-            loss_kwargs=self.loss_kwargs,
-            tail=self.tail,
-            chunk_size=self.chunk_size,
-        )
+        return rows.vocab_size, cached_teacher_at(rows, hidden, weight, self.spec.tail)

@@ -10,7 +10,7 @@ from kdlab.distillation_loss import DistillationLoss
 from kdlab.errors import KdlabError
 from kdlab.hf_trainer import DistillationTrainer
 from kdlab.models.load import load_model, load_tokenizer
-from kdlab.train.objectives import CachedDistillObjective, DistillObjective
+from kdlab.train.objectives import DistillObjective, kd_spec
 
 KD = KDConfig(loss="fkl", temperature=2.0, kd_weight=0.5)
 
@@ -72,7 +72,9 @@ def test_first_step_equals_kdlabs_loop_and_the_loss_falls(setup, tmp_path):
     batch = setup["batch"]
     vocab = len(setup["tok"])
     want = kdlab_loss(
-        DistillObjective(setup["teacher"], KD, vocab, chunk_size=256, seed=0, rank=0), setup["student"], batch
+        DistillObjective(kd_spec(KD, 256), seed=0, rank=0, teacher=setup["teacher"], vocab_size=vocab),
+        setup["student"],
+        batch,
     )
     got = t.compute_loss(
         setup["student"], dict(batch), num_items_in_batch=torch.tensor(count_response_tokens(batch["labels"]))
@@ -89,7 +91,9 @@ def test_gradient_accumulation_keeps_the_per_token_mean(setup, tmp_path):
     t = trainer(setup, tmp_path, batch_size=2, grad_accum=2, teacher=setup["teacher"])
     vocab = len(setup["tok"])
     want = kdlab_loss(
-        DistillObjective(setup["teacher"], KD, vocab, chunk_size=256, seed=0, rank=0), setup["student"], setup["batch"]
+        DistillObjective(kd_spec(KD, 256), seed=0, rank=0, teacher=setup["teacher"], vocab_size=vocab),
+        setup["student"],
+        setup["batch"],
     )
     curve = train_losses(t)
     assert curve[0] == pytest.approx(want.item(), rel=1e-3) and curve[-1] < curve[0]
@@ -97,7 +101,7 @@ def test_gradient_accumulation_keeps_the_per_token_mean(setup, tmp_path):
     assert 0 < metrics["eval_loss"] < curve[0]
 
 
-def test_teacher_cache_equals_cached_distill_objective(setup, tmp_path):
+def test_teacher_cache_equals_the_cached_objective(setup, tmp_path):
     from kdlab.teacher_cache import build_cache, load_cache
 
     vocab = len(setup["tok"])
@@ -107,7 +111,7 @@ def test_teacher_cache_equals_cached_distill_objective(setup, tmp_path):
     cache = load_cache(tmp_path / "cache", teacher=setup["teacher"], dataset=setup["data"])
     t = trainer(setup, tmp_path, teacher_cache=cache)
     batch = setup["batch"]
-    want = kdlab_loss(CachedDistillObjective(cache, KD, chunk_size=256, seed=0, rank=0), setup["student"], batch)
+    want = kdlab_loss(DistillObjective(kd_spec(KD, 256), seed=0, rank=0, cache=cache), setup["student"], batch)
     got = t.compute_loss(
         setup["student"], dict(batch), num_items_in_batch=torch.tensor(count_response_tokens(batch["labels"]))
     )

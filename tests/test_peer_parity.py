@@ -203,7 +203,7 @@ def test_gkd_trainer_compute_loss_matches_kdlab_objective(tiny_batch, name, kwar
     from types import SimpleNamespace
 
     from kdlab.config import KDConfig
-    from kdlab.train.objectives import DistillObjective
+    from kdlab.train.objectives import DistillObjective, kd_spec
 
     b = tiny_batch
     n = int(b.keep.sum())
@@ -211,7 +211,7 @@ def test_gkd_trainer_compute_loss_matches_kdlab_objective(tiny_batch, name, kwar
     trainer = SimpleNamespace(teacher_model=b.teacher, beta=beta, generalized_jsd_loss=trl_loss)
     theirs = gkd.GKDTrainer.compute_loss(trainer, b.student, inputs, num_items_in_batch=torch.tensor(n))
     kd = KDConfig(loss=name, temperature=1.0, kd_weight=1.0, **({"beta": kwargs["beta"]} if kwargs else {}))
-    objective = DistillObjective(b.teacher, kd, vocab_size=b.weight_s.shape[0], chunk_size=16, seed=0, rank=0)
+    objective = DistillObjective(kd_spec(kd, 16), seed=0, rank=0, teacher=b.teacher, vocab_size=b.weight_s.shape[0])
     ours = objective(b.student, b.batch, step=1) / n
     assert rel_err(ours, theirs) < RTOL, (ours.item(), theirs.item())
 

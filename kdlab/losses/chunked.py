@@ -13,10 +13,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kdlab.losses.divergences import check_loss_args, upcast
-from kdlab.losses.objective import LiveTeacher, LossParts, TeacherSignal, TokenWeights, chunk_weights, token_objective
+from kdlab.losses.divergences import upcast
+from kdlab.losses.objective import (
+    KDSpec,
+    LiveTeacher,
+    LossParts,
+    TeacherSignal,
+    TokenWeights,
+    chunk_weights,
+    token_objective,
+)
 
 TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+#: teacher_at(start, end, student_logits [C, V], noise [C, V] or None) -> the teacher signal of rows start:end
+TeacherAt = Callable[[int, int, torch.Tensor, "torch.Tensor | None"], TeacherSignal]
 
 
 class _ChunkedTokenLoss(torch.autograd.Function):
@@ -108,33 +118,29 @@ def chunked_distill_loss(
         parts: a :class:`LossParts` to which the KD and CE parts of the sum are added (for logging).
 
     Returns a scalar: ``sum_n (1 - w) * CE_n + w * tau^2 * g_n * divergence_n`` (:func:`mix_objective`). Divide by the number of response
-    tokens (over the whole accumulated batch) to get the mean.
+    tokens (over the whole accumulated batch) to get the mean. A thin wrapper: :class:`KDSpec`, :func:`live_teacher_at`
+    and :func:`chunked_objective`.
     """
-    loss_kwargs = dict(loss_kwargs or {})
-    check_loss_args(loss, temperature, **loss_kwargs)
+    spec = KDSpec(loss, temperature, kd_weight, loss_kwargs or {}, teacher_noise, chunk_size=chunk_size)
     vocab = vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
+    teacher_at = live_teacher_at(teacher_hidden, teacher_weight, vocab)
+    return chunked_objective(
+        student_hidden, student_weight, teacher_at, targets, spec, vocab, weights, parts, noise_generator
+    )
+
+
+def live_teacher_at(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, vocab: int) -> TeacherAt:
+    """The live teacher as :func:`chunked_objective`'s ``teacher_at``: its logits of rows ``start:end`` from its
+    hidden states [N, H_t] and output layer [V_t, H_t] cut to ``vocab`` rows (no gradient), plus the chunk's noise."""
     teacher_weight = teacher_weight.detach()[:vocab]  # a view: no copy
     teacher_hidden = teacher_hidden.detach()
 
-    def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> LiveTeacher:
+    def teacher_at(start: int, end: int, student_logits: torch.Tensor, noise: torch.Tensor | None) -> LiveTeacher:
         with torch.no_grad():
             teacher_logits = upcast(F.linear(teacher_hidden[start:end], teacher_weight))
-        return LiveTeacher(teacher_logits, noise_draw(teacher_noise, end - start, vocab, noise_generator))
+        return LiveTeacher(teacher_logits, noise)
 
-    return chunked_objective(
-        student_hidden,
-        student_weight,
-        teacher_at,
-        targets,
-        loss,
-        temperature,
-        kd_weight,
-        loss_kwargs,
-        vocab,
-        chunk_size,
-        weights,
-        parts,
-    )
+    return teacher_at
 
 
 def noise_draw(sigma: float, rows: int, vocab: int, generator: torch.Generator | None) -> torch.Tensor | None:
@@ -146,41 +152,40 @@ def noise_draw(sigma: float, rows: int, vocab: int, generator: torch.Generator |
 def chunked_objective(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_at: Callable[[int, int, torch.Tensor], TeacherSignal],
+    teacher_at: TeacherAt,
     targets: torch.Tensor,
-    loss: str,
-    temperature: float,
-    kd_weight: float,
-    loss_kwargs: dict,
+    spec: KDSpec,
     vocab: int,
-    chunk_size: int,
-    weights: TokenWeights | None,
-    parts: LossParts | None,
+    weights: TokenWeights | None = None,
+    parts: LossParts | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``sum_n`` :func:`token_objective` ``(z_S,n, teacher_n)`` over N positions, ``chunk_size`` at a time: the one
-    chunked KD sum behind :func:`chunked_distill_loss` (live teacher) and the teacher cache's loss.
+    """``sum_n`` :func:`token_objective` ``(z_S,n, teacher_n)`` over N positions, ``spec.chunk_size`` at a time: the
+    one chunked KD sum behind the live teacher, the teacher cache, :class:`kdlab.distillation_loss.DistillationLoss`
+    and the training objective.
 
-    ``teacher_at(start, end, student_logits [C, V])`` gives the teacher signal of rows ``start:end``; the student's
-    output layer is cut to ``vocab`` rows (the shared vocabulary).
+    ``teacher_at(start, end, student_logits [C, V], noise)`` gives the teacher signal of rows ``start:end``;
+    ``noise`` is the chunk's :func:`noise_draw` (``spec.teacher_noise`` from ``noise_generator``, [C, vocab], or
+    None). The student's output layer is cut to ``vocab`` rows (the shared vocabulary).
     """
 
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        teacher = teacher_at(start, end, student_logits)
+        noise = noise_draw(spec.teacher_noise, end - start, vocab, noise_generator)
         return token_objective(
             student_logits,
-            teacher,
+            teacher_at(start, end, student_logits, noise),
             targets[start:end],
-            loss,
-            temperature,
-            kd_weight,
-            loss_kwargs,
+            spec.loss,
+            spec.temperature,
+            spec.kd_weight,
+            spec.loss_kwargs,
             chunk_weights(weights, start, end),
             parts=parts,
         )
 
     if vocab < student_weight.shape[0]:  # slicing always adds a backward step that fills a full-size gradient
         student_weight = student_weight[:vocab]
-    return chunked_token_loss(student_hidden, student_weight, token_loss, chunk_size)
+    return chunked_token_loss(student_hidden, student_weight, token_loss, spec.chunk_size)
 
 
 def naive_distill_loss(

@@ -13,14 +13,14 @@ log-probabilities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from kdlab.errors import KdlabError
-from kdlab.losses.divergences import divergence_from_log_probs, log_probs, upcast
+from kdlab.losses.divergences import check_loss_args, divergence_from_log_probs, log_probs, upcast
 
 
 @dataclass
@@ -76,6 +76,38 @@ class LossParts:
         kd, total = float(self.kd), float(self.total)
         self.kd = self.total = 0.0
         return kd, total - kd
+
+
+@dataclass(frozen=True)
+class KDSpec:
+    """What the KD objective computes, fixed once per run or loss module (its divergence arguments are checked here,
+    once, by :func:`kdlab.losses.divergences.check_loss_args`).
+
+    ``loss`` with ``loss_kwargs`` at temperature ``temperature``, weighted ``kd_weight`` against CE; ``teacher_noise``
+    sigma of the Gaussian noise on the teacher logits; ``tail``: the teacher cache's tail mode
+    (:mod:`kdlab.teacher_cache.loss`); ``chunk_size`` tokens of logits at a time; the fidelity-aware weights
+    (:class:`TokenWeights`): ``gamma``, ``answer_weight``, ``answer_hard``.
+    """
+
+    loss: str = "fkl"
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    loss_kwargs: dict = field(default_factory=dict)
+    teacher_noise: float = 0.0
+    tail: str = "bucket"
+    chunk_size: int = 256
+    gamma: float = 0.0
+    answer_weight: float = 1.0
+    answer_hard: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs or {}))
+        check_loss_args(self.loss, self.temperature, **self.loss_kwargs)
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the fidelity-aware token weights change anything (else plain KD: no :class:`TokenWeights`)."""
+        return self.gamma != 0 or self.answer_weight != 1 or self.answer_hard
 
 
 class TeacherSignal(Protocol):

@@ -82,7 +82,7 @@ def _kd(p: dict, out: Path, study_dir: Path) -> None:
 
 def _cache(p: dict, out: Path, study_dir: Path) -> None:
     from kdlab.config import build_config
-    from kdlab.teacher_cache.lifecycle import ensure_teacher_cache
+    from kdlab.train.cache_lifecycle import ensure_teacher_cache
 
     flags = {key: resolve(value, study_dir) for key, value in p["flags"].items()}
     config = build_config("distill", None, {**flags, "out": str(out), "teacher_cache": str(out)}, [])

@@ -4,10 +4,12 @@
 - :mod:`kdlab.teacher_cache.store`: :func:`build_cache`, :func:`read_manifest`, :func:`load_cache`,
   :class:`TeacherCache` and its decoded :class:`CacheRows`;
 - :mod:`kdlab.teacher_cache.loss`: the cached teacher as a teacher signal (:class:`CachedTeacher`) of the one
-  objective :func:`kdlab.losses.token_objective`, and :func:`chunked_cached_distill_loss`;
-- :mod:`kdlab.teacher_cache.integrity`: per-array checksums recorded at build time and checked on every load;
-- :mod:`kdlab.teacher_cache.lifecycle`: the cache of a distill run (``--teacher-cache``): checked, built on first use,
-  loaded.
+  objective :func:`kdlab.losses.token_objective`, its source :func:`kdlab.teacher_cache.loss.cached_teacher_at` for the
+  chunked objective, and :func:`chunked_cached_distill_loss`;
+- :mod:`kdlab.teacher_cache.integrity`: per-array checksums recorded at build time and checked on every load.
+
+The package knows nothing of runs: the cache of a distill run (``--teacher-cache``: checked, built on first use,
+loaded) is :mod:`kdlab.train.cache_lifecycle` and :mod:`kdlab.train.teacher_signal`.
 """
 
 from kdlab.teacher_cache.format import (

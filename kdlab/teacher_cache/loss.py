@@ -69,15 +69,9 @@ from dataclasses import dataclass
 import torch
 
 from kdlab.errors import KdlabError
-from kdlab.losses import (
-    LossParts,
-    TokenWeights,
-    check_loss_args,
-    chunked_objective,
-    divergence_from_log_probs,
-    noise_draw,
-    upcast,
-)
+from kdlab.losses.chunked import TeacherAt, chunked_objective
+from kdlab.losses.divergences import divergence_from_log_probs, upcast
+from kdlab.losses.objective import KDSpec, LossParts, TokenWeights
 from kdlab.teacher_cache.format import TAIL_MODES, temperature_index
 from kdlab.teacher_cache.store import CacheRows
 
@@ -167,6 +161,15 @@ def _check_tail(tail: str) -> None:
         raise KdlabError(f"unknown tail mode '{tail}' (choose from {', '.join(TAIL_MODES)})")
 
 
+def _check_rows(rows: CacheRows, positions: int) -> None:
+    """The cached rows must be the student's kept positions, one row each, in the same order."""
+    if len(rows) != positions:
+        raise KdlabError(
+            f"teacher cache: {positions} student positions but {len(rows)} cached rows (the cache was built on other "
+            "tokenisation or other examples)"
+        )
+
+
 @dataclass
 class CachedTeacher:
     """The teacher signal (:class:`kdlab.losses.TeacherSignal`) of N cached rows: the k cached tokens plus the tail
@@ -204,12 +207,9 @@ def cached_divergence(
     ``logit_noise`` [N, V]: noise added to the teacher's raw logits, in vocabulary order (module docstring,
     "Teacher noise").
     """
-    check_loss_args(loss, temperature, **kwargs)
+    KDSpec(loss, temperature, loss_kwargs=kwargs, tail=tail)  # the divergence's arguments, checked
     _check_tail(tail)
-    if student_logits.shape[0] != cache_rows.ids.shape[0]:
-        raise KdlabError(
-            f"{student_logits.shape[0]} student positions but {cache_rows.ids.shape[0]} cached teacher rows"
-        )
+    _check_rows(cache_rows, student_logits.shape[0])
     if logit_noise is not None and tuple(logit_noise.shape) != (student_logits.shape[0], cache_rows.vocab_size):
         raise KdlabError(
             f"logit_noise has shape {tuple(logit_noise.shape)}; expected {(student_logits.shape[0], cache_rows.vocab_size)}"
@@ -247,33 +247,38 @@ def chunked_cached_distill_loss(
     ``weights`` (:class:`kdlab.losses.TokenWeights`): as in the live loss; the disagreement weight takes the
     teacher's argmax and its probability from the cache's first column (:meth:`CachedTeacher.top1`).
     """
-    loss_kwargs = dict(loss_kwargs or {})
-    check_loss_args(loss, temperature, **loss_kwargs)
-    _check_tail(tail)
-    vocab = cache_rows.vocab_size
-    if len(cache_rows) != student_hidden.shape[0]:
-        raise KdlabError(f"{student_hidden.shape[0]} student positions but {len(cache_rows)} cached teacher rows")
-    if student_weight.shape[0] < vocab:
-        raise KdlabError(
-            f"the student's output layer has {student_weight.shape[0]} rows; the teacher cache has vocab_size {vocab}"
-        )
-    rows = cache_rows.to(student_hidden.device)
-
-    def teacher_at(start: int, end: int, student_logits: torch.Tensor) -> CachedTeacher:
-        noise = noise_draw(teacher_noise, end - start, vocab, noise_generator)
-        return CachedTeacher(rows.slice(start, end), tail, None if noise is None else noise.to(student_logits.device))
-
+    spec = KDSpec(loss, temperature, kd_weight, loss_kwargs or {}, teacher_noise, tail, chunk_size)
+    teacher_at = cached_teacher_at(cache_rows, student_hidden, student_weight, tail)
     return chunked_objective(
         student_hidden,
         student_weight,
         teacher_at,
         targets,
-        loss,
-        temperature,
-        kd_weight,
-        loss_kwargs,
-        vocab,
-        chunk_size,
+        spec,
+        cache_rows.vocab_size,
         weights,
         parts,
+        noise_generator,
     )
+
+
+def cached_teacher_at(
+    cache_rows: CacheRows, student_hidden: torch.Tensor, student_weight: torch.Tensor, tail: str
+) -> TeacherAt:
+    """The cached teacher as :func:`kdlab.losses.chunked.chunked_objective`'s ``teacher_at``: rows ``start:end``
+    as a :class:`CachedTeacher` with the chunk's noise. Checks, once: the tail mode, one row per student position
+    (``student_hidden`` [N, H]) and a student output layer (``student_weight`` [V_s, H]) that covers the cache's
+    ``vocab_size``."""
+    _check_tail(tail)
+    _check_rows(cache_rows, student_hidden.shape[0])
+    if student_weight.shape[0] < cache_rows.vocab_size:
+        raise KdlabError(
+            f"the student's output layer has {student_weight.shape[0]} rows; the teacher cache has vocab_size "
+            f"{cache_rows.vocab_size}"
+        )
+    rows = cache_rows.to(student_hidden.device)
+
+    def teacher_at(start: int, end: int, student_logits: torch.Tensor, noise: torch.Tensor | None) -> CachedTeacher:
+        return CachedTeacher(rows.slice(start, end), tail, None if noise is None else noise.to(student_logits.device))
+
+    return teacher_at

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -111,53 +113,14 @@ def build_cache(
     each); the bucket tail is exact at these, approximated at others (module docstring, "Temperature").
     """
     temperatures = normalize_temperatures(temperatures)
-    from kdlab.models.heads import final_hidden, output_weight
-
     vocab_size = int(vocab_size or len(tokenizer))
-    weight = output_weight(teacher).detach()
-    if vocab_size > weight.shape[0]:
-        raise KdlabError(f"vocab_size {vocab_size} exceeds the teacher's output layer ({weight.shape[0]} rows)")
-    if not 1 <= k <= vocab_size:
-        raise KdlabError(f"k must be in [1, {vocab_size}], got {k}")
-    if not dataset:
-        raise KdlabError("teacher cache: the dataset is empty")
-    if len({item.index for item in dataset}) != len(dataset):
-        raise KdlabError("teacher cache: duplicate example indices in the dataset")
-    id_bytes(vocab_size)
-    weight = weight[:vocab_size]
+    _check_build(teacher, dataset, k, vocab_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = weight.device
-    weight_f = weight.float()  # one float32 copy (a view when the teacher is already float32)
-    was_training = teacher.training
-    teacher.eval()
-    parts: list[dict[str, np.ndarray]] = []
-    counts: list[int] = []
-    batches = range(0, len(dataset), batch_size)
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="teacher cache", unit="batch")
-        except ImportError:  # pragma: no cover
-            pass
-    try:
-        with torch.no_grad():
-            for start in batches:
-                items = dataset[start : start + batch_size]
-                batch = collate(items, pad_id)
-                hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                keep = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
-                counts.extend(int(n) for n in keep.sum(1).tolist())
-                kept = hidden[:, :-1][keep]
-                for c in range(0, kept.shape[0], chunk_size):
-                    logits = F.linear(kept[c : c + chunk_size].float(), weight_f).cpu()
-                    parts.append(encode_logits(logits, k, quantize, vocab_size, temperatures))
-    finally:
-        teacher.train(was_training)
-    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    tokens = int(sum(counts))
+    encode = partial(encode_logits, k=k, quantize=quantize, vocab_size=vocab_size, temperatures=temperatures)
+    arrays, counts = _teacher_pass(teacher, dataset, pad_id, vocab_size, batch_size, chunk_size, progress, encode)
     arrays["example_index"] = np.array([item.index for item in dataset], dtype=np.int64)
     arrays["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tokens = int(sum(counts))
     per_token = sum(a.nbytes for name, a in arrays.items() if name not in ("example_index", "offsets"))
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -176,12 +139,83 @@ def build_cache(
         "checksums": array_checksums(arrays),
     }
     path = Path(path)
+    _write_cache(path, arrays, manifest, tokens)
+    return CacheInfo(path=path, manifest=manifest, tokens=tokens)
+
+
+def _check_build(teacher, dataset: list[Encoded], k: int, vocab_size: int) -> None:
+    """Refuse a vocabulary beyond the teacher's output layer, k outside [1, V], empty data, duplicate indices."""
+    from kdlab.models.heads import output_weight
+
+    rows = output_weight(teacher).shape[0]
+    if vocab_size > rows:
+        raise KdlabError(f"vocab_size {vocab_size} exceeds the teacher's output layer ({rows} rows)")
+    if not 1 <= k <= vocab_size:
+        raise KdlabError(f"k must be in [1, {vocab_size}], got {k}")
+    if not dataset:
+        raise KdlabError("teacher cache: the dataset is empty")
+    if len({item.index for item in dataset}) != len(dataset):
+        raise KdlabError("teacher cache: duplicate example indices in the dataset")
+    id_bytes(vocab_size)
+
+
+def _teacher_pass(
+    teacher,
+    dataset: list[Encoded],
+    pad_id: int,
+    vocab_size: int,
+    batch_size: int,
+    chunk_size: int,
+    progress: bool,
+    encode: Callable[[torch.Tensor], dict[str, np.ndarray]],
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The teacher's signal at every kept position of ``dataset``, its logits (float32, output layer cut to
+    ``vocab_size`` rows) ``chunk_size`` tokens at a time through ``encode`` (:func:`encode_logits`), concatenated in
+    order; and the number of kept positions of each example."""
+    from kdlab.models.heads import final_hidden, output_weight
+
+    weight = output_weight(teacher).detach()[:vocab_size]
+    device = weight.device
+    weight_f = weight.float()  # one float32 copy (a view when the teacher is already float32)
+    was_training = teacher.training
+    teacher.eval()
+    parts: list[dict[str, np.ndarray]] = []
+    counts: list[int] = []
+    try:
+        with torch.no_grad():
+            for start in _progress(range(0, len(dataset), batch_size), progress):
+                batch = collate(dataset[start : start + batch_size], pad_id)
+                hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                keep = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
+                counts.extend(int(n) for n in keep.sum(1).tolist())
+                kept = hidden[:, :-1][keep]
+                for c in range(0, kept.shape[0], chunk_size):
+                    logits = F.linear(kept[c : c + chunk_size].float(), weight_f).cpu()
+                    parts.append(encode(logits))
+    finally:
+        teacher.train(was_training)
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, counts
+
+
+def _progress(batches: range, progress: bool):
+    """``batches`` with a progress bar when asked for (and tqdm is there)."""
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(batches, desc="teacher cache", unit="batch")
+        except ImportError:  # pragma: no cover
+            pass
+    return batches
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict, tokens: int) -> None:
+    """Write ``cache.npz`` and ``manifest.json`` (with the file's size) to ``path``, atomically."""
     with atomic_dir(path) as tmp:
         np.savez(tmp / CACHE_FILE, **arrays)
         manifest["file_bytes"] = (tmp / CACHE_FILE).stat().st_size
         manifest["bytes_per_token_file"] = manifest["file_bytes"] / max(tokens, 1)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return CacheInfo(path=path, manifest=manifest, tokens=tokens)
 
 
 @dataclass

@@ -62,8 +62,9 @@ LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_
 
 #: objective(model, batch, step) -> sum of per-token losses over the batch's response tokens
 Objective = Callable[[torch.nn.Module, dict, int], torch.Tensor]
-#: prepare_window(model, batches, step) -> batches (e.g. replace responses by on-policy samples)
-WindowHook = Callable[[torch.nn.Module, list, int], list]
+#: batch_hook(model, batches, step) -> batches: a step's collated micro-batches before training on them (e.g.
+#: :class:`kdlab.train.on_policy.OnPolicySampler` replaces their responses by the student's samples)
+BatchHook = Callable[[torch.nn.Module, list, int], list]
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Schedule:
         mine = batches[self.rank :: self.world_size]
         return mine[: self.micro_batches_per_epoch]
 
-    def windows(self, start_step: int, total_steps: int) -> Iterator[tuple[int, int, list[list[int]]]]:
+    def step_batches(self, start_step: int, total_steps: int) -> Iterator[tuple[int, int, list[list[int]]]]:
         """Yield (step, epoch, micro-batches) for steps ``start_step + 1 .. total_steps``."""
         step, epoch = 0, 0
         while True:
@@ -154,10 +155,10 @@ class Trainer:
         dataset: list[Encoded],
         objective: Objective,
         accelerator,
-        prepare_window: WindowHook | None = None,
+        batch_hook: BatchHook | None = None,
     ):
         self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
-        self.dataset, self.objective, self.prepare_window = dataset, objective, prepare_window
+        self.dataset, self.objective, self.batch_hook = dataset, objective, batch_hook
         self.loss_parts: dict | None = None  # the last step's KD and CE parts (KD objectives; see _step)
         self.last_checkpoint = 0  # step of the last checkpoint restored or written (0: none)
         self.accelerator = accelerator
@@ -252,8 +253,8 @@ class Trainer:
         objective's parts (mean KD and CE terms per token, summing to the loss) are left in ``self.loss_parts``."""
         acc = self.accelerator
         collated = [collate([self.dataset[i] for i in batch], self.tokenizer.pad_token_id) for batch in batches]
-        if self.prepare_window is not None:
-            collated = self.prepare_window(self.model, collated, step)
+        if self.batch_hook is not None:
+            collated = self.batch_hook(self.model, collated, step)
         local_tokens = sum(count_response_tokens(batch["labels"]) for batch in collated)
         global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
         total = torch.zeros((), device=acc.device)
@@ -319,7 +320,7 @@ class Trainer:
         )
         loss = float("nan")
         try:
-            for step, epoch, batches in self.schedule.windows(start_step, self.total_steps):
+            for step, epoch, batches in self.schedule.step_batches(start_step, self.total_steps):
                 if trace is not None:
                     trace.write(
                         f"{step}\t" + ",".join(str(self.dataset[i].index) for batch in batches for i in batch) + "\n"
@@ -366,7 +367,7 @@ class Trainer:
             }
         )
         self._write_log(rows)
-        on_policy = getattr(self.prepare_window, "on_policy_steps", None)
+        on_policy = getattr(self.batch_hook, "on_policy_steps", None)
         self.accelerator.log(step_metrics(loss, lr, tokens, rate, epoch, on_policy, self.loss_parts), step=step)
 
     def _open_trace(self, start_step: int):

@@ -1,4 +1,4 @@
-"""Training recipes: ``kdlab sft`` and ``kdlab distill``, each a short sequence of steps.
+"""Training recipes: ``kdlab sft`` and ``kdlab distill`` (token-level KD, or SeqKD), each a short sequence of steps.
 
 Every input is checked (config, data file, models, adapters, tokenizers, a reused teacher cache: manifest and arrays)
 before the run folder is created, so bad input leaves no output. Re-running a command on the same ``--out`` resumes
@@ -19,11 +19,11 @@ from kdlab.data.tokenize import encode_examples
 from kdlab.errors import KdlabError
 from kdlab.models.load import load_adapter, load_model, load_tokenizer
 from kdlab.run_folder import claim_run, run_state
-from kdlab.teacher_cache.lifecycle import cache_vocab, check_student_vocab, check_teacher_cache, open_teacher_cache
-from kdlab.teacher_cache.store import TeacherCache, load_cache
-from kdlab.train.inputs import DistillInputs, distill_inputs, output_vocab
+from kdlab.train.inputs import DistillInputs, distill_inputs
 from kdlab.train.loop import Trainer, make_accelerator
-from kdlab.train.objectives import CachedDistillObjective, DistillObjective, OnPolicyWindows, sft_objective
+from kdlab.train.objectives import sft_objective
+from kdlab.train.on_policy import OnPolicySampler, on_policy_sampler
+from kdlab.train.teacher_signal import run_teacher
 from kdlab.train.teachers import ANSWER_TARGET_FILE, load_teacher, seqkd_examples, teacher_target_examples
 
 
@@ -67,9 +67,7 @@ def run_sft(config: RunConfig) -> Path:
     if _complete(config, run_dir):
         return run_dir
     tokenizer = load_tokenizer(config.model)
-    dataset = encode_examples(
-        tokenizer, load_examples(config.data), config.train.max_length, source=config.data, on_long=config.train.on_long
-    )
+    dataset = _encode(config, tokenizer, load_examples(config.data), config.data)
     model = prepare_student(config)
     with claim_run(config, "kdlab sft") as claimed:
         if claimed is None:
@@ -106,19 +104,24 @@ def _train(
     data_summary: dict,
     objective,
     accelerator,
-    window_hook: OnPolicyWindows | None = None,
+    sampler: OnPolicySampler | None = None,
 ) -> None:
     """Train, then save the final model with its summary (the data's, and the on-policy steps of this session)."""
-    trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, prepare_window=window_hook)
+    trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, batch_hook=sampler)
     summary = trainer.train()
     summary["data"] = data_summary
-    if window_hook is not None:
-        summary["on_policy_steps_this_session"] = window_hook.on_policy_steps
+    if sampler is not None:
+        summary["on_policy_steps_this_session"] = sampler.on_policy_steps
         if config.kd.speculative_k > 0:
-            summary["speculative_tokens_this_session"] = window_hook.proposed_tokens
-            summary["speculative_replaced_this_session"] = window_hook.replaced_tokens
+            summary["speculative_tokens_this_session"] = sampler.proposed_tokens
+            summary["speculative_replaced_this_session"] = sampler.replaced_tokens
     trainer.save_final(summary)
     _report(run_dir, summary, accelerator)
+
+
+def _encode(config: RunConfig, tokenizer, examples, source: str):
+    """Training examples encoded at ``train.max_length`` (too long ones: ``train.on_long``)."""
+    return encode_examples(tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long)
 
 
 def _warn_long(dataset, source: str, accelerator) -> None:
@@ -129,98 +132,75 @@ def _warn_long(dataset, source: str, accelerator) -> None:
 
 
 def run_distill(config: RunConfig) -> Path:
-    """Knowledge distillation from ``config.teacher`` into ``config.model`` (token-level losses or SeqKD).
+    """Knowledge distillation from ``config.teacher`` into ``config.model`` with a token-level loss (SeqKD:
+    :func:`run_seqkd`).
 
-    With ``config.teacher_cache`` the teacher's signal on the training data comes from the cache
-    (:mod:`kdlab.teacher_cache.lifecycle`: checked before any output, or built on first use); the teacher is loaded
-    only to build the cache or for on-policy steps (``kd.lmbda > 0``).
+    Before any output: the inputs (tokenizers, data), the teacher signal (:func:`kdlab.train.teacher_signal.run_teacher`:
+    the live teacher, a reused teacher cache checked and verified, or a cache to build), then the student (after the
+    teacher: loading a teacher adapter draws random numbers, the seeded student must not see them). In the claimed run
+    folder: the objective (a missing cache built first), the training data, on-policy sampling (``kd.lmbda > 0``),
+    training.
     """
+    if config.kd.loss == "seqkd":
+        return run_seqkd(config)
     run_dir = Path(config.out)
     if _complete(config, run_dir):
         return run_dir
     inputs = distill_inputs(config)  # fails early, e.g. on empty data
-    cached = bool(config.teacher_cache) and config.kd.loss != "seqkd"
-    manifest = check_teacher_cache(config, inputs) if cached else None  # a reused cache: checked, no model loaded
-    teacher = load_teacher(config) if not cached or manifest is None or config.kd.lmbda > 0 else None
-    # a reused cache is loaded and verified (checksums, teacher fingerprint) before the run folder exists
-    cache = load_cache(config.teacher_cache, teacher=teacher, manifest=manifest) if manifest is not None else None
+    teacher = run_teacher(config, inputs)
     model = prepare_student(config)
-    vocab = _distill_vocab(config, inputs, cached, manifest, teacher, model)
+    teacher.match_student(model)  # the shared vocabulary; a teacher cache's must fit the student
     with claim_run(config, "kdlab distill") as claimed:
         if claimed is None:
             return run_dir
         accelerator = make_accelerator(config, run_dir)
-        if teacher is not None:
-            teacher.to(accelerator.device)
-        examples, dataset, source = _distill_data(config, inputs, teacher, run_dir, accelerator)
-        objective = _distill_objective(config, inputs, teacher, cache, vocab, accelerator)
-        if cached and config.kd.lmbda == 0:
-            teacher = None  # loaded only to build the cache: free it before training
-        window_hook = _window_hook(config, inputs.tokenizer, teacher, vocab)
-        _warn_long(dataset, source, accelerator)
-        data_summary = dataset.summary()
-        if needs_answer_masks(config.kd):  # config validation refuses these settings with seqkd
-            dataset = with_answer_masks(inputs.tokenizer, examples, dataset)
-            _report_answer_spans(dataset, accelerator)
-        _train(config, run_dir, model, inputs.tokenizer, dataset, data_summary, objective, accelerator, window_hook)
+        objective = teacher.objective(accelerator)
+        dataset, data_summary = _distill_data(config, inputs, teacher.model, run_dir, accelerator)
+        sampler = on_policy_sampler(config, inputs.tokenizer, teacher.model, teacher.vocab)
+        _train(config, run_dir, model, inputs.tokenizer, dataset, data_summary, objective, accelerator, sampler)
     return run_dir
 
 
-def _distill_vocab(
-    config: RunConfig, inputs: DistillInputs, cached: bool, manifest: dict | None, teacher, model
-) -> int | None:
-    """The shared vocabulary the logits are sliced to, computed once: the teacher cache's (the student's output layer
-    must cover it), else the tokenizer size cut to both output layers; None for SeqKD (plain SFT)."""
-    if config.kd.loss == "seqkd":
-        return None
-    if not cached:
-        return output_vocab(inputs.vocab_size, teacher, model)
-    vocab = cache_vocab(manifest, inputs, teacher)
-    check_student_vocab(config, model, vocab)
-    return vocab
+def run_seqkd(config: RunConfig) -> Path:
+    """SeqKD (``kd.loss: seqkd``): the teacher's greedy answers to the training prompts (generated once, kept in the
+    run folder as ``seqkd_data.json``), then SFT on them (with ``kd.lmbda > 0`` some steps on the student's own
+    samples)."""
+    run_dir = Path(config.out)
+    if _complete(config, run_dir):
+        return run_dir
+    inputs = distill_inputs(config)  # fails early, e.g. on empty data; the two tokenizers must match
+    teacher = load_teacher(config)
+    model = prepare_student(config)
+    with claim_run(config, "kdlab distill") as claimed:
+        if claimed is None:
+            return run_dir
+        accelerator = make_accelerator(config, run_dir)
+        teacher.to(accelerator.device)
+        examples = seqkd_examples(teacher, inputs.tokenizer, inputs.examples, config, run_dir, accelerator)
+        source = str(run_dir / "seqkd_data.json")
+        dataset = _encode(config, inputs.tokenizer, examples, source)
+        _warn_long(dataset, source, accelerator)
+        objective = sft_objective(config.train.chunk_size)
+        sampler = on_policy_sampler(config, inputs.tokenizer, teacher, None)
+        _train(config, run_dir, model, inputs.tokenizer, dataset, dataset.summary(), objective, accelerator, sampler)
+    return run_dir
 
 
 def _distill_data(config: RunConfig, inputs: DistillInputs, teacher, run_dir: Path, accelerator):
-    """The training examples, their encoding and where they come from: the data file (encoded once, by
-    :func:`distill_inputs`), the teacher's answers (SeqKD) or the data with the teacher's decisions in it
-    (``kd.answer_target: teacher``), both written to the run folder."""
-    if config.kd.loss == "seqkd":
-        examples = seqkd_examples(teacher, inputs.tokenizer, inputs.examples, config, run_dir, accelerator)
-        source = str(run_dir / "seqkd_data.json")
-    elif config.kd.answer_target == "teacher" and not config.teacher_cache:
-        examples = teacher_target_examples(teacher, inputs.tokenizer, inputs.examples, config, run_dir, accelerator)
+    """The training data and its summary: the data file (encoded once, by :func:`distill_inputs`), or with
+    ``kd.answer_target: teacher`` the data with the teacher's decisions in it (written to the run folder); with
+    decision-level KD the decision statement of every example marked."""
+    examples, dataset, source = inputs.examples, inputs.encoded, config.data
+    if config.kd.answer_target == "teacher":
+        examples = teacher_target_examples(teacher, inputs.tokenizer, examples, config, run_dir, accelerator)
         source = str(run_dir / ANSWER_TARGET_FILE)
-    else:
-        return inputs.examples, inputs.encoded, config.data
-    dataset = encode_examples(
-        inputs.tokenizer, examples, config.train.max_length, source=source, on_long=config.train.on_long
-    )
-    return examples, dataset, source
-
-
-def _distill_objective(
-    config: RunConfig, inputs: DistillInputs, teacher, cache: TeacherCache | None, vocab: int | None, accelerator
-):
-    """SFT on the teacher's answers (SeqKD), the live KD objective, or the cached one (``cache``: the reused cache,
-    already loaded; None: built first, then loaded; on-policy steps with ``kd.lmbda > 0`` use the live teacher,
-    sliced to the cache's vocabulary)."""
-    kd, train, rank = config.kd, config.train, accelerator.process_index
-    if kd.loss == "seqkd":
-        return sft_objective(train.chunk_size)
-    if not config.teacher_cache:
-        return DistillObjective(teacher, kd, vocab, train.chunk_size, train.seed, rank)
-    cache = open_teacher_cache(config, teacher, inputs, cache, vocab, accelerator)
-    live = DistillObjective(teacher, kd, cache.vocab_size, train.chunk_size, train.seed, rank) if kd.lmbda > 0 else None
-    return CachedDistillObjective(cache, kd, train.chunk_size, train.seed, rank, live=live)
-
-
-def _window_hook(config: RunConfig, tokenizer, teacher, vocab_size: int) -> OnPolicyWindows | None:
-    """On-policy steps (``kd.lmbda > 0``), speculative when ``kd.speculative_k > 0`` (needs the teacher)."""
-    if config.kd.lmbda == 0:
-        return None
-    return OnPolicyWindows(
-        tokenizer, config.kd, config.train.max_length, config.train.seed, teacher=teacher, vocab_size=vocab_size
-    )
+        dataset = _encode(config, inputs.tokenizer, examples, source)
+    _warn_long(dataset, source, accelerator)
+    data_summary = dataset.summary()
+    if needs_answer_masks(config.kd):
+        dataset = with_answer_masks(inputs.tokenizer, examples, dataset)
+        _report_answer_spans(dataset, accelerator)
+    return dataset, data_summary
 
 
 def needs_answer_masks(kd) -> bool:

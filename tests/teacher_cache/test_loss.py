@@ -164,15 +164,15 @@ def _loss_and_grads(objective, student, batch):
     ],
 )
 def test_cached_objective_equals_the_live_teacher(objective_setup, loss, tau, w, noise):
-    """Exact cache with k = V: one step's loss and gradients equal DistillObjective's, noise draws included."""
+    """Exact cache with k = V: one step's loss and gradients equal the live teacher's, noise draws included."""
     from kdlab.config import KDConfig
-    from kdlab.train.objectives import CachedDistillObjective, DistillObjective
+    from kdlab.train.objectives import DistillObjective, kd_spec
 
     s = objective_setup
     kd = KDConfig(loss=loss, temperature=tau, kd_weight=w, teacher_noise=noise)
     batch = collate([s["data"][i] for i in (5, 0, 3, 6)], s["tok"].pad_token_id)
-    live = DistillObjective(s["teacher"], kd, s["V"], chunk_size=64, seed=0, rank=0)
-    cached = CachedDistillObjective(s["cache"], kd, chunk_size=64, seed=0, rank=0)
+    live = DistillObjective(kd_spec(kd, 64), seed=0, rank=0, teacher=s["teacher"], vocab_size=s["V"])
+    cached = DistillObjective(kd_spec(kd, 64), seed=0, rank=0, cache=s["cache"])
     ref_loss, ref_grads = _loss_and_grads(live, s["student"], batch)
     got_loss, got_grads = _loss_and_grads(cached, s["student"], batch)
     assert batch["labels"][:, 1:].ne(-100).sum() > 64  # several chunks
@@ -216,13 +216,13 @@ def test_cached_noise_reaches_the_tail_as_a_uniform_bucket(objective_setup, tmp_
 
 def test_cached_objective_refuses_misaligned_rows(objective_setup):
     from kdlab.config import KDConfig
-    from kdlab.train.objectives import CachedDistillObjective
+    from kdlab.train.objectives import DistillObjective, kd_spec
 
     s = objective_setup
     batch = collate([s["data"][0], s["data"][1]], s["tok"].pad_token_id)
     batch["labels"][0, len(s["data"][0].input_ids) - 1] = -100  # one response token fewer than the cache holds
     with pytest.raises(KdlabError, match="cached rows"):
-        CachedDistillObjective(s["cache"], KDConfig(), chunk_size=64, seed=0, rank=0)(s["student"], batch, 1)
+        DistillObjective(kd_spec(KDConfig(), 64), seed=0, rank=0, cache=s["cache"])(s["student"], batch, 1)
 
 
 @pytest.mark.parametrize(
@@ -239,23 +239,20 @@ def test_cached_fidelity_weights_equal_the_live_teacher(objective_setup, setting
     from kdlab.config import KDConfig
     from kdlab.data.answer_span import with_answer_masks
     from kdlab.data.formats import load_examples
-    from kdlab.train.objectives import CachedDistillObjective, DistillObjective
+    from kdlab.train.objectives import DistillObjective, kd_spec
 
     s = objective_setup
     data = with_answer_masks(s["tok"], load_examples(s["synth_train"]), s["data"])
     assert sum(any(item.answer_mask) for item in data) >= 4  # long ones lose the statement to max_length
     kd = KDConfig(**settings)
     batch = collate([data[i] for i in (5, 0, 3, 6)], s["tok"].pad_token_id)
-    live = DistillObjective(s["teacher"], kd, s["V"], chunk_size=64, seed=0, rank=0)
-    cached = CachedDistillObjective(s["cache"], kd, chunk_size=64, seed=0, rank=0)
+    live = DistillObjective(kd_spec(kd, 64), seed=0, rank=0, teacher=s["teacher"], vocab_size=s["V"])
+    cached = DistillObjective(kd_spec(kd, 64), seed=0, rank=0, cache=s["cache"])
     ref_loss, ref_grads = _loss_and_grads(live, s["student"], batch)
     got_loss, got_grads = _loss_and_grads(cached, s["student"], batch)
+    plain = KDConfig(loss=kd.loss, temperature=kd.temperature, kd_weight=kd.kd_weight)
     plain_loss, _ = _loss_and_grads(
-        DistillObjective(
-            s["teacher"], KDConfig(loss=kd.loss, temperature=kd.temperature, kd_weight=kd.kd_weight), s["V"], 64, 0, 0
-        ),
-        s["student"],
-        batch,
+        DistillObjective(kd_spec(plain, 64), 0, 0, teacher=s["teacher"], vocab_size=s["V"]), s["student"], batch
     )
     assert abs(ref_loss - plain_loss) > 1e-3 * plain_loss  # the weights change the objective
     torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)

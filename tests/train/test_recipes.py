@@ -330,8 +330,7 @@ def test_two_processes_see_different_data_and_save_once(tiny_models, synth_train
 
 def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, synth_train, tmp_path, monkeypatch):
     """The first run builds the cache; runs with other losses/temperatures reuse it without loading the teacher."""
-    from kdlab.teacher_cache import lifecycle
-    from kdlab.train import recipes
+    from kdlab.train import cache_lifecycle, teacher_signal
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
@@ -358,9 +357,9 @@ def test_distill_with_a_teacher_cache_builds_once_and_reuses_it(tiny_models, syn
     def no_teacher(config):
         raise AssertionError("the teacher was loaded")
 
-    monkeypatch.setattr(recipes, "load_teacher", no_teacher)
-    monkeypatch.setattr(lifecycle, "load_teacher", no_teacher)
-    monkeypatch.setattr(lifecycle, "build_cache", no_teacher)
+    monkeypatch.setattr(teacher_signal, "load_teacher", no_teacher)
+    monkeypatch.setattr(cache_lifecycle, "load_teacher", no_teacher)
+    monkeypatch.setattr(cache_lifecycle, "build_cache", no_teacher)
     out = tmp_path / "rkl-t2"
     assert run_cli("distill", **common, out=out, loss="rkl", temperature=2, cache_tail="renormalize") == 0
     assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps

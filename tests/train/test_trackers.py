@@ -169,7 +169,7 @@ def test_a_kd_run_logs_its_kd_and_ce_parts(tiny_models, synth_train, tmp_path):
     from kdlab.data.formats import load_examples
     from kdlab.data.tokenize import collate, encode_examples
     from kdlab.models.load import load_model, load_tokenizer
-    from kdlab.train.objectives import DistillObjective, sft_objective
+    from kdlab.train.objectives import DistillObjective, kd_spec, sft_objective
 
     data = small_data(tmp_path / "four.json", synth_train, 4)
     out = tmp_path / "kd"
@@ -202,7 +202,9 @@ def test_a_kd_run_logs_its_kd_and_ce_parts(tiny_models, synth_train, tmp_path):
     batch = collate(encode_examples(tokenizer, load_examples(str(data)), 256), tokenizer.pad_token_id)
     n = int((batch["labels"][:, 1:] != -100).sum())
     student, teacher = load_model(tiny_models["student"]), load_model(tiny_models["teacher"])
-    kd_only = DistillObjective(teacher, KDConfig(loss="fkl", temperature=2.0, kd_weight=1.0), 0, 256, 0, 0)
+    kd_only = DistillObjective(
+        kd_spec(KDConfig(loss="fkl", temperature=2.0, kd_weight=1.0), 256), 0, 0, teacher=teacher
+    )
     with torch.no_grad():
         expected_kd = 0.5 * float(kd_only(student, batch, 1)) / n
         expected_ce = 0.5 * float(sft_objective(256)(student, batch, 1)) / n

@@ -12,7 +12,7 @@ from kdlab.errors import KdlabError
 def test_a_teacher_cache_for_other_data_is_refused(tiny_models, synth_train, tmp_path, capsys, monkeypatch):
     """ensure_teacher_cache standalone builds the cache; other data, max_length, k or teacher are refused by name."""
     from kdlab.config import build_config
-    from kdlab.teacher_cache import lifecycle
+    from kdlab.train import cache_lifecycle as lifecycle
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
@@ -66,7 +66,7 @@ def test_teacher_cache_temperatures(tiny_models, synth_train, tmp_path, capsys, 
     """A cache is built with kd.cache_temperatures plus kd.temperature; a reused cache without kd.temperature is a
     warning (approximate tail), not a rebuild; a cache of the older format is refused with a message to delete it."""
     from kdlab.config import build_config
-    from kdlab.teacher_cache import lifecycle
+    from kdlab.train import cache_lifecycle as lifecycle
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     cache = tmp_path / "cache"
