@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from kdlab.study.cost import evaluation_flops, token_kl_flops, validation_flops
-from kdlab.study.kinds import KIND_DIRS
-from kdlab.study.nodes import Node, make_node, run_name, study_path
+from kdlab.study.kinds import KINDS
+from kdlab.study.nodes import Node, run_name, study_path
 from kdlab.study.runmeta import RunMeta
 from kdlab.study.sizes import model_params
-from kdlab.study.training_runs import TrainingRuns
+from kdlab.study.training_runs import TrainingRuns, make_node
 
 
 class PlanBuilder(TrainingRuns):
@@ -103,7 +103,7 @@ class PlanBuilder(TrainingRuns):
         }
         return self.add(
             make_node(
-                "select", f"{KIND_DIRS[first.kind]}.{slug}", params, tuple(val.id for _, val, _ in candidates), meta
+                "select", f"{KINDS[first.kind].folder}.{slug}", params, tuple(val.id for _, val, _ in candidates), meta
             )
         )
 

@@ -7,11 +7,30 @@ returns the first); :class:`kdlab.study.evaluation_runs.PlanBuilder` adds the ru
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from kdlab.study.cost import forward_flops, generation_flops, train_flops
-from kdlab.study.nodes import Node, kd_slug, make_node, setting_tag, study_path
+from kdlab.study.kinds import KINDS
+from kdlab.study.nodes import Node, kd_slug, setting_tag, study_path
 from kdlab.study.runmeta import RunMeta
 from kdlab.study.sizes import model_params
 from kdlab.study.spec import Method, StudySpec, flatten_sections
+
+
+def make_node(
+    kind: str,
+    slug: str,
+    params: dict,
+    deps=(),
+    meta: RunMeta | None = None,
+    group: str | None = None,
+    flops: float = 0.0,
+) -> Node:
+    """A node in folder ``<kind folder>/<slug>-<h>``, ``<h>`` the hash of its kind and params; its own group by default."""
+    digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    node_id = f"{KINDS[kind].folder}/{slug}-{digest}"
+    return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
 
 
 class TrainingRuns:

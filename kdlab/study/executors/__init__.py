@@ -23,10 +23,10 @@ def slurm_settings(spec, overrides: dict) -> dict:
 def _dry_run(executor: str, spec_path, out, slurm_overrides: dict) -> Path:
     """Print the plan, its expected wall time on 1/4/8/32 GPUs and, for SLURM, every job script; write nothing."""
     from kdlab.study.executors.local import format_plan, study_folder
+    from kdlab.study.kinds import is_done
     from kdlab.study.plan import build_plan
     from kdlab.study.schedule import format_estimates
     from kdlab.study.spec import load_spec
-    from kdlab.study.steps import is_done
 
     spec = load_spec(spec_path, check_files=False)
     study_dir = study_folder(out, spec)

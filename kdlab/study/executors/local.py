@@ -30,10 +30,10 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import pid_alive
+from kdlab.study.kinds import execute, is_done
 from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan
 from kdlab.study.sizes import format_seconds
 from kdlab.study.spec import StudySpec, check_models, load_spec
-from kdlab.study.steps import execute, is_done
 
 STALE_SECONDS = 600
 HEARTBEAT_SECONDS = 30

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kdlab.io import atomic_write_json
 from kdlab.study.executors.local import read_state, record_run, state_path
+from kdlab.study.kinds import is_done
 from kdlab.study.nodes import Node
-from kdlab.study.steps import is_done
 
 
 def outcome(node: Node, status: str, ran: bool = False, seconds: float = 0.0, error: str | None = None) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.study import steps
 from kdlab.study.executors.local import format_plan, format_status, node_status, prepare_study, run_plan, study_status
+from kdlab.study.kinds import KINDS, execute, is_done
 from kdlab.study.plan import build_plan
 from kdlab.study.results import RESULT_COLUMNS, collect_results
 from kdlab.study.spec import load_spec
@@ -22,9 +22,9 @@ def _markers(study_dir: Path) -> dict[str, float]:
         load_spec(study_dir / "spec.yaml", base=yaml.safe_load((study_dir / "study.json").read_text())["spec_base"])
     )
     return {
-        node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
+        node.id: (node.folder(study_dir) / KINDS[node.kind].done_file).stat().st_mtime_ns
         for node in plan.nodes
-        if steps.is_done(node, study_dir)
+        if is_done(node, study_dir)
     }
 
 
@@ -49,7 +49,7 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     assert "pending" in format_plan(plan, study_dir)
     # one evaluation fails on the first resume: it is recorded, its fidelity is skipped, the rest goes on
     failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta.role == "student-kd")
-    real_execute = steps.execute
+    real_execute = execute
 
     def flaky(node, where):
         if node.id == failing.id:

@@ -12,9 +12,9 @@ from kdlab.errors import KdlabError
 from kdlab.study.executors import run_with_executor
 from kdlab.study.executors.local import prepare_study, run_study, state_path
 from kdlab.study.executors.slurm import dry_run, job_parameters, run_plan_submitit_local
+from kdlab.study.kinds import KINDS, is_done
 from kdlab.study.plan import Node, Plan, build_plan
 from kdlab.study.resources import load_resources, load_slurm
-from kdlab.study.steps import MARKERS, is_done
 
 
 class _Spec:
@@ -60,7 +60,7 @@ def test_dry_run_chain_carries_afterok_ids(tmp_path):
 
 def test_dry_run_leaves_out_finished_runs(tmp_path):
     (tmp_path / "teacher" / "t-2").mkdir(parents=True)
-    (tmp_path / "teacher" / "t-2" / MARKERS["teacher-sft"]).write_text("{}")
+    (tmp_path / "teacher" / "t-2" / KINDS["teacher-sft"].done_file).write_text("{}")
     scripts = _scripts(dry_run(_chain(), tmp_path, load_slurm(None, "test")))
     assert "teacher/t-2" not in scripts and "--dependency" not in scripts["kd/k-3"]
     assert re.search(r"--dependency=afterok:(\d+)\n", scripts["eval/e-4"])
