@@ -30,9 +30,10 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.locks import pid_alive
-from kdlab.study.kinds import execute, is_done
-from kdlab.study.plan import KIND_ORDER, Node, Plan, build_plan
-from kdlab.study.sizes import format_seconds
+from kdlab.study.cost import format_seconds
+from kdlab.study.kinds import KIND_ORDER, execute, is_done
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan, build_plan
 from kdlab.study.spec import StudySpec, check_models, load_spec
 
 STALE_SECONDS = 600

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
+from kdlab.study.cost import format_seconds
 from kdlab.study.executors.local import Clock, RunSummary, describe_node, state_path
 from kdlab.study.executors.node import run_node
 from kdlab.study.kinds import is_done
-from kdlab.study.plan import Node, Plan
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan
 from kdlab.study.resources import Need
-from kdlab.study.sizes import format_seconds
 from kdlab.version import __version__
 
 PROBE_TIMEOUT = 120.0

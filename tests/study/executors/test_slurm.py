@@ -13,7 +13,8 @@ from kdlab.study.executors import run_with_executor
 from kdlab.study.executors.local import prepare_study, run_study, state_path
 from kdlab.study.executors.slurm import dry_run, job_parameters, run_plan_submitit_local
 from kdlab.study.kinds import KINDS, is_done
-from kdlab.study.plan import Node, Plan, build_plan
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan, build_plan
 from kdlab.study.resources import load_resources, load_slurm
 
 
