@@ -13,7 +13,8 @@ from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
 from kdlab.errors import KdlabError
 from kdlab.study import node_runners
-from kdlab.study.executors.local import prepare_study, run_plan
+from kdlab.study.executors.local import run_plan
+from kdlab.study.folder import prepare_study
 from kdlab.study.kinds import KIND_ORDER, KINDS
 from kdlab.study.nodes import SELECTED
 from kdlab.study.plan import build_plan

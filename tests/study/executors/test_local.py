@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.study.executors.local import format_plan, format_status, node_status, prepare_study, run_plan, study_status
+from kdlab.study.executors.local import run_plan
+from kdlab.study.executors.progress import format_plan, format_status, study_status
+from kdlab.study.folder import node_status, prepare_study
 from kdlab.study.kinds import KINDS, execute, is_done
 from kdlab.study.plan import build_plan
 from kdlab.study.results import RESULT_COLUMNS, collect_results
@@ -56,12 +58,12 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         real_execute(node, where)
 
-    monkeypatch.setattr("kdlab.study.executors.local.execute", flaky)
+    monkeypatch.setattr("kdlab.study.folder.execute", flaky)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 1 and summary.blocked == 1
     assert node_status(study_dir, failing) == "failed"
     assert "disk on fire" in format_status(plan, study_dir)
-    monkeypatch.setattr("kdlab.study.executors.local.execute", real_execute)
+    monkeypatch.setattr("kdlab.study.folder.execute", real_execute)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 0 and summary.ran == 2
     groups = study_status(plan, study_dir)

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 import kdlab.version
-from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
+from kdlab.study.executors.local import run_study
 from kdlab.study.executors.ray import check_cluster, run_plan_ray, task_options
+from kdlab.study.folder import node_status, prepare_study, state_path
 from kdlab.study.kinds import KINDS, is_done
 from kdlab.study.plan import build_plan
 from kdlab.study.resources import Need
