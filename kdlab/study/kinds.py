@@ -54,9 +54,9 @@ KINDS = {
         Kind("cache", "cache", "manifest.json", run.cache, gpus=1.0),
         Kind("student-sft", "sft", "result.json", run.sft, gpus=1.0),
         Kind("kd", "kd", "result.json", run.kd, gpus=1.0),
-        Kind("val-eval", "val", "metrics.json", run.evaluate, gpus=1.0),
+        Kind("val-eval", "val", "metrics.json", run.evaluation, gpus=1.0),
         Kind("select", "select", "selection.json", run.select, gpus=0.0),
-        Kind("eval", "eval", "metrics.json", run.evaluate_and_log, gpus=1.0),
+        Kind("eval", "eval", "metrics.json", run.evaluation_to_card, gpus=1.0),
         Kind("fidelity", "fidelity", "fidelity.json", run.fidelity, gpus=0.5),
     )
 }

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdlab.model_card import card_after_eval, evaluated_run
 from kdlab.study.nodes import SELECTED, resolve
-from kdlab.train.trackers import evaluation_values, log_evaluation
 
 
 def prune(p: dict, out: Path, study_dir: Path) -> None:
+    """A student cut from a loadable model, keeping ``keep_layers`` decoder layers (``kdlab prune``)."""
     from kdlab.models.prune import prune_model
 
     prune_model(p["model"], p["keep_layers"], out)
@@ -28,6 +27,7 @@ def _train_flags(p: dict, out: Path, study_dir: Path) -> dict:
 
 
 def sft(p: dict, out: Path, study_dir: Path) -> None:
+    """Teacher or student SFT (``kdlab sft``)."""
     from kdlab.config import build_config
     from kdlab.train.recipes import run_sft
 
@@ -35,6 +35,7 @@ def sft(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def kd(p: dict, out: Path, study_dir: Path) -> None:
+    """A KD run: SeqKD is SFT on the teacher's answers, the others ``kdlab distill``."""
     if p["kind"] == "sft":  # SeqKD: SFT on the teacher's answers
         sft(p, out, study_dir)
         return
@@ -51,6 +52,7 @@ def kd(p: dict, out: Path, study_dir: Path) -> None:
 
 
 def cache(p: dict, out: Path, study_dir: Path) -> None:
+    """The teacher signal cache, built (or completed) into ``out``."""
     from kdlab.config import build_config
     from kdlab.teacher_cache.lifecycle import ensure_teacher_cache
 
@@ -150,7 +152,8 @@ def select(p: dict, out: Path, study_dir: Path) -> None:
     )
 
 
-def evaluate(p: dict, out: Path, study_dir: Path) -> None:
+def evaluation(p: dict, out: Path, study_dir: Path) -> None:
+    """Evaluation on the given tasks (``kdlab evaluate``): a candidate on the validation split, or a test evaluation."""
     from kdlab.eval.evaluate import EvalSettings, evaluate
 
     evaluate(
@@ -170,14 +173,21 @@ def evaluate(p: dict, out: Path, study_dir: Path) -> None:
     )
 
 
-def evaluate_and_log(p: dict, out: Path, study_dir: Path) -> None:
-    evaluate(p, out, study_dir)
-    card_after_eval(out)  # the evaluated run's model card and trackers get the results
+def evaluation_to_card(p: dict, out: Path, study_dir: Path) -> None:
+    """Test evaluation; the evaluated run's model card and trackers get the results."""
+    from kdlab.model_card import card_after_eval, evaluated_run
+    from kdlab.train.trackers import evaluation_values, log_evaluation
+
+    evaluation(p, out, study_dir)
+    card_after_eval(out)
     log_evaluation(evaluated_run(out), evaluation_values(metrics=json.loads((out / "metrics.json").read_text())))
 
 
 def fidelity(p: dict, out: Path, study_dir: Path) -> None:
+    """The student's fidelity to its teacher (``kdlab fidelity``); the student's model card and trackers get it."""
     from kdlab.fidelity_metrics import run_fidelity
+    from kdlab.model_card import card_after_eval, evaluated_run
+    from kdlab.train.trackers import evaluation_values, log_evaluation
 
     run_fidelity(
         p["teacher_eval"],

@@ -1,8 +1,8 @@
 """One node of a study plan, run inside an engine's worker (a Ray task, a SLURM job).
 
 The worker keeps the study folder's contract (:mod:`kdlab.study.folder`): a node whose done file exists is not run
-again, a started node has ``state/<node>.json`` (running, done or failed, with the traceback in
-``state/<node>.log``), and an interrupted node resumes from its folder. The node's own output (training logs, progress bars) goes to
+again, a started node has ``state/<node>.json`` (running, done or failed, with the traceback in ``state/<node>.log``),
+and an interrupted node resumes from its folder. The node's own output (training logs, progress bars) goes to
 ``state/<node>.out`` instead of the terminal, so the driver's progress stays readable.
 """
 
