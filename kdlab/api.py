@@ -80,7 +80,7 @@ class StudyResult:
 
     def results(self):
         """The tidy results table (a row per run x task) of the finished evaluations, as a DataFrame."""
-        from kdlab.study.executors.local import load_study
+        from kdlab.study.folder import load_study
         from kdlab.study.publish import finished_results
 
         return finished_results(*load_study(self.path))[0]
@@ -88,7 +88,7 @@ class StudyResult:
     def report(self) -> Path:
         """Write the results and statistics tables (``path/results``, ``path/stats``) and the HTML report
         (``path/report/report.html``, with ``report.md``); return the HTML file."""
-        from kdlab.study.executors.local import load_study
+        from kdlab.study.folder import load_study
         from kdlab.study.publish import write_study_report
 
         return write_study_report(*load_study(self.path))[0]

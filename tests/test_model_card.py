@@ -8,7 +8,7 @@ import yaml
 from kdlab_testing import FAST, run_cli
 
 from kdlab.model_card import read_model_card, write_model_card
-from kdlab.study.steps import RUNNERS
+from kdlab.study.kinds import KINDS
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +75,17 @@ def test_kd_card_gets_the_study_evaluation_and_fidelity(tiny_models, synth_train
         "max_new_tokens": 6,
         "precision": "fp32",
     }
-    RUNNERS["eval"]({**settings, "model": str(out / "final"), "adapter": None}, tmp_path / "eval-student", tmp_path)
-    RUNNERS["eval"](
+    KINDS["eval"].runner(
+        {**settings, "model": str(out / "final"), "adapter": None}, tmp_path / "eval-student", tmp_path
+    )
+    KINDS["eval"].runner(
         {**settings, "model": str(tiny_models["teacher"]), "adapter": None}, tmp_path / "eval-teacher", tmp_path
     )
     metrics = json.loads((tmp_path / "eval-student" / "metrics.json").read_text())
     header = front(out / "final" / "README.md")
     assert header["kdlab"]["evaluation"] == metrics["tasks"]
 
-    RUNNERS["fidelity"](
+    KINDS["fidelity"].runner(
         {
             "teacher_eval": str(tmp_path / "eval-teacher"),
             "student_eval": str(tmp_path / "eval-student"),

@@ -11,7 +11,7 @@ from kdlab.errors import KdlabError
 
 def _study(args: argparse.Namespace):
     """(spec, study_dir) from a study folder, or from a spec file plus ``--out`` (default runs/<name>)."""
-    from kdlab.study.executors.local import load_study, study_folder
+    from kdlab.study.folder import load_study, study_folder
     from kdlab.study.spec import load_spec
 
     target = Path(args.study)
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from kdlab.study.executors.local import format_status
+    from kdlab.study.executors.progress import format_status
     from kdlab.study.plan import build_plan
 
     spec, study_dir = _study(args)

@@ -1,26 +1,22 @@
 """A run of a study plan (a "node"): what it does, its folder under the study, and the readable names of folders.
 
-A run's folder is ``<kind folder>/<slug>-<h>`` (kind folders: :mod:`kdlab.study.kinds`). ``<h>`` is the first 8 hex
-digits of the SHA-1 of the run's resolved parameters (its config and its inputs' folders): changing any setting makes
-a new folder, so a study never mixes results of different configs, and re-running an unchanged spec finds its finished
-runs. Each node belongs to a shard group (the training run it evaluates, or itself), so ``--shard K/N`` keeps a run and
-its evaluation on the same machine.
+A run's folder is ``<kind folder>/<slug>-<h>`` (kind folders: :mod:`kdlab.study.kinds`; the hash ``<h>``:
+:mod:`kdlab.study.training_runs`). Each node belongs to a shard group (the training run it evaluates, or itself), so
+``--shard K/N`` keeps a run and its evaluation on the same machine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdlab.errors import KdlabError
-from kdlab.study.kinds import KIND_DIRS
 from kdlab.study.runmeta import RunMeta
 
 STUDY_PREFIX = "study:"  # parameter values that are folders inside the study
+SELECTED = "selected"  # a select node's link (in its folder) to the run it chose
 
 
 @dataclass
@@ -41,21 +37,6 @@ class Node:
     def shard(self, count: int) -> int:
         """Deterministic shard (0-based) of this node's group among ``count`` shards."""
         return zlib.crc32((self.group or self.id).encode()) % count
-
-
-def make_node(
-    kind: str,
-    slug: str,
-    params: dict,
-    deps=(),
-    meta: RunMeta | None = None,
-    group: str | None = None,
-    flops: float = 0.0,
-) -> Node:
-    """A node in folder ``<kind folder>/<slug>-<h>``, ``<h>`` the hash of its kind and params; its own group by default."""
-    digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    node_id = f"{KIND_DIRS[kind]}/{slug}-{digest}"
-    return Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
 
 
 def inside_study(study_dir: Path, relative: str) -> Path:

@@ -15,9 +15,8 @@ Two optional sections of a study spec, read by the Ray and SLURM executors (the 
       setup: ["source .venv/bin/activate"]   # shell lines run before each job
       additional: {constraint: h100}         # any other #SBATCH flag
 
-Defaults: training, teacher answers, caches and evaluations 1 GPU; fidelity 0.5 GPU (it loads two models for a short
-pass); pruning, validation splits and selections no GPU; 1 CPU each. A run is one process on one GPU, so ``gpus``
-is at most 1. On SLURM a fractional request takes one whole GPU.
+Defaults: each kind's GPUs in :data:`kdlab.study.kinds.KINDS`, 1 CPU each. A run is one process on one GPU, so
+``gpus`` is at most 1. On SLURM a fractional request takes one whole GPU.
 """
 
 from __future__ import annotations
@@ -25,12 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdlab.errors import KdlabError
-from kdlab.study.kinds import KIND_ORDER
+from kdlab.study.kinds import KIND_ORDER, KINDS
 
 RESOURCE_KEYS = {"gpus", "cpus", "memory_gb", "time_min"}
 SLURM_DEFAULTS = {"partition": None, "account": None, "qos": None, "time_min": 240, "setup": [], "additional": {}}
-CPU_KINDS = ("prune", "split", "select")
-DEFAULT_GPUS = {kind: (0.0 if kind in CPU_KINDS else 0.5 if kind == "fidelity" else 1.0) for kind in KIND_ORDER}
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def load_resources(data, where: str) -> dict[str, Need]:
                 f"{here}: unknown key(s) {', '.join(map(str, bad))} (known: {', '.join(sorted(RESOURCE_KEYS))})"
             )
         needs[kind] = Need(
-            gpus=_number(entry.get("gpus", DEFAULT_GPUS[kind]), f"{here}.gpus", 0.0, 1.0),
+            gpus=_number(entry.get("gpus", KINDS[kind].gpus), f"{here}.gpus", 0.0, 1.0),
             cpus=_number(entry.get("cpus", 1), f"{here}.cpus", 0.0),
             memory_gb=_number(entry["memory_gb"], f"{here}.memory_gb", 0.0)
             if entry.get("memory_gb") is not None

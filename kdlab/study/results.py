@@ -35,10 +35,10 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
+from kdlab.study.cost import model_params
+from kdlab.study.kinds import is_done
 from kdlab.study.plan import Node, Plan
-from kdlab.study.sizes import model_params
 from kdlab.study.stats_table import NUMERIC
-from kdlab.study.steps import is_done
 
 # identity and settings, the numbers (:data:`kdlab.study.stats_table.NUMERIC`, in that order), then the folders
 RESULT_COLUMNS = [

@@ -45,9 +45,10 @@ class RunMeta:
             teacher_kind=row.get("teacher_kind") or "finetuned",
         )
 
-    def label(self, temperature: bool = True) -> str:
+    def label(self, temperature: bool = True, teacher: bool = True) -> str:
         """The run in words: ``SFT``, or the KD method with what sets it apart, ``fkl tau=2 noise=1 (base teacher)``
-        (``temperature=False``: without ``tau``, for runs whose temperature was selected on validation)."""
+        (``temperature=False``: without ``tau``, for runs whose temperature was selected on validation;
+        ``teacher=False``: without ``(base teacher)``, for lines that name the teacher)."""
         if self.role == "student-sft":
             return "SFT"
         label = str(self.method)
@@ -55,6 +56,6 @@ class RunMeta:
             label += f" tau={self.temperature:g}"
         if self.noise:
             label += f" noise={self.noise:g}"
-        if self.teacher_kind == "base":
+        if teacher and self.teacher_kind == "base":
             label += " (base teacher)"
         return label

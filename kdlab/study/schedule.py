@@ -12,7 +12,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from kdlab.study.plan import Node, Plan
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan
 
 
 @dataclass
@@ -74,7 +75,7 @@ def estimate(plan: Plan, nodes: list[Node], gpus: int) -> Estimate:
 
 def format_estimates(plan: Plan, nodes: list[Node], gpu_counts=(1, 4, 8, 32)) -> str:
     """A table of expected wall times for several GPU counts."""
-    from kdlab.study.sizes import format_seconds
+    from kdlab.study.cost import format_seconds
 
     lines = [
         f"expected wall time on N GPUs (list schedule over the dependency graph, {plan.spec.cost['tflops']:g} "

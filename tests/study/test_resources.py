@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from kdlab.errors import KdlabError
-from kdlab.study.resources import DEFAULT_GPUS, Need, load_resources, load_slurm
+from kdlab.study.kinds import KINDS
+from kdlab.study.resources import Need, load_resources, load_slurm
 from kdlab.study.spec import load_spec
 
 
@@ -12,7 +13,7 @@ def test_defaults_and_overrides():
     needs = load_resources({"kd": {"gpus": 0.25, "memory_gb": 40}, "teacher-sft": {"time_min": 600}}, "s: resources")
     assert needs["kd"] == Need(gpus=0.25, cpus=1.0, memory_gb=40.0)
     assert needs["teacher-sft"].gpus == 1.0 and needs["teacher-sft"].time_min == 600
-    assert needs["select"].gpus == 0.0 and needs["fidelity"].gpus == 0.5 and set(needs) == set(DEFAULT_GPUS)
+    assert needs["select"].gpus == 0.0 and needs["fidelity"].gpus == 0.5 and set(needs) == set(KINDS)
     assert load_slurm(None, "s: slurm")["time_min"] == 240
 
 

@@ -14,6 +14,7 @@ def test_label_names_what_sets_a_run_apart():
     assert RunMeta(role="student-kd", method="seqkd").label() == "seqkd"
     base = RunMeta(role="student-kd", method="rkl", temperature=1.0, noise=0.5, teacher_kind="base")
     assert base.label() == "rkl tau=1 noise=0.5 (base teacher)"
+    assert base.label(teacher=False) == "rkl tau=1 noise=0.5"  # for lines that name the teacher
 
 
 def test_from_row_reads_table_rows():

@@ -5,7 +5,8 @@ from typing import ClassVar
 
 import pytest
 
-from kdlab.study.plan import Node, Plan, build_plan
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan, build_plan
 from kdlab.study.resources import load_resources
 from kdlab.study.schedule import estimate, format_estimates
 from kdlab.study.spec import load_spec

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from kdlab.errors import KdlabError
-from kdlab.study.executors.local import parse_shard, prepare_study
+from kdlab.study.executors.local import parse_shard
+from kdlab.study.folder import prepare_study
 from kdlab.study.plan import build_plan
 from kdlab.study.spec import load_spec, parse_params
 

@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -11,9 +12,12 @@ import yaml
 from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
 from kdlab.errors import KdlabError
-from kdlab.study import steps
-from kdlab.study.executors.local import prepare_study, run_plan
-from kdlab.study.plan import KIND_ORDER, build_plan
+from kdlab.study import node_runners
+from kdlab.study.executors.local import run_plan
+from kdlab.study.folder import prepare_study
+from kdlab.study.kinds import KIND_ORDER, KINDS
+from kdlab.study.nodes import SELECTED
+from kdlab.study.plan import build_plan
 from kdlab.study.results import collect_results, collect_selection
 from kdlab.study.spec import load_spec
 
@@ -121,11 +125,11 @@ def _fake_candidates(tmp_path: Path, scores: list[float]) -> dict:
 @pytest.mark.parametrize("scores, chosen", [([0.1, 0.5, 0.3], 1), ([0.4, 0.2, 0.4], 0), ([0.0, 0.0, 0.9], 2)])
 def test_select_takes_the_best_validation_score_first_on_ties(tmp_path, scores, chosen):
     out = tmp_path / "select" / "x"
-    steps._select(_fake_candidates(tmp_path, scores), out, tmp_path)
+    node_runners.select(_fake_candidates(tmp_path, scores), out, tmp_path)
     selection = json.loads((out / "selection.json").read_text())
     assert selection["selected"]["run"] == f"kd/run{chosen}"
-    assert (out / steps.SELECTED).resolve() == (tmp_path / "kd" / f"run{chosen}").resolve()
-    assert (out / steps.SELECTED / "final").is_dir()
+    assert (out / SELECTED).resolve() == (tmp_path / "kd" / f"run{chosen}").resolve()
+    assert (out / SELECTED / "final").is_dir()
     assert [c["accuracy"] for c in selection["candidates"]] == scores
 
 
@@ -172,7 +176,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
 
     import kdlab.eval.task_examples as task_examples
 
-    real_load, real_select = task_examples.load_json_examples, steps.RUNNERS["select"]
+    real_load, real_select = task_examples.load_json_examples, KINDS["select"].runner
 
     def load(path):
         events.append(("read", Path(path).resolve(), time.monotonic()))
@@ -183,7 +187,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
         events.append(("select", out, time.monotonic()))
 
     monkeypatch.setattr(task_examples, "load_json_examples", load)
-    monkeypatch.setitem(steps.RUNNERS, "select", select)
+    monkeypatch.setitem(KINDS, "select", replace(KINDS["select"], runner=select))
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 0 and summary.blocked == 0
 
@@ -272,7 +276,7 @@ def test_split_step_keeps_validation_out_of_the_teachers_data_too(tmp_path):
         "teacher_train": str(tmp_path / "teacher.json"),
     }
     out = tmp_path / "split"
-    steps._split(params, out, tmp_path)
+    node_runners.split(params, out, tmp_path)
     validation = {e.instruction for e in load_json_examples(out / "arith" / "test.json")}
     students = {e.instruction for e in load_json_examples(out / "train.json")}
     teacher = {e.instruction for e in load_json_examples(out / "teacher.json")}

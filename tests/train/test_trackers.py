@@ -114,13 +114,13 @@ def test_a_study_evaluation_is_added_to_the_trackers(tiny_models, synth_train, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from kdlab.data.synth import write_synth
-    from kdlab.study.steps import RUNNERS
+    from kdlab.study.kinds import KINDS
 
     data = small_data(tmp_path / "eight.json", synth_train, 8)
     out = tmp_path / "run"
     assert run_cli("sft", **sft_args(tiny_models, data, out, "tensorboard,mlflow", steps=2)) == 0
     write_synth(tmp_path / "eval-data" / "arith" / "test.json", n=4, seed=3, split="test")
-    RUNNERS["eval"](
+    KINDS["eval"].runner(
         {
             "model": str(tiny_models["student"]),
             "adapter": str(out / "final"),

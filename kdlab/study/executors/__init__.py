@@ -1,7 +1,8 @@
 """Where a study's plan runs: ``local`` (this process, :mod:`kdlab.study.executors.local`), ``ray`` (a Ray cluster,
 :mod:`kdlab.study.executors.ray`) or ``slurm`` (one SLURM job per run through submitit,
-:mod:`kdlab.study.executors.slurm`). Every executor keeps the run folders, completion markers and state files of
-the local runner, so a study can move between them and a finished run is never redone."""
+:mod:`kdlab.study.executors.slurm`). Every executor keeps the run folders, done files and state files of
+:mod:`kdlab.study.folder`, so a study can move between them and a finished run is never redone; every executor's
+``--dry-run`` is :func:`print_dry_run`."""
 
 from __future__ import annotations
 
@@ -20,24 +21,51 @@ def slurm_settings(spec, overrides: dict) -> dict:
     return {**spec.slurm, **{key: value for key, value in overrides.items() if value is not None}}
 
 
-def _dry_run(executor: str, spec_path, out, slurm_overrides: dict) -> Path:
-    """Print the plan, its expected wall time on 1/4/8/32 GPUs and, for SLURM, every job script; write nothing."""
-    from kdlab.study.executors.local import format_plan, study_folder
+def print_dry_run(
+    executor: str, spec_path, out, shard: tuple[int, int] = (0, 1), slurm_overrides: dict | None = None
+) -> Path:
+    """Print the plan (this shard's runs) with each run's status and estimate, then: for the local executor, the
+    domains' data missing on this machine; for Ray and SLURM, the expected wall time on 1/4/8/32 GPUs and, for SLURM,
+    every job script. Writes nothing; returns the study folder."""
+    from kdlab.study.executors.progress import format_plan
+    from kdlab.study.folder import study_folder
     from kdlab.study.plan import build_plan
-    from kdlab.study.schedule import format_estimates
-    from kdlab.study.spec import load_spec
-    from kdlab.study.steps import is_done
+    from kdlab.study.spec import check_models, load_spec
 
     spec = load_spec(spec_path, check_files=False)
+    if executor == "local":
+        check_models(spec)
     study_dir = study_folder(out, spec)
     plan = build_plan(spec)
-    print(format_plan(plan, study_dir), flush=True)
-    print("\n" + format_estimates(plan, [node for node in plan.nodes if not is_done(node, study_dir)]), flush=True)
-    if executor == "slurm":
-        from kdlab.study.executors.slurm import dry_run
+    print(format_plan(plan, study_dir, shard), flush=True)
+    if executor == "local":
+        _print_missing_data(spec)
+        return study_dir
+    from kdlab.study.kinds import unfinished
+    from kdlab.study.schedule import format_estimates
 
-        print("\n" + dry_run(plan, study_dir, slurm_settings(spec, slurm_overrides)), flush=True)
+    print("\n" + format_estimates(plan, unfinished(plan.nodes, study_dir)), flush=True)
+    if executor == "slurm":
+        from kdlab.study.executors.slurm import job_scripts
+
+        print("\n" + job_scripts(plan, study_dir, slurm_settings(spec, slurm_overrides or {})), flush=True)
     return study_dir
+
+
+def _print_missing_data(spec) -> None:
+    """The domains' local training files and data folders that are not on this machine."""
+    missing = [
+        f"{d.name}: {path}"
+        for d in spec.domains.values()
+        for path in (d.train, d.data_dir)
+        if path and not path.startswith("hf:") and not Path(path).exists()
+    ]
+    if missing:
+        print(
+            "\nnot on this machine (needed to run; the estimate assumes the domains' `examples` hints):\n  "
+            + "\n  ".join(missing),
+            flush=True,
+        )
 
 
 def run_with_executor(
@@ -55,8 +83,8 @@ def run_with_executor(
         raise KdlabError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     slurm_overrides = slurm_overrides or {}
     if dry_run:
-        return _dry_run(executor, spec_path, out, slurm_overrides), None
-    from kdlab.study.executors.local import prepare_study
+        return print_dry_run(executor, spec_path, out, slurm_overrides=slurm_overrides), None
+    from kdlab.study.folder import prepare_study
     from kdlab.study.plan import build_plan
 
     if executor == "slurm" and not submitit_local and shutil.which("sbatch") is None:

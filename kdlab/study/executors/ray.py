@@ -3,8 +3,8 @@
 Each unfinished node becomes one Ray task (:func:`kdlab.study.executors.node.run_node`) with the resources of its
 kind (``resources`` in the spec), its dependencies passed as object references (Ray starts it once they have
 finished) and ``max_retries`` for lost workers (a killed process or machine: the retry resumes the node from its
-folder, and a node whose completion marker exists is never run again). A node that raises is recorded as failed in
-``state/`` as with the local executor (not retried in this session; the next ``study run`` retries it) and its
+folder, and a node whose done file exists is never run again). A node that raises is recorded as failed in
+``state/`` as by every executor (not retried in this session; the next ``study run`` retries it) and its
 dependents are skipped. Tasks that use a GPU run in a fresh worker process each (Ray's rule for GPU tasks: a CUDA
 context does not follow a worker to another GPU); CPU tasks reuse workers.
 
@@ -20,13 +20,14 @@ import uuid
 from pathlib import Path
 
 from kdlab.errors import KdlabError
-from kdlab.io import atomic_write_json
-from kdlab.study.executors.local import Clock, RunSummary, describe_node, state_path
+from kdlab.study.cost import format_seconds
 from kdlab.study.executors.node import run_node
-from kdlab.study.plan import Node, Plan
+from kdlab.study.executors.progress import Clock, RunSummary, describe_node
+from kdlab.study.folder import record_lost, state_path
+from kdlab.study.kinds import unfinished
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan
 from kdlab.study.resources import Need
-from kdlab.study.sizes import format_seconds
-from kdlab.study.steps import is_done
 from kdlab.version import __version__
 
 PROBE_TIMEOUT = 120.0
@@ -151,10 +152,7 @@ def _lost(node: Node, study_dir: Path, error: Exception, outcomes: dict) -> dict
     if blocked:
         return {"id": node.id, "status": "skipped", "error": f"it needs {', '.join(blocked)}, which did not finish"}
     message = f"Ray gave up on it: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    atomic_write_json(
-        state_path(study_dir, node),
-        {"status": "failed", "error": message, "node": node.id, "finished": time.time(), "host": "ray"},
-    )
+    record_lost(node, study_dir, message, host="ray")
     return {"id": node.id, "status": "failed", "error": message}
 
 
@@ -205,7 +203,7 @@ def run_plan_ray(plan: Plan, study_dir: Path, address: str | None = None, max_re
     summary, begin = RunSummary(), time.time()
     refs: dict = {}
     try:
-        pending = [node for node in plan.nodes if not is_done(node, study_dir)]
+        pending = unfinished(plan.nodes, study_dir)
         summary.done = len(plan.nodes) - len(pending)
         use_gpus = _has_gpus()
         answers = check_cluster(study_dir, {node.kind: plan.spec.resources[node.kind] for node in pending}, use_gpus)
@@ -226,11 +224,4 @@ def run_plan_ray(plan: Plan, study_dir: Path, address: str | None = None, max_re
     finally:
         if started:
             ray.shutdown()
-    summary.seconds = time.time() - begin
-    summary.done = sum(is_done(node, study_dir) for node in plan.nodes)
-    print(
-        f"\nkdlab study: Ray: {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
-        f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
-        flush=True,
-    )
-    return summary
+    return summary.finish("Ray", plan.nodes, study_dir, begin)

@@ -2,8 +2,8 @@
 
 Every job runs :func:`kdlab.study.executors.node.run_node` on its node and carries ``--dependency=afterok:<ids>``
 of its dependencies' jobs with ``--kill-on-invalid-dep=yes``, so SLURM starts it only after they succeeded and
-cancels it when one failed (a failed node makes its job fail, after recording the failure in ``state/`` as the
-local executor does). Partition, account, QOS, time limit, setup lines and extra flags come from the spec's
+cancels it when one failed (a failed node makes its job fail, after recording the failure in ``state/`` as every
+executor does). Partition, account, QOS, time limit, setup lines and extra flags come from the spec's
 ``slurm`` section (or flags); GPUs, CPUs, memory and per-kind time limits from ``resources``. Job scripts, pickles
 and logs live in ``<study>/slurm/<job id>/``; the submitted ids in ``<study>/slurm/jobs.json``.
 
@@ -25,13 +25,14 @@ from pathlib import Path
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_json
-from kdlab.study.executors.local import RunSummary, describe_node, state_path
+from kdlab.study.cost import format_seconds
 from kdlab.study.executors.node import run_node
-from kdlab.study.nodes import run_name
-from kdlab.study.plan import Node, Plan
+from kdlab.study.executors.progress import RunSummary, describe_node
+from kdlab.study.folder import state_path
+from kdlab.study.kinds import unfinished
+from kdlab.study.nodes import Node, run_name
+from kdlab.study.plan import Plan
 from kdlab.study.resources import Need
-from kdlab.study.sizes import format_seconds
-from kdlab.study.steps import is_done
 
 JOB_FOLDER = "slurm/%j"
 
@@ -76,16 +77,12 @@ def sbatch_script(study_dir: Path, params: dict, python: str | None = None) -> s
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
-def pending_nodes(plan: Plan, study_dir: Path) -> list[Node]:
-    return [node for node in plan.nodes if not is_done(node, study_dir)]
-
-
-def dry_run(plan: Plan, study_dir: Path, slurm: dict) -> str:
+def job_scripts(plan: Plan, study_dir: Path, slurm: dict) -> str:
     """Every sbatch script the SLURM executor would submit now, with stand-in ids 1, 2, ... in plan order."""
     study_dir = Path(study_dir).resolve()
     ids: dict[str, str] = {}
     parts = []
-    for node in pending_nodes(plan, study_dir):
+    for node in unfinished(plan.nodes, study_dir):
         ids[node.id] = str(len(ids) + 1)
         params = job_parameters(node, plan.spec.resources[node.kind], slurm, [ids[d] for d in node.deps if d in ids])
         parts.append(f"##### job {ids[node.id]} (dry run): {node.id}\n{sbatch_script(study_dir, params)}")
@@ -123,7 +120,7 @@ def submit_slurm(plan: Plan, study_dir: Path, slurm: dict) -> dict[str, str]:
             f"(e.g. {active[0]}); wait for them or `scancel` them before submitting again"
         )
     ids: dict[str, str] = {}
-    for node in pending_nodes(plan, study_dir):
+    for node in unfinished(plan.nodes, study_dir):
         try:
             executor = SlurmExecutor(folder=study_dir / JOB_FOLDER)
         except RuntimeError as exc:
@@ -208,7 +205,7 @@ def run_plan_submitit_local(
     driver enforces the dependencies)."""
     study_dir = Path(study_dir).resolve()
     summary, begin = RunSummary(), time.time()
-    pending = pending_nodes(plan, study_dir)
+    pending = unfinished(plan.nodes, study_dir)
     summary.done, total = len(plan.nodes) - len(pending), len(pending)
     outcomes: dict[str, dict] = {}
     running: dict = {}
@@ -216,11 +213,4 @@ def run_plan_submitit_local(
         _start_ready(pending, running, outcomes, summary, study_dir, plan, slurm, parallel)
         time.sleep(poll)
         _collect_finished(running, outcomes, summary, study_dir, plan, total)
-    summary.seconds = time.time() - begin
-    summary.done = sum(is_done(node, study_dir) for node in plan.nodes)
-    print(
-        f"\nkdlab study: submitit (local): {summary.done}/{len(plan.nodes)} runs done ({summary.ran} run now in "
-        f"{format_seconds(summary.seconds)}), {summary.failed} failed, {summary.blocked} skipped",
-        flush=True,
-    )
-    return summary
+    return summary.finish("submitit (local)", plan.nodes, study_dir, begin)

@@ -35,7 +35,7 @@ def results_table():
 
 
 def _results_table(study_dir: Path):
-    from kdlab.study.executors.local import load_study
+    from kdlab.study.folder import load_study
     from kdlab.study.plan import build_plan
     from kdlab.study.results import collect_results
 

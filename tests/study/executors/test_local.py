@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.study import steps
-from kdlab.study.executors.local import format_plan, format_status, node_status, prepare_study, run_plan, study_status
+from kdlab.study.executors.local import run_plan
+from kdlab.study.executors.progress import format_plan, format_status, study_status
+from kdlab.study.folder import node_status, prepare_study
+from kdlab.study.kinds import KINDS, execute, is_done
 from kdlab.study.plan import build_plan
 from kdlab.study.results import RESULT_COLUMNS, collect_results
 from kdlab.study.spec import load_spec
@@ -22,9 +24,9 @@ def _markers(study_dir: Path) -> dict[str, float]:
         load_spec(study_dir / "spec.yaml", base=yaml.safe_load((study_dir / "study.json").read_text())["spec_base"])
     )
     return {
-        node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
+        node.id: (node.folder(study_dir) / KINDS[node.kind].done_file).stat().st_mtime_ns
         for node in plan.nodes
-        if steps.is_done(node, study_dir)
+        if is_done(node, study_dir)
     }
 
 
@@ -49,19 +51,19 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     assert "pending" in format_plan(plan, study_dir)
     # one evaluation fails on the first resume: it is recorded, its fidelity is skipped, the rest goes on
     failing = next(node for node in plan.nodes if node.kind == "eval" and node.meta.role == "student-kd")
-    real_execute = steps.execute
+    real_execute = execute
 
     def flaky(node, where):
         if node.id == failing.id:
             raise RuntimeError("disk on fire")
         real_execute(node, where)
 
-    monkeypatch.setattr("kdlab.study.executors.local.execute", flaky)
+    monkeypatch.setattr("kdlab.study.folder.execute", flaky)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 1 and summary.blocked == 1
     assert node_status(study_dir, failing) == "failed"
     assert "disk on fire" in format_status(plan, study_dir)
-    monkeypatch.setattr("kdlab.study.executors.local.execute", real_execute)
+    monkeypatch.setattr("kdlab.study.folder.execute", real_execute)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 0 and summary.ran == 2
     groups = study_status(plan, study_dir)

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 import kdlab.version
-from kdlab.study import steps
-from kdlab.study.executors.local import node_status, prepare_study, run_study, state_path
+from kdlab.study.executors.local import run_study
 from kdlab.study.executors.ray import check_cluster, run_plan_ray, task_options
+from kdlab.study.folder import node_status, prepare_study, state_path
+from kdlab.study.kinds import KINDS, is_done
 from kdlab.study.plan import build_plan
 from kdlab.study.resources import Need
 
@@ -30,9 +31,9 @@ def ray_cluster():
 
 def _markers(plan, study_dir: Path) -> dict[str, int]:
     return {
-        node.id: (node.folder(study_dir) / steps.MARKERS[node.kind]).stat().st_mtime_ns
+        node.id: (node.folder(study_dir) / KINDS[node.kind].done_file).stat().st_mtime_ns
         for node in plan.nodes
-        if steps.is_done(node, study_dir)
+        if is_done(node, study_dir)
     }
 
 

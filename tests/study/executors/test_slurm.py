@@ -10,11 +10,13 @@ from kdlab_testing import cli_args
 from kdlab.cli import main
 from kdlab.errors import KdlabError
 from kdlab.study.executors import run_with_executor
-from kdlab.study.executors.local import prepare_study, run_study, state_path
-from kdlab.study.executors.slurm import dry_run, job_parameters, run_plan_submitit_local
-from kdlab.study.plan import Node, Plan, build_plan
+from kdlab.study.executors.local import run_study
+from kdlab.study.executors.slurm import job_parameters, job_scripts, run_plan_submitit_local
+from kdlab.study.folder import prepare_study, state_path
+from kdlab.study.kinds import KINDS, is_done
+from kdlab.study.nodes import Node
+from kdlab.study.plan import Plan, build_plan
 from kdlab.study.resources import load_resources, load_slurm
-from kdlab.study.steps import MARKERS, is_done
 
 
 class _Spec:
@@ -42,7 +44,7 @@ def _scripts(text: str) -> dict[str, str]:
 
 def test_dry_run_chain_carries_afterok_ids(tmp_path):
     slurm = load_slurm({"partition": "gpu", "account": "lab", "setup": ["source .venv/bin/activate"]}, "test")
-    text = dry_run(_chain(), tmp_path, slurm)
+    text = job_scripts(_chain(), tmp_path, slurm)
     ids = dict(re.findall(r"^##### job (\d+) \(dry run\): (\S+)$", text, flags=re.M))
     job = {node: number for number, node in ids.items()}
     scripts = _scripts(text)
@@ -60,8 +62,8 @@ def test_dry_run_chain_carries_afterok_ids(tmp_path):
 
 def test_dry_run_leaves_out_finished_runs(tmp_path):
     (tmp_path / "teacher" / "t-2").mkdir(parents=True)
-    (tmp_path / "teacher" / "t-2" / MARKERS["teacher-sft"]).write_text("{}")
-    scripts = _scripts(dry_run(_chain(), tmp_path, load_slurm(None, "test")))
+    (tmp_path / "teacher" / "t-2" / KINDS["teacher-sft"].done_file).write_text("{}")
+    scripts = _scripts(job_scripts(_chain(), tmp_path, load_slurm(None, "test")))
     assert "teacher/t-2" not in scripts and "--dependency" not in scripts["kd/k-3"]
     assert re.search(r"--dependency=afterok:(\d+)\n", scripts["eval/e-4"])
 

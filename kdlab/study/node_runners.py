@@ -1,52 +1,21 @@
-"""Execute one node of a study plan by calling the same functions as the ``kdlab`` commands.
+"""What each kind of study run does, by calling the same functions as the ``kdlab`` commands.
 
-Each kind has a completion marker (a file written last, atomically): a node whose marker exists is done; any other
-existing folder is an interrupted run, which the underlying command resumes (training from its last checkpoint,
+A runner takes the node's parameters (``study:`` folders resolved), its output folder and the study folder; the kind
+registry (:mod:`kdlab.study.kinds`) names each kind's runner. Each runner leaves its kind's done file last, so a
+folder without one is an interrupted run, which the underlying command resumes (training from its last checkpoint,
 evaluation from its last written batch).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
-from kdlab.model_card import card_after_eval, evaluated_run
-from kdlab.study.nodes import Node, resolve
-from kdlab.train.trackers import evaluation_values, log_evaluation
-
-MARKERS = {
-    "prune": "config.json",
-    "split": "split.json",
-    "teacher-sft": "result.json",
-    "student-sft": "result.json",
-    "kd": "result.json",
-    "answers": "train.json",
-    "cache": "manifest.json",
-    "val-eval": "metrics.json",
-    "select": "selection.json",
-    "eval": "metrics.json",
-    "fidelity": "fidelity.json",
-}
-SELECTED = "selected"  # a select node's link to the run it chose
+from kdlab.study.nodes import SELECTED, resolve
 
 
-def is_done(node: Node, study_dir: Path) -> bool:
-    return (node.folder(study_dir) / MARKERS[node.kind]).is_file()
-
-
-def execute(node: Node, study_dir: Path) -> None:
-    """Run ``node`` into its folder (resuming it if it was interrupted)."""
-    study_dir = Path(study_dir)
-    out = node.folder(study_dir)
-    p = {key: resolve(value, study_dir) for key, value in node.params.items()}
-    try:
-        RUNNERS[node.kind](p, out, study_dir)
-    finally:
-        gc.collect()
-
-
-def _prune(p: dict, out: Path, study_dir: Path) -> None:
+def prune(p: dict, out: Path, study_dir: Path) -> None:
+    """A student cut from a loadable model, keeping ``keep_layers`` decoder layers (``kdlab prune``)."""
     from kdlab.models.prune import prune_model
 
     prune_model(p["model"], p["keep_layers"], out)
@@ -57,16 +26,18 @@ def _train_flags(p: dict, out: Path, study_dir: Path) -> dict:
     return {"model": p["model"], "data": p["data"], "out": str(out), **flags}
 
 
-def _sft(p: dict, out: Path, study_dir: Path) -> None:
+def sft(p: dict, out: Path, study_dir: Path) -> None:
+    """Teacher or student SFT (``kdlab sft``)."""
     from kdlab.config import build_config
     from kdlab.train.recipes import run_sft
 
     run_sft(build_config("sft", None, _train_flags(p, out, study_dir), []))
 
 
-def _kd(p: dict, out: Path, study_dir: Path) -> None:
+def kd(p: dict, out: Path, study_dir: Path) -> None:
+    """A KD run: SeqKD is SFT on the teacher's answers, the others ``kdlab distill``."""
     if p["kind"] == "sft":  # SeqKD: SFT on the teacher's answers
-        _sft(p, out, study_dir)
+        sft(p, out, study_dir)
         return
     from kdlab.config import build_config
     from kdlab.train.recipes import run_distill
@@ -80,7 +51,8 @@ def _kd(p: dict, out: Path, study_dir: Path) -> None:
     run_distill(build_config("distill", None, flags, []))
 
 
-def _cache(p: dict, out: Path, study_dir: Path) -> None:
+def cache(p: dict, out: Path, study_dir: Path) -> None:
+    """The teacher signal cache, built (or completed) into ``out``."""
     from kdlab.config import build_config
     from kdlab.train.cache_lifecycle import ensure_teacher_cache
 
@@ -89,7 +61,7 @@ def _cache(p: dict, out: Path, study_dir: Path) -> None:
     ensure_teacher_cache(config)
 
 
-def _answers(p: dict, out: Path, study_dir: Path) -> None:
+def answers(p: dict, out: Path, study_dir: Path) -> None:
     """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``), generated as
     SeqKD inside a run generates them (:mod:`kdlab.train.teachers`: one precision rule, ``auto`` here)."""
     from kdlab.data.formats import load_examples, write_json_examples
@@ -108,7 +80,7 @@ def _answers(p: dict, out: Path, study_dir: Path) -> None:
         write_json_examples(generated, tmp / "train.json")
 
 
-def _split(p: dict, out: Path, study_dir: Path) -> None:
+def split(p: dict, out: Path, study_dir: Path) -> None:
     """``out/train.json`` (training data minus validation), ``out/teacher.json`` (the teacher's data minus the
     validation questions) and ``out/<task folder>/test.json`` (the validation split, disjoint from training and from
     the domain's test files), then ``split.json`` with the counts."""
@@ -148,10 +120,9 @@ def _split(p: dict, out: Path, study_dir: Path) -> None:
     )
 
 
-def _select(p: dict, out: Path, study_dir: Path) -> None:
+def select(p: dict, out: Path, study_dir: Path) -> None:
     """Choose the candidate with the best validation accuracy (ties: the first listed); link ``out/selected`` to it
     and write ``selection.json`` (every candidate's settings and validation score, and the choice)."""
-    import json
     import os
 
     from kdlab.io import atomic_write_json
@@ -181,7 +152,8 @@ def _select(p: dict, out: Path, study_dir: Path) -> None:
     )
 
 
-def _eval(p: dict, out: Path, study_dir: Path) -> None:
+def evaluation(p: dict, out: Path, study_dir: Path) -> None:
+    """Evaluation on the given tasks (``kdlab evaluate``): a candidate on the validation split, or a test evaluation."""
     from kdlab.eval.evaluate import EvalSettings, evaluate
 
     evaluate(
@@ -201,14 +173,21 @@ def _eval(p: dict, out: Path, study_dir: Path) -> None:
     )
 
 
-def _test_eval(p: dict, out: Path, study_dir: Path) -> None:
-    _eval(p, out, study_dir)
-    card_after_eval(out)  # the evaluated run's model card and trackers get the results
+def evaluation_to_card(p: dict, out: Path, study_dir: Path) -> None:
+    """Test evaluation; the evaluated run's model card and trackers get the results."""
+    from kdlab.model_card import card_after_eval, evaluated_run
+    from kdlab.train.trackers import evaluation_values, log_evaluation
+
+    evaluation(p, out, study_dir)
+    card_after_eval(out)
     log_evaluation(evaluated_run(out), evaluation_values(metrics=json.loads((out / "metrics.json").read_text())))
 
 
-def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
+def fidelity(p: dict, out: Path, study_dir: Path) -> None:
+    """The student's fidelity to its teacher (``kdlab fidelity``); the student's model card and trackers get it."""
     from kdlab.fidelity_metrics import run_fidelity
+    from kdlab.model_card import card_after_eval, evaluated_run
+    from kdlab.train.trackers import evaluation_values, log_evaluation
 
     run_fidelity(
         p["teacher_eval"],
@@ -224,18 +203,3 @@ def _fidelity(p: dict, out: Path, study_dir: Path) -> None:
     log_evaluation(
         evaluated_run(p["student_eval"]), evaluation_values(fidelity=json.loads((out / "fidelity.json").read_text()))
     )
-
-
-RUNNERS = {
-    "prune": _prune,
-    "split": _split,
-    "teacher-sft": _sft,
-    "student-sft": _sft,
-    "kd": _kd,
-    "cache": _cache,
-    "answers": _answers,
-    "val-eval": _eval,
-    "select": _select,
-    "eval": _test_eval,
-    "fidelity": _fidelity,
-}
