@@ -6,7 +6,7 @@ from kdlab_testing import run_cli
 
 from kdlab.errors import KdlabError
 from kdlab.fidelity_metrics import run_fidelity
-from kdlab.study.predictions import read_predictions
+from kdlab.stats.predictions import read_predictions
 
 BAD_LINES = {
     "no id": ('{"pred": "1", "correct": true}', r":2: a record needs keys 'id'"),

@@ -11,10 +11,10 @@ import yaml
 from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
 from kdlab.errors import KdlabError
+from kdlab.stats.results import collect_results, collect_selection
 from kdlab.study import steps
 from kdlab.study.executors.local import prepare_study, run_plan
 from kdlab.study.plan import KIND_ORDER, build_plan
-from kdlab.study.results import collect_results, collect_selection
 from kdlab.study.spec import load_spec
 
 LRS = [1e-3, 2e-2]
@@ -213,8 +213,8 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
     selection = collect_selection(plan, study_dir)
     assert len(selection) == 6 and selection.groupby("select")["selected"].sum().tolist() == [1, 1]
 
+    from kdlab.stats.study import compute_stats
     from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats", selection)
     assert (study_dir / "results" / "selection.csv").is_file()
@@ -226,7 +226,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
 
 
 def test_paper_rule_keeps_every_temperature_and_labels_the_max_over_test(tuned_spec, tmp_path):
-    from kdlab.study.stats import PAPER_RULE, paper_temperature_view
+    from kdlab.stats.study import PAPER_RULE, paper_temperature_view
 
     plan = build_plan(load_spec(_edited(tuned_spec, tmp_path, lambda d: d["tuning"].update(temperature="paper"))))
     selects = [node for node in plan.nodes if node.kind == "select"]

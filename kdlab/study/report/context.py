@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from kdlab.significance import t_interval
+from kdlab.stats.significance import t_interval
+from kdlab.stats.table import main_grid
 from kdlab.study.report.canvas import PALETTE
 from kdlab.study.runmeta import RunMeta
-from kdlab.study.stats_table import main_grid
 
 
 def isnan(value) -> bool:

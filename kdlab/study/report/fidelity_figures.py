@@ -3,7 +3,7 @@
 :func:`fig_agreement` and :func:`fig_bleu` scatter each KD configuration's accuracy against its answer agreement with
 the teacher / the BLEU of its rationales against the teacher's (one point per configuration × task, mean over seeds,
 with the Spearman rank correlation); :func:`plane_figure` and :func:`fidelity_plane_figure` draw the accuracy–agreement
-plane of :func:`kdlab.study.fidelity_stats.fidelity_tables` (one point per run, Wilson intervals, each seed's Pareto
+plane of :func:`kdlab.stats.fidelity.fidelity_tables` (one point per run, Wilson intervals, each seed's Pareto
 front).
 """
 
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats as sps
 
+from kdlab.stats.study import seed_means
 from kdlab.study.report.canvas import (
     MARKERS,
     PALETTE,
@@ -28,7 +29,6 @@ from kdlab.study.report.canvas import (
     new_figure,
 )
 from kdlab.study.report.context import ReportContext, fmt_p
-from kdlab.study.stats import seed_means
 
 SEED_MARKERS = ["o", "s", "^", "D", "v"]
 PLANE_TITLE = "Accuracy vs agreement with the teacher"

@@ -19,6 +19,8 @@ from matplotlib import rc_context
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from kdlab.stats.markdown import config_label
+from kdlab.stats.table import CONFIG
 from kdlab.study.report.canvas import (
     HATCHES,
     MARKERS,
@@ -37,8 +39,6 @@ from kdlab.study.report.canvas import (
 )
 from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
 from kdlab.study.report.fidelity_figures import fig_agreement, fig_bleu
-from kdlab.study.stats_markdown import config_label
-from kdlab.study.stats_table import CONFIG
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats as sps
 
+from kdlab.stats.table import CONFIG
 from kdlab.study.report.context import ReportContext, fmt_p, isnan
-from kdlab.study.stats_table import CONFIG
 
 
 def _hyp_row(hyp: pd.DataFrame, hypothesis: str, group: str = "all", task: str = "all"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlab.significance import stars
+from kdlab.stats.markdown import PAIRED_TABLE_HEADER, config_label
+from kdlab.stats.significance import stars
+from kdlab.stats.table import CONFIG
 from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
-from kdlab.study.stats_markdown import PAIRED_TABLE_HEADER, config_label
-from kdlab.study.stats_table import CONFIG
 
 
 @dataclass
@@ -264,7 +264,7 @@ def selection_table(selection: pd.DataFrame) -> Table:
 
 def data_fit_table(study_dir: Path):
     """The training runs that dropped or cut examples to fit ``train.max_length`` (None when none did)."""
-    from kdlab.study.results import collect_data_fit
+    from kdlab.stats.results import collect_data_fit
 
     fit = collect_data_fit(study_dir)
     if fit.empty:
@@ -348,5 +348,5 @@ def agreement_rows(tests: pd.DataFrame) -> list[list[str]]:
 
 
 def agreement_table(agreement: pd.DataFrame) -> Table:
-    """The agreement tests of :func:`kdlab.study.fidelity_stats.agreement_tests` as a report table."""
+    """The agreement tests of :func:`kdlab.stats.fidelity.agreement_tests` as a report table."""
     return Table(AGREEMENT_HEADER, agreement_rows(agreement), "l" * 4 + "r" * 7 + "l", AGREEMENT_TITLE, AGREEMENT_NOTE)

@@ -1,5 +1,5 @@
 """A synthetic study built in code for the study statistics / report tests (no data files): a results table in
-the ``kdlab.study.results`` schema plus the per-example predictions JSONL files its rows point at.
+the ``kdlab.stats.results`` schema plus the per-example predictions JSONL files its rows point at.
 
 Loaded by path from the tests (``load()`` below); not a test module itself."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdlab.significance import wilson_ci
+from kdlab.stats.significance import wilson_ci
 
 TASK_DOMAINS = {"gsm8k": "math", "boolq": "commonsense"}
 METHODS = {"fkl": "fkl", "rkl": "rkl", "gkd": "gjsd"}

@@ -1,6 +1,6 @@
 """Paired per-example tests of a study: every KD student against its SFT twin on the same examples (exact McNemar,
 paired bootstrap CI of the accuracy difference, odds ratio, Holm correction); the tests and intervals themselves
-live in :mod:`kdlab.significance`, the prediction files are read by :mod:`kdlab.study.predictions`."""
+live in :mod:`kdlab.stats.significance`, the prediction files are read by :mod:`kdlab.stats.predictions`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci
-from kdlab.study.predictions import read_predictions
-from kdlab.study.stats_table import CONFIG, check_table
+from kdlab.stats.predictions import read_predictions
+from kdlab.stats.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci
+from kdlab.stats.table import CONFIG, check_table
 
 PAIRED_COLUMNS = CONFIG + [
     "seed",

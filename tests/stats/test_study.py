@@ -1,4 +1,4 @@
-"""Tests for kdlab.study.stats: each statistic against an independent numpy / scipy computation on a synthetic
+"""Tests for kdlab.stats.study: each statistic against an independent numpy / scipy computation on a synthetic
 study built in code (tests/study/stats_fixtures/synthetic_study.py), plus hand-computed cases and the error paths."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest python
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm, stars
-from kdlab.study.stats import compute_study_stats, seed_summary, study_hypotheses, write_stats_tables
-from kdlab.study.stats_table import main_grid
+from kdlab.stats.significance import holm, stars
+from kdlab.stats.study import compute_study_stats, seed_summary, study_hypotheses, write_stats_tables
+from kdlab.stats.table import main_grid
 
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 

@@ -34,7 +34,7 @@ from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
-from kdlab.significance import spearman
+from kdlab.stats.significance import spearman
 
 FAMILIES = ("SeqKD", "RevKD", "GKD")
 GROUPS = ("all",) + FAMILIES
@@ -173,7 +173,7 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
-    """(rho, p, n) of :func:`kdlab.significance.spearman` on the pairs where both are known (NaN for fewer than 3
+    """(rho, p, n) of :func:`kdlab.stats.significance.spearman` on the pairs where both are known (NaN for fewer than 3
     points or a constant input)."""
     row = spearman(x.to_numpy(float), y.to_numpy(float), "")
     return row["statistic"], row["pvalue"], row["n"]

@@ -1,6 +1,6 @@
 """Per-example predictions of an evaluation (``<eval_dir>/predictions/<task>.jsonl``, one JSON record per line with
 ``id`` and ``correct``, checked by :mod:`kdlab.eval.predictions`), read for the paired tests of
-:mod:`kdlab.study.stats` and :mod:`kdlab.study.fidelity_stats`."""
+:mod:`kdlab.stats.study` and :mod:`kdlab.stats.fidelity`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for kdlab.study.paired_stats: hand-computed cases, the error paths, and every row of a synthetic study
+"""Tests for kdlab.stats.paired: hand-computed cases, the error paths, and every row of a synthetic study
 (tests/study/stats_fixtures/synthetic_study.py) against an independent recomputation from its prediction files."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest python
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm
-from kdlab.study.paired_stats import paired_tests
+from kdlab.stats.paired import paired_tests
+from kdlab.stats.significance import holm
 
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.study.fidelity_stats import agreement_tests, fidelity_tables, pareto_front
+from kdlab.stats.fidelity import agreement_tests, fidelity_tables, pareto_front
 
 
 def test_pareto_front_by_hand():

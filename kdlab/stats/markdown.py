@@ -1,4 +1,4 @@
-"""``stats.md``: the study statistics tables (:mod:`kdlab.study.stats`) as one Markdown page."""
+"""``stats.md``: the study statistics tables (:mod:`kdlab.stats.study`) as one Markdown page."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from kdlab.significance import stars
-from kdlab.study.markdown import markdown_table
+from kdlab.stats.formatting import markdown_table
+from kdlab.stats.significance import stars
 
 # the columns of the every-comparison paired table, in stats.md and in the report
 PAIRED_TABLE_HEADER = [

@@ -17,7 +17,7 @@ Columns (``RESULT_COLUMNS``):
   empty otherwise) and ``val_accuracy`` (the chosen candidate's validation accuracy). A temperature that was selected
   is named there; the ``temperature`` column is then NaN, since temperature is no longer a dimension of the grid.
 - ``fidelity_dir``: the study-relative fidelity folder of the row (``pairs/<task>.jsonl``, per-example agreement),
-  for paired agreement tests (:mod:`kdlab.study.fidelity_stats`); empty where fidelity was not computed
+  for paired agreement tests (:mod:`kdlab.stats.fidelity`); empty where fidelity was not computed
 
 :func:`collect_selection` gives the validation side: one row per candidate, with its score and whether it was chosen.
 
@@ -35,12 +35,12 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
+from kdlab.stats.table import NUMERIC
 from kdlab.study.plan import Node, Plan
 from kdlab.study.sizes import model_params
-from kdlab.study.stats_table import NUMERIC
 from kdlab.study.steps import is_done
 
-# identity and settings, the numbers (:data:`kdlab.study.stats_table.NUMERIC`, in that order), then the folders
+# identity and settings, the numbers (:data:`kdlab.stats.table.NUMERIC`, in that order), then the folders
 RESULT_COLUMNS = [
     *("run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss"),
     *NUMERIC[1:],

@@ -1,4 +1,4 @@
-"""Tests for kdlab.significance: the shared tests and intervals, against hand computations and scipy."""
+"""Tests for kdlab.stats.significance: the shared tests and intervals, against hand computations and scipy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdlab.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, stars, t_interval
+from kdlab.stats.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, stars, t_interval
 
 
 def test_holm_against_hand_table():

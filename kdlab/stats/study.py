@@ -2,19 +2,19 @@
 
 Three tables, each a :class:`pandas.DataFrame`:
 
-* :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.paper_stats`), on this study's runs.
+* :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.stats.paper`), on this study's runs.
 * :func:`paired_tests` -- per KD run and task: the KD student against its SFT twin on the same examples
   (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction), in
-  :mod:`kdlab.study.paired_stats`.
+  :mod:`kdlab.stats.paired`.
 * :func:`seed_summary` -- per configuration x task: mean over seeds with a t-interval.
 
 :func:`compute_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` (rendered by
-:mod:`kdlab.study.stats_markdown`), with the paper's temperature view and the fidelity tables
-(:mod:`kdlab.study.fidelity_stats`); the tests and intervals themselves live in :mod:`kdlab.significance`.
+:mod:`kdlab.stats.markdown`), with the paper's temperature view and the fidelity tables
+(:mod:`kdlab.stats.fidelity`); the tests and intervals themselves live in :mod:`kdlab.stats.significance`.
 
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
 a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
-the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.study.stats_table` (``check_table``,
+the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.stats.table` (``check_table``,
 ``main_grid``, ``CONFIG``).
 """
 
@@ -27,11 +27,11 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
-from kdlab.significance import anova, holm, spearman, t_interval, ttest_greater
-from kdlab.study.fidelity_stats import fidelity_tables
-from kdlab.study.paired_stats import paired_tests
-from kdlab.study.stats_markdown import stats_markdown
-from kdlab.study.stats_table import CONFIG, check_table, main_grid
+from kdlab.stats.fidelity import fidelity_tables
+from kdlab.stats.markdown import stats_markdown
+from kdlab.stats.paired import paired_tests
+from kdlab.stats.significance import anova, holm, spearman, t_interval, ttest_greater
+from kdlab.stats.table import CONFIG, check_table, main_grid
 
 HYPOTHESES = ("H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5")
 # H2..H5: Spearman(improvement, column)
@@ -119,7 +119,7 @@ def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
     Rows used: ``role == 'student-kd'``, ``teacher_kind == 'finetuned'`` and ``noise == 0`` (the main grid; the
     base-teacher and teacher-noise ablations are left out). Seeds are averaged first: one point per configuration x
     task (improvement = mean over seeds of KD accuracy - SFT accuracy, and the mean of each correlate). Unlike
-    :mod:`kdlab.paper_stats`, which takes the maximum over temperatures on the test set, every (method, temperature)
+    :mod:`kdlab.stats.paper`, which takes the maximum over temperatures on the test set, every (method, temperature)
     is its own point (no selection on the test set); points sharing a student or teacher are not independent, so
     read the p-values as descriptive, as in the paper.
 
@@ -290,7 +290,7 @@ def compute_study_stats(
 
 def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``; also
-    ``fidelity_plane`` and ``agreement`` (:func:`kdlab.study.fidelity_stats.fidelity_tables`) when present."""
+    ``fidelity_plane`` and ``agreement`` (:func:`kdlab.stats.fidelity.fidelity_tables`) when present."""
     out_dir = Path(out_dir)
     paths = {
         "hypotheses": out_dir / "hypotheses.csv",
@@ -318,10 +318,10 @@ def compute_stats(
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Everything ``kdlab study stats`` writes: the results (and selection) tables into ``<study_dir>/results``
-    (:func:`kdlab.study.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
-    :func:`kdlab.study.fidelity_stats.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the
+    (:func:`kdlab.stats.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
+    :func:`kdlab.stats.fidelity.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the
     statistics tables, with ``selection`` among them when given."""
-    from kdlab.study.results import write_results  # results pulls in the plan; the tables alone do not need it
+    from kdlab.stats.results import write_results  # results pulls in the plan; the tables alone do not need it
 
     write_results(frame, Path(study_dir) / "results", selection)
     tables = {**compute_study_stats(study_dir, frame, n_boot=n_boot, seed=seed), **fidelity_tables(study_dir, frame)}

@@ -1,4 +1,4 @@
-"""Tests for kdlab.paper_stats: the paper's hypothesis tests from its published CSVs."""
+"""Tests for kdlab.stats.paper: the paper's hypothesis tests from its published CSVs."""
 
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.paper_stats import paper_hypotheses, write_paper_stats
+from kdlab.stats.paper import paper_hypotheses, write_paper_stats
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DIR = Path(__file__).resolve().parents[2].parent / "shared"
 RESULTS = SHARED_DIR / "data" / "paper-kd-generalization" / "results"
 
 

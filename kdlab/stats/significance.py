@@ -1,5 +1,5 @@
-"""Significance tests and confidence intervals shared by the study statistics (:mod:`kdlab.study.stats`,
-:mod:`kdlab.study.fidelity_stats`), the paper reproduction (:mod:`kdlab.paper_stats`) and evaluation metrics
+"""Significance tests and confidence intervals shared by the study statistics (:mod:`kdlab.stats.study`,
+:mod:`kdlab.stats.fidelity`), the paper reproduction (:mod:`kdlab.stats.paper`) and evaluation metrics
 (:mod:`kdlab.eval.metrics`).
 
 * intervals: :func:`wilson_ci` (a proportion), :func:`t_interval` (a mean over seeds), :func:`paired_bootstrap_ci`

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
-from kdlab.study.predictions import read_predictions
+from kdlab.stats.predictions import read_predictions
+from kdlab.stats.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
 
 GROUP = ["teacher", "teacher_kind", "student", "domain", "task", "seed"]
 PLANE_COLUMNS = GROUP + [
