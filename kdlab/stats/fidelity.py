@@ -20,13 +20,13 @@ Two tables, both from per-example files the study already writes:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
+from kdlab.stats.formatting import present
 from kdlab.stats.predictions import read_predictions
 from kdlab.stats.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
 
@@ -88,10 +88,6 @@ def read_agreement(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise KdlabError(f"{path}:{lineno}: expected a JSON record with an integer 'id' and 'agree'") from None
     order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
     return np.asarray(ids, dtype=np.int64)[order], np.asarray(agree, dtype=bool)[order]
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) != ""
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -168,7 +164,7 @@ def agreement_tests(
             read[key] = _flags(study_dir, record)
         return read[key]
 
-    runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(_present)]
+    runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(present)]
     is_reference = (
         runs["role"].eq("student-sft")
         if reference == "sft"
@@ -244,7 +240,7 @@ def fidelity_tables(
     """``{"fidelity_plane", "agreement"}`` of a study: the plane, and the agreement tests of every KD run against
     forward KL (a method named ``fkl``, when the study has one) and against the SFT baseline, in one table
     (``reference`` column; Holm within each reference). Empty tables when the results carry no fidelity folders."""
-    if "fidelity_dir" not in frame or not frame["fidelity_dir"].map(_present).any():
+    if "fidelity_dir" not in frame or not frame["fidelity_dir"].map(present).any():
         return {"fidelity_plane": pd.DataFrame(columns=PLANE_COLUMNS), "agreement": pd.DataFrame(columns=TEST_COLUMNS)}
     references = (["fkl"] if ((frame["role"] == "student-kd") & (frame["method"] == "fkl")).any() else []) + ["sft"]
     tests = [agreement_tests(frame, study_dir, reference, n_boot=n_boot, seed=seed) for reference in references]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
+from kdlab.stats.formatting import present
 from kdlab.stats.predictions import read_predictions
 from kdlab.stats.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci
 from kdlab.stats.table import CONFIG, check_table
@@ -72,7 +73,7 @@ def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000
         kd_file = study_dir / str(record["eval_dir"]) / "predictions" / f"{record['task']}.jsonl"
         row["kd_file"] = str(kd_file)
         sft_dir = record["sft_eval_dir"]
-        if sft_dir is None or (isinstance(sft_dir, float) and math.isnan(sft_dir)) or str(sft_dir) == "":
+        if not present(sft_dir):
             row["note"] = "no paired SFT run (sft_eval_dir empty)"
             rows.append(row)
             continue

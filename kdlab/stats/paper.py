@@ -34,6 +34,7 @@ from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
+from kdlab.stats.formatting import isnan, num
 from kdlab.stats.significance import spearman
 
 FAMILIES = ("SeqKD", "RevKD", "GKD")
@@ -228,10 +229,6 @@ def paper_hypotheses(
     return frame.sort_values(["_h", "_t", "_g"], kind="stable").drop(columns=["_h", "_t", "_g"]).reset_index(drop=True)
 
 
-def _fmt(value: float) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
-
-
 def to_markdown(frame: pd.DataFrame) -> str:
     lines = [
         "# Paper hypothesis tests",
@@ -242,10 +239,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for row in frame.itertuples(index=False):
-        mark = " *" if not math.isnan(row.pvalue) and row.pvalue < 0.05 else ""
+        mark = " *" if not isnan(row.pvalue) and row.pvalue < 0.05 else ""
         lines.append(
-            f"| {row.hypothesis} | {row.group} | {row.task} | {_fmt(row.statistic)} | "
-            f"{_fmt(row.pvalue)}{mark} | {row.n} |"
+            f"| {row.hypothesis} | {row.group} | {row.task} | {num(row.statistic)} | "
+            f"{num(row.pvalue)}{mark} | {row.n} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
+from kdlab.stats.formatting import fmt
 from kdlab.stats.table import NUMERIC
 from kdlab.study.plan import Node, Plan
 from kdlab.study.sizes import model_params
@@ -284,9 +285,9 @@ def format_results(frame: pd.DataFrame) -> str:
     view = frame.copy()
     view["acc"] = view["accuracy"].map(lambda v: f"{v:.3f}")
     view["CI"] = [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(view["ci_low"], view["ci_high"])]
-    view["gain"] = view["improvement"].map(lambda v: "" if pd.isna(v) else f"{v:+.3f}")
-    view["agree"] = view["agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    view["tau"] = view["temperature"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    view["gain"] = view["improvement"].map(lambda v: fmt(v, "+.3f"))
+    view["agree"] = view["agreement"].map(lambda v: fmt(v, ".2f"))
+    view["tau"] = view["temperature"].map(lambda v: fmt(v, "g"))
     columns = [
         "role",
         "teacher",

@@ -202,14 +202,8 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row["n_seeds"] = len(seeds)
         row["seeds"] = ",".join(f"{s:g}" for s in seeds)
         row["n"] = group["n"].mean() if "n" in group else math.nan
-        mean, sd, low, high, _ = t_interval(group["accuracy"])
-        # an accuracy lies in [0, 1]: the t-interval is clipped to it (NaN stays NaN)
-        row.update(
-            accuracy_mean=mean,
-            accuracy_sd=sd,
-            accuracy_ci_low=max(low, 0.0) if low == low else low,
-            accuracy_ci_high=min(high, 1.0) if high == high else high,
-        )
+        mean, sd, low, high, _ = t_interval(group["accuracy"], within=(0.0, 1.0))
+        row.update(accuracy_mean=mean, accuracy_sd=sd, accuracy_ci_low=low, accuracy_ci_high=high)
         single = len(group) == 1 and "ci_low" in group and "ci_high" in group
         row["wilson_low"] = group["ci_low"].iloc[0] if single else math.nan
         row["wilson_high"] = group["ci_high"].iloc[0] if single else math.nan

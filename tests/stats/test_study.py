@@ -14,7 +14,8 @@ import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest python
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.stats.significance import holm, stars
+from kdlab.stats.formatting import stars
+from kdlab.stats.significance import holm
 from kdlab.stats.study import compute_study_stats, seed_summary, study_hypotheses, write_stats_tables
 from kdlab.stats.table import main_grid
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats as sps
 
+from kdlab.stats.formatting import p_value
 from kdlab.stats.study import seed_means
 from kdlab.study.report.canvas import (
     MARKERS,
@@ -28,7 +29,7 @@ from kdlab.study.report.canvas import (
     finish,
     new_figure,
 )
-from kdlab.study.report.context import ReportContext, fmt_p
+from kdlab.study.report.context import ReportContext
 
 SEED_MARKERS = ["o", "s", "^", "D", "v"]
 PLANE_TITLE = "Accuracy vs agreement with the teacher"
@@ -65,7 +66,7 @@ def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: fl
     n = len(points)
     if n >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
         res = sps.spearmanr(x, y)
-        stat = f"Spearman ρ = {res.statistic:.2f}, p = {fmt_p(res.pvalue)}, n = {n}"
+        stat = f"Spearman ρ = {res.statistic:.2f}, p = {p_value(res.pvalue)}, n = {n}"
     else:
         stat = f"Spearman ρ undefined (n = {n} or constant values)"
     ax.set_title(f"Accuracy vs {name}\n{stat}", fontsize=11)

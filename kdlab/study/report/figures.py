@@ -19,7 +19,7 @@ from matplotlib import rc_context
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from kdlab.stats.markdown import config_label
+from kdlab.stats.formatting import config_label, isnan, size_label
 from kdlab.stats.table import CONFIG
 from kdlab.study.report.canvas import (
     HATCHES,
@@ -37,7 +37,7 @@ from kdlab.study.report.canvas import (
     percent_errorbar,
     yerr,
 )
-from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
+from kdlab.study.report.context import ReportContext, acc_interval, over_seeds
 from kdlab.study.report.fidelity_figures import fig_agreement, fig_bleu
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats as sps
 
+from kdlab.stats.formatting import isnan, p_value
 from kdlab.stats.table import CONFIG
-from kdlab.study.report.context import ReportContext, fmt_p, isnan
+from kdlab.study.report.context import ReportContext
 
 
 def _hyp_row(hyp: pd.DataFrame, hypothesis: str, group: str = "all", task: str = "all"):
@@ -46,7 +47,7 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
             out.append(
                 f"Mean gain of KD over SFT across {h1['n']} configuration × task points: "
                 f"{100 * h1['mean']:+.1f} percentage points{d}; one-sided t-test of gain > 0: "
-                f"p = {fmt_p(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat})."
+                f"p = {p_value(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat})."
             )
         gains = []
         for method in ctx.methods:
@@ -56,7 +57,7 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
         anova = _hyp_row(hyp, "H1-anova")
         if len(gains) >= 2 and anova is not None:
             test = (
-                f"ANOVA across methods p = {fmt_p(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
+                f"ANOVA across methods p = {p_value(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
                 f"({_significance(anova['pvalue'])})"
                 if not isnan(anova["pvalue"])
                 else f"ANOVA across methods not testable ({anova['note']})"
@@ -78,7 +79,7 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
             if row["pvalue"] < 0.05:
                 direction = f": the gain {'rises' if row['statistic'] > 0 else 'falls'} with {what}"
             out.append(
-                f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {fmt_p(row['pvalue'])}, n = "
+                f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {p_value(row['pvalue'])}, n = "
                 f"{row['n']} ({_significance(row['pvalue'])}){direction}."
             )
     for column, what, scale, unit in (
