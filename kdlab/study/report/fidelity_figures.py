@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from scipy import stats as sps
 
 from kdlab.stats.formatting import p_value
-from kdlab.stats.study import seed_means
+from kdlab.stats.hypotheses import seed_means
 from kdlab.study.report.canvas import (
     MARKERS,
     PALETTE,

@@ -20,8 +20,9 @@ import pandas as pd
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
 from kdlab.stats.formatting import markdown_table
+from kdlab.stats.hypotheses import study_hypotheses
 from kdlab.stats.paired import paired_tests
-from kdlab.stats.study import SEED_INPUT, seed_summary, study_hypotheses
+from kdlab.stats.study import SEED_INPUT, seed_summary
 from kdlab.stats.table import check_table
 from kdlab.study.report.canvas import FigureResult
 from kdlab.study.report.context import ReportContext
