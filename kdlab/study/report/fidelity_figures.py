@@ -15,13 +15,13 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats as sps
 
-from kdlab.stats.formatting import p_value
+from kdlab.stats.formatting import isnan, p_value
 from kdlab.stats.hypotheses import seed_means
+from kdlab.stats.significance import spearman
 from kdlab.study.report.canvas import (
-    MARKERS,
     PALETTE,
+    PLOT_MARKERS,
     SFT_COLOR,
     STYLE,
     TEACHER_COLOR,
@@ -31,7 +31,7 @@ from kdlab.study.report.canvas import (
 )
 from kdlab.study.report.context import ReportContext
 
-SEED_MARKERS = ["o", "s", "^", "D", "v"]
+SEED_MARKERS = PLOT_MARKERS[:5]
 PLANE_TITLE = "Accuracy vs agreement with the teacher"
 PLANE_CAPTION = (
     "One point per student run (colour = method, marker = seed), with 95% Wilson intervals on both axes "
@@ -50,7 +50,7 @@ def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: fl
     points = points.dropna(subset=[column, "accuracy"])
     fig, axes = new_figure(1, ncols=1, width=6.6, height=4.4)
     ax = axes[0]
-    task_marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(ctx.tasks)}
+    task_marker = {t: PLOT_MARKERS[i % len(PLOT_MARKERS)] for i, t in enumerate(ctx.tasks)}
     for (method, task), part in points.groupby(["method", "task"], sort=False):
         ax.scatter(
             part[column] * scale,
@@ -63,12 +63,11 @@ def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: fl
             linewidth=0.5,
         )
     x, y = points[column].to_numpy(float), points["accuracy"].to_numpy(float)
-    n = len(points)
-    if n >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        res = sps.spearmanr(x, y)
-        stat = f"Spearman ρ = {res.statistic:.2f}, p = {p_value(res.pvalue)}, n = {n}"
-    else:
+    n, rho = len(points), spearman(x, y, name)
+    if isnan(rho["statistic"]):
         stat = f"Spearman ρ undefined (n = {n} or constant values)"
+    else:
+        stat = f"Spearman ρ = {rho['statistic']:.2f}, p = {p_value(rho['pvalue'])}, n = {n}"
     ax.set_title(f"Accuracy vs {name}\n{stat}", fontsize=11)
     ax.set_xlabel(f"{name} ({unit})")
     ax.set_ylabel("student accuracy (%)")

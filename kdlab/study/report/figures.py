@@ -23,9 +23,9 @@ from kdlab.stats.formatting import config_label, isnan, size_label
 from kdlab.stats.table import CONFIG
 from kdlab.study.report.canvas import (
     HATCHES,
-    MARKERS,
     MAX_WIDTH,
     PALETTE,
+    PLOT_MARKERS,
     SFT_COLOR,
     STYLE,
     TEACHER_COLOR,
@@ -156,7 +156,7 @@ def fig_noise(ctx: ReportContext) -> FigureResult:
                 points[:, 0],
                 mean,
                 yerr=yerr(mean, points[:, 2] * 100, points[:, 3] * 100),
-                marker=MARKERS[i % len(MARKERS)],
+                marker=PLOT_MARKERS[i % len(PLOT_MARKERS)],
                 color=color,
                 label=label,
             )

@@ -129,8 +129,8 @@ def hypothesis_tables(hyp: pd.DataFrame) -> tuple[Table, Table]:
     return summary, per_task
 
 
-def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
-    """The paired KD-vs-SFT tests: a summary per configuration and every comparison."""
+def paired_summary_table(paired: pd.DataFrame) -> Table:
+    """The paired KD-vs-SFT tests summed up per configuration (its runs on every domain, task and seed)."""
     ok = paired.dropna(subset=["pvalue"])
     rows = []
     keys = [k for k in CONFIG if k != "domain"]  # a configuration's runs on every domain in one row
@@ -152,7 +152,7 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
                 str(sig_worse),
             ]
         )
-    summary = Table(
+    return Table(
         [
             "student",
             "configuration",
@@ -171,6 +171,10 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
         "* = significant after Holm correction across the tasks of that configuration and seed "
         "(exact McNemar, p < 0.05).",
     )
+
+
+def paired_detail_table(paired: pd.DataFrame) -> Table:
+    """Every paired KD-vs-SFT comparison (the columns of ``stats.md``'s paired table, in the report's style)."""
     rows = []
     for r in paired.to_dict("records"):
         rows.append(
@@ -192,7 +196,7 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
                 r["note"],
             ]
         )
-    detail = Table(
+    return Table(
         PAIRED_TABLE_HEADER,
         rows,
         "llllrrrrrrrrrrl",
@@ -203,7 +207,11 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
         "(stars use it); "
         "p (Holm, all) adjusted across every comparison in the table.",
     )
-    return summary, detail
+
+
+def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
+    """The paired KD-vs-SFT tests: a summary per configuration and every comparison."""
+    return paired_summary_table(paired), paired_detail_table(paired)
 
 
 def paper_view_table(paper: pd.DataFrame) -> Table:
