@@ -118,6 +118,43 @@ def fidelity_plane_figure(frame: pd.DataFrame, plane: pd.DataFrame) -> FigureRes
         return _draw_plane(plane, dict(zip(teachers["task"], teachers["accuracy"])))
 
 
+def _plane_panel(ax, part: pd.DataFrame, colors: dict, seeds: list, teacher: float | None) -> None:
+    """One task's panel of the plane: each run with its Wilson intervals (a larger, black-edged point on the Pareto
+    front), each seed's front as a dashed line, the teacher (``teacher``: its accuracy) at 100% agreement."""
+    for record in part.to_dict("records"):
+        method = "sft" if record["role"] == "student-sft" else record["method"]
+        x, y = record["agreement"] * 100, record["accuracy"] * 100
+        ax.errorbar(
+            x,
+            y,
+            xerr=[[x - record["agree_low"] * 100], [record["agree_high"] * 100 - x]],
+            yerr=[[y - record["acc_low"] * 100], [record["acc_high"] * 100 - y]],
+            fmt="none",
+            ecolor=colors[method],
+            alpha=0.45,
+            elinewidth=1,
+        )
+        ax.scatter(
+            x,
+            y,
+            color=colors[method],
+            marker=SEED_MARKERS[seeds.index(record["seed"]) % len(SEED_MARKERS)],
+            s=70 if record["pareto"] else 45,
+            edgecolor="black" if record["pareto"] else "white",
+            linewidth=0.8,
+            zorder=3,
+        )
+    for _seed, seed_part in part.groupby("seed"):
+        xs, ys = _front(seed_part)
+        if len(xs) > 1:
+            ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)
+    if teacher is not None:
+        ax.scatter(100, teacher * 100, marker="*", s=160, color=TEACHER_COLOR, zorder=4)
+        ax.annotate("teacher", (100, teacher * 100), textcoords="offset points", xytext=(-8, 6), ha="right", fontsize=9)
+    ax.set_xlabel("agreement with the teacher (% of test examples)")
+    ax.set_ylabel("accuracy (%)")
+
+
 def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> FigureResult:
     result = FigureResult("fidelity_plane", PLANE_TITLE, PLANE_CAPTION)
     if plane.empty:
@@ -131,47 +168,8 @@ def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> Figu
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), squeeze=False).ravel()
     for ax, task in zip(axes, tasks):
-        part = plane[plane["task"] == task]
-        for record in part.to_dict("records"):
-            method = "sft" if record["role"] == "student-sft" else record["method"]
-            x, y = record["agreement"] * 100, record["accuracy"] * 100
-            ax.errorbar(
-                x,
-                y,
-                xerr=[[x - record["agree_low"] * 100], [record["agree_high"] * 100 - x]],
-                yerr=[[y - record["acc_low"] * 100], [record["acc_high"] * 100 - y]],
-                fmt="none",
-                ecolor=colors[method],
-                alpha=0.45,
-                elinewidth=1,
-            )
-            ax.scatter(
-                x,
-                y,
-                color=colors[method],
-                marker=SEED_MARKERS[seeds.index(record["seed"]) % len(SEED_MARKERS)],
-                s=70 if record["pareto"] else 45,
-                edgecolor="black" if record["pareto"] else "white",
-                linewidth=0.8,
-                zorder=3,
-            )
-        for _seed, seed_part in part.groupby("seed"):
-            xs, ys = _front(seed_part)
-            if len(xs) > 1:
-                ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)
-        if task in teacher_accuracy:
-            ax.scatter(100, teacher_accuracy[task] * 100, marker="*", s=160, color=TEACHER_COLOR, zorder=4)
-            ax.annotate(
-                "teacher",
-                (100, teacher_accuracy[task] * 100),
-                textcoords="offset points",
-                xytext=(-8, 6),
-                ha="right",
-                fontsize=9,
-            )
+        _plane_panel(ax, plane[plane["task"] == task], colors, seeds, teacher_accuracy.get(task))
         ax.set_title(task)
-        ax.set_xlabel("agreement with the teacher (% of test examples)")
-        ax.set_ylabel("accuracy (%)")
     handles = [
         ax.scatter([], [], color=colors[m], marker="o", label="SFT" if m == "sft" else m) for m in ["sft", *methods]
     ]

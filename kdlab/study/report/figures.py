@@ -247,6 +247,18 @@ def fig_base_teacher(ctx: ReportContext) -> FigureResult:
     )
 
 
+def _config_intervals(main: pd.DataFrame, students: list[str], task: str, config: dict) -> list[tuple]:
+    """Each student's accuracy with its interval (:func:`acc_interval`) for one (method, temperature) on one task;
+    NaN for a student without such runs."""
+    temperature = config["temperature"]
+    same = main["temperature"].isna() if isnan(temperature) else main["temperature"] == temperature
+    values = []
+    for student in students:
+        rows = main[(main["student"] == student) & (main["task"] == task) & (main["method"] == config["method"]) & same]
+        values.append(acc_interval(rows) if not rows.empty else (math.nan,) * 3)
+    return values
+
+
 def fig_methods(ctx: ReportContext) -> FigureResult:
     result = FigureResult("methods", "KD methods compared")
     main = ctx.main
@@ -277,19 +289,7 @@ def fig_methods(ctx: ReportContext) -> FigureResult:
         for j, config in enumerate(configs, start=1):
             temps = temps_by_method.get(config["method"], [])
             hatch = HATCHES[temps.index(config["temperature"]) % len(HATCHES)] if config["temperature"] in temps else ""
-            values = []
-            for student in students:
-                rows = main[
-                    (main["student"] == student)
-                    & (main["task"] == task)
-                    & (main["method"] == config["method"])
-                    & (
-                        (main["temperature"] == config["temperature"])
-                        if not isnan(config["temperature"])
-                        else main["temperature"].isna()
-                    )
-                ]
-                values.append(acc_interval(rows) if not rows.empty else (math.nan,) * 3)
+            values = _config_intervals(main, students, task, config)
             label = config_label(config)
             handles.setdefault(
                 label,
