@@ -19,7 +19,9 @@ Tests per task column (every numeric column of the results, ``Average`` included
 H1 one-sided one-sample t-test of improvement > 0; H1-anova one-way ANOVA of improvement across the three families
 (group ``all`` only); H2 Spearman(improvement, teacher's SFT score); H3 Spearman(improvement, student size in
 billions, the last ``-`` part of its name); H3b Spearman(improvement, student's SFT score); H4 Spearman(improvement,
-agreement); H5 Spearman(improvement, fidelity).
+agreement); H5 Spearman(improvement, fidelity). This module only turns the CSVs into points (one per teacher,
+student, family and task); the tests are the study's, :func:`kdlab.stats.hypotheses.hypothesis_tests` (a test that
+is undefined, e.g. a family whose improvements are all equal, is NaN).
 """
 
 from __future__ import annotations

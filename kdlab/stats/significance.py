@@ -1,6 +1,6 @@
-"""Significance tests and confidence intervals shared by the study statistics (:mod:`kdlab.stats.study`,
-:mod:`kdlab.stats.fidelity`), the paper reproduction (:mod:`kdlab.stats.paper`) and evaluation metrics
-(:mod:`kdlab.eval.metrics`).
+"""Significance tests and confidence intervals, written once for the hypothesis tests of a study and of the paper
+(:mod:`kdlab.stats.hypotheses`), the paired tests (:mod:`kdlab.stats.paired`), the seed summary
+(:mod:`kdlab.stats.study`) and evaluation metrics (:mod:`kdlab.eval.metrics`).
 
 * intervals: :func:`wilson_ci` (a proportion), :func:`t_interval` (a mean over seeds), :func:`paired_bootstrap_ci`
   (a paired accuracy difference);
