@@ -1,5 +1,5 @@
 """Tests for kdlab.stats.hypotheses on a study: each H1-H5 statistic against an independent numpy / scipy
-computation on a synthetic study built in code (tests/study/stats_fixtures/synthetic_study.py), plus hand-computed
+computation on a synthetic study built in code (tests/stats/fixtures/synthetic_study.py), plus hand-computed
 cases and the error paths (the paper's side: tests/stats/test_paper.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 from scipy import stats
 
 from kdlab.errors import KdlabError

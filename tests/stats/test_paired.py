@@ -1,5 +1,5 @@
 """Tests for kdlab.stats.paired: hand-computed cases, the error paths, and every row of a synthetic study
-(tests/study/stats_fixtures/synthetic_study.py) against an independent recomputation from its prediction files."""
+(tests/stats/fixtures/synthetic_study.py) against an independent recomputation from its prediction files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 from scipy import stats
 
 from kdlab.errors import KdlabError

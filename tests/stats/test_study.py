@@ -1,5 +1,5 @@
 """Tests for kdlab.stats.study: the seed summary against scipy's t-interval, and the statistics tables written
-(the paper's temperature view, stats.md) on a synthetic study built in code (tests/study/stats_fixtures)."""
+(the paper's temperature view, stats.md) on a synthetic study built in code (tests/stats/fixtures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 from scipy import stats
 
 from kdlab.errors import KdlabError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 
 from kdlab.errors import KdlabError
 from kdlab.stats.study import compute_study_stats
