@@ -57,13 +57,13 @@ HYPOTHESIS_INPUT = [
 ] + CONFIG
 
 
-def _tests(sub: pd.DataFrame, group: str, name: str, correlates: Sequence[tuple[str, str]], order) -> list[dict]:
-    """The rows of one (task, group): H1, the ANOVA across groups for group ``all`` (``order``: the groups in the
-    order given to the test), then each correlate."""
+def _tests(sub: pd.DataFrame, group: str, correlates: Sequence[tuple[str, str]], across: list | None) -> list[dict]:
+    """The rows of one (task, group): H1, the ANOVA across the groups ``across`` (in that order; none when None),
+    then each correlate."""
     improvement = sub["improvement"].to_numpy(float)
     rows = [{"hypothesis": "H1", **ttest_greater(improvement)}]
-    if name == "all":
-        samples = {g: sub.loc[sub[group] == g, "improvement"].to_numpy(float) for g in order(sub)}
+    if across is not None:
+        samples = {g: sub.loc[sub[group] == g, "improvement"].to_numpy(float) for g in across}
         rows.append({"hypothesis": "H1-anova", **anova(samples)})
     for hypothesis, column in correlates:
         rows.append({"hypothesis": hypothesis, **spearman(improvement, sub[column].to_numpy(float), column)})
@@ -89,10 +89,6 @@ def hypothesis_tests(
     """
     tasks = [t for t in (tasks if tasks is not None else dict.fromkeys(points["task"])) if (points["task"] == t).any()]
     names = list(groups) if groups is not None else list(dict.fromkeys(points[group]))
-
-    def order(sub: pd.DataFrame) -> list:
-        return names if groups is not None else list(dict.fromkeys(sub[group]))
-
     rows = []
     for task in tasks + (["all"] if pooled else []):
         per_task = points if task == "all" else points[points["task"] == task]
@@ -100,7 +96,8 @@ def hypothesis_tests(
             sub = per_task if name == "all" else per_task[per_task[group] == name]
             if sub.empty and groups is None:
                 continue
-            rows += [{**row, "group": name, "task": task} for row in _tests(sub, group, name, correlates, order)]
+            across = (names if groups is not None else list(dict.fromkeys(sub[group]))) if name == "all" else None
+            rows += [{**row, "group": name, "task": task} for row in _tests(sub, group, correlates, across)]
     if not rows:
         return pd.DataFrame(columns=HYPOTHESIS_COLUMNS)
     out = pd.DataFrame(rows)
