@@ -4,9 +4,8 @@ Three tables, each a :class:`pandas.DataFrame`:
 
 * :func:`~kdlab.stats.hypotheses.study_hypotheses` -- the paper's H1-H5 tests (:mod:`kdlab.stats.hypotheses`), on
   this study's runs.
-* :func:`~kdlab.stats.paired.paired_tests` -- per KD run and task: the KD student against its SFT twin on the same examples
-  (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction), in
-  :mod:`kdlab.stats.paired`.
+* :func:`~kdlab.stats.paired.paired_tests` -- per KD run and task: the KD student against its SFT twin on the same
+  examples (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction).
 * :func:`seed_summary` -- per configuration x task: mean over seeds with a t-interval.
 
 :func:`compute_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` (rendered by
