@@ -20,8 +20,8 @@ Each trainer runs in its own fresh process (this script re-run with ``--worker``
 resident memory (``getrusage(RUSAGE_SELF).ru_maxrss`` of that process: models, optimizer, activations) are its own.
 Then both final students are evaluated by ``kdlab.eval.evaluate.evaluate`` on the same held-out problems (task arith,
 greedy, strict extraction, fp32), and the script reports: accuracy with 95% Wilson intervals; the paired accuracy
-difference kdlab − TRL with a paired bootstrap 95% CI and the exact McNemar p (``kdlab.significance``); how many
-greedy outputs are identical; per-step training losses side by side and their max abs difference; the relative
+difference kdlab − TRL with a paired bootstrap 95% CI and the exact McNemar p (``kdlab.stats.significance``); how
+many greedy outputs are identical; per-step training losses side by side and their max abs difference; the relative
 distance between the two final weight sets; wall time and peak memory ratios kdlab / TRL; the CPU model, threads,
 library versions and whether bf16 was available. Outputs: ``<out>/peer_parity.json`` and ``<out>/peer_parity.md``.
 
@@ -331,7 +331,7 @@ def compare(spec: dict, prepared: dict, kdlab: dict, trl: dict, evaluated: dict)
     """Accuracies, paired tests, identical outputs, per-step losses, time and memory ratios."""
     import numpy as np
 
-    from kdlab.significance import mcnemar_exact, paired_bootstrap_ci
+    from kdlab.stats.significance import mcnemar_exact, paired_bootstrap_ci
 
     out = Path(spec["out"])
     preds = {name: read_predictions(out / f"eval-{name}" / "predictions" / "arith.jsonl") for name in ("kdlab", "trl")}

@@ -99,7 +99,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
 
 def cmd_stats_paper(args: argparse.Namespace) -> None:
-    from kdlab.paper_stats import to_markdown, write_paper_stats
+    from kdlab.stats.paper import to_markdown, write_paper_stats
 
     table = write_paper_stats(args.results, args.agreement, args.fidelity, args.out)
     print(to_markdown(table))

@@ -249,12 +249,12 @@ def _prepare_data(out: Path, size: DemoSize, data_dir: str | None) -> Path:
 def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, fidelity: bool = False) -> dict:
     """Run the demo study (or, with ``fidelity``, the fidelity study of :func:`fidelity_spec`) into ``out``; returns
     its headline numbers."""
+    from kdlab.stats.results import collect_results, collect_selection
+    from kdlab.stats.study import compute_stats
     from kdlab.study.executors.local import run_plan
     from kdlab.study.folder import prepare_study
     from kdlab.study.plan import build_plan
     from kdlab.study.report import write_report
-    from kdlab.study.results import collect_results, collect_selection
-    from kdlab.study.stats import compute_stats
 
     started = time.time()
     out, size = Path(out), QUICK if quick else FULL

@@ -22,7 +22,7 @@ import each other and that this page lists every module.
 Reading order for a newcomer: `cli.py` and `api.py` (what a user calls), `train/recipes.py` (what `kdlab sft` and
 `kdlab distill` do), `losses/` (the KD math, written once) and `teacher_cache/` (the same objective from a cache),
 `eval/evaluate.py` and `fidelity_metrics/` (what is measured), then `study/` (a grid from one spec: `spec/`,
-`plan.py`, `executors/`, `results.py`, `stats.py`, `report/`).
+`plan.py`, `executors/`, `report/`) and `stats/` (its results table and statistics, and the paper's).
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kdlab.eval.extract import MODES
 from kdlab.eval.tasks import GROUPS
-from kdlab.significance import wilson_ci
+from kdlab.stats.significance import wilson_ci
 
 
 def task_metrics(records: list[dict], mode: str) -> dict:

@@ -72,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from kdlab.study.results import format_results, write_results
+    from kdlab.stats.results import format_results, write_results
 
     _, study_dir, frame, selection = _results_frame(args)
     paths = write_results(frame, args.out or study_dir / "results", selection)
@@ -81,7 +81,7 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from kdlab.study.stats import compute_stats
+    from kdlab.stats.study import compute_stats
 
     _, study_dir, frame, selection = _results_frame(args)
     out = Path(args.out or study_dir / "stats")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from kdlab.errors import KdlabError
+from kdlab.stats.results import collect_results, collect_selection
+from kdlab.stats.study import compute_stats
 from kdlab.study.plan import build_plan
 from kdlab.study.report import write_report
-from kdlab.study.results import collect_results, collect_selection
-from kdlab.study.stats import compute_stats
 
 
 def finished_results(spec, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -6,7 +6,7 @@ from kdlab_testing import run_cli
 
 from kdlab.errors import KdlabError
 from kdlab.fidelity_metrics import run_fidelity
-from kdlab.study.predictions import read_predictions
+from kdlab.stats.paired import read_flags
 
 BAD_LINES = {
     "no id": ('{"pred": "1", "correct": true}', r":2: a record needs keys 'id'"),
@@ -37,7 +37,7 @@ def test_fidelity_and_study_stats_read_broken_lines_as_one_line(kind, tmp_path, 
     with pytest.raises(KdlabError, match=rf"arith.jsonl{message}"):
         run_fidelity(teacher, student, tmp_path / "fid")
     with pytest.raises(KdlabError, match=rf"arith.jsonl{message}"):
-        read_predictions(path)
+        read_flags(path)
     assert not (tmp_path / "fid").exists()
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 
 from kdlab.errors import KdlabError
+from kdlab.stats.study import compute_study_stats
 from kdlab.study.report import FIGURE_KEYS, make_figures, write_report
-from kdlab.study.stats import compute_study_stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')

@@ -12,13 +12,13 @@ import yaml
 from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
 from kdlab.errors import KdlabError
+from kdlab.stats.results import collect_results, collect_selection
 from kdlab.study import node_runners
 from kdlab.study.executors.local import run_plan
 from kdlab.study.folder import prepare_study
 from kdlab.study.kinds import KIND_ORDER, KINDS
 from kdlab.study.nodes import SELECTED
 from kdlab.study.plan import build_plan
-from kdlab.study.results import collect_results, collect_selection
 from kdlab.study.spec import load_spec
 
 LRS = [1e-3, 2e-2]
@@ -217,8 +217,8 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
     selection = collect_selection(plan, study_dir)
     assert len(selection) == 6 and selection.groupby("select")["selected"].sum().tolist() == [1, 1]
 
+    from kdlab.stats.study import compute_stats
     from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats", selection)
     assert (study_dir / "results" / "selection.csv").is_file()
@@ -230,7 +230,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
 
 
 def test_paper_rule_keeps_every_temperature_and_labels_the_max_over_test(tuned_spec, tmp_path):
-    from kdlab.study.stats import PAPER_RULE, paper_temperature_view
+    from kdlab.stats.study import PAPER_RULE, paper_temperature_view
 
     plan = build_plan(load_spec(_edited(tuned_spec, tmp_path, lambda d: d["tuning"].update(temperature="paper"))))
     selects = [node for node in plan.nodes if node.kind == "select"]

@@ -4,7 +4,7 @@
 :mod:`~kdlab.study.report.fidelity_figures`, the validation figure of a tuned study in
 :mod:`~kdlab.study.report.validation_figure`), :mod:`~kdlab.study.report.tables` builds the tables and
 :mod:`~kdlab.study.report.findings` the findings text from the results table and the tables of
-:mod:`kdlab.study.stats`, and :mod:`~kdlab.study.report.render` writes them as HTML and Markdown. The findings only
+:mod:`kdlab.stats.study`, and :mod:`~kdlab.study.report.render` writes them as HTML and Markdown. The findings only
 restate numbers (with their significance), they do not interpret beyond them.
 """
 

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 SFT_COLOR = "#8c8c8c"
 TEACHER_COLOR = "#222222"
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# point markers of the figures (not the completion files of a study run, kdlab.study.kinds.KINDS[...].done_file)
+PLOT_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 LINE_STYLES = ["-", "--", ":", "-."]
 STYLE = {

@@ -1,43 +1,14 @@
-"""What every part of a study report reads: the checked results table split by role (:class:`ReportContext`),
-numbers in words (p-values, percentage points, sizes) and accuracy means over seeds with their intervals."""
+"""What every part of a study report reads: the checked results table split by role (:class:`ReportContext`) and
+accuracy means over seeds with their intervals (numbers as text: :mod:`kdlab.stats.formatting`)."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 
-from kdlab.significance import t_interval
+from kdlab.stats.significance import t_interval
+from kdlab.stats.table import main_grid
 from kdlab.study.report.canvas import PALETTE
 from kdlab.study.runmeta import RunMeta
-from kdlab.study.stats_table import main_grid
-
-
-def isnan(value) -> bool:
-    """None or a float NaN."""
-    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
-
-
-def fmt_p(p) -> str:
-    """A p-value in 2-3 significant digits (scientific below 0.001); ``–`` when missing."""
-    if isnan(p):
-        return "–"
-    if p < 0.001:
-        return f"{p:.1e}"
-    return f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
-
-
-def pp(value, sign: bool = True) -> str:
-    """A share as percentage points with one decimal: ``0.052`` -> ``+5.2``; ``–`` when missing."""
-    if isnan(value):
-        return "–"
-    return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
-
-
-def size_label(billions: float) -> str:
-    """``0.113`` -> ``113M``, ``1.5`` -> ``1.5B``."""
-    return f"{billions * 1000:.0f}M" if billions < 1 else f"{billions:.3g}B"
 
 
 def over_seeds(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -63,8 +34,8 @@ def acc_interval(rows: pd.DataFrame) -> tuple[float, float, float]:
     if len(rows) == 1:
         row = rows.iloc[0]
         return float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"])
-    mean, _, low, high, _ = t_interval(rows["accuracy"])
-    return mean, max(low, 0.0) if low == low else low, min(high, 1.0) if high == high else high  # clipped to [0, 1]
+    mean, _, low, high, _ = t_interval(rows["accuracy"], within=(0.0, 1.0))
+    return mean, low, high
 
 
 def ordered_students(frame: pd.DataFrame) -> list[str]:

@@ -3,7 +3,7 @@
 :func:`fig_agreement` and :func:`fig_bleu` scatter each KD configuration's accuracy against its answer agreement with
 the teacher / the BLEU of its rationales against the teacher's (one point per configuration × task, mean over seeds,
 with the Spearman rank correlation); :func:`plane_figure` and :func:`fidelity_plane_figure` draw the accuracy–agreement
-plane of :func:`kdlab.study.fidelity_stats.fidelity_tables` (one point per run, Wilson intervals, each seed's Pareto
+plane of :func:`kdlab.stats.fidelity.fidelity_tables` (one point per run, Wilson intervals, each seed's Pareto
 front).
 """
 
@@ -15,11 +15,13 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats as sps
 
+from kdlab.stats.formatting import isnan, p_value
+from kdlab.stats.hypotheses import seed_means
+from kdlab.stats.significance import spearman
 from kdlab.study.report.canvas import (
-    MARKERS,
     PALETTE,
+    PLOT_MARKERS,
     SFT_COLOR,
     STYLE,
     TEACHER_COLOR,
@@ -27,10 +29,9 @@ from kdlab.study.report.canvas import (
     finish,
     new_figure,
 )
-from kdlab.study.report.context import ReportContext, fmt_p
-from kdlab.study.stats import seed_means
+from kdlab.study.report.context import ReportContext
 
-SEED_MARKERS = ["o", "s", "^", "D", "v"]
+SEED_MARKERS = PLOT_MARKERS[:5]
 PLANE_TITLE = "Accuracy vs agreement with the teacher"
 PLANE_CAPTION = (
     "One point per student run (colour = method, marker = seed), with 95% Wilson intervals on both axes "
@@ -49,7 +50,7 @@ def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: fl
     points = points.dropna(subset=[column, "accuracy"])
     fig, axes = new_figure(1, ncols=1, width=6.6, height=4.4)
     ax = axes[0]
-    task_marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(ctx.tasks)}
+    task_marker = {t: PLOT_MARKERS[i % len(PLOT_MARKERS)] for i, t in enumerate(ctx.tasks)}
     for (method, task), part in points.groupby(["method", "task"], sort=False):
         ax.scatter(
             part[column] * scale,
@@ -62,12 +63,11 @@ def _fig_scatter(ctx: ReportContext, column: str, key: str, name: str, scale: fl
             linewidth=0.5,
         )
     x, y = points[column].to_numpy(float), points["accuracy"].to_numpy(float)
-    n = len(points)
-    if n >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        res = sps.spearmanr(x, y)
-        stat = f"Spearman ρ = {res.statistic:.2f}, p = {fmt_p(res.pvalue)}, n = {n}"
-    else:
+    n, rho = len(points), spearman(x, y, name)
+    if isnan(rho["statistic"]):
         stat = f"Spearman ρ undefined (n = {n} or constant values)"
+    else:
+        stat = f"Spearman ρ = {rho['statistic']:.2f}, p = {p_value(rho['pvalue'])}, n = {n}"
     ax.set_title(f"Accuracy vs {name}\n{stat}", fontsize=11)
     ax.set_xlabel(f"{name} ({unit})")
     ax.set_ylabel("student accuracy (%)")
@@ -118,6 +118,43 @@ def fidelity_plane_figure(frame: pd.DataFrame, plane: pd.DataFrame) -> FigureRes
         return _draw_plane(plane, dict(zip(teachers["task"], teachers["accuracy"])))
 
 
+def _plane_panel(ax, part: pd.DataFrame, colors: dict, seeds: list, teacher: float | None) -> None:
+    """One task's panel of the plane: each run with its Wilson intervals (a larger, black-edged point on the Pareto
+    front), each seed's front as a dashed line, the teacher (``teacher``: its accuracy) at 100% agreement."""
+    for record in part.to_dict("records"):
+        method = "sft" if record["role"] == "student-sft" else record["method"]
+        x, y = record["agreement"] * 100, record["accuracy"] * 100
+        ax.errorbar(
+            x,
+            y,
+            xerr=[[x - record["agree_low"] * 100], [record["agree_high"] * 100 - x]],
+            yerr=[[y - record["acc_low"] * 100], [record["acc_high"] * 100 - y]],
+            fmt="none",
+            ecolor=colors[method],
+            alpha=0.45,
+            elinewidth=1,
+        )
+        ax.scatter(
+            x,
+            y,
+            color=colors[method],
+            marker=SEED_MARKERS[seeds.index(record["seed"]) % len(SEED_MARKERS)],
+            s=70 if record["pareto"] else 45,
+            edgecolor="black" if record["pareto"] else "white",
+            linewidth=0.8,
+            zorder=3,
+        )
+    for _seed, seed_part in part.groupby("seed"):
+        xs, ys = _front(seed_part)
+        if len(xs) > 1:
+            ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)
+    if teacher is not None:
+        ax.scatter(100, teacher * 100, marker="*", s=160, color=TEACHER_COLOR, zorder=4)
+        ax.annotate("teacher", (100, teacher * 100), textcoords="offset points", xytext=(-8, 6), ha="right", fontsize=9)
+    ax.set_xlabel("agreement with the teacher (% of test examples)")
+    ax.set_ylabel("accuracy (%)")
+
+
 def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> FigureResult:
     result = FigureResult("fidelity_plane", PLANE_TITLE, PLANE_CAPTION)
     if plane.empty:
@@ -131,47 +168,8 @@ def _draw_plane(plane: pd.DataFrame, teacher_accuracy: dict[str, float]) -> Figu
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), squeeze=False).ravel()
     for ax, task in zip(axes, tasks):
-        part = plane[plane["task"] == task]
-        for record in part.to_dict("records"):
-            method = "sft" if record["role"] == "student-sft" else record["method"]
-            x, y = record["agreement"] * 100, record["accuracy"] * 100
-            ax.errorbar(
-                x,
-                y,
-                xerr=[[x - record["agree_low"] * 100], [record["agree_high"] * 100 - x]],
-                yerr=[[y - record["acc_low"] * 100], [record["acc_high"] * 100 - y]],
-                fmt="none",
-                ecolor=colors[method],
-                alpha=0.45,
-                elinewidth=1,
-            )
-            ax.scatter(
-                x,
-                y,
-                color=colors[method],
-                marker=SEED_MARKERS[seeds.index(record["seed"]) % len(SEED_MARKERS)],
-                s=70 if record["pareto"] else 45,
-                edgecolor="black" if record["pareto"] else "white",
-                linewidth=0.8,
-                zorder=3,
-            )
-        for _seed, seed_part in part.groupby("seed"):
-            xs, ys = _front(seed_part)
-            if len(xs) > 1:
-                ax.plot(xs, ys, linestyle="--", color="#555555", linewidth=1, zorder=2)
-        if task in teacher_accuracy:
-            ax.scatter(100, teacher_accuracy[task] * 100, marker="*", s=160, color=TEACHER_COLOR, zorder=4)
-            ax.annotate(
-                "teacher",
-                (100, teacher_accuracy[task] * 100),
-                textcoords="offset points",
-                xytext=(-8, 6),
-                ha="right",
-                fontsize=9,
-            )
+        _plane_panel(ax, plane[plane["task"] == task], colors, seeds, teacher_accuracy.get(task))
         ax.set_title(task)
-        ax.set_xlabel("agreement with the teacher (% of test examples)")
-        ax.set_ylabel("accuracy (%)")
     handles = [
         ax.scatter([], [], color=colors[m], marker="o", label="SFT" if m == "sft" else m) for m in ["sft", *methods]
     ]

@@ -19,11 +19,13 @@ from matplotlib import rc_context
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from kdlab.stats.formatting import config_label, isnan, size_label
+from kdlab.stats.table import CONFIG
 from kdlab.study.report.canvas import (
     HATCHES,
-    MARKERS,
     MAX_WIDTH,
     PALETTE,
+    PLOT_MARKERS,
     SFT_COLOR,
     STYLE,
     TEACHER_COLOR,
@@ -35,10 +37,8 @@ from kdlab.study.report.canvas import (
     percent_errorbar,
     yerr,
 )
-from kdlab.study.report.context import ReportContext, acc_interval, isnan, over_seeds, size_label
+from kdlab.study.report.context import ReportContext, acc_interval, over_seeds
 from kdlab.study.report.fidelity_figures import fig_agreement, fig_bleu
-from kdlab.study.stats_markdown import config_label
-from kdlab.study.stats_table import CONFIG
 
 FIGURE_KEYS = ("gain_vs_size", "temperature", "noise", "base_teacher", "methods", "agreement", "bleu")
 
@@ -156,7 +156,7 @@ def fig_noise(ctx: ReportContext) -> FigureResult:
                 points[:, 0],
                 mean,
                 yerr=yerr(mean, points[:, 2] * 100, points[:, 3] * 100),
-                marker=MARKERS[i % len(MARKERS)],
+                marker=PLOT_MARKERS[i % len(PLOT_MARKERS)],
                 color=color,
                 label=label,
             )
@@ -247,6 +247,18 @@ def fig_base_teacher(ctx: ReportContext) -> FigureResult:
     )
 
 
+def _config_intervals(main: pd.DataFrame, students: list[str], task: str, config: dict) -> list[tuple]:
+    """Each student's accuracy with its interval (:func:`acc_interval`) for one (method, temperature) on one task;
+    NaN for a student without such runs."""
+    temperature = config["temperature"]
+    same = main["temperature"].isna() if isnan(temperature) else main["temperature"] == temperature
+    values = []
+    for student in students:
+        rows = main[(main["student"] == student) & (main["task"] == task) & (main["method"] == config["method"]) & same]
+        values.append(acc_interval(rows) if not rows.empty else (math.nan,) * 3)
+    return values
+
+
 def fig_methods(ctx: ReportContext) -> FigureResult:
     result = FigureResult("methods", "KD methods compared")
     main = ctx.main
@@ -277,19 +289,7 @@ def fig_methods(ctx: ReportContext) -> FigureResult:
         for j, config in enumerate(configs, start=1):
             temps = temps_by_method.get(config["method"], [])
             hatch = HATCHES[temps.index(config["temperature"]) % len(HATCHES)] if config["temperature"] in temps else ""
-            values = []
-            for student in students:
-                rows = main[
-                    (main["student"] == student)
-                    & (main["task"] == task)
-                    & (main["method"] == config["method"])
-                    & (
-                        (main["temperature"] == config["temperature"])
-                        if not isnan(config["temperature"])
-                        else main["temperature"].isna()
-                    )
-                ]
-                values.append(acc_interval(rows) if not rows.empty else (math.nan,) * 3)
+            values = _config_intervals(main, students, task, config)
             label = config_label(config)
             handles.setdefault(
                 label,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats as sps
 
-from kdlab.study.report.context import ReportContext, fmt_p, isnan
-from kdlab.study.stats_table import CONFIG
+from kdlab.stats.formatting import isnan, p_value
+from kdlab.stats.table import CONFIG
+from kdlab.study.report.context import ReportContext
 
 
 def _hyp_row(hyp: pd.DataFrame, hypothesis: str, group: str = "all", task: str = "all"):
@@ -21,66 +22,85 @@ def _significance(p) -> str:
     return "significant at 0.05" if p < 0.05 else "not significant at 0.05"
 
 
-def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame) -> list[str]:
-    """Plain-language statements, each a restatement of numbers in the tables."""
-    out = []
+def _paired_facts(ctx: ReportContext, paired: pd.DataFrame) -> list[str]:
+    """How many paired KD-vs-SFT comparisons of the main grid KD won, and how many significantly."""
     main_keys = ctx.main[["run", "task"]].drop_duplicates()
     main_paired = paired.merge(main_keys, on=["run", "task"]) if len(paired) else paired
     main_paired = main_paired.dropna(subset=["pvalue"]) if len(main_paired) else main_paired
-    if len(main_paired):
-        ahead = int((main_paired["diff"] > 0).sum())
-        ties = int((main_paired["diff"] == 0).sum())
-        better = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] > 0)).sum())
-        worse = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] < 0)).sum())
+    if not len(main_paired):
+        return []
+    ahead = int((main_paired["diff"] > 0).sum())
+    ties = int((main_paired["diff"] == 0).sum())
+    better = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] > 0)).sum())
+    worse = int(((main_paired["pvalue_holm"] < 0.05) & (main_paired["diff"] < 0)).sum())
+    return [
+        f"KD was ahead of SFT in {ahead} of {len(main_paired)} paired comparisons of the main grid "
+        f"(KD run × task{', ' + str(ties) + ' ties' if ties else ''}); {better} significantly better and "
+        f"{worse} significantly worse after Holm correction within each configuration × seed (exact "
+        f"McNemar, p < 0.05)."
+    ]
+
+
+def _gain_facts(ctx: ReportContext, hyp: pd.DataFrame) -> list[str]:
+    """H1 pooled (the mean gain and its t-test), then the mean gain by method with the ANOVA across methods."""
+    out = []
+    h1 = _hyp_row(hyp, "H1")
+    if h1 is not None and not isnan(h1["mean"]):
+        caveat = h1["note"] or "points sharing a student are not independent, so read p as descriptive"
+        d = "" if isnan(h1["effect_size"]) else f" (Cohen's d {h1['effect_size']:.2f})"
         out.append(
-            f"KD was ahead of SFT in {ahead} of {len(main_paired)} paired comparisons of the main grid "
-            f"(KD run × task{', ' + str(ties) + ' ties' if ties else ''}); {better} significantly better and "
-            f"{worse} significantly worse after Holm correction within each configuration × seed (exact "
-            f"McNemar, p < 0.05)."
+            f"Mean gain of KD over SFT across {h1['n']} configuration × task points: "
+            f"{100 * h1['mean']:+.1f} percentage points{d}; one-sided t-test of gain > 0: "
+            f"p = {p_value(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat})."
         )
-    if hyp is not None:
-        h1 = _hyp_row(hyp, "H1")
-        if h1 is not None and not isnan(h1["mean"]):
-            caveat = h1["note"] or "points sharing a student are not independent, so read p as descriptive"
-            d = "" if isnan(h1["effect_size"]) else f" (Cohen's d {h1['effect_size']:.2f})"
-            out.append(
-                f"Mean gain of KD over SFT across {h1['n']} configuration × task points: "
-                f"{100 * h1['mean']:+.1f} percentage points{d}; one-sided t-test of gain > 0: "
-                f"p = {fmt_p(h1['pvalue'])}, {_significance(h1['pvalue'])} ({caveat})."
-            )
-        gains = []
-        for method in ctx.methods:
-            row = _hyp_row(hyp, "H1", method)
-            if row is not None and not isnan(row["mean"]):
-                gains.append(f"{method} {100 * row['mean']:+.1f} pp")
-        anova = _hyp_row(hyp, "H1-anova")
-        if len(gains) >= 2 and anova is not None:
-            test = (
-                f"ANOVA across methods p = {fmt_p(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
-                f"({_significance(anova['pvalue'])})"
-                if not isnan(anova["pvalue"])
-                else f"ANOVA across methods not testable ({anova['note']})"
-            )
-            out.append(f"Mean gain by method: {', '.join(gains)}; {test}.")
-        for hypothesis, what in (
-            ("H3", "student size"),
-            ("H2", "teacher accuracy"),
-            ("H4", "answer agreement"),
-            ("H5", "BLEU fidelity"),
-        ):
-            row = _hyp_row(hyp, hypothesis)
-            if row is None:
-                continue
-            if isnan(row["statistic"]):
-                out.append(f"Gain vs {what}: not testable ({row['note']}).")
-                continue
-            direction = ""
-            if row["pvalue"] < 0.05:
-                direction = f": the gain {'rises' if row['statistic'] > 0 else 'falls'} with {what}"
-            out.append(
-                f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {fmt_p(row['pvalue'])}, n = "
-                f"{row['n']} ({_significance(row['pvalue'])}){direction}."
-            )
+    gains = []
+    for method in ctx.methods:
+        row = _hyp_row(hyp, "H1", method)
+        if row is not None and not isnan(row["mean"]):
+            gains.append(f"{method} {100 * row['mean']:+.1f} pp")
+    anova = _hyp_row(hyp, "H1-anova")
+    if len(gains) >= 2 and anova is not None:
+        test = (
+            f"ANOVA across methods p = {p_value(anova['pvalue'])}, η² = {anova['effect_size']:.2f} "
+            f"({_significance(anova['pvalue'])})"
+            if not isnan(anova["pvalue"])
+            else f"ANOVA across methods not testable ({anova['note']})"
+        )
+        out.append(f"Mean gain by method: {', '.join(gains)}; {test}.")
+    return out
+
+
+CORRELATE_WORDS = (
+    ("H3", "student size"),
+    ("H2", "teacher accuracy"),
+    ("H4", "answer agreement"),
+    ("H5", "BLEU fidelity"),
+)
+
+
+def _correlation_facts(hyp: pd.DataFrame) -> list[str]:
+    """The pooled Spearman tests of the gain against student size, teacher accuracy, agreement and BLEU."""
+    out = []
+    for hypothesis, what in CORRELATE_WORDS:
+        row = _hyp_row(hyp, hypothesis)
+        if row is None:
+            continue
+        if isnan(row["statistic"]):
+            out.append(f"Gain vs {what}: not testable ({row['note']}).")
+            continue
+        direction = ""
+        if row["pvalue"] < 0.05:
+            direction = f": the gain {'rises' if row['statistic'] > 0 else 'falls'} with {what}"
+        out.append(
+            f"Gain vs {what}: Spearman ρ = {row['statistic']:.2f}, p = {p_value(row['pvalue'])}, n = "
+            f"{row['n']} ({_significance(row['pvalue'])}){direction}."
+        )
+    return out
+
+
+def _fidelity_facts(ctx: ReportContext) -> list[str]:
+    """Mean, sd and range of the main grid's agreement and BLEU with the teacher."""
+    out = []
     for column, what, scale, unit in (
         ("agreement", "Teacher–student answer agreement", 100, "%"),
         ("bleu", "BLEU of student vs teacher rationales", 1, ""),
@@ -92,14 +112,25 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
                 f"{what} (main-grid KD runs): mean {values.mean() * scale:.1f}{unit}{sd} over {len(values)} "
                 f"run × task values, range {values.min() * scale:.1f}–{values.max() * scale:.1f}{unit}."
             )
+    return out
+
+
+def _temperature_facts(ctx: ReportContext) -> list[str]:
+    """The mean gain at each temperature of the main grid (when it has several)."""
     temps = ctx.main.dropna(subset=["temperature", "improvement"])
-    if temps["temperature"].nunique() >= 2:
-        by_t = temps.groupby("temperature")["improvement"].mean()
-        out.append(
-            "Mean gain by temperature (all methods, students, tasks, seeds): "
-            + ", ".join(f"τ={t:g} {100 * v:+.1f} pp" for t, v in by_t.items())
-            + " (descriptive)."
-        )
+    if temps["temperature"].nunique() < 2:
+        return []
+    by_t = temps.groupby("temperature")["improvement"].mean()
+    return [
+        "Mean gain by temperature (all methods, students, tasks, seeds): "
+        + ", ".join(f"τ={t:g} {100 * v:+.1f} pp" for t, v in by_t.items())
+        + " (descriptive)."
+    ]
+
+
+def _ablation_facts(ctx: ReportContext) -> list[str]:
+    """The base-teacher ablation against the same runs from the fine-tuned teacher; accuracy by teacher noise."""
+    out = []
     base = ctx.kd[ctx.kd["teacher_kind"] == "base"]
     if len(base):
         keys = ["teacher", "student", "domain", "method", "temperature", "noise", "task", "seed"]
@@ -124,9 +155,21 @@ def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame)
             + ", ".join(f"σ={s:g} {100 * v:.1f}%" for s, v in by_sigma.items())
             + "."
         )
-    if not out:
-        out.append("No KD run with a paired SFT run yet: nothing to summarise.")
     return out
+
+
+def findings(ctx: ReportContext, hyp: pd.DataFrame | None, paired: pd.DataFrame) -> list[str]:
+    """Plain-language statements, each a restatement of numbers in the tables: the paired tests, the hypothesis
+    tests (when the study has them), fidelity, temperature and the ablations."""
+    hypotheses = _gain_facts(ctx, hyp) + _correlation_facts(hyp) if hyp is not None else []
+    out = [
+        *_paired_facts(ctx, paired),
+        *hypotheses,
+        *_fidelity_facts(ctx),
+        *_temperature_facts(ctx),
+        *_ablation_facts(ctx),
+    ]
+    return out or ["No KD run with a paired SFT run yet: nothing to summarise."]
 
 
 def agreement_findings(agreement: pd.DataFrame | None) -> list[str]:

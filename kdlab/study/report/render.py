@@ -19,8 +19,11 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
-from kdlab.study.markdown import markdown_table
-from kdlab.study.paired_stats import paired_tests
+from kdlab.stats.formatting import markdown_table
+from kdlab.stats.hypotheses import study_hypotheses
+from kdlab.stats.paired import paired_tests
+from kdlab.stats.study import SEED_INPUT, seed_summary
+from kdlab.stats.table import check_table
 from kdlab.study.report.canvas import FigureResult
 from kdlab.study.report.context import ReportContext
 from kdlab.study.report.fidelity_figures import fidelity_plane_figure
@@ -37,8 +40,6 @@ from kdlab.study.report.tables import (
     selection_table,
 )
 from kdlab.study.report.validation_figure import fig_validation
-from kdlab.study.stats import SEED_INPUT, seed_summary, study_hypotheses
-from kdlab.study.stats_table import check_table
 from kdlab.version import __version__
 
 REPORT_INPUT = SEED_INPUT + [
@@ -137,7 +138,7 @@ def _md_table(table: Table) -> str:
 
 
 def build_report(study_dir: Path, frame: pd.DataFrame, stats: dict, title: str) -> Report:
-    """The report's content: ``stats`` holds the tables of :mod:`kdlab.study.stats`; a missing one is computed here."""
+    """The report's content: ``stats`` holds the tables of :mod:`kdlab.stats.study`; a missing one is computed here."""
     seeds = stats.get("seeds")
     if seeds is None:
         seeds = seed_summary(frame)
@@ -282,7 +283,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/report.md`` with ``out_dir/figures/*.png``.
 
-    ``stats`` holds the tables of :mod:`kdlab.study.stats` (``hypotheses``, ``paired``, ``seeds``); a missing one is
+    ``stats`` holds the tables of :mod:`kdlab.stats.study` (``hypotheses``, ``paired``, ``seeds``); a missing one is
     computed here (the paired tests read the predictions under ``study_dir``). Returns (html path, markdown path).
     """
     frame = check_table(frame, REPORT_INPUT)

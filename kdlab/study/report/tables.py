@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlab.significance import stars
-from kdlab.study.report.context import ReportContext, candidate_label, fmt_p, isnan, pp
-from kdlab.study.stats_markdown import PAIRED_TABLE_HEADER, config_label
-from kdlab.study.stats_table import CONFIG
+from kdlab.stats.formatting import DASH, bounds, config_label, fmt, interval, isnan, p_value, pct, starred
+from kdlab.stats.markdown import PAIRED_TABLE_HEADER
+from kdlab.stats.table import CONFIG
+from kdlab.study.report.context import ReportContext, candidate_label
 
 
 @dataclass
@@ -72,8 +72,7 @@ def overview_table(ctx: ReportContext, seeds: pd.DataFrame) -> Table:
                 if r["n_seeds"] >= 2
                 else (r["wilson_low"], r["wilson_high"])
             )
-            ci = f" [{pp(low, False)}, {pp(high, False)}]" if not isnan(low) else ""
-            cells.append(f"{pp(r['accuracy_mean'], False)}{ci}")
+            cells.append(" ".join(filter(None, [pct(r["accuracy_mean"], missing=DASH), bounds(low, high)])))
         rows.append(cells)
     return Table(
         ["model", "run", "seeds"] + tasks,
@@ -96,19 +95,17 @@ def hypothesis_tables(hyp: pd.DataFrame) -> tuple[Table, Table]:
         for r in part.itertuples(index=False):
             name = EFFECT_NAMES.get(r.effect_name, r.effect_name)
             effect = "" if isnan(r.effect_size) else f"{name} = {r.effect_size:.2f}"
-            mark = stars(r.pvalue_holm)
-            statistic = "–" if isnan(r.statistic) else f"{r.statistic:.3g}"
             rows.append(
                 [
                     r.hypothesis,
                     str(r.group),
                     str(r.task),
-                    statistic,
-                    fmt_p(r.pvalue),
-                    fmt_p(r.pvalue_holm) + (f" {mark}" if mark else ""),
+                    fmt(r.statistic, ".3g", DASH),
+                    p_value(r.pvalue),
+                    starred(p_value(r.pvalue_holm), r.pvalue_holm),
                     str(r.n),
                     effect,
-                    "" if isnan(r.mean) else f"{100 * r.mean:+.1f}",
+                    pct(r.mean, sign=True),
                     r.note,
                 ]
             )
@@ -132,8 +129,8 @@ def hypothesis_tables(hyp: pd.DataFrame) -> tuple[Table, Table]:
     return summary, per_task
 
 
-def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
-    """The paired KD-vs-SFT tests: a summary per configuration and every comparison."""
+def paired_summary_table(paired: pd.DataFrame) -> Table:
+    """The paired KD-vs-SFT tests summed up per configuration (its runs on every domain, task and seed)."""
     ok = paired.dropna(subset=["pvalue"])
     rows = []
     keys = [k for k in CONFIG if k != "domain"]  # a configuration's runs on every domain in one row
@@ -149,13 +146,13 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
                 str(group["task"].nunique()),
                 str(group["seed"].nunique()),
                 str(len(group)),
-                f"{100 * group['diff'].mean():+.1f}",
+                pct(group["diff"].mean(), sign=True),
                 str(better),
                 str(sig_better),
                 str(sig_worse),
             ]
         )
-    summary = Table(
+    return Table(
         [
             "student",
             "configuration",
@@ -174,30 +171,32 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
         "* = significant after Holm correction across the tasks of that configuration and seed "
         "(exact McNemar, p < 0.05).",
     )
+
+
+def paired_detail_table(paired: pd.DataFrame) -> Table:
+    """Every paired KD-vs-SFT comparison (the columns of ``stats.md``'s paired table, in the report's style)."""
     rows = []
     for r in paired.to_dict("records"):
-        mark = stars(r["pvalue_holm"])
-        ci = "" if isnan(r["diff"]) else f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
         rows.append(
             [
                 str(r["student"]),
                 config_label(r),
                 f"{r['seed']:g}",
                 str(r["task"]),
-                "" if isnan(r["n"]) else f"{r['n']:.0f}",
-                pp(r["kd_accuracy"], False),
-                pp(r["sft_accuracy"], False),
-                ci,
-                "" if isnan(r["b"]) else f"{r['b']:.0f}",
-                "" if isnan(r["c"]) else f"{r['c']:.0f}",
-                "" if isnan(r["odds_ratio"]) else f"{r['odds_ratio']:.2f}",
-                fmt_p(r["pvalue"]),
-                fmt_p(r["pvalue_holm"]) + (f" {mark}" if mark else ""),
-                fmt_p(r["pvalue_holm_all"]),
+                fmt(r["n"], ".0f"),
+                pct(r["kd_accuracy"], missing=DASH),
+                pct(r["sft_accuracy"], missing=DASH),
+                interval(r["diff"], r["ci_low"], r["ci_high"]),
+                fmt(r["b"], ".0f"),
+                fmt(r["c"], ".0f"),
+                fmt(r["odds_ratio"], ".2f"),
+                p_value(r["pvalue"]),
+                starred(p_value(r["pvalue_holm"]), r["pvalue_holm"]),
+                p_value(r["pvalue_holm_all"]),
                 r["note"],
             ]
         )
-    detail = Table(
+    return Table(
         PAIRED_TABLE_HEADER,
         rows,
         "llllrrrrrrrrrrl",
@@ -208,7 +207,11 @@ def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
         "(stars use it); "
         "p (Holm, all) adjusted across every comparison in the table.",
     )
-    return summary, detail
+
+
+def paired_tables(paired: pd.DataFrame) -> tuple[Table, Table]:
+    """The paired KD-vs-SFT tests: a summary per configuration and every comparison."""
+    return paired_summary_table(paired), paired_detail_table(paired)
 
 
 def paper_view_table(paper: pd.DataFrame) -> Table:
@@ -221,8 +224,8 @@ def paper_view_table(paper: pd.DataFrame) -> Table:
             str(r["task"]),
             r["temperatures"],
             f"{r['best_temperature']:g}",
-            pp(r["accuracy"], False),
-            pp(r["improvement"]),
+            pct(r["accuracy"], missing=DASH),
+            pct(r["improvement"], sign=True, missing=DASH),
         ]
         for _, r in paper.iterrows()
     ]
@@ -241,14 +244,14 @@ def selection_table(selection: pd.DataFrame) -> Table:
     rows = []
     for _, group in selection.groupby("select", sort=False):
         first, chosen = group.iloc[0], group[group["selected"]].iloc[0]
-        scores = ", ".join(f"{r['settings']}: {pp(r['val_accuracy'], False)}" for _, r in group.iterrows())
+        scores = ", ".join(f"{r['settings']}: {pct(r['val_accuracy'], missing=DASH)}" for _, r in group.iterrows())
         rows.append(
             [
                 str(first["student"]),
                 candidate_label(first),
                 str(first["seed"]),
                 str(chosen["settings"]),
-                f"{pp(chosen['val_accuracy'], False)} (n = {int(chosen['n'])})",
+                f"{pct(chosen['val_accuracy'], missing=DASH)} (n = {int(chosen['n'])})",
                 scores,
             ]
         )
@@ -264,7 +267,7 @@ def selection_table(selection: pd.DataFrame) -> Table:
 
 def data_fit_table(study_dir: Path):
     """The training runs that dropped or cut examples to fit ``train.max_length`` (None when none did)."""
-    from kdlab.study.results import collect_data_fit
+    from kdlab.stats.results import collect_data_fit
 
     fit = collect_data_fit(study_dir)
     if fit.empty:
@@ -287,18 +290,6 @@ def data_fit_table(study_dir: Path):
         "Training examples that did not fit max_length",
         "A cut response loses its end (the final answer and EOS); raise train.max_length or set train.on_long.",
     )
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.0f}%"
-
-
-def _pp_interval(value: float, low: float, high: float) -> str:
-    return f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
-
-
-def _p(value: float) -> str:
-    return "—" if value != value else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
 
 
 AGREEMENT_HEADER = [
@@ -324,6 +315,18 @@ AGREEMENT_NOTE = (
 )
 
 
+def _share(value) -> str:
+    return f"{pct(value, 0)}%"
+
+
+def _pp_interval(value, low, high) -> str:
+    return interval(value, low, high, decimals=0, unit=" pp")
+
+
+def _p(value) -> str:
+    return p_value(value, digits=2, missing="—")
+
+
 def agreement_rows(tests: pd.DataFrame) -> list[list[str]]:
     """Rows of the agreement table (:data:`AGREEMENT_HEADER`)."""
     rows = []
@@ -335,10 +338,10 @@ def agreement_rows(tests: pd.DataFrame) -> list[list[str]]:
                 str(r["seed"]),
                 str(r["task"]),
                 str(r["n"]),
-                f"{_pct(r['agreement'])} vs {_pct(r['reference_agreement'])}",
+                f"{_share(r['agreement'])} vs {_share(r['reference_agreement'])}",
                 _pp_interval(r["agree_diff"], r["agree_ci_low"], r["agree_ci_high"]),
                 f"{_p(r['agree_pvalue'])} ({_p(r['agree_pvalue_holm'])})",
-                f"{_pct(r['accuracy'])} vs {_pct(r['reference_accuracy'])}",
+                f"{_share(r['accuracy'])} vs {_share(r['reference_accuracy'])}",
                 _pp_interval(r["acc_diff"], r["acc_ci_low"], r["acc_ci_high"]),
                 f"{_p(r['acc_pvalue'])} ({_p(r['acc_pvalue_holm'])})",
                 str(r["verdict"]),
@@ -348,5 +351,5 @@ def agreement_rows(tests: pd.DataFrame) -> list[list[str]]:
 
 
 def agreement_table(agreement: pd.DataFrame) -> Table:
-    """The agreement tests of :func:`kdlab.study.fidelity_stats.agreement_tests` as a report table."""
+    """The agreement tests of :func:`kdlab.stats.fidelity.agreement_tests` as a report table."""
     return Table(AGREEMENT_HEADER, agreement_rows(agreement), "l" * 4 + "r" * 7 + "l", AGREEMENT_TITLE, AGREEMENT_NOTE)

@@ -35,9 +35,9 @@ def results_table():
 
 
 def _results_table(study_dir: Path):
+    from kdlab.stats.results import collect_results
     from kdlab.study.folder import load_study
     from kdlab.study.plan import build_plan
-    from kdlab.study.results import collect_results
 
     spec, study_dir = load_study(study_dir)
     frame = collect_results(build_plan(spec), study_dir)

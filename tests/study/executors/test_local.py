@@ -10,12 +10,12 @@ from pathlib import Path
 
 import yaml
 
+from kdlab.stats.results import RESULT_COLUMNS, collect_results
 from kdlab.study.executors.local import run_plan
 from kdlab.study.executors.progress import format_plan, format_status, study_status
 from kdlab.study.folder import node_status, prepare_study
 from kdlab.study.kinds import KINDS, execute, is_done
 from kdlab.study.plan import build_plan
-from kdlab.study.results import RESULT_COLUMNS, collect_results
 from kdlab.study.spec import load_spec
 
 
@@ -88,8 +88,8 @@ def test_tiny_study_killed_and_resumed(tiny_study_spec, tmp_path, monkeypatch):
     teacher_rows = frame[frame.role == "base-teacher"].set_index("task")["accuracy"]
     assert (base["teacher_accuracy"].values == teacher_rows.loc[base["task"]].values).all()
 
+    from kdlab.stats.study import compute_stats
     from kdlab.study.report import write_report
-    from kdlab.study.stats import compute_stats
 
     tables = compute_stats(study_dir, frame, study_dir / "stats")
     assert len(tables["paired"]) == len(kd) and set(tables["paired"]["run"]) == set(kd["run"])

@@ -1,5 +1,5 @@
-"""Tests for kdlab.study.paired_stats: hand-computed cases, the error paths, and every row of a synthetic study
-(tests/study/stats_fixtures/synthetic_study.py) against an independent recomputation from its prediction files."""
+"""Tests for kdlab.stats.paired: hand-computed cases, the error paths, and every row of a synthetic study
+(tests/stats/fixtures/synthetic_study.py) against an independent recomputation from its prediction files."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import synthetic_study as synthetic  # tests/study/stats_fixtures (pytest pythonpath)
+import synthetic_study as synthetic  # tests/stats/fixtures (pytest pythonpath)
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm
-from kdlab.study.paired_stats import paired_tests
+from kdlab.stats.paired import compare_pairs, paired_tests
+from kdlab.stats.significance import holm, mcnemar_exact, paired_bootstrap_ci
 
 CONFIG = ["teacher", "teacher_kind", "student", "domain", "method", "temperature", "noise"]
 
@@ -135,3 +135,26 @@ def test_paired_tests_over_a_study(kd_study):
     # reproducible with the seed, and independent of the other rows
     again = paired_tests(frame[frame.run == out.run.iloc[3]], root, n_boot=500, seed=0)
     assert again.ci_low.iloc[0] == out[out.run == out.run.iloc[3]].ci_low.iloc[0]
+
+
+def test_compare_pairs_is_one_rule_for_every_paired_table():
+    """McNemar, bootstrap and Holm over a set of comparisons: Holm within the given families and over all rows; a
+    comparison that cannot be made is NaN and stays out of both families."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.random(50) < p, rng.random(50) < 0.4) for p in (0.8, 0.5, 0.6)] + [None]
+    families = pd.DataFrame({"config": ["a", "a", "b", "b"], "temperature": [math.nan, math.nan, 1.0, 1.0]})
+    table = compare_pairs(pairs, n_boot=200, seed=3, families=families)
+    for i, (a, b) in enumerate(pairs[:3]):
+        row = table.iloc[i]
+        assert (row.b, row.c, row.n) == ((a & ~b).sum(), (~a & b).sum(), 50)
+        assert row["diff"] == pytest.approx(a.mean() - b.mean()) and row.a_mean == pytest.approx(a.mean())
+        assert row.pvalue == mcnemar_exact(row.b, row.c)
+        assert (row.ci_low, row.ci_high) == paired_bootstrap_ci(a, b, n_boot=200, seed=3)
+    assert table.iloc[3].isna().all()
+    np.testing.assert_allclose(table.pvalue_holm[:2], holm(table.pvalue[:2]))  # NaN temperatures are one family
+    assert table.pvalue_holm[2] == table.pvalue[2]
+    np.testing.assert_allclose(table.pvalue_holm_all[:3], holm(table.pvalue[:3]))
+    without = compare_pairs(pairs, n_boot=200, seed=3)
+    np.testing.assert_allclose(without.pvalue_holm, without.pvalue_holm_all)
+    with pytest.raises(KdlabError, match="n_boot"):
+        compare_pairs(pairs, n_boot=0)

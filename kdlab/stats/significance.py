@@ -1,11 +1,11 @@
-"""Significance tests and confidence intervals shared by the study statistics (:mod:`kdlab.study.stats`,
-:mod:`kdlab.study.fidelity_stats`), the paper reproduction (:mod:`kdlab.paper_stats`) and evaluation metrics
-(:mod:`kdlab.eval.metrics`).
+"""Significance tests and confidence intervals, written once for the hypothesis tests of a study and of the paper
+(:mod:`kdlab.stats.hypotheses`), the paired tests (:mod:`kdlab.stats.paired`), the seed summary
+(:mod:`kdlab.stats.study`) and evaluation metrics (:mod:`kdlab.eval.metrics`).
 
 * intervals: :func:`wilson_ci` (a proportion), :func:`t_interval` (a mean over seeds), :func:`paired_bootstrap_ci`
   (a paired accuracy difference);
 * paired tests: :func:`mcnemar_exact`, :func:`odds_ratio`;
-* multiple testing: :func:`holm`; :func:`stars` marks a p-value;
+* multiple testing: :func:`holm` (:func:`kdlab.stats.formatting.stars` marks a p-value);
 * scipy tests returning a result row with a ``note`` instead of warnings: :func:`ttest_greater`, :func:`anova`,
   :func:`spearman`.
 """
@@ -49,15 +49,12 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def stars(p: float) -> str:
-    """``***`` p < 0.001, ``**`` p < 0.01, ``*`` p < 0.05, else empty (NaN -> empty)."""
-    if p is None or not isinstance(p, (int, float)) or math.isnan(p):
-        return ""
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+def t_interval(
+    values: Sequence[float], level: float = 0.95, within: tuple[float, float] | None = None
+) -> tuple[float, float, float, float, int]:
+    """(mean, sd, low, high, n) of the finite values; a Student-t interval, NaN bounds for fewer than 2 values.
 
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float, int]:
-    """(mean, sd, low, high, n) of the finite values; a Student-t interval, NaN bounds for fewer than 2 values."""
+    ``within``: the range the interval is clipped to (an accuracy lies in ``(0.0, 1.0)``)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -68,7 +65,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
         return mean, math.nan, math.nan, math.nan, 1
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half, n
+    low, high = mean - half, mean + half
+    if within is not None:
+        low, high = max(low, within[0]), min(high, within[1])
+    return mean, sd, low, high, n
 
 
 def quiet(fn, *args, **kwargs):

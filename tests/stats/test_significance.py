@@ -1,4 +1,4 @@
-"""Tests for kdlab.significance: the shared tests and intervals, against hand computations and scipy."""
+"""Tests for kdlab.stats.significance: the shared tests and intervals, against hand computations and scipy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdlab.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, stars, t_interval
+from kdlab.stats.significance import holm, mcnemar_exact, odds_ratio, paired_bootstrap_ci, t_interval
 
 
 def test_holm_against_hand_table():
@@ -65,10 +65,6 @@ def test_bootstrap_ci_contains_difference_is_seeded_and_matches_the_standard_err
     assert (high - low) < 2 * 1.96 * unpaired * 0.8
 
 
-def test_stars():
-    assert [stars(p) for p in (0.0005, 0.005, 0.03, 0.05, math.nan)] == ["***", "**", "*", "", ""]
-
-
 def test_t_interval_edge_cases():
     assert t_interval([0.5, 0.5]) == (0.5, 0.0, 0.5, 0.5, 2)  # sd 0: a zero-width interval, not NaN
     mean, sd, low, high, n = t_interval([0.4, math.nan])
@@ -76,3 +72,10 @@ def test_t_interval_edge_cases():
     assert t_interval([])[-1] == 0
     mean, sd, low, high, n = t_interval([0.1, 0.3, 0.2])
     assert (low, high) == pytest.approx(stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem([0.1, 0.3, 0.2])))
+
+
+def test_t_interval_clipped_within_a_range():
+    free = t_interval([0.9, 1.0, 1.0])
+    mean, sd, low, high, n = t_interval([0.9, 1.0, 1.0], within=(0.0, 1.0))
+    assert (mean, sd, low, n) == free[:3] + (3,) and free[3] > 1.0 and high == 1.0
+    assert math.isnan(t_interval([0.5], within=(0.0, 1.0))[2])  # one value: no interval, nothing to clip

@@ -19,16 +19,16 @@ Two tables, both from per-example files the study already writes:
 
 from __future__ import annotations
 
-import json
-import math
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kdlab.errors import KdlabError
-from kdlab.significance import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
-from kdlab.study.predictions import read_predictions
+from kdlab.stats.formatting import present
+from kdlab.stats.paired import check_n_boot, compare_pairs, read_flags
+from kdlab.stats.significance import wilson_ci
 
 GROUP = ["teacher", "teacher_kind", "student", "domain", "task", "seed"]
 PLANE_COLUMNS = GROUP + [
@@ -72,28 +72,6 @@ TEST_COLUMNS = GROUP + [
 ]
 
 
-def read_agreement(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids sorted ascending, agree as bool) from a fidelity ``pairs/<task>.jsonl`` file."""
-    if not path.is_file():
-        raise KdlabError(f"{path}: fidelity pairs file not found")
-    ids, agree = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            ids.append(int(record["id"]))
-            agree.append(bool(record["agree"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise KdlabError(f"{path}:{lineno}: expected a JSON record with an integer 'id' and 'agree'") from None
-    order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
-    return np.asarray(ids, dtype=np.int64)[order], np.asarray(agree, dtype=bool)[order]
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) != ""
-
-
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     """For each (x, y): True when no other point is >= in both coordinates and > in one (both maximised)."""
     return [not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points) for x, y in points]
@@ -131,97 +109,97 @@ def fidelity_plane(frame: pd.DataFrame) -> pd.DataFrame:
     return plane
 
 
-def _flags(study_dir: Path, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _flags(study_dir: Path, fidelity_dir: str, eval_dir: str, task: str) -> tuple[np.ndarray, ...]:
     """(ids, agree, correct) of one run on one task, checked to cover the same examples."""
-    task = record["task"]
-    ids, agree = read_agreement(study_dir / str(record["fidelity_dir"]) / "pairs" / f"{task}.jsonl")
-    pred_ids, correct = read_predictions(study_dir / str(record["eval_dir"]) / "predictions" / f"{task}.jsonl")
+    ids, agree = read_flags(study_dir / fidelity_dir / "pairs" / f"{task}.jsonl", "agree", "fidelity pairs")
+    pred_ids, correct = read_flags(study_dir / eval_dir / "predictions" / f"{task}.jsonl")
     if not np.array_equal(ids, pred_ids):
         raise KdlabError(
-            f"{record['fidelity_dir']}: fidelity pairs and predictions of {record['eval_dir']} hold other "
-            f"examples for task {task}"
+            f"{fidelity_dir}: fidelity pairs and predictions of {eval_dir} hold other examples for task {task}"
         )
     return ids, agree, correct
 
 
-def _paired(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float, int, int, float]:
-    """(diff, ci_low, ci_high, b, c, McNemar p) of two paired boolean vectors (a minus b)."""
-    gain, loss = int((a & ~b).sum()), int((~a & b).sum())
-    low, high = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
-    return (gain - loss) / len(a), low, high, gain, loss, mcnemar_exact(gain, loss)
-
-
-def agreement_tests(
-    frame: pd.DataFrame, study_dir: str | Path, reference: str = "fkl", n_boot: int = 10000, seed: int = 0
-) -> pd.DataFrame:
-    """Paired agreement and accuracy tests of every KD run against the ``reference`` method (module docstring).
-
-    ``reference`` is a method name of the study or ``"sft"`` (the student's SFT baseline). Runs without a fidelity
-    folder, and the reference runs themselves, are left out. Empty when the study has no such pairs.
-    """
-    study_dir = Path(study_dir)
-    read: dict[tuple, tuple] = {}  # a reference run is compared with every method: read its files once
-
-    def flags(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = (record["fidelity_dir"], record["eval_dir"], record["task"])
-        if key not in read:
-            read[key] = _flags(study_dir, record)
-        return read[key]
-
-    runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(_present)]
+def _comparisons(frame: pd.DataFrame, reference: str) -> list[tuple[dict, dict]]:
+    """(KD run, its reference run) rows of ``frame`` with fidelity folders: the reference is the run of method
+    ``reference`` without noise, or the SFT run with ``reference == "sft"``, of the same teacher, student, domain,
+    task and seed (for SFT, a KD run from a base teacher is compared with the SFT run of the fine-tuned teacher)."""
+    runs = frame[frame["role"].isin(["student-sft", "student-kd"]) & frame["fidelity_dir"].map(present)]
     is_reference = (
         runs["role"].eq("student-sft")
         if reference == "sft"
         else (runs["role"].eq("student-kd") & runs["method"].eq(reference) & runs["noise"].eq(0))
     )
     references = {tuple(record[key] for key in GROUP): record for record in runs[is_reference].to_dict("records")}
-    rows = []
+    pairs = []
     for record in runs[runs["role"].eq("student-kd") & ~is_reference].to_dict("records"):
         key = tuple(record[key] for key in GROUP)
         if reference == "sft":
             key = (record["teacher"], "finetuned", *key[2:])
-        other = references.get(key)
-        if other is None:
-            continue
-        ids, agree, correct = flags(record)
-        ref_ids, ref_agree, ref_correct = flags(other)
+        if key in references:
+            pairs.append((record, references[key]))
+    return pairs
+
+
+AGREEMENT_NAMES = {
+    "a_mean": "agreement",
+    "b_mean": "reference_agreement",
+    "diff": "agree_diff",
+    "ci_low": "agree_ci_low",
+    "ci_high": "agree_ci_high",
+    "b": "b_agree",
+    "c": "c_agree",
+    "pvalue": "agree_pvalue",
+    "pvalue_holm_all": "agree_pvalue_holm",
+}
+ACCURACY_NAMES = {
+    "a_mean": "accuracy",
+    "b_mean": "reference_accuracy",
+    "diff": "acc_diff",
+    "ci_low": "acc_ci_low",
+    "ci_high": "acc_ci_high",
+    "pvalue": "acc_pvalue",
+    "pvalue_holm_all": "acc_pvalue_holm",
+}
+
+
+def agreement_tests(
+    frame: pd.DataFrame, study_dir: str | Path, reference: str = "fkl", n_boot: int = 10000, seed: int = 0
+) -> pd.DataFrame:
+    """Paired agreement and accuracy tests of every KD run against the ``reference`` method (module docstring):
+    :func:`kdlab.stats.paired.compare_pairs` on the agreement flags and on the correctness flags, Holm across
+    every comparison of the table.
+
+    ``reference`` is a method name of the study or ``"sft"`` (the student's SFT baseline). Runs without a fidelity
+    folder, and the reference runs themselves, are left out. Empty when the study has no such pairs.
+    """
+    check_n_boot(n_boot)
+    # a reference run is compared with every method: read its files once
+    flags = cache(lambda fidelity_dir, eval_dir, task: _flags(Path(study_dir), fidelity_dir, eval_dir, task))
+    rows, agree_pairs, correct_pairs = [], [], []
+    for record, other in _comparisons(frame, reference):
+        ids, agree, correct = flags(str(record["fidelity_dir"]), str(record["eval_dir"]), record["task"])
+        ref_ids, ref_agree, ref_correct = flags(str(other["fidelity_dir"]), str(other["eval_dir"]), other["task"])
         if not np.array_equal(ids, ref_ids):
             raise KdlabError(
                 f"{record['fidelity_dir']} and {other['fidelity_dir']}: different examples for task {record['task']}"
             )
-        a_diff, a_low, a_high, b_agree, c_agree, a_p = _paired(agree, ref_agree, n_boot, seed)
-        c_diff, c_low, c_high, _, _, c_p = _paired(correct, ref_correct, n_boot, seed)
-        rows.append(
-            {
-                **{k: record[k] for k in GROUP},
-                "run": record["run"],
-                "method": record["method"],
-                "reference": reference,
-                "reference_run": other["run"],
-                "n": len(ids),
-                "agreement": agree.mean(),
-                "reference_agreement": ref_agree.mean(),
-                "agree_diff": a_diff,
-                "agree_ci_low": a_low,
-                "agree_ci_high": a_high,
-                "b_agree": b_agree,
-                "c_agree": c_agree,
-                "agree_pvalue": a_p,
-                "accuracy": correct.mean(),
-                "reference_accuracy": ref_correct.mean(),
-                "acc_diff": c_diff,
-                "acc_ci_low": c_low,
-                "acc_ci_high": c_high,
-                "acc_pvalue": c_p,
-            }
-        )
-    table = pd.DataFrame(rows, columns=TEST_COLUMNS)
-    if table.empty:
-        return table
-    table["agree_pvalue_holm"] = holm(table["agree_pvalue"].to_numpy())
-    table["acc_pvalue_holm"] = holm(table["acc_pvalue"].to_numpy())
+        identity = {
+            "run": record["run"],
+            "method": record["method"],
+            "reference": reference,
+            "reference_run": other["run"],
+        }
+        rows.append({**{k: record[k] for k in GROUP}, **identity})
+        agree_pairs.append((agree, ref_agree))
+        correct_pairs.append((correct, ref_correct))
+    if not rows:
+        return pd.DataFrame(columns=TEST_COLUMNS)
+    agreement = compare_pairs(agree_pairs, n_boot, seed).rename(columns=AGREEMENT_NAMES)
+    accuracy = compare_pairs(correct_pairs, n_boot, seed).rename(columns=ACCURACY_NAMES)
+    table = pd.concat([pd.DataFrame(rows), agreement, accuracy[list(ACCURACY_NAMES.values())]], axis=1)
     table["verdict"] = [verdict(row) for row in table.to_dict("records")]
-    return table
+    return table[TEST_COLUMNS]
 
 
 def verdict(row: dict, alpha: float = 0.05) -> str:
@@ -244,7 +222,7 @@ def fidelity_tables(
     """``{"fidelity_plane", "agreement"}`` of a study: the plane, and the agreement tests of every KD run against
     forward KL (a method named ``fkl``, when the study has one) and against the SFT baseline, in one table
     (``reference`` column; Holm within each reference). Empty tables when the results carry no fidelity folders."""
-    if "fidelity_dir" not in frame or not frame["fidelity_dir"].map(_present).any():
+    if "fidelity_dir" not in frame or not frame["fidelity_dir"].map(present).any():
         return {"fidelity_plane": pd.DataFrame(columns=PLANE_COLUMNS), "agreement": pd.DataFrame(columns=TEST_COLUMNS)}
     references = (["fkl"] if ((frame["role"] == "student-kd") & (frame["method"] == "fkl")).any() else []) + ["sft"]
     tests = [agreement_tests(frame, study_dir, reference, n_boot=n_boot, seed=seed) for reference in references]

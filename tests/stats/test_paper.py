@@ -1,5 +1,6 @@
-"""Tests for kdlab.paper_stats: the paper's hypothesis tests from its published CSVs."""
+"""Tests for kdlab.stats.paper: the paper's hypothesis tests from its published CSVs."""
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -7,9 +8,9 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.paper_stats import paper_hypotheses, write_paper_stats
+from kdlab.stats.paper import paper_hypotheses, write_paper_stats
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DIR = Path(__file__).resolve().parents[2].parent / "shared"
 RESULTS = SHARED_DIR / "data" / "paper-kd-generalization" / "results"
 
 
@@ -127,3 +128,29 @@ def test_bad_inputs(tmp_path):
     nosft.write_text("Teacher,Student,Method,taskA\nM-7B,M-1B,student_KD,1\n")
     with pytest.raises(KdlabError, match=r"nosft.csv.*SFT"):
         paper_hypotheses([nosft])
+
+
+def test_undefined_tests_are_nan_as_in_the_study_statistics(tmp_path):
+    """The paper's tests run through the study's H1-H5 core: a family whose improvements are all equal has no t-test
+    and families without variance inside have no ANOVA (NaN, as kdlab.stats.significance defines them), where scipy
+    alone would report t = inf, p = 0; the other rows are scipy's."""
+    rows = [
+        "Teacher,Student,Method,tA",
+        "-,M-0.5B,SFT,10",
+        "-,M-2B,SFT,20",
+        "-,M-7B,SFT,50",
+        "M-7B,M-0.5B,student_KD_temp_1.0,12",  # SeqKD +2, +2
+        "M-7B,M-2B,student_KD_temp_1.0,22",
+        "M-7B,M-0.5B,student_RevKD_temp_1.0,15",  # RevKD +5, +5
+        "M-7B,M-2B,student_RevKD_temp_1.0,25",
+    ]
+    csv = tmp_path / "r.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    frame = paper_hypotheses([csv])
+    for hypothesis, group in (("H1", "SeqKD"), ("H1", "RevKD"), ("H1-anova", "all")):
+        row = _pick(frame, hypothesis, group, "tA")
+        assert math.isnan(row.statistic) and math.isnan(row.pvalue), (hypothesis, group)
+    assert _pick(frame, "H1", "GKD", "tA").n == 0
+    h1 = _pick(frame, "H1", "all", "tA")
+    ref = stats.ttest_1samp([2, 2, 5, 5], 0.0, alternative="greater")
+    assert (h1.statistic, h1.pvalue, h1.n) == (ref.statistic, ref.pvalue, 4)

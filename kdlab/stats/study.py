@@ -2,19 +2,19 @@
 
 Three tables, each a :class:`pandas.DataFrame`:
 
-* :func:`study_hypotheses` -- the paper's H1-H5 tests (as in :mod:`kdlab.paper_stats`), on this study's runs.
-* :func:`paired_tests` -- per KD run and task: the KD student against its SFT twin on the same examples
-  (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction), in
-  :mod:`kdlab.study.paired_stats`.
+* :func:`~kdlab.stats.hypotheses.study_hypotheses` -- the paper's H1-H5 tests (:mod:`kdlab.stats.hypotheses`), on
+  this study's runs.
+* :func:`~kdlab.stats.paired.paired_tests` -- per KD run and task: the KD student against its SFT twin on the same
+  examples (exact McNemar, paired bootstrap CI of the accuracy difference, Holm correction).
 * :func:`seed_summary` -- per configuration x task: mean over seeds with a t-interval.
 
 :func:`compute_stats` writes them as ``hypotheses.csv``, ``paired.csv``, ``seeds.csv`` and ``stats.md`` (rendered by
-:mod:`kdlab.study.stats_markdown`), with the paper's temperature view and the fidelity tables
-(:mod:`kdlab.study.fidelity_stats`); the tests and intervals themselves live in :mod:`kdlab.significance`.
+:mod:`kdlab.stats.markdown`), with the paper's temperature view and the fidelity tables
+(:mod:`kdlab.stats.fidelity`); the tests and intervals themselves live in :mod:`kdlab.stats.significance`.
 
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
 a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
-the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.study.stats_table` (``check_table``,
+the other KD rows are ablations. The table's columns are checked by :mod:`kdlab.stats.table` (``check_table``,
 ``main_grid``, ``CONFIG``).
 """
 
@@ -27,35 +27,13 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_text
-from kdlab.significance import anova, holm, spearman, t_interval, ttest_greater
-from kdlab.study.fidelity_stats import fidelity_tables
-from kdlab.study.paired_stats import paired_tests
-from kdlab.study.stats_markdown import stats_markdown
-from kdlab.study.stats_table import CONFIG, check_table, main_grid
+from kdlab.stats.fidelity import fidelity_tables
+from kdlab.stats.hypotheses import study_hypotheses
+from kdlab.stats.markdown import stats_markdown
+from kdlab.stats.paired import paired_tests
+from kdlab.stats.significance import t_interval
+from kdlab.stats.table import CONFIG, check_table, main_grid
 
-HYPOTHESES = ("H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5")
-# H2..H5: Spearman(improvement, column)
-CORRELATES = (
-    ("H2", "teacher_accuracy"),
-    ("H3", "student_size_b"),
-    ("H3b", "sft_accuracy"),
-    ("H4", "agreement"),
-    ("H5", "bleu"),
-)
-HYPOTHESIS_COLUMNS = [
-    "hypothesis",
-    "group",
-    "task",
-    "statistic",
-    "pvalue",
-    "n",
-    "effect_size",
-    "effect_name",
-    "pvalue_holm",
-    "mean",
-    "test",
-    "note",
-]
 SEED_COLUMNS = (
     ["role"]
     + CONFIG
@@ -83,95 +61,7 @@ SEED_COLUMNS = (
     ]
 )
 
-HYPOTHESIS_INPUT = [
-    "role",
-    "task",
-    "seed",
-    "student_size_b",
-    "improvement",
-    "sft_accuracy",
-    "teacher_accuracy",
-    "agreement",
-    "bleu",
-] + CONFIG
 SEED_INPUT = ["role", "task", "seed", "accuracy", "student_size_b"] + CONFIG
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# H1-H5
-
-
-def seed_means(kd: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration x task: the mean over seeds of improvement and its correlates (NaN skipped),
-    rounded to 12 decimals."""
-    columns = ["improvement", "student_size_b", "sft_accuracy", "teacher_accuracy", "agreement", "bleu", "accuracy"]
-    columns = [c for c in columns if c in kd.columns]
-    grouped = kd.groupby(CONFIG + ["task"], dropna=False, sort=False)
-    # rounded to 12 decimals so that values equal up to float noise tie in the Spearman ranks
-    out = grouped[columns].mean().round(12)
-    out["n_seeds"] = grouped["seed"].nunique()
-    return out.reset_index()
-
-
-def study_hypotheses(frame: pd.DataFrame) -> pd.DataFrame:
-    """The paper's H1-H5 tests on this study's KD runs.
-
-    Rows used: ``role == 'student-kd'``, ``teacher_kind == 'finetuned'`` and ``noise == 0`` (the main grid; the
-    base-teacher and teacher-noise ablations are left out). Seeds are averaged first: one point per configuration x
-    task (improvement = mean over seeds of KD accuracy - SFT accuracy, and the mean of each correlate). Unlike
-    :mod:`kdlab.paper_stats`, which takes the maximum over temperatures on the test set, every (method, temperature)
-    is its own point (no selection on the test set); points sharing a student or teacher are not independent, so
-    read the p-values as descriptive, as in the paper.
-
-    Groups: ``all`` and each method (the ``method`` column). Tasks: each task, and ``all`` pooling every
-    configuration x task point. Tests: H1 one-sided one-sample t-test of improvement > 0 (effect size Cohen's
-    d = mean / sd); H1-anova one-way ANOVA of improvement across methods (group ``all`` only; eta squared);
-    H2 / H3 / H3b / H4 / H5 Spearman(improvement, teacher_accuracy / student_size_b / sft_accuracy / agreement /
-    bleu) (effect size rho). A test that is undefined (too few points, constant input) gives NaN and says why in
-    ``note``. ``pvalue_holm`` is Holm-adjusted within each (hypothesis, group) across the tasks (``all`` included).
-    """
-    frame = check_table(frame, HYPOTHESIS_INPUT)
-    kd = main_grid(frame)
-    if kd.empty:
-        raise KdlabError(
-            "results table: no student-kd rows with teacher_kind 'finetuned' and noise 0 "
-            "(the main grid the hypothesis tests use)"
-        )
-    points = seed_means(kd)
-    tasks = list(dict.fromkeys(points["task"]))
-    methods = list(dict.fromkeys(points["method"]))
-    rows = []
-    for task in tasks + ["all"]:
-        per_task = points if task == "all" else points[points["task"] == task]
-        for group in ["all"] + methods:
-            sub = per_task if group == "all" else per_task[per_task["method"] == group]
-            if sub.empty:
-                continue
-            imp = sub["improvement"].to_numpy(float)
-            rows.append({"hypothesis": "H1", "group": group, "task": task, **ttest_greater(imp)})
-            if group == "all":
-                samples = {m: s["improvement"].to_numpy(float) for m, s in sub.groupby("method", sort=False)}
-                rows.append({"hypothesis": "H1-anova", "group": group, "task": task, **anova(samples)})
-            for hypothesis, column in CORRELATES:
-                rows.append(
-                    {
-                        "hypothesis": hypothesis,
-                        "group": group,
-                        "task": task,
-                        **spearman(imp, sub[column].to_numpy(float), column),
-                    }
-                )
-    out = pd.DataFrame(rows)
-    out["pvalue_holm"] = out.groupby(["hypothesis", "group"], sort=False)["pvalue"].transform(
-        lambda p: pd.Series(holm(p.to_numpy()), index=p.index)
-    )
-    order = {h: i for i, h in enumerate(HYPOTHESES)}
-    out["_h"] = out["hypothesis"].map(order)
-    out["_t"] = out["task"].map({t: i for i, t in enumerate(tasks + ["all"])})
-    out["_g"] = out["group"].map({g: i for i, g in enumerate(["all"] + methods)})
-    out = out.sort_values(["_h", "_t", "_g"], kind="stable").reset_index(drop=True)
-    out["n"] = out["n"].astype(int)
-    return out[HYPOTHESIS_COLUMNS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,14 +92,8 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row["n_seeds"] = len(seeds)
         row["seeds"] = ",".join(f"{s:g}" for s in seeds)
         row["n"] = group["n"].mean() if "n" in group else math.nan
-        mean, sd, low, high, _ = t_interval(group["accuracy"])
-        # an accuracy lies in [0, 1]: the t-interval is clipped to it (NaN stays NaN)
-        row.update(
-            accuracy_mean=mean,
-            accuracy_sd=sd,
-            accuracy_ci_low=max(low, 0.0) if low == low else low,
-            accuracy_ci_high=min(high, 1.0) if high == high else high,
-        )
+        mean, sd, low, high, _ = t_interval(group["accuracy"], within=(0.0, 1.0))
+        row.update(accuracy_mean=mean, accuracy_sd=sd, accuracy_ci_low=low, accuracy_ci_high=high)
         single = len(group) == 1 and "ci_low" in group and "ci_high" in group
         row["wilson_low"] = group["ci_low"].iloc[0] if single else math.nan
         row["wilson_high"] = group["ci_high"].iloc[0] if single else math.nan
@@ -290,7 +174,7 @@ def compute_study_stats(
 
 def write_stats_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """Write the tables of :func:`compute_study_stats` (CSV each, and ``stats.md``) into ``out_dir``; also
-    ``fidelity_plane`` and ``agreement`` (:func:`kdlab.study.fidelity_stats.fidelity_tables`) when present."""
+    ``fidelity_plane`` and ``agreement`` (:func:`kdlab.stats.fidelity.fidelity_tables`) when present."""
     out_dir = Path(out_dir)
     paths = {
         "hypotheses": out_dir / "hypotheses.csv",
@@ -318,10 +202,10 @@ def compute_stats(
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Everything ``kdlab study stats`` writes: the results (and selection) tables into ``<study_dir>/results``
-    (:func:`kdlab.study.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
-    :func:`kdlab.study.fidelity_stats.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the
+    (:func:`kdlab.stats.results.write_results`), then the statistics tables of :func:`compute_study_stats` and
+    :func:`kdlab.stats.fidelity.fidelity_tables` into ``out_dir`` (:func:`write_stats_tables`). Returns the
     statistics tables, with ``selection`` among them when given."""
-    from kdlab.study.results import write_results  # results pulls in the plan; the tables alone do not need it
+    from kdlab.stats.results import write_results  # results pulls in the plan; the tables alone do not need it
 
     write_results(frame, Path(study_dir) / "results", selection)
     tables = {**compute_study_stats(study_dir, frame, n_boot=n_boot, seed=seed), **fidelity_tables(study_dir, frame)}

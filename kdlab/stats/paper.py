@@ -19,26 +19,25 @@ Tests per task column (every numeric column of the results, ``Average`` included
 H1 one-sided one-sample t-test of improvement > 0; H1-anova one-way ANOVA of improvement across the three families
 (group ``all`` only); H2 Spearman(improvement, teacher's SFT score); H3 Spearman(improvement, student size in
 billions, the last ``-`` part of its name); H3b Spearman(improvement, student's SFT score); H4 Spearman(improvement,
-agreement); H5 Spearman(improvement, fidelity).
+agreement); H5 Spearman(improvement, fidelity). This module only turns the CSVs into points (one per teacher,
+student, family and task); the tests are the study's, :func:`kdlab.stats.hypotheses.hypothesis_tests` (a test that
+is undefined, e.g. a family whose improvements are all equal, is NaN).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_dir
-from kdlab.significance import spearman
+from kdlab.stats.formatting import isnan, num
+from kdlab.stats.hypotheses import hypothesis_tests
 
 FAMILIES = ("SeqKD", "RevKD", "GKD")
-GROUPS = ("all",) + FAMILIES
-HYPOTHESES = ("H1", "H1-anova", "H2", "H3", "H3b", "H4", "H5")
 COLUMNS = ["hypothesis", "group", "task", "statistic", "pvalue"]
 RESULT_KEYS = ("Teacher", "Student", "Method")
 PAIR_KEYS = ("Teacher", "Student", "Method")
@@ -172,64 +171,20 @@ def load_pair_values(paths: Sequence[str | Path], name: str) -> pd.DataFrame:
     return long
 
 
-def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
-    """(rho, p, n) of :func:`kdlab.significance.spearman` on the pairs where both are known (NaN for fewer than 3
-    points or a constant input)."""
-    row = spearman(x.to_numpy(float), y.to_numpy(float), "")
-    return row["statistic"], row["pvalue"], row["n"]
-
-
 def paper_hypotheses(
     results: Sequence[str | Path], agreement: Sequence[str | Path] = (), fidelity: Sequence[str | Path] = ()
 ) -> pd.DataFrame:
-    """One row per (hypothesis, group, task): ``hypothesis, group, task, statistic, pvalue, n``."""
+    """One row per (hypothesis, group, task): ``hypothesis, group, task, statistic, pvalue, n``, the tests of
+    :func:`kdlab.stats.hypotheses.hypothesis_tests` on the paper's points (one per teacher, student, family and task;
+    H4 / H5 only when agreement / fidelity CSVs are given)."""
     long, _, tasks = load_results(list(results))
-    if agreement:
-        long = long.merge(load_pair_values(list(agreement), "agreement"), on=["teacher", "student", "task"], how="left")
-    if fidelity:
-        long = long.merge(load_pair_values(list(fidelity), "fidelity"), on=["teacher", "student", "task"], how="left")
-    rows = []
-
-    def add(hyp, group, task, stat, p, n):
-        rows.append({"hypothesis": hyp, "group": group, "task": task, "statistic": stat, "pvalue": p, "n": n})
-
     correlates = [("H2", "teacher_sft"), ("H3", "size"), ("H3b", "sft")]
-    if agreement:
-        correlates.append(("H4", "agreement"))
-    if fidelity:
-        correlates.append(("H5", "fidelity"))
-    for task in tasks:
-        per_task = long[long["task"] == task]
-        if per_task.empty:
-            continue
-        for group in GROUPS:
-            sub = per_task if group == "all" else per_task[per_task["family"] == group]
-            imp = sub["improvement"]
-            if len(imp) >= 2:
-                res = stats.ttest_1samp(imp.to_numpy(), 0.0, alternative="greater")
-                add("H1", group, task, float(res.statistic), float(res.pvalue), len(imp))
-            else:
-                add("H1", group, task, math.nan, math.nan, len(imp))
-            if group == "all":
-                samples = [per_task.loc[per_task["family"] == f, "improvement"].to_numpy() for f in FAMILIES]
-                samples = [s for s in samples if len(s)]
-                if len(samples) >= 2 and all(len(s) >= 1 for s in samples) and sum(map(len, samples)) > len(samples):
-                    res = stats.f_oneway(*samples)
-                    add("H1-anova", group, task, float(res.statistic), float(res.pvalue), sum(map(len, samples)))
-                else:
-                    add("H1-anova", group, task, math.nan, math.nan, sum(map(len, samples)))
-            for hyp, column in correlates:
-                add(hyp, group, task, *_spearman(imp, sub[column]))
-    frame = pd.DataFrame(rows, columns=COLUMNS + ["n"])
-    order = {h: i for i, h in enumerate(HYPOTHESES)}
-    frame["_h"] = frame["hypothesis"].map(order)
-    frame["_t"] = frame["task"].map({t: i for i, t in enumerate(tasks)})
-    frame["_g"] = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
-    return frame.sort_values(["_h", "_t", "_g"], kind="stable").drop(columns=["_h", "_t", "_g"]).reset_index(drop=True)
-
-
-def _fmt(value: float) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+    for hypothesis, name, paths in (("H4", "agreement", agreement), ("H5", "fidelity", fidelity)):
+        if paths:
+            long = long.merge(load_pair_values(list(paths), name), on=["teacher", "student", "task"], how="left")
+            correlates.append((hypothesis, name))
+    table = hypothesis_tests(long, "family", correlates, groups=FAMILIES, tasks=tasks)
+    return table[COLUMNS + ["n"]]
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -242,10 +197,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for row in frame.itertuples(index=False):
-        mark = " *" if not math.isnan(row.pvalue) and row.pvalue < 0.05 else ""
+        mark = " *" if not isnan(row.pvalue) and row.pvalue < 0.05 else ""
         lines.append(
-            f"| {row.hypothesis} | {row.group} | {row.task} | {_fmt(row.statistic)} | "
-            f"{_fmt(row.pvalue)}{mark} | {row.n} |"
+            f"| {row.hypothesis} | {row.group} | {row.task} | {num(row.statistic)} | "
+            f"{num(row.pvalue)}{mark} | {row.n} |"
         )
     return "\n".join(lines) + "\n"
 

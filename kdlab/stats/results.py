@@ -17,7 +17,7 @@ Columns (``RESULT_COLUMNS``):
   empty otherwise) and ``val_accuracy`` (the chosen candidate's validation accuracy). A temperature that was selected
   is named there; the ``temperature`` column is then NaN, since temperature is no longer a dimension of the grid.
 - ``fidelity_dir``: the study-relative fidelity folder of the row (``pairs/<task>.jsonl``, per-example agreement),
-  for paired agreement tests (:mod:`kdlab.study.fidelity_stats`); empty where fidelity was not computed
+  for paired agreement tests (:mod:`kdlab.stats.fidelity`); empty where fidelity was not computed
 
 :func:`collect_selection` gives the validation side: one row per candidate, with its score and whether it was chosen.
 
@@ -35,12 +35,13 @@ import pandas as pd
 
 from kdlab.errors import KdlabError
 from kdlab.io import atomic_write_bytes, atomic_write_text
+from kdlab.stats.formatting import fmt
+from kdlab.stats.table import NUMERIC
 from kdlab.study.cost import model_params
 from kdlab.study.kinds import is_done
 from kdlab.study.plan import Node, Plan
-from kdlab.study.stats_table import NUMERIC
 
-# identity and settings, the numbers (:data:`kdlab.study.stats_table.NUMERIC`, in that order), then the folders
+# identity and settings, the numbers (:data:`kdlab.stats.table.NUMERIC`, in that order), then the folders
 RESULT_COLUMNS = [
     *("run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss"),
     *NUMERIC[1:],
@@ -284,9 +285,9 @@ def format_results(frame: pd.DataFrame) -> str:
     view = frame.copy()
     view["acc"] = view["accuracy"].map(lambda v: f"{v:.3f}")
     view["CI"] = [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(view["ci_low"], view["ci_high"])]
-    view["gain"] = view["improvement"].map(lambda v: "" if pd.isna(v) else f"{v:+.3f}")
-    view["agree"] = view["agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    view["tau"] = view["temperature"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    view["gain"] = view["improvement"].map(lambda v: fmt(v, "+.3f"))
+    view["agree"] = view["agreement"].map(lambda v: fmt(v, ".2f"))
+    view["tau"] = view["temperature"].map(lambda v: fmt(v, "g"))
     columns = [
         "role",
         "teacher",

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from kdlab.errors import KdlabError
-from kdlab.study.fidelity_stats import agreement_tests, fidelity_tables, pareto_front
+from kdlab.stats.fidelity import agreement_tests, fidelity_tables, pareto_front
 
 
 def test_pareto_front_by_hand():
@@ -132,3 +132,20 @@ def test_report_parts(study):
     rows = agreement_rows(tables["agreement"])
     assert len(rows) == 3 and all(len(r) == len(AGREEMENT_HEADER) for r in rows)
     assert any(r[0] == "decision" and r[1] == "fkl" and r[6].startswith("+") for r in rows)
+
+
+def test_agreement_files_are_read_by_the_predictions_rule(study):
+    """The pairs files go through the same reader as the predictions: a broken line is one error naming file and
+    line, a repeated example id is refused."""
+    root, frame, _ = study
+    path = root / "fidelity/dec/pairs/arith.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], '{"id": 1}', *lines[2:]]) + "\n")
+    with pytest.raises(KdlabError, match=r"dec/pairs/arith.jsonl:2: a record needs keys 'id' and 'agree'"):
+        agreement_tests(frame, root, reference="sft", n_boot=10)
+    path.write_text("\n".join([lines[0], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(KdlabError, match=r"dec/pairs/arith.jsonl: example id 0 appears more than once"):
+        agreement_tests(frame, root, reference="sft", n_boot=10)
+    path.unlink()
+    with pytest.raises(KdlabError, match=r"dec/pairs/arith.jsonl: fidelity pairs file not found"):
+        agreement_tests(frame, root, reference="sft", n_boot=10)
