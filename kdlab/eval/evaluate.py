@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from kdlab.backends import BACKENDS, Backend, choose_backend, open_generator
 from kdlab.data.formats import Example, load_json_examples
 from kdlab.data.overlap import normalise_question, question_text
 from kdlab.data.tokenize import ON_LONG
@@ -49,7 +50,7 @@ from kdlab.eval.predictions import read_prediction_lines
 from kdlab.eval.prompts import Prompt, PromptLimit, model_context, prepare_prompts
 from kdlab.eval.task_examples import load_task_examples
 from kdlab.eval.tasks import Task, resolve_tasks
-from kdlab.generation import cut_at_stop, generate_ids
+from kdlab.generation import cut_at_stop
 from kdlab.io import atomic_write_json, atomic_write_text, json_text
 from kdlab.locks import folder_lock
 from kdlab.models.heads import final_hidden, output_weight
@@ -82,6 +83,9 @@ class EvalSettings:
     precision: str = "auto"  # auto: bf16 where the hardware has native bf16 (kdlab.precision), else fp32
     max_prompt_tokens: int | None = None  # None: the model's context less the budget (kdlab.eval.prompts)
     on_long: str = "truncate"  # a longer prompt: truncate (keep its end) | drop | error (kdlab.eval.prompts)
+    backend: str = (
+        "auto"  # generate mode: hf | vllm | auto (vLLM when installed and it runs the model; kdlab.generation)
+    )
 
     def validate(self) -> None:
         if self.mode not in ("generate", "loglik"):
@@ -90,6 +94,8 @@ class EvalSettings:
             raise KdlabError(f"--extraction {self.extraction!r}: choose {' or '.join(MODES)}")
         if self.precision not in PRECISIONS:
             raise KdlabError(f"--precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise KdlabError(f"--backend {self.backend!r}: choose {', '.join(BACKENDS)}")
         if self.on_long not in ON_LONG:
             raise KdlabError(f"--on-long {self.on_long!r}: choose {', '.join(ON_LONG)}")
         for name in ("batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
@@ -113,7 +119,11 @@ def _task_items(task: Task, settings: EvalSettings, excluded: set[str]) -> list[
 
 
 EVAL_PATH_SETTINGS = ("model", "adapter", "data_dir", "exclude_overlap")
-ADDED_SETTINGS = {"max_prompt_tokens": None, "on_long": "truncate"}  # settings added since the first release
+ADDED_SETTINGS = {
+    "max_prompt_tokens": None,
+    "on_long": "truncate",
+    "backend": "auto",
+}  # settings added since the first release
 
 
 def _check_out(settings: EvalSettings) -> Path:
@@ -169,17 +179,16 @@ def evaluate(settings: EvalSettings) -> dict:
     """Run the evaluation described by ``settings``; returns the metrics (also written to metrics.json).
 
     Every input is checked (data, options, prompt lengths) before the output folder is written; an error during
-    the run removes the folder it created (:func:`_removed_on_error`)."""
-    from kdlab.models.load import inference_device, load_model, load_tokenizer
+    the run removes the folder it created (:func:`_removed_on_error`). Generate mode runs on the chosen backend
+    (:func:`kdlab.generation.choose_backend`, printed and recorded in metrics.json); loglik mode scores with HF."""
+    from kdlab.models.load import load_tokenizer
 
     settings.validate()
     tasks, items = _select_tasks(settings)
     out = _check_out(settings)
     tokenizer = load_tokenizer(settings.model)
     tokenizer.padding_side = "left"
-    device = inference_device()
-    model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval().to(device)
-    limits = PromptLimit(settings.max_prompt_tokens, settings.on_long, model_context(model, tokenizer))
+    limits = PromptLimit(settings.max_prompt_tokens, settings.on_long, model_context(settings.model, tokenizer))
     prompts = {
         task.name: prepare_prompts(
             task, items[task.name], tokenizer, settings.mode, settings.max_new_tokens or task.max_new_tokens, limits
@@ -190,7 +199,9 @@ def evaluate(settings: EvalSettings) -> dict:
         message = prompts[task.name].message(task.name, settings.on_long)
         if message:
             print(message, file=sys.stderr, flush=True)
-    with folder_lock(out, "kdlab eval"):
+    backend = _eval_backend(settings, tasks, prompts)
+    print(f"kdlab eval: {backend.describe()}", flush=True)
+    with _model(settings, backend, tokenizer, limits.context) as (model, generator), folder_lock(out, "kdlab eval"):
         _check_out(settings)  # again, under the lock: another process may have started meanwhile
         with _removed_on_error(out):
             record_output(out, EVALUATION, ["config.yaml", "metrics.json", "predictions/"])
@@ -199,7 +210,31 @@ def evaluate(settings: EvalSettings) -> dict:
                 out / "config.yaml",
                 yaml.safe_dump(absolute_paths(asdict(settings), EVAL_PATH_SETTINGS), sort_keys=False),
             )
-            return _run_tasks(model, tokenizer, device, tasks, prompts, settings, out, limits.context)
+            return _run_tasks(model, generator, tokenizer, tasks, prompts, settings, out, limits.context, backend)
+
+
+def _eval_backend(settings: EvalSettings, tasks: list[Task], prompts: dict) -> Backend:
+    """Generate mode: the backend ``settings.backend`` chooses for this many budgeted tokens; loglik mode: HF."""
+    if settings.mode == "loglik":
+        return Backend("hf", None, "loglik mode scores options with HF")
+    budget = sum(len(prompts[task.name].prompts) * (settings.max_new_tokens or task.max_new_tokens) for task in tasks)
+    return choose_backend(settings.backend, settings.model, budget)
+
+
+@contextmanager
+def _model(settings: EvalSettings, backend: Backend, tokenizer, context):
+    """(the HF model or None, the generator): the HF model in this process, or a vLLM engine and no HF model."""
+    from kdlab.models.load import inference_device, load_model
+
+    model = None
+    if backend.name == "hf":
+        model = load_model(settings.model, adapter=settings.adapter, merge_adapter=True).eval()
+        model = model.to(inference_device())
+    bf16 = uses_bf16(settings.precision)
+    with open_generator(
+        backend, settings.model, settings.adapter, tokenizer, bf16, context, model, settings.batch_size
+    ) as generator:
+        yield model, generator
 
 
 @contextmanager
@@ -225,19 +260,22 @@ def _removed_on_error(out: Path) -> Iterator[None]:
 
 
 def _run_tasks(
-    model, tokenizer, device, tasks: list[Task], prompts: dict, settings: EvalSettings, out: Path, context
+    model, generator, tokenizer, tasks: list[Task], prompts: dict, settings: EvalSettings, out: Path, context, backend
 ) -> dict:
     """Evaluate each task (resuming its predictions file), then write and return the metrics."""
     results = {}
     bf16 = uses_bf16(settings.precision)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    device_type = next(model.parameters()).device.type if model is not None else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and model is not None):
         for task in tasks:
             path = out / "predictions" / f"{task.name}.jsonl"
             done = _read_done(path)
             pending = [prompt for prompt in prompts[task.name].prompts if prompt.index not in done]
             if pending:
-                run = _generate_task if settings.mode == "generate" else _loglik_task
-                run(model, tokenizer, task, pending, settings, path)
+                if settings.mode == "generate":
+                    _generate_task(generator, tokenizer, task, pending, settings, path)
+                else:
+                    _loglik_task(model, tokenizer, task, pending, settings, path)
             records = _read_done(path)
             results[task.name] = {
                 **task_metrics([records[prompt.index] for prompt in prompts[task.name].prompts], settings.mode),
@@ -253,6 +291,7 @@ def _run_tasks(
             "on_long": settings.on_long,
             "max_prompt_tokens": settings.max_prompt_tokens,
             "context": context,
+            **backend.record(),
         },
     }
     atomic_write_json(out / "metrics.json", metrics)
@@ -270,7 +309,7 @@ def _cut_field(prompt: Prompt) -> dict:
     return {"prompt_tokens_cut": prompt.cut} if prompt.cut else {}
 
 
-def _generate_task(model, tokenizer, task: Task, pending: list[Prompt], settings: EvalSettings, path: Path) -> None:
+def _generate_task(generator, tokenizer, task: Task, pending: list[Prompt], settings: EvalSettings, path: Path) -> None:
     def write_batch(indices: list[int], responses: list[list[int]]) -> None:
         records = []
         for i, response in zip(indices, responses):
@@ -293,12 +332,9 @@ def _generate_task(model, tokenizer, task: Task, pending: list[Prompt], settings
             )
         _append(path, records)
 
-    generate_ids(
-        model,
-        tokenizer,
+    generator.generate(
         [prompt.ids for prompt in pending],
         settings.max_new_tokens or task.max_new_tokens,
-        settings.batch_size,
         stop_strings=list(task.stop),
         on_batch=write_batch,
         progress=f"eval {task.name}",

@@ -33,10 +33,14 @@ from kdlab.eval.tasks import Task
 UNSET_LENGTH = 10_000_000  # a tokenizer's model_max_length from here up means "not set" (transformers writes 1e30)
 
 
-def model_context(model, tokenizer) -> int | None:
-    """The context length of ``model``: the smaller of its config's ``max_position_embeddings`` (``n_positions``
+def model_context(spec: str, tokenizer) -> int | None:
+    """The context length of model ``spec``: the smaller of its config's ``max_position_embeddings`` (``n_positions``
     in GPT-2 style configs) and the tokenizer's ``model_max_length`` when that is set; None when neither says."""
-    config = getattr(model, "config", None)
+    from transformers import AutoConfig
+
+    from kdlab.models.load import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(spec))
     positions = getattr(config, "max_position_embeddings", None)
     if positions is None:
         positions = getattr(config, "n_positions", None)

@@ -63,19 +63,20 @@ def cache(p: dict, out: Path, study_dir: Path) -> None:
 
 def answers(p: dict, out: Path, study_dir: Path) -> None:
     """The teacher's greedy answers to the training prompts, as LLM-Adapters JSON (``out/train.json``), generated as
-    SeqKD inside a run generates them (:mod:`kdlab.train.teachers`: one precision rule, ``auto`` here)."""
+    SeqKD inside a run generates them (:mod:`kdlab.train.teachers`: one precision rule, ``auto`` here; one engine)."""
+    from kdlab.backends import choose_backend
     from kdlab.data.formats import load_examples, write_json_examples
     from kdlab.io import atomic_dir
-    from kdlab.models.load import inference_device, load_tokenizer
+    from kdlab.models.load import load_tokenizer
     from kdlab.outputs import TEACHER_ANSWERS
-    from kdlab.train.teachers import load_frozen_teacher, teacher_answers
+    from kdlab.train.teachers import answer_generator, teacher_answers
 
     precision = p.get("precision", "auto")
     tokenizer = load_tokenizer(p["teacher"])
-    teacher = load_frozen_teacher(p["teacher"], p["teacher_adapter"], precision).to(inference_device())
-    generated = teacher_answers(
-        teacher, tokenizer, load_examples(p["data"]), p["max_new_tokens"], p["batch_size"], precision
-    )
+    examples = load_examples(p["data"])
+    backend = choose_backend(p.get("backend", "auto"), p["teacher"], len(examples) * p["max_new_tokens"])
+    with answer_generator(p["teacher"], p["teacher_adapter"], tokenizer, precision, backend, p["batch_size"]) as g:
+        generated = teacher_answers(g, tokenizer, examples, p["max_new_tokens"])
     with atomic_dir(out, kind=TEACHER_ANSWERS) as tmp:
         write_json_examples(generated, tmp / "train.json")
 
@@ -169,6 +170,7 @@ def evaluation(p: dict, out: Path, study_dir: Path) -> None:
             limit=p["limit"],
             max_new_tokens=p["max_new_tokens"],
             precision=p["precision"],
+            backend=p.get("backend", "auto"),
         )
     )
 

@@ -19,6 +19,10 @@ from kdlab.study.nodes import SELECTED, Node, kd_slug, setting_tag, study_path
 from kdlab.study.runmeta import RunMeta
 from kdlab.study.spec import Method, StudySpec, flatten_sections
 
+#: node settings added after study folders existed, left out of the folder hash at these values (their default), so
+#: that a study planned before them keeps its folder names: the generation backend (``auto``).
+HASH_NEUTRAL = {"backend": "auto"}
+
 
 @dataclass
 class PlanNodes:
@@ -38,9 +42,10 @@ class PlanNodes:
         group: str | None = None,
         flops: float = 0.0,
     ) -> Node:
-        """The node in folder ``<kind folder>/<slug>-<h>`` (``<h>`` the hash of its kind and params); its own shard
-        group by default."""
-        digest = hashlib.sha1(json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()).hexdigest()
+        """The node in folder ``<kind folder>/<slug>-<h>`` (``<h>`` the hash of its kind and params, less the
+        settings added later at their default: :data:`HASH_NEUTRAL`); its own shard group by default."""
+        hashed = {key: value for key, value in params.items() if HASH_NEUTRAL.get(key, object()) != value}
+        digest = hashlib.sha1(json.dumps({"kind": kind, **hashed}, sort_keys=True, default=str).encode()).hexdigest()
         node_id = f"{KINDS[kind].folder}/{slug}-{digest[:8]}"
         node = Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
         return self.nodes.setdefault(node.id, node)
@@ -163,6 +168,7 @@ def answers(b: PlanNodes, teacher: str, domain, base: bool, method: Method) -> N
     settings = {
         "max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
         "batch_size": int(method.kd.get("generation_batch_size", 16)),
+        "backend": method.kd.get("generation_backend", "auto"),
         "max_length": int(student_sections.get("train", {}).get("max_length", 256)),
     }
     data, data_deps = train_data(b, domain)

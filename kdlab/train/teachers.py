@@ -3,21 +3,24 @@
 One precision rule for every teacher pass: the run's ``train.precision`` resolved on this machine
 (:func:`kdlab.precision.resolve_precision`, ``auto`` by default): bf16 weights and bf16 autocast where the hardware
 computes bf16 natively, float32 elsewhere. The study's ``answers`` node and SeqKD inside a run both go through
-:func:`load_frozen_teacher` and :func:`teacher_answers`, so they give the same answers on the same machine.
+:func:`answer_generator` and :func:`teacher_answers` (on the backend ``kd.generation_backend`` chooses: HF with
+:func:`load_frozen_teacher`, or vLLM), so they give the same answers on the same machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from kdlab.backends import Backend, choose_backend, open_generator
 from kdlab.config import RunConfig
 from kdlab.data.formats import Example, load_examples, load_json_examples, write_json_examples
 from kdlab.data.tokenize import encode_prompt
 from kdlab.errors import KdlabError
-from kdlab.generation import generate_ids
 from kdlab.models.load import check_adapter_folder, load_model
 from kdlab.precision import uses_bf16
 
@@ -54,21 +57,30 @@ def teacher_spec(config: RunConfig) -> str:
     return spec
 
 
+@contextmanager
+def answer_generator(
+    spec: str, adapter: str | None, tokenizer, precision: str, chosen: Backend, batch_size: int, teacher=None
+) -> Iterator:
+    """The generator of the teacher's answers on the ``chosen`` backend (:mod:`kdlab.backends`; printed): a vLLM
+    engine, or HF ``generate`` on ``teacher`` (loaded frozen here when not given), at this module's precision rule."""
+    from kdlab.models.load import inference_device
+
+    print(f"kdlab: teacher answers: {chosen.describe()}", flush=True)
+    if chosen.name == "hf" and teacher is None:
+        teacher = load_frozen_teacher(spec, adapter, precision).to(inference_device())
+    with open_generator(
+        chosen, spec, adapter, tokenizer, uses_bf16(precision), model=teacher, batch_size=batch_size
+    ) as g:
+        yield g
+
+
 def teacher_answers(
-    teacher,
-    tokenizer,
-    examples: list[Example],
-    max_new_tokens: int,
-    batch_size: int,
-    precision: str = "auto",
-    progress: str | None = "SeqKD: teacher answers",
+    generator, tokenizer, examples: list[Example], max_new_tokens: int, progress: str | None = "SeqKD: teacher answers"
 ) -> list[Example]:
-    """``examples`` with their ``output`` replaced by the teacher's greedy answer to the prompt (SeqKD data),
-    generated under bf16 autocast when ``precision`` resolves to bf16 (the module's precision rule)."""
-    device_type = next(teacher.parameters()).device.type
+    """``examples`` with their ``output`` replaced by the teacher's greedy answer to the prompt (SeqKD data), from
+    ``generator`` (:func:`answer_generator`)."""
     prompts = [encode_prompt(tokenizer, example) for example in examples]
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=uses_bf16(precision)):
-        responses = generate_ids(teacher, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
+    responses = generator.generate(prompts, max_new_tokens, progress=progress)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in responses]
     return [
         Example(instruction=e.instruction, input=e.input, output=text, answer=e.answer)
@@ -85,23 +97,36 @@ def seqkd_examples(
     accelerator,
     file_name: str = "seqkd_data.json",
 ) -> list[Example]:
-    """SeqKD data: the teacher's greedy answers to the training prompts, generated once, cached in the run folder."""
+    """SeqKD data: the teacher's greedy answers to the training prompts, generated once, cached in the run folder.
+
+    With HF every process answers its share; a vLLM engine answers all of them on the main process."""
     from accelerate.utils import gather_object
 
     cache = run_dir / file_name
     if cache.is_file():
         return load_json_examples(cache)
     rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(range(rank, len(examples), world))
-    answered = teacher_answers(
-        teacher,
-        tokenizer,
-        [examples[i] for i in mine],
-        config.kd.max_new_tokens,
-        config.kd.generation_batch_size,
-        config.train.precision,
-        progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None,
-    )
+    chosen = choose_backend(config.kd.generation_backend, config.teacher, len(examples) * config.kd.max_new_tokens)
+    on_vllm = chosen.name == "vllm"
+    mine = list(range(rank, len(examples), world)) if not on_vllm else list(range(len(examples)))
+    answered = []
+    if mine and (accelerator.is_main_process or not on_vllm):
+        with answer_generator(
+            config.teacher,
+            config.teacher_adapter,
+            tokenizer,
+            config.train.precision,
+            chosen,
+            config.kd.generation_batch_size,
+            teacher,
+        ) as generator:
+            answered = teacher_answers(
+                generator,
+                tokenizer,
+                [examples[i] for i in mine],
+                config.kd.max_new_tokens,
+                progress="SeqKD: teacher answers" if accelerator.is_local_main_process else None,
+            )
     pairs = list(zip(mine, answered))
     generated = [
         example for _, example in sorted(gather_object(pairs) if world > 1 else pairs, key=lambda pair: pair[0])

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from kdlab import generation as generation_module
 from kdlab.errors import KdlabError
-from kdlab.eval import evaluate as evaluate_module
 from kdlab.eval.evaluate import EvalSettings, evaluate, sequence_logprobs
 from kdlab.eval.options import parse_options
 from kdlab.eval.tasks import GROUPS, TASKS
@@ -186,9 +186,9 @@ def test_an_interrupted_evaluation_resumes_without_redoing_examples(tiny_models,
     path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])  # killed while writing line 5
     (tmp_path / "part" / "metrics.json").unlink()
     generated = []
-    original = evaluate_module.generate_ids
+    original = generation_module.generate_ids
     monkeypatch.setattr(
-        evaluate_module,
+        generation_module,
         "generate_ids",
         lambda model, tok, prompts, *a, **k: generated.append(len(prompts)) or original(model, tok, prompts, *a, **k),
     )

@@ -7,6 +7,7 @@ import json
 import pytest
 from kdlab_testing import run_cli
 
+from kdlab import generation as generation_module
 from kdlab.errors import KdlabError
 from kdlab.eval import evaluate as evaluate_module
 from kdlab.eval.evaluate import EvalSettings, evaluate
@@ -49,7 +50,7 @@ def prompt_lengths(monkeypatch):
     """The prompt lengths given to generation; a prompt past the model's context stands for the 13.8 GB
     allocation of the report and fails at once (as it would under a memory limit)."""
     seen = []
-    original = evaluate_module.generate_ids
+    original = generation_module.generate_ids
 
     def spy(model, tokenizer, prompt_ids, *args, **kwargs):
         seen.extend(len(ids) for ids in prompt_ids)
@@ -57,7 +58,7 @@ def prompt_lengths(monkeypatch):
             raise MemoryError(f"a prompt of {max(seen)} tokens")
         return original(model, tokenizer, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "generate_ids", spy)
+    monkeypatch.setattr(generation_module, "generate_ids", spy)
     return seen
 
 
@@ -78,13 +79,13 @@ def test_a_long_question_is_truncated_to_the_context_keeping_its_end(tiny_models
 def test_the_end_of_the_prompt_is_kept(tiny_models, long_dir, tmp_path, monkeypatch):
     """The truncated prompt still ends with the question's end and the template's '### Response:'."""
     seen = []
-    original = evaluate_module.generate_ids
+    original = generation_module.generate_ids
 
     def spy(model, tokenizer, prompt_ids, *args, **kwargs):
         seen.extend(prompt_ids)
         return original(model, tokenizer, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "generate_ids", spy)
+    monkeypatch.setattr(generation_module, "generate_ids", spy)
     metrics = evaluate(settings(tmp_path, tiny_models["student"], "end", long_dir, max_prompt_tokens=50))
     assert [len(ids) for ids in seen] == [50, 50, 50] and metrics["tasks"]["arith"]["truncated_long"] == 3
     texts = [build_tiny_tokenizer().decode(ids) for ids in seen]
@@ -147,7 +148,7 @@ def test_an_error_during_evaluation_leaves_no_half_written_folder(tiny_models, l
     def out_of_memory(*args, **kwargs):
         raise MemoryError("simulated")
 
-    monkeypatch.setattr(evaluate_module, "generate_ids", out_of_memory)
+    monkeypatch.setattr(generation_module, "generate_ids", out_of_memory)
     with pytest.raises(MemoryError):
         evaluate(settings(tmp_path, tiny_models["student"], "new", long_dir))
     assert not (tmp_path / "new").exists()

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlab.backends import BACKENDS
 from kdlab.config import KD_PRESETS, LOSS_NAMES, RECIPE_LOSSES, KDConfig
 from kdlab.errors import KdlabError
 from kdlab.io import read_yaml
@@ -56,6 +57,7 @@ EVAL_DEFAULTS = {
     "max_new_tokens": None,
     "extraction": "strict",
     "precision": "auto",
+    "backend": "auto",
 }
 FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
@@ -344,6 +346,7 @@ SECTION_TYPES = {
         "max_new_tokens": (lambda v: v is None or (is_int(v) and v > 0), "an integer > 0 or null"),
         "extraction": (lambda v: v in ("strict", "paper"), "strict or paper"),
         "precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+        "backend": (lambda v: v in BACKENDS, "auto, hf or vllm"),
     },
     "fidelity": {
         "enabled": (lambda v: isinstance(v, bool), "true or false"),
