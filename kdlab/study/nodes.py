@@ -30,6 +30,7 @@ class Node:
     meta: RunMeta = field(default_factory=RunMeta)
     group: str = ""
     flops: float = 0.0
+    read_bytes: float = 0.0  # bytes a generation reads from memory while decoding (kdlab.study.cost.Generation)
 
     def folder(self, study_dir: Path) -> Path:
         return inside_study(study_dir, self.id)

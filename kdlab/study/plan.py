@@ -16,7 +16,7 @@ from functools import partial
 
 from kdlab.errors import KdlabError
 from kdlab.study import training_runs
-from kdlab.study.cost import evaluation_flops, model_params, seconds, token_kl_flops, validation_flops
+from kdlab.study.cost import evaluation_generation, model_params, seconds, token_kl_flops, validation_generation
 from kdlab.study.kinds import KIND_ORDER, KINDS
 from kdlab.study.nodes import Node, kd_slug, run_name, study_path
 from kdlab.study.runmeta import RunMeta
@@ -36,7 +36,7 @@ class Plan:
         return [node for node in self.nodes if node.shard(count) == index]
 
     def seconds(self, node: Node) -> float:
-        return seconds(node.flops, self.spec.cost["tflops"])
+        return seconds(node.flops, self.spec.cost["tflops"], node.read_bytes, self.spec.cost["memory_gbps"])
 
 
 def build_plan(spec: StudySpec) -> Plan:
@@ -164,9 +164,18 @@ def validation(b: PlanNodes, run: Node, model: str, adapter: str | None, domain)
         "data_dir": study_path(split.id),
         **settings,
     }
-    flops = validation_flops(model_params(b.spec, run.meta.student), b.spec.tuning.n, settings["max_new_tokens"])
+    cost = validation_generation(b.spec, run.meta.student, b.spec.tuning.n, settings)
     meta = replace(run.meta, run=run.id)
-    return b.add("val-eval", run_name(run), params, (run.id, split.id), meta, group=run.group, flops=flops)
+    return b.add(
+        "val-eval",
+        run_name(run),
+        params,
+        (run.id, split.id),
+        meta,
+        group=run.group,
+        flops=cost.flops(),
+        read_bytes=cost.bytes(),
+    )
 
 
 # test evaluation and fidelity ------------------------------------------------------------------------------------
@@ -186,11 +195,13 @@ def evaluation(
     """Test evaluation of ``run`` (None: of a model not trained in the study) on the domain's tasks."""
     settings = dict(b.spec.evaluation)
     params = {"model": model, "adapter": adapter, "tasks": list(domain.tasks), "data_dir": domain.data_dir, **settings}
-    flops = evaluation_flops(model_params(b.spec, meta.student), domain, settings)
+    cost = evaluation_generation(b.spec, meta.student, domain, settings)
     run_deps = (run.id,) if run is not None else ()
     group = run.group if run is not None else None
     meta = replace(meta, run=run.id if run else None)
-    return b.add("eval", name, params, tuple(deps) + run_deps, meta, group=group, flops=flops)
+    return b.add(
+        "eval", name, params, tuple(deps) + run_deps, meta, group=group, flops=cost.flops(), read_bytes=cost.bytes()
+    )
 
 
 def fidelity(

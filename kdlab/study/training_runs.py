@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from kdlab.study.cost import forward_flops, generation_flops, model_params, train_flops
+from kdlab.study.cost import answers_generation, forward_flops, model_params, train_flops
 from kdlab.study.kinds import KINDS
 from kdlab.study.nodes import SELECTED, Node, kd_slug, setting_tag, study_path
 from kdlab.study.runmeta import RunMeta
@@ -41,13 +41,14 @@ class PlanNodes:
         meta: RunMeta | None = None,
         group: str | None = None,
         flops: float = 0.0,
+        read_bytes: float = 0.0,
     ) -> Node:
         """The node in folder ``<kind folder>/<slug>-<h>`` (``<h>`` the hash of its kind and params, less the
         settings added later at their default: :data:`HASH_NEUTRAL`); its own shard group by default."""
         hashed = {key: value for key, value in params.items() if HASH_NEUTRAL.get(key, object()) != value}
         digest = hashlib.sha1(json.dumps({"kind": kind, **hashed}, sort_keys=True, default=str).encode()).hexdigest()
         node_id = f"{KINDS[kind].folder}/{slug}-{digest[:8]}"
-        node = Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops)
+        node = Node(node_id, kind, params, tuple(deps), meta or RunMeta(), group or node_id, flops, read_bytes)
         return self.nodes.setdefault(node.id, node)
 
 
@@ -174,10 +175,10 @@ def answers(b: PlanNodes, teacher: str, domain, base: bool, method: Method) -> N
     data, data_deps = train_data(b, domain)
     deps += data_deps
     params = {"teacher": t_model, "teacher_adapter": t_adapter, "data": data, **settings}
-    flops = generation_flops(model_params(b.spec, teacher), domain, settings["max_new_tokens"])
+    cost = answers_generation(b.spec, teacher, domain, settings)
     meta = RunMeta(teacher=teacher, domain=domain.name, teacher_kind="base" if base else "finetuned")
     slug = f"{teacher}.{domain.name}" + (".base" if base else "")
-    return b.add("answers", slug, params, deps, meta, flops=flops)
+    return b.add("answers", slug, params, deps, meta, flops=cost.flops(), read_bytes=cost.bytes())
 
 
 def cache_temperatures(spec: StudySpec) -> list[float]:

@@ -15,7 +15,7 @@ from kdlab.study.spec import load_spec
 class _Spec:
     """The two spec fields the estimate reads."""
 
-    cost: ClassVar[dict] = {"tflops": 1e-12}  # 1 FLOP per second: a node's flops are its seconds
+    cost: ClassVar[dict] = {"tflops": 1e-12, "memory_gbps": 1.0}  # 1 FLOP per second: a node's flops are its seconds
     resources = load_resources({"eval": {"gpus": 0.5}}, "test")
 
 

@@ -75,13 +75,30 @@ def describe_node(node: Node) -> str:
     return " ".join(part for part in (node.kind, what, f"[{m.domain}]" if m.domain else None) if part)
 
 
+def generation_backends(plan: Plan) -> str:
+    """The backends the plan's generation estimates assume (:func:`kdlab.study.cost.assumed_backend`), in words."""
+    from kdlab.backends import AUTO_MIN_TOKENS
+    from kdlab.vllm_engine import vllm_version
+
+    asked = sorted({node.params["backend"] for node in plan.nodes if "backend" in node.params})
+    words = {
+        "auto": f"vLLM for jobs of {AUTO_MIN_TOKENS}+ new tokens, else HF (auto)"
+        if vllm_version() is not None
+        else "HF (auto; vLLM is not installed here)",
+        "hf": "HF",
+        "vllm": "vLLM",
+    }
+    return "; ".join(words[name] for name in asked) or "nothing (no generation)"
+
+
 def format_plan(plan: Plan, study_dir: Path, shard: tuple[int, int] = (0, 1)) -> str:
     """The runs of this shard with their status and estimated time, then totals per kind."""
     nodes = plan.shard(*shard)
     lines = [
         f"study {plan.spec.name}: {len(plan.nodes)} runs"
         + (f", shard {shard[0] + 1}/{shard[1]}: {len(nodes)}" if shard[1] > 1 else "")
-        + f"; estimates at {plan.spec.cost['tflops']:g} TFLOP/s effective (cost.tflops in the spec)",
+        + f"; estimates at {plan.spec.cost['tflops']:g} TFLOP/s and {plan.spec.cost['memory_gbps']:g} GB/s effective "
+        f"(cost in the spec); generation priced on {generation_backends(plan)}",
         "",
     ]
     width = max((len(node.id) for node in nodes), default=10)

@@ -37,9 +37,10 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
     student_training: {lora: {enabled: false}, train: {lr: 5e-4, epochs: 2}}  # student SFT and KD runs
     kd: {max_new_tokens: 128}            # kd.* defaults for every method
     teacher_cache: {enabled: true, k: 64, tail: bucket}
-    evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: auto}
+    evaluation: {mode: generate, batch_size: 16, limit: null, max_new_tokens: null, extraction: strict, precision: auto,
+                 backend: auto}  # generation backend: hf | vllm | auto (docs/generation.md)
     fidelity: {enabled: true, token_kl: true, embeddings: false}
-    cost: {tflops: 0.05}                 # effective throughput for --dry-run estimates (2 CPU cores ~ 0.05)
+    cost: {tflops: 0.05, memory_gbps: 10}  # effective throughputs for --dry-run estimates (2 CPU cores)
     resources: {kd: {gpus: 1}, fidelity: {gpus: 0.5}}   # per run kind, for --executor ray|slurm (kdlab.study.resources)
     slurm: {partition: gpu, time_min: 240}              # sbatch settings for --executor slurm (kdlab.study.resources)
     tuning:                              # fair comparison: settings selected on validation data, per run

@@ -61,6 +61,8 @@ EVAL_DEFAULTS = {
 }
 FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
+# effective throughputs of the machine a run gets (kdlab.study.cost); the defaults are a 2-core CPU's
+COST_DEFAULTS = {"tflops": 0.05, "memory_gbps": 10.0}
 
 
 @dataclass
@@ -310,7 +312,7 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
         teacher_cache=with_defaults(data.get("teacher_cache"), CACHE_DEFAULTS, f"{where}: teacher_cache"),
         evaluation=with_defaults(data.get("evaluation"), EVAL_DEFAULTS, f"{where}: evaluation"),
         fidelity=with_defaults(data.get("fidelity"), FIDELITY_DEFAULTS, f"{where}: fidelity"),
-        cost=with_defaults(data.get("cost"), {"tflops": 0.05}, f"{where}: cost"),
+        cost=with_defaults(data.get("cost"), COST_DEFAULTS, f"{where}: cost"),
         description=str(data.get("description") or ""),
         raw=data,
         tuning=load_tuning(data.get("tuning"), f"{where}: tuning", base, check_files) if "tuning" in data else None,
@@ -358,7 +360,10 @@ SECTION_TYPES = {
         "k": (lambda v: is_int(v) and v > 0, "an integer > 0"),
         "tail": (lambda v: v in ("bucket", "renormalize"), "bucket or renormalize"),
     },
-    "cost": {"tflops": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0")},
+    "cost": {
+        "tflops": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+        "memory_gbps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    },
 }
 
 
