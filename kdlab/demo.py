@@ -34,6 +34,7 @@ fidelity-aware objectives of :data:`FIDELITY_METHODS` (synthetic problems only).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -283,9 +284,21 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, 
     )
     html, _ = write_report(study_dir, frame, stats, study_dir / "report", title=title)
     minutes = (time.time() - started) / 60
-    headline = summarize_demo(frame, stats)
+    headline = {**summarize_demo(frame, stats), "backends": backends_used(study_dir)}
     print("\n" + format_summary(headline, html, minutes, size), flush=True)
     return {**headline, "minutes": minutes, "report": str(html)}
+
+
+def backends_used(study_dir: Path) -> dict[str, int]:
+    """How many of the study's evaluations ran on each generation backend (``settings.backend`` of their
+    metrics.json, with vLLM's version): ``{"vllm 0.32.0": 12, "hf": 9}``."""
+    counts: dict[str, int] = {}
+    for path in sorted(study_dir.glob("*/*/metrics.json")):
+        settings = json.loads(path.read_text()).get("settings", {})
+        name = " ".join(str(part) for part in (settings.get("backend"), settings.get("vllm_version")) if part)
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _nan_to_none(value):
@@ -387,5 +400,7 @@ def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -
         lines.append(
             "  (--quick: a few optimizer steps on a few examples; the numbers show the pipeline, not a finding.)"
         )
+    used = ", ".join(f"{name} x {count}" for name, count in headline.get("backends", {}).items())
+    lines.append(f"  Generation backend of the evaluations (--backend auto): {used or 'none recorded'}")
     lines.append(f"  Report: {html}")
     return "\n".join(lines)
