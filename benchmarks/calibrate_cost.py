@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ def copy_gbps(mib: int = 512, repeats: int = 10) -> float:
     return 2 * source.numel() * 4 / best / 1e9
 
 
+@cache
 def prompt_tokens(model: str, n: int) -> float:
     """Mean prompt tokens of the benchmark's synthetic test prompts (seed 11, as ``benchmarks/generation.py``)."""
     from kdlab.data.formats import load_json_examples

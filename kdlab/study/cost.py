@@ -25,7 +25,7 @@ from kdlab.errors import KdlabError
 from kdlab.study.spec import StudySpec
 
 PROMPT_TOKENS = 100  # tokens of an evaluation prompt; its answer is counted at half the generation budget
-TOKEN_KL_SHARE = 1.5  # fidelity's token KL (teacher and student forward passes) against its evaluation's FLOPs
+TOKEN_KL_SHARE = 1.5  # fidelity's token KL (teacher and student forward passes) against one forward pass of its eval
 VLLM_RUNNING = 256  # sequences a vLLM engine advances per step (its max_num_seqs)
 KV_PER_PARAM = 8e-6  # KV-cache values per context token per parameter, for a model not here to read (Qwen2.5, Llama-3)
 #: measured generation time / (FLOPs / tflops + bytes / bandwidth) inverted, per backend: calibrated on 2 CPU cores
@@ -158,10 +158,13 @@ class Generation:
     batch: int
     weight_bytes: int = 2
 
+    def forward_flops(self) -> float:
+        """``2 P N (T + G)``: one forward pass over every prompt and its answer."""
+        return 2 * self.params * self.prompts * (self.prompt_tokens + self.new_tokens)
+
     def flops(self) -> float:
-        """``2 P N (T + G)``: prefill and decoding, over the backend's efficiency."""
-        flops = 2 * self.params * self.prompts * (self.prompt_tokens + self.new_tokens)
-        return flops / BACKEND_EFFICIENCY[self.backend]
+        """Prefill and decoding (:meth:`forward_flops`), over the backend's efficiency."""
+        return self.forward_flops() / BACKEND_EFFICIENCY[self.backend]
 
     def bytes(self) -> float:
         """Bytes decoding reads, over the backend's efficiency: the weights once per step (``N G / B`` steps of ``B``
@@ -217,9 +220,10 @@ def validation_generation(spec: StudySpec, model: str, examples: int, settings: 
     return generation(spec, model, examples, PROMPT_TOKENS, (settings["max_new_tokens"] or 256) / 2, settings)
 
 
-def token_kl_flops(evaluation_flops: float) -> float:
-    """Fidelity's token-level KL: a share of the evaluation whose answers it scores."""
-    return evaluation_flops * TOKEN_KL_SHARE
+def token_kl_flops(evaluation: Generation) -> float:
+    """Fidelity's token-level KL: teacher and student forward passes over the answers of ``evaluation``, a share of
+    its forward FLOPs (whatever backend generated them: the KL passes run on HF)."""
+    return evaluation.forward_flops() * TOKEN_KL_SHARE
 
 
 def seconds(flops: float, tflops: float, read_bytes: float = 0.0, memory_gbps: float = 1.0) -> float:

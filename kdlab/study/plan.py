@@ -186,7 +186,7 @@ def evaluate_student(b: PlanNodes, run: Node, s_model: str, domain, teacher_eval
     meta = replace(run.meta, teacher=run.meta.teacher or teacher)
     student_eval = evaluation(b, run, *load, domain, meta, run_name(run))
     if b.spec.fidelity["enabled"]:
-        fidelity(b, student_eval, teacher_eval[0], teacher_eval[1], load, run)
+        fidelity(b, student_eval, teacher_eval[0], teacher_eval[1], load, run, domain)
 
 
 def evaluation(
@@ -205,7 +205,7 @@ def evaluation(
 
 
 def fidelity(
-    b: PlanNodes, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node
+    b: PlanNodes, student_eval: Node, teacher_eval: Node, teacher_load: tuple, student_load: tuple, run: Node, domain
 ) -> Node:
     """The student's fidelity to its teacher, from their evaluations (with ``token_kl``: and both models)."""
     settings = b.spec.fidelity
@@ -224,7 +224,7 @@ def fidelity(
                 "student_adapter": student_load[1],
             }
         )
-        flops = token_kl_flops(student_eval.flops)
+        flops = token_kl_flops(evaluation_generation(b.spec, student_eval.meta.student, domain, b.spec.evaluation))
     deps = (student_eval.id, teacher_eval.id)
     return b.add("fidelity", run_name(student_eval), params, deps, student_eval.meta, group=run.group, flops=flops)
 

@@ -47,3 +47,10 @@ def test_auto_is_priced_as_the_backend_choice_would_take_it(monkeypatch):
     assert cost.assumed_backend("hf", 10**9) == "hf"
     monkeypatch.setattr(kdlab.vllm_engine, "vllm_version", lambda: None)
     assert cost.assumed_backend("auto", 10**9) == "hf"
+
+
+def test_token_kl_is_priced_on_forward_passes_whatever_backend_generated_the_answers(monkeypatch):
+    monkeypatch.setattr(cost, "BACKEND_EFFICIENCY", {"hf": 0.5, "vllm": 1.3})
+    expected = 2 * 1e9 * 1000 * (100 + 50) * cost.TOKEN_KL_SHARE
+    assert cost.token_kl_flops(job("hf")) == cost.token_kl_flops(job("vllm")) == expected
+    assert job("hf").flops() != job("vllm").flops()

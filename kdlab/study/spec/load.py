@@ -63,6 +63,7 @@ FIDELITY_DEFAULTS = {"enabled": True, "token_kl": True, "embeddings": False}
 CACHE_DEFAULTS = {"enabled": True, "k": 64, "tail": "bucket"}
 # effective throughputs of the machine a run gets (kdlab.study.cost); the defaults are a 2-core CPU's
 COST_DEFAULTS = {"tflops": 0.05, "memory_gbps": 10.0}
+POSITIVE_NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0")
 
 
 @dataclass
@@ -360,10 +361,7 @@ SECTION_TYPES = {
         "k": (lambda v: is_int(v) and v > 0, "an integer > 0"),
         "tail": (lambda v: v in ("bucket", "renormalize"), "bucket or renormalize"),
     },
-    "cost": {
-        "tflops": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
-        "memory_gbps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
-    },
+    "cost": dict.fromkeys(COST_DEFAULTS, POSITIVE_NUMBER),
 }
 
 
