@@ -54,20 +54,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from kdlab.config import build_config  # noqa: E402
 from kdlab.data.formats import load_examples, write_json_examples  # noqa: E402
 from kdlab.data.overlap import normalise_question, question_text  # noqa: E402
 from kdlab.data.synth import write_synth  # noqa: E402
-from kdlab.data.tokenize import collate, encode_examples  # noqa: E402
 from kdlab.eval.evaluate import EvalSettings, evaluate  # noqa: E402
 from kdlab.fidelity_metrics import run_fidelity  # noqa: E402
-from kdlab.models.heads import final_hidden, output_weight, response_hidden  # noqa: E402
-from kdlab.models.load import load_model, load_tokenizer  # noqa: E402
 from kdlab.models.prune import prune_model  # noqa: E402
 from kdlab.train.cache_lifecycle import ensure_teacher_cache  # noqa: E402
 from kdlab.train.recipes import run_distill, run_sft  # noqa: E402
+from kdlab.train.teacher_regime import token_peakedness  # noqa: E402
 
 MODEL = "smollm2-135m"
 TRAIN = {"train.batch_size": 8, "train.max_length": 192, "train.warmup_ratio": 0.1}  # the demo's shared settings
@@ -204,45 +201,12 @@ def build_cache(out: Path, data: Path, teacher_adapter: Path) -> Path:
 
 
 @torch.no_grad()
-def token_diagnostics(
-    model_spec: str, adapter: str | None, data: Path, max_length: int = 192, batch_size: int = 8
-) -> dict:
-    """Teacher-forced statistics of a model's next-token distribution on the gold responses of ``data``."""
-    tokenizer = load_tokenizer(model_spec)
-    dataset = encode_examples(tokenizer, load_examples(data), max_length, source=str(data))
-    model = load_model(model_spec, adapter=adapter, merge_adapter=True).eval()
-    weight = output_weight(model)[: len(tokenizer)]
-    sums: dict[str, float] = {}
-    tokens = 0
-    for start in range(0, len(dataset), batch_size):
-        batch = collate(dataset[start : start + batch_size], tokenizer.pad_token_id)
-        hidden, gold = response_hidden(
-            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
-        )
-        logits = F.linear(hidden, weight).float()
-        values = {}
-        for tau in (1, 2):
-            logp = torch.log_softmax(logits / tau, dim=-1)
-            p = logp.exp()
-            values[f"entropy_t{tau}"] = -(p * logp).sum(-1)
-            values[f"off_top1_t{tau}"] = 1 - p.max(-1).values
-            values[f"off_gold_t{tau}"] = 1 - p.gather(1, gold[:, None])[:, 0]
-            values[f"off_top64_t{tau}"] = 1 - p.topk(64, dim=-1).values.sum(-1)
-            if tau == 1:
-                values["ce_gold"] = -logp.gather(1, gold[:, None])[:, 0]
-                values["argmax_is_gold"] = (logits.argmax(-1) == gold).float()
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-        tokens += int(gold.numel())
-    return {**{key: total / tokens for key, total in sums.items()}, "tokens": tokens, "examples": len(dataset)}
-
-
 def diagnostics(out: Path, name: str, model_spec: str, adapter, data: Path) -> dict:
     path = out / "diagnostics" / f"{name}.json"
     if not path.is_file():
         started = time.time()
         result = {
-            **token_diagnostics(model_spec, str(adapter) if adapter else None, data),
+            **token_peakedness(model_spec, str(adapter) if adapter else None, data),
             "seconds": time.time() - started,
         }
         path.parent.mkdir(parents=True, exist_ok=True)

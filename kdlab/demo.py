@@ -1,35 +1,42 @@
 """``kdlab demo``: a real, small and fair KD study on the embedded SmolLM2-135M, offline on a CPU, ending in a report.
 
-The demo is a study (:mod:`kdlab.study`) whose spec it writes itself:
+The demo is a study (:mod:`kdlab.study`) whose spec it writes itself. It runs the staged recipe in which the
+literature's KD wins come from (GKD, Agarwal et al. 2024; on-policy distillation after SFT): fine-tune the student
+first, then distil on its own samples, and compare with more SFT at the same budget.
 
 1. Data: synthetic arithmetic word problems with rationales (``kdlab data synth --scale small``), one step on
-   single-digit numbers each: the students' distillation set (160 problems, plus 60 more that the study holds out as
-   its validation split), the teacher's own SFT set (480 other problems) and 100 disjoint held-out test problems.
+   single-digit numbers each: the students' set (160 problems, plus 60 more that the study holds out as its
+   validation split), the teacher's own SFT set (480 other problems) and 100 disjoint held-out test problems.
    With ``--data-dir`` (LLM-Adapters layout, e.g. ``../shared/data/paper-kd-generalization/eval``) the students are
    also tested zero-shot on AddSub, SingleEq, MultiArith and SVAMP.
 2. Teacher: SmolLM2-135M-Instruct, LoRA SFT on its own 480 problems (60 steps): three times the students' data,
-   so it is stronger than its students by more than a shared fine-tuning. It is still almost one-hot on the
-   students' problems (measured in ``docs/kd-vs-sft.md``: argmax = gold on 99.8% of their response tokens, against
-   98.9% for a teacher trained on those very problems), so on this regular task forward KL at tau 1 stays close to
-   SFT; what the teacher adds is mostly at tau 2 (13% of its softened mass off the top token).
-3. Student: SmolLM2 pruned to 24 of its 30 decoder layers (students cut to 6 or 15 layers stay near 0% at this
-   budget), full fine-tuning, 18 steps of 8: the SFT baseline and KD with forward KL (temperature 1 or 2) and
-   reverse KL, two seeds.
-4. Fair comparison (``tuning`` in the spec): every run -- SFT and each KD method alike -- is trained at each learning
-   rate (1e-4, 3e-4) and, for forward KL, each temperature; each candidate is scored on the validation split and
-   only the best is evaluated on the test set. Nothing is chosen on test scores.
-5. Every selected model is evaluated on the held-out problems (greedy, strict extraction of "The answer is N.",
+   so it is stronger than its students by more than a shared fine-tuning. It is almost one-hot on the students'
+   problems (measured in ``docs/kd-vs-sft.md`` and in the demo's regime table), which is why off-policy KD from
+   the pruned student ties SFT: what it can correct is the student's *own* mistakes.
+3. First stage: SmolLM2 pruned to 24 of its 30 decoder layers, full fine-tuning, SFT for 18 steps of 8 (the SFT
+   baseline), three seeds.
+4. Second stage (:data:`STAGE2_METHODS`), every method from the same selected SFT run of its seed, for the same
+   optimizer steps on the same problems: SFT continued (the budget-matched baseline), on-policy reverse KL (every
+   step on the student's own samples), GKD (JSD beta 0.5, half the steps on the student's samples) and off-policy
+   forward KL.
+5. Fair comparison (``tuning`` in the spec): in each stage every run is trained at each learning rate (1e-4,
+   3e-4), each candidate is scored on the validation split and only the best goes on (to the next stage, or to the
+   test set). The first stage is selected before the second starts; nothing is chosen on test scores.
+6. Every selected model is evaluated on the held-out problems (greedy, strict extraction of "The answer is N.",
    precision ``auto``); fidelity of every student to the teacher (answer agreement, BLEU, teacher-forced token KL,
-   top-1 agreement); statistics (McNemar and paired bootstrap of KD vs SFT per seed, Holm, seed means) and an HTML
-   report with the validation curves.
+   top-1 agreement); statistics (McNemar and paired bootstrap of each second-stage method against SFT continued per
+   seed, Holm, seed means) and an HTML report; the regime table (:func:`regime`): how peaked the teacher is on the
+   students' data, how often the student's own samples state the right answer early and late in the second stage,
+   and where the second stage's time went (sampling, teacher, student update).
 
-The teacher's top-k signal is cached once and shared by every KD run. Every step is a resumable run folder:
-re-running the command skips what is done and resumes what was interrupted.
+The teacher's top-k signal is cached once and shared by the off-policy KD steps. Every step is a resumable run
+folder: re-running the command skips what is done and resumes what was interrupted.
 
-``--quick`` (:data:`QUICK`) runs the same pipeline on a few problems with a 4-layer student, 2-3 optimizer steps per
-run and one seed: it checks the pipeline, its numbers mean nothing. ``--fidelity`` (:func:`fidelity_spec`) runs the
-fidelity study instead: the same teacher, student, data, budget and selection, with SFT, forward KL and the
-fidelity-aware objectives of :data:`FIDELITY_METHODS` (synthetic problems only).
+``--quick`` (:data:`QUICK`) runs the same pipeline on a few problems with a 4-layer student, 2 optimizer steps per
+stage and one seed: it checks the pipeline, its numbers mean nothing. ``--fidelity`` (:func:`fidelity_spec`) runs the
+fidelity study instead: the same teacher, student, data, first-stage budget and selection, single-stage, with SFT,
+forward KL and the fidelity-aware objectives of :data:`FIDELITY_METHODS` (synthetic problems only). What does not fit
+in the demo's time (a second student size, the base-teacher ablation): ``configs/studies/smollm2-staged.yaml``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from kdlab.data.formats import load_json_examples, write_json_examples
 from kdlab.data.split import validation_split
 from kdlab.data.synth import generate_arith, write_synth
 from kdlab.errors import KdlabError
+from kdlab.io import atomic_write_json
 from kdlab.study.runmeta import RunMeta
 
 TEACHER = "smollm2-135m"
@@ -62,11 +70,13 @@ class DemoSize:
     test: int
     transfer_limit: int
     teacher_steps: int
-    student_steps: int
+    student_steps: int  # the first stage (SFT)
+    stage2_steps: int  # the second stage, the same for every method
     batch_size: int
-    max_new_tokens: int
+    max_new_tokens: int  # evaluation
+    sample_tokens: int  # on-policy samples (answers run ~30 tokens)
     student_layers: tuple[int, ...] = (24,)  # measured: students cut to 6 or 15 layers stay near 0% at this budget
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     lrs: tuple[float, ...] = (1e-4, 3e-4)
 
 
@@ -78,8 +88,10 @@ FULL = DemoSize(
     transfer_limit=50,
     teacher_steps=60,
     student_steps=18,
+    stage2_steps=12,
     batch_size=8,
     max_new_tokens=36,
+    sample_tokens=48,
 )
 # --quick checks the pipeline: a smaller student (its numbers carry no meaning anyway) keeps it within minutes
 QUICK = DemoSize(
@@ -90,33 +102,49 @@ QUICK = DemoSize(
     transfer_limit=8,
     teacher_steps=3,
     student_steps=2,
+    stage2_steps=2,
     batch_size=4,
     max_new_tokens=32,
+    sample_tokens=24,
     student_layers=(4,),
     seeds=(0,),
 )
 SYNTH_STEPS, SYNTH_SCALE = 1, "small"  # one operation on single-digit numbers: within reach of a pruned student
-MEASURED_MINUTES = {"full": 29, "quick": 2}  # wall time on 2 CPU cores (README); update with the sizes above
+MEASURED_MINUTES = {"full": 35, "quick": 5}  # wall time on 2 CPU cores (README); update with the sizes above
+
+#: the second stage of the staged recipe: every method starts from the student's selected SFT run (``init: sft``) and
+#: trains for the same optimizer steps on the same problems (:attr:`DemoSize.stage2_steps`)
+STAGE2_METHODS = {
+    "sft-continued": {"loss": "sft"},  # more SFT on the gold responses: the budget-matched baseline
+    "on-policy": {"preset": "on-policy"},  # reverse KL on the student's own samples, every step (lmbda 1)
+    "gkd": {"preset": "gkd"},  # generalized JSD (beta 0.5), half the steps on the student's samples
+    "fkl": {"loss": "fkl"},  # off-policy forward KL on the training responses (the teacher cache)
+}
 
 
 def _grid_words(size: DemoSize) -> str:
     layers = " or ".join(str(n) for n in size.student_layers)
-    return f"SmolLM2 pruned to {layers} of its 30 layers, {size.student_steps} steps of {size.batch_size}, {_seed_words(size)}"
+    return (
+        f"SmolLM2 pruned to {layers} of its 30 layers, SFT for {size.student_steps} steps of {size.batch_size}, then "
+        f"{size.stage2_steps} more steps per second-stage method, {_seed_words(size)}"
+    )
 
 
-def _seed_words(size: DemoSize) -> str:
-    return {1: "one seed", 2: "two seeds"}.get(len(size.seeds), f"{len(size.seeds)} seeds")
+def _seed_words(size: DemoSize | tuple) -> str:
+    seeds = size.seeds if isinstance(size, DemoSize) else size
+    return {1: "one seed", 2: "two seeds", 3: "three seeds"}.get(len(seeds), f"{len(seeds)} seeds")
 
 
 def help_text() -> tuple[str, str, str]:
     """(description, --quick help, --fidelity help) of ``kdlab demo --help``, written from :data:`FULL`,
-    :data:`QUICK` and :data:`FIDELITY_METHODS` so they cannot drift from what the demo runs."""
+    :data:`QUICK`, :data:`STAGE2_METHODS` and :data:`FIDELITY_METHODS` so they cannot drift from what the demo runs."""
     description = (
-        f"Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
-        f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}: SFT vs KD "
-        "(forward KL at tau 1 or 2, reverse KL), learning rate and temperature selected on a "
-        f"{FULL.validation}-problem validation split for every method; evaluation on {FULL.test} held-out "
-        "problems, fidelity, statistics, HTML report. About "
+        f"The staged recipe: SFT first, then distillation on the student's own samples, against more SFT at the "
+        f"same budget. Teacher: SmolLM2-135M-Instruct + LoRA SFT ({FULL.teacher_steps} steps) on its own "
+        f"{FULL.teacher_train} synthetic arithmetic problems; students: {_grid_words(FULL)}; second stage from the "
+        f"selected SFT run: {', '.join(STAGE2_METHODS)}; the learning rate selected on a {FULL.validation}-problem "
+        f"validation split in each stage for every method; evaluation on {FULL.test} held-out problems, paired "
+        "tests against SFT continued, fidelity, the regime table, HTML report. About "
         f"{MEASURED_MINUTES['full']} minutes on 2 CPU cores; --quick under {MEASURED_MINUTES['quick']}."
     )
     quick = (
@@ -124,25 +152,27 @@ def help_text() -> tuple[str, str, str]:
         f"{_grid_words(QUICK)}, {QUICK.train} training problems"
     )
     fidelity = (
-        f"the fidelity study instead (same teacher, student, data and budget): SFT vs {len(FIDELITY_METHODS)} "
-        "KD objectives -- forward KL (tau 1), decision-level, disagreement-weighted and speculative KD -- with "
-        f"the learning rate selected on validation, {_seed_words(FULL)} ({_seed_words(QUICK)} with --quick); "
-        "accuracy vs agreement with the teacher, paired tests against forward KL; synthetic problems only (not "
-        "with --data-dir); use another --out, e.g. runs/fidelity"
+        f"the fidelity study instead (same teacher, student, data and first-stage budget, single-stage): SFT vs "
+        f"{len(FIDELITY_METHODS)} KD objectives -- forward KL (tau 1), decision-level, disagreement-weighted and "
+        f"speculative KD -- with the learning rate selected on validation, {_seed_words(FULL.seeds[:2])} "
+        f"({_seed_words(QUICK.seeds[:2])} with --quick); accuracy vs agreement with the teacher, paired tests against "
+        "forward KL; synthetic problems only (not with --data-dir); use another --out, e.g. runs/fidelity"
     )
     return description, quick, fidelity
 
 
 def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
-    """The demo's study spec (written to ``<out>/demo-spec.yaml``)."""
+    """The demo's study spec (written to ``<out>/demo-spec.yaml``): the first stage is the study's SFT baseline, the
+    second :data:`STAGE2_METHODS`, each from the selected SFT run with ``size.stage2_steps`` steps."""
     students = {f"smollm2-{n}l": {"prune": {"model": "smollm2", "keep_layers": n}} for n in size.student_layers}
     train = {"batch_size": size.batch_size, "max_length": 192, "warmup_ratio": 0.1}
     layers = " and ".join(str(n) for n in size.student_layers)
+    stage2 = {"init": "sft", "training": {"train": {"max_steps": size.stage2_steps}}}
     return {
         "name": "smollm2-demo",
-        "description": f"SmolLM2-135M-Instruct (LoRA SFT teacher on its own problems) distilled into a student pruned "
-        f"to {layers} layers on synthetic arithmetic word problems; learning rate and temperature "
-        "selected on a validation split for every method.",
+        "description": f"The staged recipe on SmolLM2: a student pruned to {layers} layers is fine-tuned (SFT), then "
+        "distilled from SmolLM2-135M-Instruct (LoRA SFT teacher on its own problems) on its own samples, against "
+        "SFT continued at the same budget; learning rate selected on a validation split in each stage.",
         "models": {"smollm2": {"spec": TEACHER}, **students},
         "teachers": ["smollm2"],
         "students": list(students),
@@ -154,8 +184,8 @@ def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
                 "data_dir": str(data),
             }
         },
-        "methods": {"fkl": {"loss": "fkl"}, "rkl": {"loss": "rkl", "temperatures": [1.0]}},
-        "temperatures": [1.0, 2.0],
+        "methods": {name: {**method, **stage2} for name, method in STAGE2_METHODS.items()},
+        "temperatures": [1.0],
         "seeds": list(size.seeds),
         "tuning": {
             "params": {"train.lr": list(size.lrs)},
@@ -171,6 +201,7 @@ def demo_spec(data: Path, size: DemoSize, transfer: bool) -> dict:
             "lora": {"enabled": False},
             "train": {**train, "max_steps": size.student_steps, "save_steps": 0},
         },
+        "kd": {"max_new_tokens": size.sample_tokens},
         "teacher_cache": {"enabled": True, "k": 64, "tail": "bucket"},
         "evaluation": {
             "batch_size": 16,
@@ -208,6 +239,7 @@ def fidelity_spec(data: Path, size: DemoSize) -> dict:
         "selected on a validation split for every method; accuracy and agreement with the teacher.",
         methods=dict(FIDELITY_METHODS),
         temperatures=[1.0],
+        seeds=list(size.seeds[:2]),
         kd={"max_new_tokens": 2 * size.max_new_tokens},
     )  # on-policy samples: answers run ~30 tokens
     return spec
@@ -284,7 +316,12 @@ def run_demo(out: str | Path, quick: bool = False, data_dir: str | None = None, 
     )
     html, _ = write_report(study_dir, frame, stats, study_dir / "report", title=title)
     minutes = (time.time() - started) / 60
-    headline = {**summarize_demo(frame, stats), "backends": backends_used(study_dir)}
+    headline = {
+        **summarize_demo(frame, stats),
+        "regime": regime(plan, study_dir, frame),
+        "backends": backends_used(study_dir),
+    }
+    atomic_write_json(out / "headline.json", {**headline, "minutes": minutes})
     print("\n" + format_summary(headline, html, minutes, size), flush=True)
     return {**headline, "minutes": minutes, "report": str(html)}
 
@@ -299,6 +336,51 @@ def backends_used(study_dir: Path) -> dict[str, int]:
         if name:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def regime(plan, study_dir: Path, frame) -> dict:
+    """What the second stage had to work with and what it cost, from the finished study:
+
+    - ``teacher``: the fine-tuned teacher's peakedness on the students' training problems
+      (:func:`kdlab.train.teacher_regime.token_peakedness`; computed once, kept in ``<study>/regime-teacher.json``);
+    - ``methods``: per second-stage method, over its selected runs (one per seed), the mean time split of training
+      (seconds sampling, in the teacher's forward passes, and the rest: the student's update) and, for on-policy
+      methods, the share of the student's samples that state the training problem's answer over the first and the
+      last third of its on-policy steps (``on_policy_this_session`` of result.json).
+    """
+    from kdlab.study.nodes import resolve
+    from kdlab.train.teacher_regime import token_peakedness
+
+    cached = study_dir / "regime-teacher.json"
+    teacher_run = next(node for node in plan.nodes if node.kind == "teacher-sft")
+    if not cached.is_file():
+        data = resolve(_student_data(plan), study_dir)
+        adapter = str(teacher_run.folder(study_dir) / "final")
+        atomic_write_json(cached, token_peakedness(teacher_run.params["model"], adapter, data))
+    methods: dict[str, dict] = {}
+    for row in frame[(frame["role"] == "student-kd") & (frame["task"] == frame["task"].iloc[0])].to_dict("records"):
+        result = json.loads((study_dir / row["run"] / "result.json").read_text())
+        entry = methods.setdefault(row["method"], {"runs": 0, "sampling": 0.0, "teacher": 0.0, "student": 0.0})
+        entry["runs"] += 1
+        for part, seconds in result.get("time_split_this_session", {}).items():
+            entry[part] += seconds
+        sampled = result.get("on_policy_this_session")
+        if sampled:
+            for key in ("sample_accuracy_first_third", "sample_accuracy_last_third"):
+                if sampled.get(key) is not None:
+                    entry.setdefault(key, []).append(sampled[key])
+    for entry in methods.values():
+        for part in ("sampling", "teacher", "student"):
+            entry[part] /= max(entry["runs"], 1)
+        for key in ("sample_accuracy_first_third", "sample_accuracy_last_third"):
+            if key in entry:
+                entry[key] = sum(entry[key]) / len(entry[key])
+    return {"teacher": json.loads(cached.read_text()), "methods": methods}
+
+
+def _student_data(plan) -> str:
+    """The students' training file of the plan (``study:`` path of the validation split's ``train.json``)."""
+    return next(node.params["data"] for node in plan.nodes if node.kind == "student-sft")
 
 
 def _nan_to_none(value):
@@ -318,7 +400,8 @@ def summarize_demo(frame, stats: dict) -> dict:
         order = group.assign(_sft=group["role"] != "student-sft").sort_values(["seed", "_sft", "method"], kind="stable")
         for _, row in order.iterrows():
             entry = {
-                "label": ("" if row["role"] == "student-sft" else "KD ") + RunMeta.from_row(row).label(),
+                "label": RunMeta.from_row(row).label(),
+                "reference": row.get("reference") or "SFT",
                 "seed": int(row["seed"]),
                 "selected": row["selected"],
                 "val_accuracy": _nan_to_none(row["val_accuracy"]),
@@ -337,13 +420,38 @@ def summarize_demo(frame, stats: dict) -> dict:
                     pvalue_holm=float(m["pvalue_holm_all"]),
                 )
             runs.append(entry)
-        students[student] = {"size_b": float(group["student_size_b"].iloc[0]), "runs": runs}
+        students[student] = {
+            "size_b": float(group["student_size_b"].iloc[0]),
+            "runs": runs,
+            "means": _seed_means(stats.get("seeds"), student),
+        }
     return {
         "n": int(teacher["n"]),
         "teacher": teacher["accuracy"],
         "teacher_ci": (teacher["ci_low"], teacher["ci_high"]),
         "students": students,
     }
+
+
+def _seed_means(seeds, student: str) -> list[dict]:
+    """Per run of ``student`` on the held-out task: mean accuracy over seeds with its 95% t-interval, and the mean
+    difference to its reference with its t-interval (``stats["seeds"]``)."""
+    if seeds is None:
+        return []
+    rows = seeds[(seeds["student"] == student) & (seeds["task"] == "arith")]
+    means = []
+    for row in rows.to_dict("records"):
+        means.append(
+            {
+                "label": RunMeta.from_row(row).label(),
+                "seeds": int(row["n_seeds"]),
+                "accuracy": row["accuracy_mean"],
+                "ci": (_nan_to_none(row["accuracy_ci_low"]), _nan_to_none(row["accuracy_ci_high"])),
+                "gain": _nan_to_none(row.get("improvement_mean")),
+                "gain_ci": (_nan_to_none(row.get("improvement_ci_low")), _nan_to_none(row.get("improvement_ci_high"))),
+            }
+        )
+    return means
 
 
 def _short(settings: str) -> str:
@@ -358,43 +466,32 @@ def _short(settings: str) -> str:
 
 def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -> str:
     """The plain-language end of the demo's output."""
-
-    def pct(v):
-        return f"{100 * v:.0f}%"
-
-    def ci(c):
-        return f"[{100 * c[0]:.0f}-{100 * c[1]:.0f}%]"
-
     lines = [
         f"kdlab demo: done in {minutes:.1f} min. Held-out synthetic problems (n={headline['n']} each, 95% Wilson CIs); "
-        "settings chosen on the validation split:",
-        f"  teacher (SmolLM2-135M + LoRA SFT on its own problems): {pct(headline['teacher'])} {ci(headline['teacher_ci'])}",
+        "settings chosen on the validation split in each stage:",
+        f"  teacher (SmolLM2-135M + LoRA SFT on its own problems): {_pct(headline['teacher'])} "
+        f"{_ci(headline['teacher_ci'])}",
     ]
     better = worse = total = 0
     for student, info in headline["students"].items():
         lines.append(f"  {student} ({info['size_b'] * 1000:.0f}M params):")
         for entry in info["runs"]:
-            text = (
-                f"    seed {entry['seed']}  {entry['label']:<12} {_short(entry['selected']):<16} "
-                f"{pct(entry['accuracy']):>4} {ci(entry['ci']):<10}"
-            )
+            lines.append(_run_line(entry))
             if "diff" in entry:
                 total += 1
                 better += entry["pvalue_holm"] < 0.05 and entry["diff"] > 0
                 worse += entry["pvalue_holm"] < 0.05 and entry["diff"] < 0
-                text += (
-                    f" vs SFT {100 * entry['diff']:+.0f} pp [{100 * entry['diff_ci'][0]:+.0f}, {100 * entry['diff_ci'][1]:+.0f}]"
-                    f"  McNemar p={entry['pvalue']:.2g} (Holm {entry['pvalue_holm']:.2g})"
-                )
-            if entry["agreement"] is not None:
-                text += f"  agreement {entry['agreement']:.2f}"
-            if entry["bleu"] is not None:
-                text += f"  BLEU {entry['bleu']:.0f}"
-            lines.append(text)
+        if info.get("means") and len({m["seeds"] for m in info["means"]} - {1}):
+            lines.append("    over seeds (mean [95% t-interval]; gain = difference to the run's reference):")
+            for m in info["means"]:
+                gain = "" if m["gain"] is None else f"  gain {100 * m['gain']:+.1f} pp {_signed_ci(m['gain_ci'])}"
+                lines.append(f"      {m['label']:<32} {100 * m['accuracy']:.1f}% {_signed_ci(m['ci'], False)}{gain}")
+    lines += _regime_lines(headline.get("regime"))
     lines.append(
-        f"  In plain words: of {total} KD-vs-SFT comparisons (same student, seed and problems), {better} "
-        f"{'was' if better == 1 else 'were'} significantly better and {worse} significantly worse after Holm "
-        "correction over all of them (exact McNemar); the report has seed means and the validation curves."
+        f"  In plain words: of {total} comparisons with the reference (same student, seed and problems; a second-"
+        f"stage method against SFT continued), {better} {'was' if better == 1 else 'were'} significantly better and "
+        f"{worse} significantly worse after Holm correction over all of them (exact McNemar); the report has the "
+        "staged table and the validation curves."
     )
     if size is QUICK:
         lines.append(
@@ -404,3 +501,61 @@ def format_summary(headline: dict, html: Path, minutes: float, size: DemoSize) -
     lines.append(f"  Generation backend of the evaluations (--backend auto): {used or 'none recorded'}")
     lines.append(f"  Report: {html}")
     return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def _ci(bounds: tuple) -> str:
+    return f"[{100 * bounds[0]:.0f}-{100 * bounds[1]:.0f}%]"
+
+
+def _signed_ci(bounds: tuple, signed: bool = True) -> str:
+    if bounds[0] is None or bounds[1] is None:
+        return ""
+    spec = "+.1f" if signed else ".1f"
+    return f"[{100 * bounds[0]:{spec}}, {100 * bounds[1]:{spec}}]"
+
+
+def _run_line(entry: dict) -> str:
+    """One selected run: its seed, label, chosen settings, accuracy, difference to its reference, fidelity."""
+    text = (
+        f"    seed {entry['seed']}  {entry['label']:<28} {_short(entry['selected']):<10} "
+        f"{_pct(entry['accuracy']):>4} {_ci(entry['ci']):<10}"
+    )
+    if "diff" in entry:
+        low, high = entry["diff_ci"]
+        text += (
+            f" vs {entry['reference']} {100 * entry['diff']:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
+            f"  McNemar p={entry['pvalue']:.2g} (Holm {entry['pvalue_holm']:.2g})"
+        )
+    if entry["agreement"] is not None:
+        text += f"  agreement {entry['agreement']:.2f}"
+    if entry["bleu"] is not None:
+        text += f"  BLEU {entry['bleu']:.0f}"
+    return text
+
+
+def _regime_lines(found: dict | None) -> list[str]:
+    """The regime in words: the teacher's peakedness, the on-policy samples' accuracy early and late, the time split."""
+    if not found:
+        return []
+    t = found["teacher"]
+    lines = [
+        f"  Regime: on the students' problems the teacher's top token is the gold one on {_pct(t['argmax_is_gold'])} "
+        f"of response tokens; it puts {100 * t['off_top1_t1']:.1f}% of its mass elsewhere at tau 1 "
+        f"({100 * t['off_top1_t2']:.1f}% at tau 2)."
+    ]
+    for method, entry in found["methods"].items():
+        text = (
+            f"    {method}: per run {entry['sampling']:.0f} s sampling, {entry['teacher']:.0f} s teacher, "
+            f"{entry['student']:.0f} s student update"
+        )
+        if "sample_accuracy_first_third" in entry:
+            text += (
+                f"; its own samples state the right answer {_pct(entry['sample_accuracy_first_third'])} of the time "
+                f"early in the stage, {_pct(entry['sample_accuracy_last_third'])} late"
+            )
+        lines.append(text)
+    return lines

@@ -208,6 +208,10 @@ def _method(config: dict) -> list[str]:
             ]
     else:
         lines += [f"Supervised fine-tuning of `{hub_id(config['model'])}` on the data's responses."]
+    start = run_of(config.get("adapter")) or run_of(config.get("model"))
+    if start is not None:  # a later stage of a study: the weights a run started from are another run's result
+        start = start.resolve()  # through a study's ``selected`` link: the run itself
+        lines += [f"Training started from the result of the earlier run `{start.parent.name}/{start.name}`.", ""]
     if config["model"] in HUB_IDS:
         lines += [
             "",

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from kdlab.demo import FULL, QUICK, demo_spec
+from kdlab.demo import FULL, QUICK, STAGE2_METHODS, demo_spec
 from kdlab.study.plan import build_plan
 from kdlab.study.spec import load_spec
 
@@ -25,13 +25,24 @@ def test_demo_spec_is_the_promised_grid(tmp_path, size, transfer):
     assert spec.evaluation["precision"] == "auto" and spec.tuning.params == {"train.lr": list(size.lrs)}
     plan = build_plan(spec)
     kd = [node.meta for node in plan.nodes if node.kind == "kd"]
+    stage2 = [("fkl", 1.0), ("gkd", 1.0), ("on-policy", 1.0), ("sft-continued", -1)]
     for layers in size.student_layers:
         for seed in size.seeds:
-            runs = sorted((m.method, m.temperature) for m in kd if m.student == f"smollm2-{layers}l" and m.seed == seed)
-            assert runs == sorted([("fkl", 1.0), ("fkl", 2.0), ("rkl", 1.0)] * len(size.lrs))  # every candidate
+            runs = sorted(
+                (m.method, -1 if m.temperature is None else m.temperature)
+                for m in kd
+                if m.student == f"smollm2-{layers}l" and m.seed == seed
+            )
+            assert runs == sorted(stage2 * len(size.lrs))  # every candidate of the second stage
+    assert all(m.init == "sft" for m in kd)  # every second-stage run starts from the selected SFT run
+    steps = {node.params["flags"]["train.max_steps"] for node in plan.nodes if node.kind == "kd"}
+    assert steps == {size.stage2_steps}  # the same second-stage budget for every method
     selects = [node.meta for node in plan.nodes if node.kind == "select"]
     assert sorted((m.method, m.seed) for m in selects) == sorted(
-        (method, seed) for method in ("sft", "fkl", "rkl") for seed in size.seeds for _ in size.student_layers
+        (method, seed)
+        for method in ("sft", "fkl", "gkd", "on-policy", "sft-continued")
+        for seed in size.seeds
+        for _ in size.student_layers
     )
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
     assert teacher.params["data"].endswith("/teacher.json")  # the teacher learns from its own problems
@@ -65,7 +76,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "study" / "report" / "report.html").is_file()
     assert set(result["students"]) == {f"smollm2-{n}l" for n in QUICK.student_layers}
     runs = result["students"][f"smollm2-{QUICK.student_layers[0]}l"]["runs"]
-    assert len(runs) == 3 * len(QUICK.seeds) and all(
+    assert len(runs) == (1 + len(STAGE2_METHODS)) * len(QUICK.seeds) and all(
         run["selected"].startswith(("train.lr", "kd.temperature")) for run in runs
     )
     assert 0.0 <= result["teacher"] <= 1.0
@@ -90,9 +101,9 @@ def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tm
     plan = build_plan(spec)
     kd = [node for node in plan.nodes if node.kind == "kd"]
     assert sorted({node.meta.method for node in kd}) == ["decision", "disagreement", "fkl", "speculative"]
-    assert len(kd) == 4 * len(FULL.seeds) * len(FULL.lrs)  # the same learning-rate candidates for every method
+    assert len(kd) == 4 * len(FULL.seeds[:2]) * len(FULL.lrs)  # the same learning-rate candidates for every method
     assert all(node.params.get("teacher_cache") for node in kd)  # one teacher cache; speculative adds the live teacher
-    assert sum(node.kind == "fidelity" for node in plan.nodes) == 5 * len(FULL.seeds)
+    assert sum(node.kind == "fidelity" for node in plan.nodes) == 5 * len(FULL.seeds[:2])
 
 
 def test_demo_help_describes_what_the_demo_runs(capsys):
@@ -107,4 +118,5 @@ def test_demo_help_describes_what_the_demo_runs(capsys):
     layers = " or ".join(map(str, FULL.student_layers))
     assert f"pruned to {layers} of its 30 layers" in text and f"{FULL.student_steps} steps of {FULL.batch_size}" in text
     assert f"pruned to {' or '.join(map(str, QUICK.student_layers))} of its 30 layers" in text
-    assert f"{FULL.teacher_train} synthetic" in text and "two seeds" in text
+    assert f"{FULL.teacher_train} synthetic" in text and "two seeds" in text and "three seeds" in text
+    assert f"then {FULL.stage2_steps} more steps per second-stage method" in text and ", ".join(STAGE2_METHODS) in text

@@ -91,10 +91,13 @@ def size_label(billions: float) -> str:
 
 
 def config_label(row) -> str:
-    """``method T=2`` (+ ``σ=1`` for teacher noise, ``base teacher`` for a KD run from a base teacher) of a
-    configuration row (a dict or a pandas row)."""
+    """``method T=2`` (+ ``σ=1`` for teacher noise, ``base teacher`` for a KD run from a base teacher, ``after SFT``
+    for a later stage) of a configuration row (a dict or a pandas row)."""
     get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
     parts = [str(get("method", ""))]
+    init = get("init", None)
+    if isinstance(init, str) and init:
+        parts.append("after " + " > ".join("SFT" if stage == "sft" else stage for stage in init.split(">")))
     temperature = get("temperature", math.nan)
     if not isnan(temperature):
         parts.append(f"T={temperature:g}")

@@ -30,6 +30,8 @@ PAIRED_COLUMNS = CONFIG + [
     "seed",
     "task",
     "run",
+    "init",
+    "reference",
     "n",
     "kd_accuracy",
     "sft_accuracy",
@@ -133,6 +135,7 @@ def _kd_and_sft(record: dict, study_dir: Path, read) -> tuple[dict, tuple[np.nda
     """The identity of one KD row (its files, a note) and its (KD, SFT) correctness flags; None without SFT twin."""
     kd_file = study_dir / str(record["eval_dir"]) / "predictions" / f"{record['task']}.jsonl"
     row = {key: record[key] for key in CONFIG + ["seed", "task", "run"]}
+    row.update({key: record.get(key) or "" for key in ("init", "reference")})  # absent from older tables
     row.update(kd_file=str(kd_file), sft_file="", note="")
     if not present(record["sft_eval_dir"]):
         return {**row, "note": "no paired SFT run (sft_eval_dir empty)"}, None
@@ -148,6 +151,9 @@ def paired_tests(frame: pd.DataFrame, study_dir: str | Path, n_boot: int = 10000
     """Every ``student-kd`` row (main grid and ablations) against its SFT twin (same student, domain, seed) on the
     same examples, read from ``<study_dir>/<eval_dir>/predictions/<task>.jsonl`` and joined by example ``id`` (the
     two files must hold the same ids).
+
+    A later-stage row's twin is its ``reference`` (SFT continued from the same stage, see
+    :mod:`kdlab.stats.results`); ``init`` and ``reference`` are carried into the output.
 
     Columns (:func:`compare`, KD as a and SFT as b): ``b`` = examples KD got right and SFT wrong, ``c`` = SFT right
     and KD wrong; ``diff`` = KD accuracy - SFT accuracy = (b - c) / n with its 95% paired bootstrap interval

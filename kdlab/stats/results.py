@@ -5,14 +5,17 @@ Columns (``RESULT_COLUMNS``):
 - ``run`` (the evaluated training run's folder, or the base teacher's evaluation), ``role`` in teacher,
   base-teacher, student-sft, student-kd; ``domain``, ``task``
 - ``teacher``, ``teacher_kind`` (finetuned | base), ``student``, ``student_size_b`` (parameters / 1e9)
-- ``method`` (sft, base, or the method's name in the spec), ``loss``, ``temperature`` (NaN for SFT/SeqKD),
-  ``noise``, ``seed``
+- ``method`` (sft, base, or the method's name in the spec), ``loss``, ``init`` (a later stage: the stages it
+  started from, ``sft`` or ``sft>fkl``; empty otherwise), ``temperature`` (NaN for SFT/SeqKD), ``noise``, ``seed``
 - ``n``, ``correct``, ``accuracy``, ``ci_low``, ``ci_high`` (95% Wilson interval)
-- ``sft_accuracy`` (the same student's SFT run, same domain, task and seed) and ``improvement`` = accuracy -
-  sft_accuracy, for KD rows; ``teacher_accuracy``: the teacher the row learned from (or is compared with)
+- ``sft_accuracy`` (the same student's SFT run, same domain, task and seed: its *reference*) and ``improvement`` =
+  accuracy - sft_accuracy, for KD rows. A later-stage run's reference is SFT continued from the same stage (the
+  method with loss ``sft`` and the same ``init``: same start, same budget) when the study has one; SFT continued's
+  own reference is the run it started from; ``teacher_accuracy``: the teacher the row learned from (or is compared with)
 - ``agreement``, ``bleu`` (sacrebleu 0-100), ``cosine``, ``token_kl`` (KL(p_T || p_S) teacher-forced on the teacher's
   outputs), ``top1_agreement``: fidelity to that teacher (NaN where not computed)
-- ``eval_dir``, ``sft_eval_dir``: study-relative evaluation folders (``predictions/<task>.jsonl``) for paired tests
+- ``eval_dir``, ``sft_eval_dir``: study-relative evaluation folders (``predictions/<task>.jsonl``) for paired tests;
+  ``reference``: the run of ``sft_eval_dir`` in words (``SFT``, ``more-sft after SFT``)
 - ``selected`` (with ``tuning``: the settings chosen on the validation split, e.g. ``train.lr=0.0003 kd.temperature=2``;
   empty otherwise) and ``val_accuracy`` (the chosen candidate's validation accuracy). A temperature that was selected
   is named there; the ``temperature`` column is then NaN, since temperature is no longer a dimension of the grid.
@@ -43,9 +46,21 @@ from kdlab.study.plan import Node, Plan
 
 # identity and settings, the numbers (:data:`kdlab.stats.table.NUMERIC`, in that order), then the folders
 RESULT_COLUMNS = [
-    *("run", "role", "domain", "task", "teacher", "teacher_kind", "student", "student_size_b", "method", "loss"),
+    *(
+        "run",
+        "role",
+        "domain",
+        "task",
+        "teacher",
+        "teacher_kind",
+        "student",
+        "student_size_b",
+        "method",
+        "loss",
+        "init",
+    ),
     *NUMERIC[1:],
-    *("eval_dir", "sft_eval_dir", "selected", "val_accuracy", "fidelity_dir"),
+    *("eval_dir", "sft_eval_dir", "reference", "selected", "val_accuracy", "fidelity_dir"),
 ]
 SELECTION_COLUMNS = [
     "select",
@@ -103,7 +118,7 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
         for n in evals
         if n.meta.role in ("teacher", "base-teacher")
     }
-    sft_evals = {(n.meta.student, n.meta.domain, n.meta.seed): n for n in evals if n.meta.role == "student-sft"}
+    references = _references(evals)
     sizes = {name: model_params(spec, name) / 1e9 for name in set(spec.teachers) | set(spec.students)}
     selections = {
         node.id: _read_json(node.folder(study_dir) / "selection.json")
@@ -113,11 +128,11 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for node in evals:
         meta = node.meta
-        teachers = spec.teachers if meta.role == "student-sft" else [meta.teacher]
+        teachers = spec.teachers if meta.role == "student-sft" or meta.loss == "sft" else [meta.teacher]
         for teacher in teachers:
             base = meta.teacher_kind == "base"
             teacher_eval = teacher_evals.get((teacher, meta.domain, base))
-            sft_eval = sft_evals.get((meta.student, meta.domain, meta.seed)) if meta.role == "student-kd" else None
+            sft_eval = references.get(node.id)
             for task, values in metrics[node.id].items():
                 row = _row(node, teacher, task, values, metrics, teacher_eval, sft_eval, fidelity, sizes)
                 row["fidelity_dir"] = (
@@ -128,6 +143,38 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
     for column in ("n", "correct", "seed"):
         frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def _references(evals: list[Node]) -> dict[str, Node]:
+    """KD evaluation id -> the evaluation it is compared with (see the module docstring): the same student's SFT
+    (same domain and seed); for a later stage, SFT continued from the same stage, or for SFT continued the stage it
+    started from."""
+    by_stage = {}  # (student, domain, seed, stage) -> evaluation of the run that ends that stage chain
+    for n in evals:
+        m = n.meta
+        if m.role == "student-sft":
+            by_stage[(m.student, m.domain, m.seed, "sft")] = n
+        elif m.role == "student-kd" and not m.noise and m.teacher_kind == "finetuned":
+            by_stage.setdefault((m.student, m.domain, m.seed, ">".join(filter(None, (m.init, m.method)))), n)
+    continued = {
+        (n.meta.student, n.meta.domain, n.meta.seed, n.meta.init): n
+        for n in evals
+        if n.meta.role == "student-kd" and n.meta.loss == "sft"
+    }
+    references = {}
+    for n in evals:
+        m = n.meta
+        if m.role != "student-kd":
+            continue
+        key = (m.student, m.domain, m.seed)
+        if m.init and m.loss == "sft":
+            reference = by_stage.get((*key, m.init))
+        else:
+            reference = continued.get((*key, m.init)) if m.init else None
+            reference = reference or by_stage.get((*key, "sft"))
+        if reference is not None:
+            references[n.id] = reference
+    return references
 
 
 def _row(
@@ -155,6 +202,7 @@ def _row(
         "student_size_b": sizes[meta.student],
         "method": "base" if role == "base-teacher" else meta.method,
         "loss": meta.loss or "sft",
+        "init": meta.init or "",
         "temperature": _number(meta.temperature),
         "noise": float(meta.noise or 0.0),
         "seed": meta.seed if meta.seed is not None else 0,
@@ -167,6 +215,7 @@ def _row(
         "sft_accuracy": math.nan,
         "improvement": math.nan,
         "sft_eval_dir": None,
+        "reference": "",
     }
     row["teacher_accuracy"] = (
         float(metrics[teacher_eval.id][task]["accuracy"])
@@ -177,6 +226,7 @@ def _row(
         row["sft_accuracy"] = float(metrics[sft_eval.id][task]["accuracy"])
         row["improvement"] = accuracy - row["sft_accuracy"]
         row["sft_eval_dir"] = sft_eval.id
+        row["reference"] = sft_eval.meta.label()
     found = fidelity.get((node.id, teacher_eval.id), {}).get(task, {}) if teacher_eval is not None else {}
     for column, key in FIDELITY_KEYS.items():
         row[column] = _number(found.get(key))

@@ -41,6 +41,7 @@ SEED_COLUMNS = (
         "task",
         "student_size_b",
         "loss",
+        "init",
         "n_seeds",
         "seeds",
         "n",
@@ -88,6 +89,7 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, key))
         row["student_size_b"] = group["student_size_b"].iloc[0]
         row["loss"] = group["loss"].iloc[0] if "loss" in group else None
+        row["init"] = group["init"].iloc[0] if "init" in group else ""
         seeds = sorted(group["seed"].dropna().unique())
         row["n_seeds"] = len(seeds)
         row["seeds"] = ",".join(f"{s:g}" for s in seeds)

@@ -72,14 +72,24 @@ def run_name(node: Node) -> str:
 
 
 def kd_slug(
-    teacher: str, student: str, domain: str, method: str, temperature: float | None, noise: float, base: bool, seed: int
+    teacher: str,
+    student: str,
+    domain: str,
+    method: str,
+    temperature: float | None,
+    noise: float,
+    base: bool,
+    seed: int,
+    chain: str | None = None,
 ) -> str:
-    """The readable part of a KD run's folder name."""
+    """The readable part of a KD run's folder name; a later stage names the stages before it
+    (``....after-sft.s0``, ``....after-sft-fkl.s0``)."""
     return ".".join(
         [teacher, student, domain, method]
         + ([f"t{temperature:g}"] if temperature is not None else [])
         + ([f"noise{noise:g}"] if noise else [])
         + (["base"] if base else [])
+        + ([f"after-{chain.replace('>', '-')}"] if chain else [])
         + [f"s{seed}"]
     )
 

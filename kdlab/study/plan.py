@@ -20,7 +20,7 @@ from kdlab.study.cost import evaluation_generation, model_params, seconds, token
 from kdlab.study.kinds import KIND_ORDER, KINDS
 from kdlab.study.nodes import Node, kd_slug, run_name, study_path
 from kdlab.study.runmeta import RunMeta
-from kdlab.study.spec import StudySpec
+from kdlab.study.spec import StudySpec, stage_chain
 from kdlab.study.training_runs import PlanNodes
 
 
@@ -83,7 +83,12 @@ def _teacher_evaluations(b: PlanNodes, teacher: str, domain) -> dict[bool, tuple
 
 def _student_runs(b: PlanNodes, teacher: str, student: str, domain, seed: int, evals: dict) -> None:
     """A student's SFT baseline and KD runs of one seed (and its ablation runs, for the ablations' students and
-    seeds), each evaluated against its teacher's evaluation in ``evals``."""
+    seeds), each evaluated against its teacher's evaluation in ``evals``.
+
+    Stages: a method with ``init`` starts from the run carried into test evaluation (the selected one, with tuning)
+    of its init for the same student and seed, so methods are added in stage order; an ablation run of a later-stage
+    method starts from the main grid's run of its init (the ablation changes its own stage only).
+    """
     spec, ablation = b.spec, b.spec.ablations
     s_model, _ = training_runs.model(b, student)
     sft = tuned(
@@ -96,7 +101,7 @@ def _student_runs(b: PlanNodes, teacher: str, student: str, domain, seed: int, e
     )
     evaluate_student(b, sft, s_model, domain, evals[False], teacher)
     runs = []  # (method, temperatures selected together, teacher noise, base teacher)
-    for method in spec.methods.values():
+    for method in sorted(spec.methods.values(), key=lambda m: len(stage_chain(spec.methods, m.name))):
         temperatures = method.temperatures or spec.temperatures if method.uses_temperature else [None]
         runs += [(method, group, 0.0, False) for group in temperature_groups(spec, temperatures)]
     if student in ablation.students and seed in ablation.seeds:
@@ -105,11 +110,28 @@ def _student_runs(b: PlanNodes, teacher: str, student: str, domain, seed: int, e
         )
         for name in ablation.methods:
             runs += [(spec.methods[name], [ablation.temperature], noise, base) for noise, base in variants]
+    carried = {"sft": sft}  # stage name -> its run carried into test evaluation (main grid)
     for method, group, noise, base in runs:
-        make = partial(training_runs.kd, b, teacher, student, domain, method, noise=noise, base=base, seed=seed)
+        chain = ">".join(stage_chain(spec.methods, method.name)[:-1]) or None
+        init = carried[method.init] if method.init else None
+        make = partial(
+            training_runs.kd,
+            b,
+            teacher,
+            student,
+            domain,
+            method,
+            noise=noise,
+            base=base,
+            seed=seed,
+            init=init,
+            chain=chain,
+        )
         temperature = group[0] if len(group) == 1 else None
-        slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed)
+        slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed, chain)
         run = tuned(b, make, slug, s_model, domain, group)
+        if not noise and not base:
+            carried[method.name] = run
         evaluate_student(b, run, s_model, domain, evals[base], teacher)
 
 

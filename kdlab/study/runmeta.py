@@ -14,7 +14,8 @@ class RunMeta:
     ``role`` is ``teacher``, ``base-teacher``, ``student-sft`` or ``student-kd`` for training and evaluation nodes (None for data, model, answers and cache nodes);
     ``teacher_kind`` is ``finetuned`` or ``base``; ``temperature`` is None for methods without one (and for a selection
     over temperatures); ``run`` is the training run (or select node) an evaluation, validation or fidelity node
-    belongs to; ``model`` names a pruned model, ``task`` the validation task of a split.
+    belongs to; ``model`` names a pruned model, ``task`` the validation task of a split; ``init`` is the chain of
+    stages a later-stage run starts from, first to last (``sft``, ``sft>fkl``; None: from the student model).
     """
 
     role: str | None = None
@@ -30,6 +31,7 @@ class RunMeta:
     run: str | None = None
     model: str | None = None
     task: str | None = None
+    init: str | None = None
 
     @classmethod
     def from_row(cls, row) -> RunMeta:
@@ -43,15 +45,19 @@ class RunMeta:
             temperature=temperature,
             noise=row.get("noise") or 0.0,
             teacher_kind=row.get("teacher_kind") or "finetuned",
+            init=row.get("init") if isinstance(row.get("init"), str) and row.get("init") else None,
         )
 
     def label(self, temperature: bool = True, teacher: bool = True) -> str:
         """The run in words: ``SFT``, or the KD method with what sets it apart, ``fkl tau=2 noise=1 (base teacher)``
         (``temperature=False``: without ``tau``, for runs whose temperature was selected on validation;
-        ``teacher=False``: without ``(base teacher)``, for lines that name the teacher)."""
+        ``teacher=False``: without ``(base teacher)``, for lines that name the teacher). A later stage names what it
+        started from: ``opd after SFT``, ``opd after SFT > fkl``."""
         if self.role == "student-sft":
             return "SFT"
         label = str(self.method)
+        if self.init:
+            label += " after " + " > ".join("SFT" if stage == "sft" else stage for stage in self.init.split(">"))
         if temperature and self.temperature is not None:
             label += f" tau={self.temperature:g}"
         if self.noise:

@@ -18,6 +18,7 @@ from kdlab.study.kinds import KINDS
 from kdlab.study.nodes import SELECTED, Node, kd_slug, setting_tag, study_path
 from kdlab.study.runmeta import RunMeta
 from kdlab.study.spec import Method, StudySpec, flatten_sections
+from kdlab.study.spec.values import merge_sections
 
 #: node settings added after study folders existed, left out of the folder hash at these values (their default), so
 #: that a study planned before them keeps its folder names: the generation backend (``auto``).
@@ -108,14 +109,6 @@ def training_flags(sections: dict, seed: int | None) -> dict:
     return flags
 
 
-def merge_sections(base: dict, overlay: dict) -> dict:
-    """Run-config sections ``base`` with ``overlay``'s settings on top (``{"train": {"epochs": 3}}``)."""
-    merged = {section: dict(values) for section, values in base.items()}
-    for section, values in overlay.items():
-        merged.setdefault(section, {}).update(values)
-    return merged
-
-
 def teacher_sft(b: PlanNodes, teacher: str, domain) -> Node:
     t_model, deps = model(b, teacher)
     teacher_sections = merge_sections(b.spec.teacher_training, domain.training)
@@ -149,23 +142,43 @@ def teacher_model(b: PlanNodes, teacher: str, domain, base: bool) -> tuple[str, 
     return trained_model, adapter, deps + (run.id,)
 
 
+def student_sections(b: PlanNodes, student: str, domain, method: Method | None = None) -> dict:
+    """The run-config sections of a student run: the study's student settings, then the domain's, the student
+    model's (``models.NAME.student_training``) and the method's own (``methods.NAME.training``: its stage budget)."""
+    sections = merge_sections(b.spec.student_training, domain.training)
+    sections = merge_sections(sections, b.spec.models[student].student_training)
+    return merge_sections(sections, method.training) if method is not None else sections
+
+
 def student_sft(b: PlanNodes, student: str, domain, seed: int, overrides: dict | None = None) -> Node:
     s_model, deps = model(b, student)
-    student_sections = merge_sections(b.spec.student_training, domain.training)
-    flags = {**training_flags(student_sections, seed), **(overrides or {})}
+    sections = student_sections(b, student, domain)
+    flags = {**training_flags(sections, seed), **(overrides or {})}
     data, data_deps = train_data(b, domain)
     deps += data_deps
     params = {"model": s_model, "data": data, "flags": flags}
-    flops = train_flops(model_params(b.spec, student), domain, student_sections, flags["lora.enabled"])
+    flops = train_flops(model_params(b.spec, student), domain, sections, flags["lora.enabled"])
     meta = RunMeta(role="student-sft", student=student, domain=domain.name, method="sft", loss="sft", seed=seed)
     slug = f"{student}.{domain.name}.s{seed}" + setting_tag(overrides)
     return b.add("student-sft", slug, params, deps, meta, flops=flops)
 
 
+def start_from(init: Node | None, s_model: str, flags: dict) -> tuple[str, tuple[str, ...]]:
+    """(model, dependencies) a student run starts from: the student model, or the result of the earlier stage
+    ``init`` (a training run or the select node carrying one); a LoRA stage sets ``flags["adapter"]`` to its adapter,
+    which the run keeps training."""
+    if init is None:
+        return s_model, ()
+    start, adapter = trained(init, s_model)
+    if adapter is not None:
+        flags["adapter"] = adapter
+    return start, (init.id,)
+
+
 def answers(b: PlanNodes, teacher: str, domain, base: bool, method: Method) -> Node:
     """The teacher's greedy answers to the training prompts (SeqKD data)."""
     t_model, t_adapter, deps = teacher_model(b, teacher, domain, base)
-    student_sections = merge_sections(b.spec.student_training, domain.training)
+    student_sections = merge_sections(b.spec.student_training, domain.training)  # the teacher's answers fit these
     settings = {
         "max_new_tokens": int(method.kd.get("max_new_tokens", 128)),
         "batch_size": int(method.kd.get("generation_batch_size", 16)),
@@ -225,9 +238,12 @@ def kd(
     base: bool,
     seed: int,
     overrides: dict | None = None,
+    init: Node | None = None,
+    chain: str | None = None,
 ) -> Node:
-    """One KD run: SeqKD (SFT on the teacher's answers), or token-level distillation from the live teacher or its
-    signal cache."""
+    """One KD run: SeqKD (SFT on the teacher's answers), SFT continued (a later stage with loss ``sft``), or
+    token-level distillation from the live teacher or its signal cache; from the student model, or with ``init``
+    from an earlier stage's result (``chain``: the stages before, ``sft>fkl``)."""
     s_model, deps = model(b, student)
     data, data_deps = train_data(b, domain)
     deps += data_deps
@@ -242,21 +258,27 @@ def kd(
         noise=noise,
         seed=seed,
         teacher_kind="base" if base else "finetuned",
+        init=chain,
     )
-    slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed) + setting_tag(overrides)
-    student_sections = merge_sections(b.spec.student_training, domain.training)
-    flags = {**training_flags(student_sections, seed), **(overrides or {})}
-    flops = train_flops(model_params(b.spec, student), domain, student_sections, flags["lora.enabled"])
-    if method.loss == "seqkd":
-        seqkd_data = answers(b, teacher, domain, base, method)
-        params = {"kind": "sft", "model": s_model, "data": study_path(seqkd_data.id, "train.json"), "flags": flags}
-        return b.add("kd", slug, params, deps + (seqkd_data.id,), meta, flops=flops)
+    slug = kd_slug(teacher, student, domain.name, method.name, temperature, noise, base, seed, chain)
+    slug += setting_tag(overrides)
+    sections = student_sections(b, student, domain, method)
+    flags = {**training_flags(sections, seed), **(overrides or {})}
+    start, init_deps = start_from(init, s_model, flags)
+    deps += init_deps
+    flops = train_flops(model_params(b.spec, student), domain, sections, flags["lora.enabled"])
+    if method.loss in ("seqkd", "sft"):
+        if method.loss == "seqkd":
+            seqkd_data = answers(b, teacher, domain, base, method)
+            data, deps = study_path(seqkd_data.id, "train.json"), deps + (seqkd_data.id,)
+        params = {"kind": "sft", "model": start, "data": data, "flags": flags}
+        return b.add("kd", slug, params, deps, meta, flops=flops)
     t_model, t_adapter, t_deps = teacher_model(b, teacher, domain, base)
     flags.update({f"kd.{key}": value for key, value in method.kd.items()})
     flags.update({"kd.temperature": temperature, "kd.teacher_noise": noise})
     params = {
         "kind": "distill",
-        "model": s_model,
+        "model": start,
         "teacher": t_model,
         "teacher_adapter": t_adapter,
         "data": data,

@@ -345,6 +345,7 @@ class Trainer:
             "steps": self.total_steps,
             "final_loss": loss,
             "train_seconds": elapsed_before + time.time() - started,
+            "session_seconds": time.time() - started,
             "examples": len(self.dataset),
             "processes": acc.num_processes,
             "precision": acc.mixed_precision,

@@ -9,6 +9,7 @@ ever built. Positions: hidden state ``t`` predicts token ``t + 1``; the kept pos
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -97,6 +98,7 @@ class DistillObjective:
         self.spec, self.on_policy_spec = spec, replace(spec, kd_weight=1.0)
         self.seed, self.rank, self.teacher, self.cache, self.vocab_size = seed, rank, teacher, cache, vocab_size
         self.parts = LossParts()  # the KD and CE parts of the summed objective, read by the trainer for logging
+        self.teacher_seconds = 0.0  # time in the live teacher's forward passes (the run's time split)
 
     def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
         hidden, targets = response_hidden(
@@ -126,10 +128,12 @@ class DistillObjective:
         """The live teacher's forward pass on the batch (no gradient), as a teacher source."""
         if self.teacher is None:
             raise KdlabError("an on-policy batch needs the live teacher, and none was loaded (kd.lmbda is 0?)")
+        started = time.perf_counter()
         with torch.no_grad():
             teacher_hidden, _ = response_hidden(
                 final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"]
             )
+        self.teacher_seconds += time.perf_counter() - started
         teacher_weight = output_weight(self.teacher)
         vocab = self.vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
         return vocab, live_teacher_at(teacher_hidden, teacher_weight, vocab)

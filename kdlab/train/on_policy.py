@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -9,6 +11,7 @@ from accelerate.utils import extract_model_from_parallel
 from kdlab.config import KDConfig, RunConfig
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
+from kdlab.eval.extract import strict_number
 from kdlab.generation import generate_ids, speculative_generate_ids
 
 
@@ -31,6 +34,11 @@ class OnPolicySampler:
     With ``kd.speculative_k > 0`` the responses are speculative-KD samples
     (:func:`kdlab.generation.speculative_generate_ids`: student proposals, tokens outside the teacher's top-k
     replaced by teacher samples), which needs ``teacher`` and the shared ``vocab_size``.
+
+    It also measures what it costs and what the student samples: ``seconds`` spent sampling, and per on-policy step
+    the samples whose stated answer (:func:`kdlab.eval.extract.strict_number`) equals the one of the training
+    response they replace (``answers``: (step, equal, compared); rows whose training response states no number are
+    not compared). :meth:`summary` reports both for result.json.
     """
 
     def __init__(
@@ -40,6 +48,8 @@ class OnPolicySampler:
         self.teacher, self.vocab_size = teacher, vocab_size
         self.on_policy_steps = 0
         self.proposed_tokens = self.replaced_tokens = 0
+        self.seconds = 0.0
+        self.answers: list[tuple[int, int, int]] = []
         if kd.speculative_k > 0 and (teacher is None or vocab_size is None):
             raise KdlabError("speculative KD (kd.speculative_k > 0) needs the loaded teacher")
 
@@ -51,7 +61,41 @@ class OnPolicySampler:
             return batches
         self.on_policy_steps += 1
         student = extract_model_from_parallel(model)
-        return [self._resample(student, batch, step) for batch in batches]
+        started = time.perf_counter()
+        resampled = [self._resample(student, batch, step) for batch in batches]
+        self.seconds += time.perf_counter() - started
+        return resampled
+
+    def summary(self) -> dict:
+        """What this session sampled: on-policy steps, sampling seconds, and the samples' answer accuracy over the
+        first and the last third of the on-policy steps (None where nothing was compared)."""
+
+        def accuracy(rows) -> float | None:
+            compared = sum(row[2] for row in rows)
+            return sum(row[1] for row in rows) / compared if compared else None
+
+        third = max(1, len(self.answers) // 3)
+        return {
+            "steps": self.on_policy_steps,
+            "sampling_seconds": self.seconds,
+            "sample_accuracy_first_third": accuracy(self.answers[:third]),
+            "sample_accuracy_last_third": accuracy(self.answers[-third:]),
+            "sample_accuracy": accuracy(self.answers),
+        }
+
+    def _count_answers(self, step: int, labels: torch.Tensor, responses: list[list[int]]) -> None:
+        """Record how many ``responses`` state the answer of the training responses they replace (``labels``)."""
+        equal = compared = 0
+        for row, response in zip(labels, responses):
+            gold = strict_number(self.tokenizer.decode(row[row != IGNORE_INDEX].tolist(), skip_special_tokens=True))
+            if gold is None:
+                continue
+            compared += 1
+            equal += strict_number(self.tokenizer.decode(response, skip_special_tokens=True)) == gold
+        if self.answers and self.answers[-1][0] == step:
+            _, before_equal, before_compared = self.answers.pop()
+            equal, compared = equal + before_equal, compared + before_compared
+        self.answers.append((step, equal, compared))
 
     def _resample(self, student, batch: dict, step: int) -> dict:
         prompts = []
@@ -85,6 +129,7 @@ class OnPolicySampler:
                 temperature=self.kd.sample_temperature,
                 seed=seed,
             )
+        self._count_answers(step, batch["labels"], responses)
         items = [
             Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
             for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)

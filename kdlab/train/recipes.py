@@ -110,8 +110,16 @@ def _train(
     trainer = Trainer(config, run_dir, model, tokenizer, dataset, objective, accelerator, batch_hook=sampler)
     summary = trainer.train()
     summary["data"] = data_summary
+    teacher_seconds = getattr(objective, "teacher_seconds", 0.0)
+    sampling = sampler.summary() if sampler is not None else {"sampling_seconds": 0.0}
+    summary["time_split_this_session"] = {  # where the training time went (seconds, this session)
+        "sampling": sampling["sampling_seconds"],
+        "teacher": teacher_seconds,
+        "student": summary["session_seconds"] - sampling["sampling_seconds"] - teacher_seconds,
+    }
     if sampler is not None:
         summary["on_policy_steps_this_session"] = sampler.on_policy_steps
+        summary["on_policy_this_session"] = sampling
         if config.kd.speculative_k > 0:
             summary["speculative_tokens_this_session"] = sampler.proposed_tokens
             summary["speculative_replaced_this_session"] = sampler.replaced_tokens

@@ -12,6 +12,7 @@ from kdlab.study.folder import STATUSES, node_status, read_state, state_path
 from kdlab.study.kinds import KIND_ORDER, is_done
 from kdlab.study.nodes import Node
 from kdlab.study.plan import Plan
+from kdlab.study.spec import stage_chain
 
 
 @dataclass
@@ -137,6 +138,9 @@ def study_status(plan: Plan, study_dir: Path) -> dict[str, list[Node]]:
 def format_status(plan: Plan, study_dir: Path) -> str:
     groups = study_status(plan, study_dir)
     lines = [f"study {plan.spec.name} ({study_dir}): " + ", ".join(f"{len(groups[s])} {s}" for s in STATUSES)]
+    chains = [" -> ".join(stage_chain(plan.spec.methods, m.name)) for m in plan.spec.methods.values() if m.init]
+    if chains:  # a staged study: each later stage starts from the selected run of the stage before
+        lines.append("stages: " + "; ".join(chains))
     lines.append(f"{'kind':<14}" + "".join(f"{s:>13}" for s in STATUSES))
     for kind in KIND_ORDER:
         counts = [sum(node.kind == kind for node in groups[s]) for s in STATUSES]

@@ -38,6 +38,7 @@ from kdlab.study.report.tables import (
     paired_tables,
     paper_view_table,
     selection_table,
+    staged_table,
 )
 from kdlab.study.report.validation_figure import fig_validation
 from kdlab.version import __version__
@@ -156,6 +157,9 @@ def build_report(study_dir: Path, frame: pd.DataFrame, stats: dict, title: str) 
     selection = stats.get("selection")
     figures = make_figures(frame)
     extra_tables = []
+    staged = staged_table(frame, paired)
+    if staged is not None:  # a staged study leads with its comparison
+        extra_tables.append(staged)
     if selection is not None and not selection.empty:
         figures.insert(0, fig_validation(selection))
         extra_tables.append(selection_table(selection))

@@ -10,7 +10,8 @@ import pandas as pd
 
 from kdlab.stats.formatting import DASH, bounds, config_label, fmt, interval, isnan, p_value, pct, starred
 from kdlab.stats.markdown import PAIRED_TABLE_HEADER
-from kdlab.stats.table import CONFIG
+from kdlab.stats.significance import t_interval
+from kdlab.stats.table import CONFIG, main_grid
 from kdlab.study.report.context import ReportContext, candidate_label
 
 
@@ -82,6 +83,70 @@ def overview_table(ctx: ReportContext, seeds: pd.DataFrame) -> Table:
         "Accuracy in % with a 95% interval: Student-t over seeds when a configuration has several seeds, "
         "else the run's Wilson interval. Ablation rows (noisy or base teacher) are marked.",
     )
+
+
+def staged_table(frame: pd.DataFrame, paired: pd.DataFrame) -> Table | None:
+    """A staged study's comparison (None without later stages): per student and task, the first stage (SFT) and
+    every later-stage method of the main grid over seeds -- mean accuracy with a 95% t-interval, its reference
+    (SFT continued from the same stage, or the stage it continued), the mean paired difference with its t-interval
+    over seeds, each seed's difference with its exact McNemar p after Holm over every comparison of the study, and
+    mean agreement and BLEU with the teacher."""
+    if "init" not in frame.columns:
+        return None
+    later = main_grid(frame)
+    later = later[later["init"].fillna("").astype(str) != ""]
+    if later.empty:
+        return None
+    sft = frame[frame["role"] == "student-sft"]
+    holm = {(r["run"], r["task"]): r for r in paired.to_dict("records")} if len(paired) else {}
+    rows = []
+
+    for (student, task), group in later.groupby(["student", "task"], sort=False):
+        first = sft[(sft["student"] == student) & (sft["task"] == task)]
+        seeds = ",".join(f"{s:g}" for s in sorted(first["seed"]))
+        rows.append([str(student), str(task), "SFT (first stage)", seeds, _mean_ci(first["accuracy"])] + [""] * 4)
+        rows[-1] += [fmt(first["agreement"].mean(), ".2f"), fmt(first["bleu"].mean(), ".0f")]
+        for _, runs in group.groupby("method", sort=False):
+            r0 = runs.iloc[0]
+            per_seed = []
+            for r in runs.sort_values("seed").to_dict("records"):
+                test = holm.get((r["run"], r["task"]))
+                p_text = f" (p {p_value(test['pvalue_holm_all'])})" if test is not None else ""
+                per_seed.append(f"s{r['seed']:g}: {fmt(100 * r['improvement'], '+.0f')}{p_text}")
+            rows.append(
+                [
+                    str(student),
+                    str(task),
+                    config_label(r0.to_dict()),
+                    ",".join(f"{s:g}" for s in sorted(runs["seed"])),
+                    _mean_ci(runs["accuracy"]),
+                    str(r0.get("reference") or "SFT"),
+                    _mean_ci(runs["sft_accuracy"]),
+                    _mean_ci(runs["improvement"], signed=True),
+                    "; ".join(per_seed),
+                    fmt(runs["agreement"].mean(), ".2f"),
+                    fmt(runs["bleu"].mean(), ".0f"),
+                ]
+            )
+    header = ["student", "task", "run", "seeds", "accuracy %", "reference", "reference %", "Δ pp", "per seed Δ pp (p)"]
+    return Table(
+        header + ["agreement", "BLEU"],
+        rows,
+        "llllrlrrlrr",
+        "Staged comparison: each later stage against its reference",
+        "Means over seeds with 95% Student-t intervals (accuracy clipped to [0, 100]). Reference: SFT continued "
+        "from the same stage (same start, same budget), or for SFT continued the run it continued; Δ = accuracy − "
+        "reference accuracy on the same test problems. p: exact McNemar per seed, Holm-adjusted over every paired "
+        "comparison of the study. Agreement: share of problems with the teacher's answer; BLEU vs the teacher's "
+        "rationales.",
+    )
+
+
+def _mean_ci(values, signed: bool = False) -> str:
+    """Mean of accuracies (or, ``signed``, of differences) in percent with its 95% t-interval over seeds."""
+    mean, _, low, high, n = t_interval(values, within=None if signed else (0.0, 1.0))
+    spec = "+.1f" if signed else ".1f"
+    return fmt(100 * mean, spec) + (f" [{100 * low:{spec}}, {100 * high:{spec}}]" if n > 1 else "")
 
 
 EFFECT_NAMES = {"cohen_d": "d", "eta_squared": "η²", "spearman_rho": "ρ"}
@@ -201,6 +266,8 @@ def paired_detail_table(paired: pd.DataFrame) -> Table:
         rows,
         "llllrrrrrrrrrrl",
         "Paired tests: every comparison",
+        "SFT = the row's reference: the same student's SFT, or for a later stage SFT continued from the same "
+        "stage (same start, same budget); "
         "b = examples KD got right and SFT wrong, c = the reverse; Δ = KD − SFT accuracy with a 95% "
         "paired bootstrap interval over examples; odds ratio b / c (0.5 added to both when either is "
         "0); p = exact McNemar; p (Holm) adjusted across the tasks of one configuration and seed "

@@ -24,6 +24,9 @@ Example (every key below except ``models``, ``teachers``, ``students``, ``domain
       gkd: {loss: gjsd, beta: 0.5, lmbda: 0.5, temperatures: [1.0]}   # temperatures: only these for this method
       seqkd: {loss: seqkd}               # SFT on the teacher's greedy answers (no temperature)
       opd: {preset: on-policy}           # a named recipe (kdlab.config.KD_PRESETS); its kd.* values can be overridden
+      more-sft: {loss: sft, init: sft, training: {train: {max_steps: 12}}}  # a second stage: SFT continued from the
+                                         # selected SFT run, with its own budget (loss sft: only with init)
+      opd-2: {preset: on-policy, init: sft, training: {train: {max_steps: 12}}}  # on-policy KD after SFT
     temperatures: [1.0, 2.0]             # token-level methods run at each
     seeds: [0, 1]                        # student SFT and KD runs are repeated per seed
     ablations:                           # extra KD runs on a slice of the grid
@@ -76,6 +79,7 @@ from kdlab.study.spec.load import (
     EVAL_DEFAULTS,
     FIDELITY_DEFAULTS,
     SECTION_TYPES,
+    STAGE_LOSSES,
     TOP_KEYS,
     Domain,
     Method,
@@ -83,7 +87,9 @@ from kdlab.study.spec.load import (
     StudySpec,
     check_models,
     load_spec,
+    method_budget,
     missing_models,
+    stage_chain,
 )
 from kdlab.study.spec.tuning import TUNING_KEYS, UNTUNABLE, VALIDATION_KEYS, Tuning
 from kdlab.study.spec.values import flatten_sections, parse_params
@@ -94,6 +100,7 @@ __all__ = [
     "EVAL_DEFAULTS",
     "FIDELITY_DEFAULTS",
     "SECTION_TYPES",
+    "STAGE_LOSSES",
     "TOP_KEYS",
     "TUNING_KEYS",
     "UNTUNABLE",
@@ -107,6 +114,8 @@ __all__ = [
     "check_models",
     "flatten_sections",
     "load_spec",
+    "method_budget",
     "missing_models",
     "parse_params",
+    "stage_chain",
 ]

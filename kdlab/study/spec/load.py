@@ -22,6 +22,7 @@ from kdlab.study.spec.values import (
     flatten_sections,
     is_int,
     load_sections,
+    merge_sections,
     parse_params,
     resolve_path,
     with_defaults,
@@ -75,6 +76,7 @@ class ModelEntry:
     prune_from: str | None = None
     keep_layers: int | None = None
     params: float | None = None
+    student_training: dict = field(default_factory=dict)  # run settings of this model's student runs (all methods)
 
 
 @dataclass
@@ -90,13 +92,24 @@ class Domain:
     teacher_train: str | None = None  # the teacher's SFT data when it is not ``train``
 
 
+#: losses a study method may have besides kdlab's (:data:`kdlab.config.LOSS_NAMES`): only in a later stage
+STAGE_LOSSES = {"sft": "SFT continued on the training responses (a later stage: needs init)"}
+
+
 @dataclass
 class Method:
-    """A KD method: its name in the study and its kd.* settings (``loss`` included)."""
+    """A KD method: its name in the study and its kd.* settings (``loss`` included).
+
+    ``init`` names the stage it starts from: ``sft`` (the student's selected SFT run) or another method (its selected
+    run for the same student and seed); None starts from the student model. ``training`` holds the method's own run
+    settings (``{"train": {"max_steps": 12}}``: its stage's budget), over the study's and the student's.
+    """
 
     name: str
     kd: dict
     temperatures: list[float] | None = None  # overrides the study's temperatures for this method
+    init: str | None = None
+    training: dict = field(default_factory=dict)
 
     @property
     def loss(self) -> str:
@@ -104,8 +117,9 @@ class Method:
 
     @property
     def uses_temperature(self) -> bool:
-        """A token-level method (a divergence, run at the study's temperatures), not a recipe-level loss (seqkd)."""
-        return self.loss not in tuple(RECIPE_LOSSES)  # by ==: a malformed loss (a list) is reported later
+        """A token-level method (a divergence, run at the study's temperatures), not a recipe-level loss (seqkd,
+        or SFT continued)."""
+        return self.loss not in (*RECIPE_LOSSES, *STAGE_LOSSES)  # by ==: a malformed loss (a list) is reported later
 
 
 @dataclass
@@ -146,23 +160,26 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
         if isinstance(entry, str):
             entry = {"spec": entry}
         entry = as_mapping(entry, here)
-        check_keys(entry, {"spec", "prune", "params"}, here)
+        check_keys(entry, {"spec", "prune", "params", "student_training"}, here)
         if ("spec" in entry) == ("prune" in entry):
             raise KdlabError(
                 f"{here}: give exactly one of 'spec' (a model to load) or 'prune' (a student cut from another entry)"
             )
         params = parse_params(entry["params"], f"{here}.params") if entry.get("params") is not None else None
+        training = load_sections(entry.get("student_training"), f"{here}.student_training")
         if "spec" in entry:
             if not isinstance(entry["spec"], str) or not entry["spec"]:
                 raise KdlabError(f"{here}.spec: expected a model spec string, got {entry['spec']!r}")
-            models[name] = ModelEntry(name, spec=entry["spec"], params=params)
+            models[name] = ModelEntry(name, spec=entry["spec"], params=params, student_training=training)
         else:
             prune = as_mapping(entry["prune"], f"{here}.prune")
             check_keys(prune, {"model", "keep_layers"}, f"{here}.prune")
             keep = prune.get("keep_layers")
             if not is_int(keep) or keep < 1:
                 raise KdlabError(f"{here}.prune.keep_layers: expected an integer >= 1, got {keep!r}")
-            models[name] = ModelEntry(name, prune_from=prune.get("model"), keep_layers=keep, params=params)
+            models[name] = ModelEntry(
+                name, prune_from=prune.get("model"), keep_layers=keep, params=params, student_training=training
+            )
     if not models:
         raise KdlabError(f"{where}: no models")
     for entry in models.values():
@@ -237,8 +254,12 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
         if isinstance(entry, str):
             entry = {"loss": entry}
         entry = as_mapping(entry, here)
-        check_keys(entry, kd_fields | {"temperatures", "preset"}, here)
+        check_keys(entry, kd_fields | {"temperatures", "preset", "init", "training"}, here)
         entry = dict(entry)
+        init = entry.pop("init", None)
+        if init is not None and not isinstance(init, str):
+            raise KdlabError(f"{here}.init: expected sft or a method name, got {init!r}")
+        training = load_sections(entry.pop("training", None), f"{here}.training")
         preset = entry.pop("preset", None)
         if preset is not None:
             if preset not in KD_PRESETS:
@@ -246,6 +267,11 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
             entry = {**KD_PRESETS[preset], **entry}
         if "loss" not in entry:
             raise KdlabError(f"{here}: missing 'loss' (one of {', '.join(LOSS_NAMES)}) or 'preset'")
+        if entry["loss"] in STAGE_LOSSES and init is None:
+            raise KdlabError(
+                f"{here}: loss {entry['loss']!r} continues a stage ({STAGE_LOSSES[entry['loss']]}); give its "
+                "init (e.g. init: sft), or leave the method out: the SFT baseline runs in every study"
+            )
         temperatures = entry.pop("temperatures", None)
         if temperatures is not None:
             temperatures = as_numbers(temperatures, f"{here}.temperatures", positive=True)
@@ -254,10 +280,36 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
             if temperatures not in (None, [1.0]):
                 raise KdlabError(f"{here}.temperatures: loss {entry['loss']!r} takes no temperature (only 1)")
             temperatures = [1.0]
-        methods[name] = Method(name, {**kd_defaults, **entry}, temperatures)
+        methods[name] = Method(name, {**kd_defaults, **entry}, temperatures, init, training)
     if not methods:
         raise KdlabError(f"{where}: no methods")
+    _check_stages(methods, where)
     return methods
+
+
+def _check_stages(methods: dict[str, Method], where: str) -> None:
+    """Every ``init`` names ``sft`` or a method of the study, and no chain of inits comes back to where it began."""
+    for method in methods.values():
+        if method.init is not None and method.init != "sft" and method.init not in methods:
+            raise KdlabError(
+                f"{where}.{method.name}.init: unknown stage {method.init!r} (sft or a method: {', '.join(methods)})"
+            )
+        seen = [method.name]
+        stage = method.init
+        while stage not in (None, "sft"):
+            if stage in seen:
+                raise KdlabError(f"{where}.{method.name}.init: the stages form a cycle: {' -> '.join(seen + [stage])}")
+            seen.append(stage)
+            stage = methods[stage].init
+
+
+def stage_chain(methods: dict[str, Method], name: str) -> list[str]:
+    """The stages a method's runs go through, first to last: ``["sft", "fkl", "opd"]`` for ``opd`` with ``init: fkl``
+    and ``fkl`` with ``init: sft``; ``["opd"]`` for a method without init."""
+    chain = [name]
+    while chain[0] != "sft" and methods[chain[0]].init is not None:
+        chain.insert(0, methods[chain[0]].init)
+    return chain
 
 
 def load_spec(path: str | Path, base: str | Path | None = None, check_files: bool = True) -> StudySpec:
@@ -328,7 +380,49 @@ def load_spec(path: str | Path, base: str | Path | None = None, check_files: boo
     spec.slurm = load_slurm(data.get("slurm"), f"{where}: slurm")
     if spec.tuning is not None:
         check_tuning(spec.tuning, spec.student_training, spec.domains, f"{where}: tuning", check_files)
+    _check_stage_inputs(spec, where)
     return spec
+
+
+def _check_stage_inputs(spec: StudySpec, where: str) -> None:
+    """A method another starts from has one carried run per student and seed (not one per temperature), and the
+    methods starting from the same stage get the same budget (steps, batch, accumulation, epochs)."""
+    selects_temperature = spec.tuning is not None and spec.tuning.temperature == "validation"
+    for method in spec.methods.values():
+        parent = spec.methods.get(method.init) if method.init else None
+        if parent is not None and parent.uses_temperature:
+            temperatures = parent.temperatures or spec.temperatures
+            if len(temperatures) > 1 and not selects_temperature:
+                raise KdlabError(
+                    f"{where}: methods.{method.name}.init: method {parent.name!r} has one run per temperature "
+                    f"({', '.join(f'{t:g}' for t in temperatures)}) for each student and seed; give it one temperature "
+                    "or select temperatures on validation (tuning.temperature: validation)"
+                )
+    budgets: dict = {}
+    for method in spec.methods.values():
+        budgets.setdefault(method.init, []).append((method.name, method_budget(spec, method)))
+    for init, entries in budgets.items():
+        first_name, first = entries[0]
+        for name, budget in entries[1:]:
+            if budget != first:
+                stage = f"init {init}" if init else "no init"
+                raise KdlabError(
+                    f"{where}: methods.{name}.training: budget {budget} differs from methods.{first_name}'s {first} "
+                    f"({stage}): methods compared with each other get the same optimizer steps and examples"
+                )
+
+
+def method_budget(spec: StudySpec, method: Method) -> dict:
+    """What a method's runs may train on: ``train.max_steps`` / ``epochs``, ``batch_size`` and ``grad_accum`` from
+    the study's student settings and the method's own (students' and domains' settings apply to all methods alike)."""
+    from kdlab.config import TrainConfig
+
+    train = {**spec.student_training.get("train", {}), **method.training.get("train", {})}
+    defaults = TrainConfig()
+    budget = {key: train.get(key, getattr(defaults, key)) for key in ("max_steps", "batch_size", "grad_accum")}
+    if not budget["max_steps"]:
+        budget["epochs"] = train.get("epochs", defaults.epochs)
+    return budget
 
 
 def _pairs(value, where: str) -> str:
@@ -416,14 +510,25 @@ def _check_run_configs(spec: StudySpec) -> None:
         ("sft", "student_training", spec.student_training, {}),
     ]
     samples += [
-        ("distill", f"methods.{m.name}", spec.student_training, m.kd)
+        (
+            "distill" if m.uses_temperature else "sft",
+            f"methods.{m.name}",
+            merge_sections(spec.student_training, m.training),
+            m.kd,
+        )
         for m in spec.methods.values()
-        if m.uses_temperature
+        if m.uses_temperature or m.training
+    ]
+    samples += [
+        ("sft", f"models.{m.name}.student_training", merge_sections(spec.student_training, m.student_training), {})
+        for m in spec.models.values()
+        if m.student_training
     ]
     for kind, label, sections, kd in samples:
         flags = {"model": "m", "data": "d", "out": "o", **({"teacher": "t"} if kind == "distill" else {})}
         flags.update(flatten_sections(sections))
-        flags.update({f"kd.{key}": value for key, value in kd.items()})
+        if kind == "distill":
+            flags.update({f"kd.{key}": value for key, value in kd.items()})
         try:
             build_config(kind, None, flags, [])
         except KdlabError as exc:

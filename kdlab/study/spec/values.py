@@ -128,3 +128,11 @@ def flatten_sections(sections: dict) -> dict:
             raise KdlabError(f"unknown run-config section {section!r}")
         flat.update({f"{section}.{key}": value for key, value in values.items()})
     return flat
+
+
+def merge_sections(base: dict, overlay: dict) -> dict:
+    """Run-config sections ``base`` with ``overlay``'s settings on top (``{"train": {"epochs": 3}}``)."""
+    merged = {section: dict(values) for section, values in base.items()}
+    for section, values in overlay.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
