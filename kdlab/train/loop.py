@@ -161,6 +161,7 @@ class Trainer:
         self.dataset, self.objective, self.batch_hook = dataset, objective, batch_hook
         self.loss_parts: dict | None = None  # the last step's KD and CE parts (KD objectives; see _step)
         self.last_checkpoint = 0  # step of the last checkpoint restored or written (0: none)
+        self.session_seconds = 0.0  # set by train(): the time this session trained
         self.accelerator = accelerator
         train = config.train
         self.schedule = Schedule(
@@ -338,6 +339,7 @@ class Trainer:
                     self.save_checkpoint(step)
                     self.last_checkpoint = step
         finally:  # also when the run stops (a diverged loss, an interruption)
+            self.session_seconds = time.time() - started  # this session's training time (the run's time split)
             bar.close()
             if trace is not None:
                 trace.close()
@@ -345,7 +347,6 @@ class Trainer:
             "steps": self.total_steps,
             "final_loss": loss,
             "train_seconds": elapsed_before + time.time() - started,
-            "session_seconds": time.time() - started,
             "examples": len(self.dataset),
             "processes": acc.num_processes,
             "precision": acc.mixed_precision,

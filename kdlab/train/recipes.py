@@ -115,7 +115,7 @@ def _train(
     summary["time_split_this_session"] = {  # where the training time went (seconds, this session)
         "sampling": sampling["sampling_seconds"],
         "teacher": teacher_seconds,
-        "student": summary["session_seconds"] - sampling["sampling_seconds"] - teacher_seconds,
+        "student": trainer.session_seconds - sampling["sampling_seconds"] - teacher_seconds,
     }
     if sampler is not None:
         summary["on_policy_steps_this_session"] = sampler.on_policy_steps
