@@ -385,20 +385,24 @@ def regime(plan, study_dir: Path, frame) -> dict:
     - ``methods``: per second-stage method, over its selected runs (one per seed), the mean time split of training
       (seconds sampling, in the teacher's forward passes, and the rest: the student's update) and, for on-policy
       methods, the share of the student's samples that state the training problem's answer over the first and the
-      last third of its on-policy steps (``on_policy_this_session`` of result.json).
+      last third of its on-policy steps (``on_policy_this_session`` of result.json). Both cover the session that
+      finished a run: after a resume they describe its last part only.
     """
     from kdlab.study.nodes import resolve
     from kdlab.train.teacher_regime import token_peakedness
 
     cached = study_dir / "regime-teacher.json"
     teacher_run = next(node for node in plan.nodes if node.kind == "teacher-sft")
-    if not cached.is_file():
-        data = resolve(_student_data(plan), study_dir)
-        adapter = str(teacher_run.folder(study_dir) / "final")
-        atomic_write_json(cached, token_peakedness(teacher_run.params["model"], adapter, data))
+    data = resolve(_student_data(plan), study_dir)
+    adapter = str(teacher_run.folder(study_dir) / "final")
+    inputs = {"teacher": teacher_run.id, "data": data}
+    if not cached.is_file() or json.loads(cached.read_text()).get("inputs") != inputs:
+        atomic_write_json(cached, {**token_peakedness(teacher_run.params["model"], adapter, data), "inputs": inputs})
     methods: dict[str, dict] = {}
     for row in frame[(frame["role"] == "student-kd") & (frame["task"] == frame["task"].iloc[0])].to_dict("records"):
         result = json.loads((study_dir / row["run"] / "result.json").read_text())
+        if "time_split_this_session" not in result:  # a run finished by an older kdlab: nothing measured
+            continue
         entry = methods.setdefault(row["method"], {"runs": 0, "sampling": 0.0, "teacher": 0.0, "student": 0.0})
         entry["runs"] += 1
         for part, seconds in result.get("time_split_this_session", {}).items():

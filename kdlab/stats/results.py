@@ -128,7 +128,7 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for node in evals:
         meta = node.meta
-        teachers = spec.teachers if meta.role == "student-sft" or meta.loss == "sft" else [meta.teacher]
+        teachers = spec.teachers if meta.role == "student-sft" else [meta.teacher]
         for teacher in teachers:
             base = meta.teacher_kind == "base"
             teacher_eval = teacher_evals.get((teacher, meta.domain, base))
@@ -147,31 +147,30 @@ def collect_results(plan: Plan, study_dir: str | Path) -> pd.DataFrame:
 
 def _references(evals: list[Node]) -> dict[str, Node]:
     """KD evaluation id -> the evaluation it is compared with (see the module docstring): the same student's SFT
-    (same domain and seed); for a later stage, SFT continued from the same stage, or for SFT continued the stage it
-    started from."""
-    by_stage = {}  # (student, domain, seed, stage) -> evaluation of the run that ends that stage chain
+    (same domain and seed); for a later stage, SFT continued from the same stage with the same teacher, or else the
+    stage it continued; for SFT continued, the stage it continued."""
+    by_stage = {}  # (teacher, student, domain, seed, stage) -> evaluation of the run that ends that stage chain
+    continued = {}  # (teacher, student, domain, seed, init) -> evaluation of SFT continued from that stage
     for n in evals:
         m = n.meta
-        if m.role == "student-sft":
-            by_stage[(m.student, m.domain, m.seed, "sft")] = n
-        elif m.role == "student-kd" and not m.noise and m.teacher_kind == "finetuned":
-            by_stage.setdefault((m.student, m.domain, m.seed, ">".join(filter(None, (m.init, m.method)))), n)
-    continued = {
-        (n.meta.student, n.meta.domain, n.meta.seed, n.meta.init): n
-        for n in evals
-        if n.meta.role == "student-kd" and n.meta.loss == "sft"
-    }
+        if m.role == "student-kd" and not m.noise and m.teacher_kind == "finetuned":
+            by_stage.setdefault((m.teacher, m.student, m.domain, m.seed, ">".join(filter(None, (m.init, m.method)))), n)
+            if m.loss == "sft":
+                continued[(m.teacher, m.student, m.domain, m.seed, m.init)] = n
+    sft = {(n.meta.student, n.meta.domain, n.meta.seed): n for n in evals if n.meta.role == "student-sft"}
     references = {}
     for n in evals:
         m = n.meta
         if m.role != "student-kd":
             continue
-        key = (m.student, m.domain, m.seed)
-        if m.init and m.loss == "sft":
-            reference = by_stage.get((*key, m.init))
+        key = (m.teacher, m.student, m.domain, m.seed)
+        if not m.init:
+            reference = sft.get(key[1:])
+        elif m.loss == "sft":
+            reference = sft.get(key[1:]) if m.init == "sft" else by_stage.get((*key, m.init))
         else:
-            reference = continued.get((*key, m.init)) if m.init else None
-            reference = reference or by_stage.get((*key, "sft"))
+            reference = continued.get((*key, m.init))
+            reference = reference or (sft.get(key[1:]) if m.init == "sft" else by_stage.get((*key, m.init)))
         if reference is not None:
             references[n.id] = reference
     return references

@@ -2,7 +2,8 @@
 the numeric columns, :func:`check_table` (validation, numbers as floats) and :func:`main_grid`.
 
 A *configuration* of a run is ``(teacher, teacher_kind, student, domain, method, temperature, noise)``; seeds repeat
-a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``;
+a configuration. The *main grid* is the ``student-kd`` rows with ``teacher_kind == 'finetuned'`` and ``noise == 0``
+(SFT continued, loss ``sft``, is a later stage's baseline, not KD);
 the other KD rows are ablations (task-unaware base teacher, noisy teacher logits).
 """
 
@@ -66,6 +67,7 @@ def check_table(frame: pd.DataFrame, columns: Iterable[str], what: str = "result
 
 def main_grid(frame: pd.DataFrame) -> pd.DataFrame:
     """The ``student-kd`` rows distilled from the fine-tuned teacher without noise (ablations left out)."""
+    kd = frame["loss"] != "sft" if "loss" in frame.columns else True  # SFT continued (a later stage) is no KD
     return frame[
-        (frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned") & (frame["noise"].fillna(0) == 0)
+        (frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned") & (frame["noise"].fillna(0) == 0) & kd
     ]

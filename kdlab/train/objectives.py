@@ -133,7 +133,9 @@ class DistillObjective:
             teacher_hidden, _ = response_hidden(
                 final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"]
             )
-        self.teacher_seconds += time.perf_counter() - started
+        if teacher_hidden.is_cuda:  # kernels run asynchronously: wait for them to time the pass
+            torch.cuda.synchronize(teacher_hidden.device)
+        self.teacher_seconds += time.perf_counter() - started  # its output layer runs in the loss (student time)
         teacher_weight = output_weight(self.teacher)
         vocab = self.vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
         return vocab, live_teacher_at(teacher_hidden, teacher_weight, vocab)

@@ -88,6 +88,18 @@ def _edited(path: Path, tmp_path: Path, edit) -> Path:
             r"methods.opd.init: method 'fkl' has one run per temperature \(1, 2\)",
         ),
         (lambda d: d["methods"]["fkl"].update(training={"kd": {}}), r"methods.fkl.training: unknown key\(s\) kd"),
+        (
+            lambda d: d["methods"]["fkl"].update(training={"lora": {"enabled": True}}),
+            r"methods.fkl.training: unknown key\(s\) lora",
+        ),
+        (
+            lambda d: d["models"]["pruned-1l"].update(student_training={"train": {"max_length": 64}}),
+            r"models.pruned-1l.student_training.train.max_length: set in student_training for the whole study",
+        ),
+        (
+            lambda d: d["methods"].update(solo={"loss": "fkl", "training": {"train": {"max_steps": 9}}}),
+            r"methods.solo.training: budget .* differs from the SFT baseline's .*no init, student pruned-1l",
+        ),
     ],
 )
 def test_stage_errors_are_one_line_at_load(staged_spec, tmp_path, edit, message):
@@ -143,7 +155,10 @@ def test_single_stage_folders_are_unchanged_by_stages(staged_spec, tmp_path):
     from kdlab.study.nodes import kd_slug
 
     assert kd_slug("t", "s", "d", "fkl", 1.0, 0.0, False, 0) == "t.s.d.fkl.t1.s0"
-    spec = load_spec(_edited(staged_spec, tmp_path, lambda d: d["methods"]["fkl"].pop("init")), check_files=False)
+    spec = load_spec(
+        _edited(staged_spec, tmp_path, lambda d: [d["methods"]["fkl"].pop(k) for k in ("init", "training")]),
+        check_files=False,
+    )
     node = next(n for n in build_plan(spec).nodes if n.kind == "kd" and n.meta.method == "fkl")
     assert "adapter" not in node.params["flags"] and ".after-" not in node.id and node.meta.init is None
 
@@ -248,7 +263,10 @@ def test_method_budget_reads_steps_or_epochs():
     from kdlab.study.spec import method_budget
     from kdlab.study.spec.load import Method
 
-    Spec = SimpleNamespace(student_training={"train": {"epochs": 2, "batch_size": 4}})
+    Spec = SimpleNamespace(
+        student_training={"train": {"epochs": 2, "batch_size": 4}},
+        models={"s": SimpleNamespace(student_training={"train": {"max_steps": 5}})},
+    )
 
     assert method_budget(Spec, Method("a", {"loss": "fkl"})) == {
         "max_steps": 0,
@@ -258,3 +276,5 @@ def test_method_budget_reads_steps_or_epochs():
     }
     staged = Method("b", {"loss": "fkl"}, training={"train": {"max_steps": 9}})
     assert method_budget(Spec, staged) == {"max_steps": 9, "batch_size": 4, "grad_accum": 1}
+    assert method_budget(Spec, None, "s") == {"max_steps": 5, "batch_size": 4, "grad_accum": 1}  # the student's own
+    assert method_budget(Spec, staged, "s")["max_steps"] == 9  # the stage's own wins

@@ -11,7 +11,7 @@ import pandas as pd
 from kdlab.stats.formatting import DASH, bounds, config_label, fmt, interval, isnan, p_value, pct, starred
 from kdlab.stats.markdown import PAIRED_TABLE_HEADER
 from kdlab.stats.significance import t_interval
-from kdlab.stats.table import CONFIG, main_grid
+from kdlab.stats.table import CONFIG
 from kdlab.study.report.context import ReportContext, candidate_label
 
 
@@ -93,8 +93,8 @@ def staged_table(frame: pd.DataFrame, paired: pd.DataFrame) -> Table | None:
     mean agreement and BLEU with the teacher."""
     if "init" not in frame.columns:
         return None
-    later = main_grid(frame)
-    later = later[later["init"].fillna("").astype(str) != ""]
+    later = frame[(frame["role"] == "student-kd") & (frame["teacher_kind"] == "finetuned") & (frame["noise"] == 0)]
+    later = later[later["init"].fillna("").astype(str) != ""]  # SFT continued included: a stage of its own
     if later.empty:
         return None
     sft = frame[frame["role"] == "student-sft"]

@@ -166,7 +166,7 @@ def _load_models(data: dict, where: str) -> dict[str, ModelEntry]:
                 f"{here}: give exactly one of 'spec' (a model to load) or 'prune' (a student cut from another entry)"
             )
         params = parse_params(entry["params"], f"{here}.params") if entry.get("params") is not None else None
-        training = load_sections(entry.get("student_training"), f"{here}.student_training")
+        training = load_overlay(entry.get("student_training"), f"{here}.student_training")
         if "spec" in entry:
             if not isinstance(entry["spec"], str) or not entry["spec"]:
                 raise KdlabError(f"{here}.spec: expected a model spec string, got {entry['spec']!r}")
@@ -259,7 +259,7 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
         init = entry.pop("init", None)
         if init is not None and not isinstance(init, str):
             raise KdlabError(f"{here}.init: expected sft or a method name, got {init!r}")
-        training = load_sections(entry.pop("training", None), f"{here}.training")
+        training = load_overlay(entry.pop("training", None), f"{here}.training")
         preset = entry.pop("preset", None)
         if preset is not None:
             if preset not in KD_PRESETS:
@@ -285,6 +285,25 @@ def _load_methods(data: dict, where: str, kd_defaults: dict) -> dict[str, Method
         raise KdlabError(f"{where}: no methods")
     _check_stages(methods, where)
     return methods
+
+
+#: run settings a student's or a method's own ``training`` may not change: what the teacher cache and the teacher's
+#: answers are built with (they follow the study's ``student_training``), and the seed (the study's ``seeds``)
+SHARED_TRAIN = ("max_length", "on_long", "precision", "seed")
+
+
+def load_overlay(data, where: str) -> dict:
+    """``models.NAME.student_training`` or ``methods.NAME.training``: ``train`` settings only -- LoRA or full
+    fine-tuning is the study's choice for every stage (a stage keeps training what the stage before trained), and
+    :data:`SHARED_TRAIN` stay the study's."""
+    sections = load_sections(data, where, allowed=("train",))
+    for key in SHARED_TRAIN:
+        if key in sections.get("train", {}):
+            raise KdlabError(
+                f"{where}.train.{key}: set in student_training for the whole study (the teacher cache, the teacher's "
+                "answers and every stage share it)"
+            )
+    return sections
 
 
 def _check_stages(methods: dict[str, Method], where: str) -> None:
@@ -398,27 +417,34 @@ def _check_stage_inputs(spec: StudySpec, where: str) -> None:
                     f"({', '.join(f'{t:g}' for t in temperatures)}) for each student and seed; give it one temperature "
                     "or select temperatures on validation (tuning.temperature: validation)"
                 )
-    budgets: dict = {}
-    for method in spec.methods.values():
-        budgets.setdefault(method.init, []).append((method.name, method_budget(spec, method)))
-    for init, entries in budgets.items():
-        first_name, first = entries[0]
-        for name, budget in entries[1:]:
-            if budget != first:
-                stage = f"init {init}" if init else "no init"
-                raise KdlabError(
-                    f"{where}: methods.{name}.training: budget {budget} differs from methods.{first_name}'s {first} "
-                    f"({stage}): methods compared with each other get the same optimizer steps and examples"
-                )
+    for student in spec.students:  # per student: its own student_training applies to all its runs
+        budgets: dict = {None: [("the SFT baseline", method_budget(spec, None, student))]}
+        for method in spec.methods.values():
+            budgets.setdefault(method.init, []).append((f"methods.{method.name}", method_budget(spec, method, student)))
+        for init, entries in budgets.items():
+            first_name, first = entries[0]
+            for name, budget in entries[1:]:
+                if budget != first:
+                    stage = f"init {init}" if init else "no init"
+                    raise KdlabError(
+                        f"{where}: {name}.training: budget {budget} differs from {first_name}'s {first} ({stage}, "
+                        f"student {student}): methods compared with each other get the same optimizer steps and "
+                        "examples"
+                    )
 
 
-def method_budget(spec: StudySpec, method: Method) -> dict:
-    """What a method's runs may train on: ``train.max_steps`` / ``epochs``, ``batch_size`` and ``grad_accum`` from
-    the study's student settings and the method's own (students' and domains' settings apply to all methods alike)."""
+def method_budget(spec: StudySpec, method: Method | None, student: str | None = None) -> dict:
+    """What a method's runs (None: the SFT baseline's) of ``student`` may train on: ``train.max_steps`` / ``epochs``,
+    ``batch_size`` and ``grad_accum`` from the study's student settings, the student's own and the method's own (the
+    domains' settings apply to every method alike)."""
     from kdlab.config import TrainConfig
 
-    train = {**spec.student_training.get("train", {}), **method.training.get("train", {})}
-    defaults = TrainConfig()
+    sections = spec.student_training
+    if student is not None:
+        sections = merge_sections(sections, spec.models[student].student_training)
+    if method is not None:
+        sections = merge_sections(sections, method.training)
+    train, defaults = sections.get("train", {}), TrainConfig()
     budget = {key: train.get(key, getattr(defaults, key)) for key in ("max_steps", "batch_size", "grad_accum")}
     if not budget["max_steps"]:
         budget["epochs"] = train.get("epochs", defaults.epochs)
