@@ -82,15 +82,21 @@ def test_quick_demo_end_to_end(tmp_path):
     assert 0.0 <= result["teacher"] <= 1.0
 
 
+def _demo_data(folder) -> None:
+    """The files a demo-derived spec names: train.json (validation + 8), teacher.json and an arith/ folder."""
+    from kdlab.data.synth import write_synth
+
+    write_synth(folder / "train.json", n=FULL.validation + 8, seed=0, split="train")
+    write_synth(folder / "teacher.json", n=8, seed=2, split="train")
+    (folder / "arith").mkdir()
+
+
 def test_fidelity_study_spec_is_the_promised_grid_and_matches_the_config_file(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from kdlab.data.synth import write_synth
     from kdlab.demo import fidelity_spec
 
-    write_synth(tmp_path / "train.json", n=FULL.validation + 8, seed=0, split="train")
-    write_synth(tmp_path / "teacher.json", n=8, seed=2, split="train")
-    (tmp_path / "arith").mkdir()
+    _demo_data(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs" / "studies" / "smollm2-fidelity.yaml"
     assert yaml.safe_load(config.read_text()) == yaml.safe_load(
         yaml.safe_dump(fidelity_spec(Path("$KDLAB_FIDELITY_DATA"), FULL))
@@ -130,12 +136,9 @@ def test_staged_config_is_the_demo_plus_a_smaller_student_and_the_base_teacher(t
     demo's plan (same folders), so run into the demo's study folder it resumes the demo's finished runs."""
     from pathlib import Path
 
-    from kdlab.data.synth import write_synth
     from kdlab.demo import ABLATION_METHOD, SMALL_STUDENT, staged_study_spec
 
-    write_synth(tmp_path / "train.json", n=FULL.validation + 8, seed=0, split="train")
-    write_synth(tmp_path / "teacher.json", n=8, seed=2, split="train")
-    (tmp_path / "arith").mkdir()
+    _demo_data(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs" / "studies" / "smollm2-staged.yaml"
     assert yaml.safe_load(config.read_text()) == yaml.safe_load(
         yaml.safe_dump(staged_study_spec(Path("$KDLAB_DEMO_DATA"), FULL))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from kdlab_testing import edited_spec
 from safetensors.torch import load_file
 
 from kdlab.errors import KdlabError
@@ -60,15 +61,6 @@ def staged_spec(tiny_models, tmp_path_factory) -> Path:
     return path
 
 
-def _edited(path: Path, tmp_path: Path, edit) -> Path:
-    data = yaml.safe_load(path.read_text())
-    edit(data)
-    data["domains"]["arith"].update(train=str(path.parent / "train.json"), data_dir=str(path.parent / "eval"))
-    out = tmp_path / "edited.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -104,11 +96,13 @@ def _edited(path: Path, tmp_path: Path, edit) -> Path:
 )
 def test_stage_errors_are_one_line_at_load(staged_spec, tmp_path, edit, message):
     with pytest.raises(KdlabError, match=message):
-        load_spec(_edited(staged_spec, tmp_path, edit), check_files=False)
+        load_spec(edited_spec(staged_spec, tmp_path, edit), check_files=False)
 
 
 def test_stage_chain_and_labels(staged_spec, tmp_path):
-    spec = load_spec(_edited(staged_spec, tmp_path, lambda d: d["methods"].update(x={"loss": "rkl", "init": "fkl"})))
+    spec = load_spec(
+        edited_spec(staged_spec, tmp_path, lambda d: d["methods"].update(x={"loss": "rkl", "init": "fkl"}))
+    )
     assert stage_chain(spec.methods, "x") == ["sft", "fkl", "x"]
     assert stage_chain(spec.methods, "fkl") == ["sft", "fkl"]
     meta = RunMeta(role="student-kd", method="x", init="sft>fkl", temperature=1.0)
@@ -143,7 +137,7 @@ def test_a_lora_stage_keeps_training_the_adapter_it_starts_from(staged_spec, tmp
     def lora(d):
         d["student_training"]["lora"] = {"enabled": True}
 
-    plan = build_plan(load_spec(_edited(staged_spec, tmp_path, lora)))
+    plan = build_plan(load_spec(edited_spec(staged_spec, tmp_path, lora)))
     sft_select = next(n for n in plan.nodes if n.kind == "select" and n.meta.role == "student-sft")
     for node in (n for n in plan.nodes if n.kind == "kd"):
         assert node.params["model"].startswith("study:models/pruned-1l")
@@ -156,7 +150,7 @@ def test_single_stage_folders_are_unchanged_by_stages(staged_spec, tmp_path):
 
     assert kd_slug("t", "s", "d", "fkl", 1.0, 0.0, False, 0) == "t.s.d.fkl.t1.s0"
     spec = load_spec(
-        _edited(staged_spec, tmp_path, lambda d: [d["methods"]["fkl"].pop(k) for k in ("init", "training")]),
+        edited_spec(staged_spec, tmp_path, lambda d: [d["methods"]["fkl"].pop(k) for k in ("init", "training")]),
         check_files=False,
     )
     node = next(n for n in build_plan(spec).nodes if n.kind == "kd" and n.meta.method == "fkl")
@@ -252,7 +246,7 @@ def test_models_student_training_lengthens_every_run_of_that_student(staged_spec
     def longer(d):
         d["models"]["pruned-1l"]["student_training"] = {"train": {"max_steps": 7}}
 
-    plan = build_plan(load_spec(_edited(staged_spec, tmp_path, longer)))
+    plan = build_plan(load_spec(edited_spec(staged_spec, tmp_path, longer)))
     assert {n.params["flags"]["train.max_steps"] for n in plan.nodes if n.kind == "student-sft"} == {7}
     assert {n.params["flags"]["train.max_steps"] for n in plan.nodes if n.kind == "kd"} == {2}  # the stage's own
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from kdlab_testing import edited_spec
 
 from kdlab.data.formats import Example
 from kdlab.data.split import validation_split
@@ -56,15 +57,6 @@ def tuned_spec(tiny_models, tmp_path_factory) -> Path:
     return path
 
 
-def _edited(path: Path, tmp_path: Path, edit) -> Path:
-    data = yaml.safe_load(path.read_text())
-    edit(data)
-    data["domains"]["arith"].update(train=str(path.parent / "train.json"), data_dir=str(path.parent / "eval"))
-    out = tmp_path / "edited.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -83,7 +75,7 @@ def _edited(path: Path, tmp_path: Path, edit) -> Path:
 )
 def test_tuning_spec_errors_name_the_key(tuned_spec, tmp_path, edit, message):
     with pytest.raises(KdlabError, match=message):
-        load_spec(_edited(tuned_spec, tmp_path, edit))
+        load_spec(edited_spec(tuned_spec, tmp_path, edit))
 
 
 def _examples(questions) -> list[Example]:
@@ -232,7 +224,7 @@ def test_tuned_study_selects_on_validation_before_reading_test(tuned_spec, tmp_p
 def test_paper_rule_keeps_every_temperature_and_labels_the_max_over_test(tuned_spec, tmp_path):
     from kdlab.stats.study import PAPER_RULE, paper_temperature_view
 
-    plan = build_plan(load_spec(_edited(tuned_spec, tmp_path, lambda d: d["tuning"].update(temperature="paper"))))
+    plan = build_plan(load_spec(edited_spec(tuned_spec, tmp_path, lambda d: d["tuning"].update(temperature="paper"))))
     selects = [node for node in plan.nodes if node.kind == "select"]
     assert len(selects) == 3  # SFT, fkl tau 1, fkl tau 2: temperatures are not selected on validation
     assert all("kd.temperature" not in c["settings"] for node in selects for c in node.params["candidates"])
@@ -298,7 +290,7 @@ def test_teacher_train_is_the_teachers_data(tuned_spec, tmp_path):
     def edit(d):
         return d["domains"]["arith"].update(teacher_train=str(tmp_path / "teacher.json"))
 
-    path = _edited(tuned_spec, tmp_path, edit)
+    path = edited_spec(tuned_spec, tmp_path, edit)
     plan = build_plan(load_spec(path))
     teacher = next(node for node in plan.nodes if node.kind == "teacher-sft")
     split = next(node for node in plan.nodes if node.kind == "split")

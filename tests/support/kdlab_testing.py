@@ -84,3 +84,16 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     final = run_dir / "final"
     name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").exists() else "model.safetensors"
     return load_file(final / name)
+
+
+def edited_spec(path: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the study spec at ``path`` changed by ``edit(data)``, its domain ``arith`` pointing at the data
+    beside the original (``train.json``, ``eval/``), written to ``tmp_path/edited.yaml``."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    data["domains"]["arith"].update(train=str(path.parent / "train.json"), data_dir=str(path.parent / "eval"))
+    out = tmp_path / "edited.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
