@@ -20,6 +20,7 @@ import yaml
 from kdlab.backends import BACKENDS
 from kdlab.errors import KdlabError
 from kdlab.io import read_yaml
+from kdlab.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdlab.losses.divergences import DIVERGENCES, argument_fields, check_loss_args
 
 
@@ -33,10 +34,14 @@ def option(default, help: str, flag: str | None = None, choices: tuple | None = 
 
 #: Losses that are a training recipe rather than a divergence per token (:mod:`kdlab.train.recipes`): name -> help.
 RECIPE_LOSSES = {"seqkd": "SFT on the teacher's greedy answers (SeqKD: a recipe, no temperature)"}
-#: Every ``kd.loss``: the token-level divergences (:data:`kdlab.losses.divergences.DIVERGENCES`), then the recipes.
-LOSS_NAMES = (*DIVERGENCES, *RECIPE_LOSSES)
+#: Every ``kd.loss``: the token-level divergences (:data:`kdlab.losses.divergences.DIVERGENCES`), the losses for a
+#: teacher with another tokenizer (:data:`kdlab.losses.cross_tokenizer.CROSS_TOKENIZER_LOSSES`), then the recipes.
+LOSS_NAMES = (*DIVERGENCES, *CROSS_TOKENIZER_LOSSES, *RECIPE_LOSSES)
 LOSS_HELP = "; ".join(
-    [*(spec.help for spec in DIVERGENCES.values()), *(f"{k} = {v}" for k, v in RECIPE_LOSSES.items())]
+    [
+        *(spec.help for spec in DIVERGENCES.values()),
+        *(f"{k} = {v}" for k, v in {**CROSS_TOKENIZER_LOSSES, **RECIPE_LOSSES}.items()),
+    ]
 )
 
 
@@ -151,6 +156,11 @@ class KDConfig:
         0.0,
         "disagreement-weighted KD: weight each token's divergence by 1 + gamma * "
         "[argmax p_S != argmax p_T] * max p_T (0 = plain KD)",
+    )
+    shared_weight: float = option(
+        -1.0,
+        "gold: weight a of the exact divergence on the vocabulary entries both tokenizers share (ULD on the rest gets "
+        "1 - a), in [0, 1]; -1 = the shared share of the teacher's vocabulary (TRL GOLD's default)",
     )
     speculative_k: int = option(
         0,
@@ -329,6 +339,7 @@ def validate(config: RunConfig) -> None:
             "--teacher-cache works with token-level losses only; seqkd trains on generated answers (drop --teacher-cache)"
         )
     _validate_fidelity_options(config)
+    _validate_cross_tokenizer(config)
     if config.kind == "distill" and kd.loss in DIVERGENCES:
         if not (math.isfinite(kd.temperature) and kd.temperature > 0):
             raise KdlabError(f"kd.temperature must be > 0, got {kd.temperature}")
@@ -419,6 +430,35 @@ def _validate_fidelity_options(config: RunConfig) -> None:
         )
     if config.teacher_answers and kd.answer_target != "teacher":
         raise KdlabError("--teacher-answers is used by kd.answer_target: teacher only")
+
+
+def _validate_cross_tokenizer(config: RunConfig) -> None:
+    """``kd.loss: uld | gold``: a temperature > 0, ``kd.shared_weight`` in [0, 1] or -1, and none of the settings
+    these losses do not implement (each named)."""
+    kd = config.kd
+    if not (kd.shared_weight == -1 or 0 <= kd.shared_weight <= 1):
+        raise KdlabError(f"kd.shared_weight must be in [0, 1] or -1 (adaptive), got {kd.shared_weight}")
+    if config.kind != "distill" or kd.loss not in CROSS_TOKENIZER_LOSSES:
+        return
+    if not (math.isfinite(kd.temperature) and kd.temperature > 0):
+        raise KdlabError(f"kd.temperature must be > 0, got {kd.temperature}")
+    unsupported = [
+        name
+        for name, on in (
+            ("--teacher-cache", bool(config.teacher_cache)),
+            ("kd.lmbda (on-policy steps)", kd.lmbda > 0),
+            ("kd.teacher_noise", kd.teacher_noise > 0),
+            ("kd.answer_weight", kd.answer_weight != 1),
+            ("kd.answer_target", kd.answer_target != "gold"),
+            ("kd.disagreement_gamma", kd.disagreement_gamma > 0),
+        )
+        if on
+    ]
+    if unsupported:
+        raise KdlabError(
+            f"kd.loss {kd.loss} (cross-tokenizer) runs off-policy against the live teacher only: "
+            f"{', '.join(unsupported)} not supported with it"
+        )
 
 
 #: Named KD recipes: ``kdlab distill --preset NAME`` and ``preset: NAME`` in a study method set these kd.* values

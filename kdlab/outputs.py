@@ -80,6 +80,7 @@ class OutputKind:
 EVALUATION = OutputKind("evaluation", "kdlab evaluation", "config.yaml")
 FIDELITY = OutputKind("fidelity", "fidelity", "fidelity.json")
 PRUNED_MODEL = OutputKind("pruned-model", "pruned model (kdlab models prune)", "PRUNED.txt")
+RETOKENIZED_MODEL = OutputKind("retokenized-model", "retokenized model (kdlab.models.retokenize)")
 CONVERTED_MODEL = OutputKind("converted-model", "converted GGUF model", "config.json")
 PAPER_STATS = OutputKind("paper-stats", "kdlab stats paper output", "hypotheses.csv")
 EXPORT = OutputKind("export", "kdlab export")

@@ -14,6 +14,7 @@ import torch
 
 from kdlab.data.formats import Example
 from kdlab.data.prompt import format_prompt
+from kdlab.data.token_alignment import TeacherTokens, teacher_batch
 from kdlab.errors import KdlabError
 
 IGNORE_INDEX = -100
@@ -23,12 +24,14 @@ IGNORE_INDEX = -100
 class Encoded:
     """One tokenised example: ``index`` into the source list, prompt and response token ids; ``answer_mask`` (one
     flag per response token, :mod:`kdlab.data.answer_span`) marks the decision statement when decision-level KD
-    needs it."""
+    needs it; ``teacher`` holds the teacher's own tokens and their alignment when the teacher has another tokenizer
+    (``kd.loss: uld | gold``, :mod:`kdlab.data.token_alignment`)."""
 
     index: int
     prompt_ids: list[int]
     response_ids: list[int]
     answer_mask: list[bool] | None = None
+    teacher: TeacherTokens | None = None
 
     @property
     def input_ids(self) -> list[int]:
@@ -133,7 +136,8 @@ def encode_examples(
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch: input_ids, attention_mask, labels [B, T] and the example indices [B]; with answer masks,
-    also ``answer_mask`` [B, T] (bool, True on the response tokens of the decision statement, aligned like labels)."""
+    also ``answer_mask`` [B, T] (bool, True on the response tokens of the decision statement, aligned like labels);
+    with a teacher of another tokenizer, its tokens and the spans (:func:`kdlab.data.token_alignment.teacher_batch`)."""
     length = max(len(item.input_ids) for item in items)
     input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
@@ -157,6 +161,8 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
                     item.answer_mask, dtype=torch.bool
                 )
         batch["answer_mask"] = answer_mask
+    if items[0].teacher is not None:
+        batch.update(teacher_batch([item.response_ids for item in items], [item.teacher for item in items]))
     return batch
 
 

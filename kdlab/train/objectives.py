@@ -19,6 +19,7 @@ from kdlab.config import KDConfig, loss_kwargs
 from kdlab.data.tokenize import IGNORE_INDEX
 from kdlab.errors import KdlabError
 from kdlab.losses.chunked import TeacherAt, chunked_ce_loss, chunked_objective, live_teacher_at
+from kdlab.losses.cross_tokenizer import CrossSpec, SharedVocab, Side, cross_tokenizer_objective
 from kdlab.losses.objective import KDSpec, LossParts, TokenWeights
 from kdlab.models.heads import final_hidden, output_weight, response_hidden
 from kdlab.teacher_cache.loss import cached_teacher_at
@@ -40,6 +41,11 @@ def kd_spec(kd: KDConfig, chunk_size: int) -> KDSpec:
         answer_weight=kd.answer_weight,
         answer_hard=kd.answer_target == "teacher",
     )
+
+
+def cross_spec(kd: KDConfig, chunk_size: int) -> CrossSpec:
+    """The run's cross-tokenizer objective (``kd.loss: uld | gold``), from ``config.kd`` and ``train.chunk_size``."""
+    return CrossSpec(kd.loss, kd.temperature, kd.kd_weight, kd.beta, kd.shared_weight, chunk_size)
 
 
 def token_weights(batch: dict, spec: KDSpec) -> TokenWeights | None:
@@ -139,3 +145,45 @@ class DistillObjective:
         teacher_weight = output_weight(self.teacher)
         vocab = self.vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
         return vocab, live_teacher_at(teacher_hidden, teacher_weight, vocab)
+
+
+class CrossTokenizerObjective:
+    """``kd.loss: uld | gold`` against a live teacher with its own tokenizer
+    (:func:`kdlab.losses.cross_tokenizer.cross_tokenizer_objective`): the batch carries the teacher's tokens and the
+    spans of identical text (:func:`kdlab.data.token_alignment.teacher_batch`); each model's logits are cut to its own
+    vocabulary (``student_vocab``, ``teacher_vocab``); ``shared`` is the vocabulary pairs (gold)."""
+
+    def __init__(self, spec: CrossSpec, teacher, student_vocab: int, teacher_vocab: int, shared: SharedVocab | None):
+        self.spec, self.teacher, self.shared = spec, teacher, shared
+        self.student_vocab, self.teacher_vocab = student_vocab, teacher_vocab
+        self.parts = LossParts()
+        self.teacher_seconds = 0.0
+
+    def __call__(self, model, batch: dict, step: int) -> torch.Tensor:
+        hidden, targets = response_hidden(
+            final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
+        started = time.perf_counter()
+        with torch.no_grad():
+            teacher_hidden, teacher_targets = response_hidden(
+                final_hidden(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"]),
+                batch["teacher_labels"],
+            )
+        if teacher_hidden.is_cuda:
+            torch.cuda.synchronize(teacher_hidden.device)
+        self.teacher_seconds += time.perf_counter() - started
+        student = Side(
+            hidden,
+            output_weight(model)[: self.student_vocab],
+            targets,
+            batch["span_student_last"],
+            batch["span_student_of"],
+        )
+        teacher = Side(
+            teacher_hidden,
+            output_weight(self.teacher)[: self.teacher_vocab],
+            teacher_targets,
+            batch["span_teacher_last"],
+            batch["span_teacher_of"],
+        )
+        return cross_tokenizer_objective(self.spec, student, teacher, batch["span_tokens"], self.shared, self.parts)

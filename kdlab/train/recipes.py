@@ -19,7 +19,7 @@ from kdlab.data.tokenize import encode_examples
 from kdlab.errors import KdlabError
 from kdlab.models.load import load_adapter, load_model, load_tokenizer
 from kdlab.run_folder import claim_run, run_state
-from kdlab.train.inputs import DistillInputs, distill_inputs
+from kdlab.train.inputs import DistillInputs, alignment_summary, distill_inputs
 from kdlab.train.loop import Trainer, make_accelerator
 from kdlab.train.objectives import sft_objective
 from kdlab.train.on_policy import OnPolicySampler, on_policy_sampler
@@ -205,6 +205,14 @@ def _distill_data(config: RunConfig, inputs: DistillInputs, teacher, run_dir: Pa
         dataset = _encode(config, inputs.tokenizer, examples, source)
     _warn_long(dataset, source, accelerator)
     data_summary = dataset.summary()
+    if inputs.teacher_tokenizer is not None:
+        data_summary["alignment"] = alignment = alignment_summary(dataset)
+        accelerator.print(
+            f"kdlab: cross-tokenizer KD ({config.kd.loss}): {alignment['spans']} spans of identical text over "
+            f"{alignment['student_tokens']} student and {alignment['teacher_tokens']} teacher response tokens "
+            f"({alignment['student_tokens_in_no_span']} student tokens in no span)",
+            flush=True,
+        )
     if needs_answer_masks(config.kd):
         dataset = with_answer_masks(inputs.tokenizer, examples, dataset)
         _report_answer_spans(dataset, accelerator)

@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdlab.config import RunConfig
+from kdlab.data.token_alignment import shared_vocabulary
 from kdlab.errors import KdlabError
+from kdlab.losses.cross_tokenizer import SharedVocab
 from kdlab.teacher_cache.store import TeacherCache, load_cache
 from kdlab.train.cache_lifecycle import build_teacher_cache, check_teacher_cache
 from kdlab.train.inputs import DistillInputs, output_vocab
-from kdlab.train.objectives import DistillObjective, kd_spec
+from kdlab.train.objectives import CrossTokenizerObjective, DistillObjective, cross_spec, kd_spec
 from kdlab.train.teachers import load_teacher
 
 
@@ -39,7 +41,11 @@ class RunTeacher:
 
     def match_student(self, student) -> None:
         """The vocabulary shared with the student: a teacher cache's (the student's output layer must cover it), else
-        the tokenizer size cut to both output layers (Qwen pads its lm_head)."""
+        the tokenizer size cut to both output layers (Qwen pads its lm_head); with a cross-tokenizer loss, the
+        student's own tokenizer size cut to its output layer."""
+        if self.inputs.teacher_tokenizer is not None:
+            self.vocab = output_vocab(len(self.inputs.tokenizer), student)
+            return
         if not self.config.teacher_cache:
             self.vocab = output_vocab(self.inputs.vocab_size, self.model, student)
             return
@@ -53,7 +59,7 @@ class RunTeacher:
                 "(its vocab_size)"
             )
 
-    def objective(self, accelerator) -> DistillObjective:
+    def objective(self, accelerator) -> DistillObjective | CrossTokenizerObjective:
         """The run's objective, once the run folder is claimed: the teacher on the training device; a missing cache
         built (by the main process; the others wait), then loaded, the teacher's weight fingerprint checked; the
         teacher freed when it only built the cache (``kd.lmbda = 0``)."""
@@ -67,6 +73,8 @@ class RunTeacher:
             self.cache = load_cache(config.teacher_cache, teacher=self.model)
         if self.cache is not None and config.kd.lmbda == 0:
             self.model = None
+        if self.inputs.teacher_tokenizer is not None:
+            return cross_objective(config, self.inputs, self.model, self.vocab)
         spec = kd_spec(config.kd, config.train.chunk_size)
         rank = accelerator.process_index
         return DistillObjective(spec, config.train.seed, rank, self.model, self.cache, self.vocab)
@@ -81,3 +89,15 @@ def run_teacher(config: RunConfig, inputs: DistillInputs) -> RunTeacher:
     teacher = load_teacher(config) if manifest is None or config.kd.lmbda > 0 else None
     cache = load_cache(config.teacher_cache, teacher=teacher, manifest=manifest) if manifest is not None else None
     return RunTeacher(config, inputs, teacher, cache)
+
+
+def cross_objective(config: RunConfig, inputs: DistillInputs, teacher, student_vocab: int) -> CrossTokenizerObjective:
+    """The cross-tokenizer objective (``kd.loss: uld | gold``): each model on its own vocabulary; for gold, the
+    vocabulary pairs of the two tokenizers (:func:`kdlab.data.token_alignment.shared_vocabulary`)."""
+    teacher_vocab = output_vocab(len(inputs.teacher_tokenizer), teacher)
+    shared = None
+    if config.kd.loss == "gold":
+        student_ids, teacher_ids = shared_vocabulary(inputs.tokenizer, inputs.teacher_tokenizer)
+        shared = SharedVocab.build(student_ids, teacher_ids, student_vocab, teacher_vocab)
+    spec = cross_spec(config.kd, config.train.chunk_size)
+    return CrossTokenizerObjective(spec, teacher, student_vocab, teacher_vocab, shared)
