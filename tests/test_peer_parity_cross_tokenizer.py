@@ -38,13 +38,7 @@ from kdlab.data.formats import Example  # noqa: E402
 from kdlab.data.token_alignment import byte_offsets, shared_vocabulary, token_bytes  # noqa: E402
 from kdlab.data.tokenize import collate, encode_examples  # noqa: E402
 from kdlab.losses.chunked import chunked_distill_loss  # noqa: E402
-from kdlab.losses.cross_tokenizer import (  # noqa: E402
-    CrossSpec,
-    SharedVocab,
-    Side,
-    cross_tokenizer_objective,
-    span_losses,
-)
+from kdlab.losses.cross_tokenizer import CrossSpec, SharedVocab, Side, cross_tokenizer_objective, span_losses  # noqa: E402
 from kdlab.models.heads import final_hidden, output_weight, response_hidden  # noqa: E402
 from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from kdlab.train.inputs import with_teacher_tokens  # noqa: E402

@@ -44,8 +44,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def transplant_embeddings(model, old_tokenizer, new_tokenizer) -> torch.Tensor:
     """The new input embeddings [V_new, H]: per new token, the mean of the old embeddings of its old-tokenizer pieces
-    (BOS and EOS: the old BOS, or EOS, row)."""
+    (BOS and EOS: the old BOS, or EOS, row; a byte the old vocabulary lacks, such as 0xC0 or 0xFF that never occur
+    in UTF-8 text: the mean of all old rows)."""
     old = model.get_input_embeddings().weight.detach()
+    everything = old.float().mean(0)
     bpe = old_tokenizer.backend_tokenizer.model
     rows = []
     for token_id, piece in enumerate(new_tokenizer.convert_ids_to_tokens(list(range(len(new_tokenizer))))):
@@ -55,7 +57,7 @@ def transplant_embeddings(model, old_tokenizer, new_tokenizer) -> torch.Tensor:
             ids = [old_tokenizer.bos_token_id if old_tokenizer.bos_token_id is not None else old_tokenizer.eos_token_id]
         else:
             ids = [token.id for token in bpe.tokenize(piece)]
-        rows.append(old[ids].float().mean(0))
+        rows.append(old[ids].float().mean(0) if ids else everything)
     return torch.stack(rows).to(old.dtype)
 
 

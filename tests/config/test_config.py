@@ -6,6 +6,7 @@ import pytest
 
 from kdlab.config import LOSS_NAMES, RECIPE_LOSSES, KDConfig, build_config, loss_kwargs
 from kdlab.errors import KdlabError
+from kdlab.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdlab.losses.divergences import DIVERGENCES
 
 BASE = {"model": "s", "teacher": "t", "data": "d.json", "out": "o"}
@@ -23,7 +24,9 @@ def test_precedence_yaml_then_flags_then_overrides(tmp_path):
 
 def test_loss_choices_and_argument_fields_come_from_the_divergence_registry():
     fields = KDConfig.__dataclass_fields__
-    assert fields["loss"].metadata["choices"] == LOSS_NAMES == (*DIVERGENCES, *RECIPE_LOSSES)
+    assert fields["loss"].metadata["choices"] == LOSS_NAMES == (*DIVERGENCES, *CROSS_TOKENIZER_LOSSES, *RECIPE_LOSSES)
+    for name, help_text in CROSS_TOKENIZER_LOSSES.items():
+        assert f"{name} = {help_text}" in fields["loss"].metadata["help"]
     for name, spec in DIVERGENCES.items():
         assert spec.help in fields["loss"].metadata["help"]
         config = build_config("distill", None, {**BASE, "kd.loss": name}, [])

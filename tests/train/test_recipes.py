@@ -560,3 +560,81 @@ def test_examples_that_do_not_fit_are_counted_and_on_long_chooses(tiny_models, s
     assert run_cli("sft", **common, out=tmp_path / "error", on_long="error") == 2
     assert "long.json: example 0 has" in capsys.readouterr().err
     assert not (tmp_path / "error").exists()
+
+
+@pytest.mark.parametrize(
+    "loss,extra", [("uld", {"kd_weight": 0.5}), ("gold", {"temperature": 2, "shared_weight": 0.5})]
+)
+def test_cross_tokenizer_distill_loss_falls_and_records_the_alignment(
+    tiny_models, synth_train, tmp_path, capsys, loss, extra
+):
+    """A teacher with another tokenizer (384 vs 300 tokens) trains a student with kd.loss uld | gold."""
+    data = small_data(tmp_path / "four.json", synth_train, 4)
+    out = tmp_path / loss
+    args = {"teacher": tiny_models["teacher"], "student": tiny_models["other"], "data": data, "out": out}
+    assert (
+        run_cli("distill", **args, loss=loss, no_lora=True, max_steps=10, batch_size=4, lr=1e-2, **extra, **FAST) == 0
+    )
+    curve = losses(out)
+    assert curve[-1] < curve[0] and all(value >= 0 for value in curve)
+    alignment = json.loads((out / "result.json").read_text())["data"]["alignment"]
+    assert 0 < alignment["spans"] <= alignment["student_tokens"]
+    assert "spans of identical text" in capsys.readouterr().out
+
+
+def test_cross_tokenizer_run_resumes_to_the_same_model(tiny_models, synth_train, tmp_path, monkeypatch):
+    args = {
+        "teacher": tiny_models["teacher"],
+        "student": tiny_models["other"],
+        "data": synth_train,
+        "loss": "gold",
+        "max_steps": 4,
+        "batch_size": 4,
+        "precision": "fp32",
+        "save_steps": 2,
+    }
+    assert run_cli("distill", **args, out=tmp_path / "straight") == 0
+    original_step = loop.Trainer._step
+
+    def crash_at_step_3(self, step, batches):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, step, batches)
+
+    monkeypatch.setattr(loop.Trainer, "_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli("distill", **args, out=tmp_path / "resumed")
+    monkeypatch.setattr(loop.Trainer, "_step", original_step)
+    assert run_cli("distill", **args, out=tmp_path / "resumed") == 0
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
+    assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        ({"loss": "fkl"}, "use different tokenizers"),  # the same-tokenizer losses still refuse
+        ({"loss": "uld", "teacher_cache": "CACHE"}, "--teacher-cache not supported"),
+        ({"loss": "gold", "lmbda": 0.5}, "kd.lmbda (on-policy steps) not supported"),
+        ({"loss": "uld", "teacher_noise": 1.0, "answer_weight": 2}, "kd.teacher_noise, kd.answer_weight not supported"),
+        ({"loss": "gold", "shared_weight": 2}, "kd.shared_weight must be in [0, 1] or -1"),
+        ({"loss": "uld", "temperature": 0}, "kd.temperature must be > 0"),
+    ],
+)
+def test_cross_tokenizer_options_are_checked(tiny_models, synth_train, tmp_path, capsys, flags, message):
+    flags = {flag: tmp_path / "cache" if value == "CACHE" else value for flag, value in flags.items()}
+    out = tmp_path / "out"
+    code = run_cli(
+        "distill",
+        teacher=tiny_models["teacher"],
+        student=tiny_models["other"],
+        data=synth_train,
+        out=out,
+        **flags,
+        **FAST,
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not out.exists()
