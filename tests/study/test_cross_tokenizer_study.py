@@ -38,7 +38,7 @@ def test_cross_tokenizer_methods_run_in_a_study(tiny_models, tmp_path):
     plan = build_plan(loaded)
     summary = run_plan(plan, study_dir, poll=0.1)
     assert summary.failed == 1  # fkl: the two tokenizers differ
-    [failed] = [p for p in (study_dir / "state").glob("kd__*fkl*.json")]
+    [failed] = list((study_dir / "state").glob("kd__*fkl*.json"))
     assert "use different tokenizers" in json.loads(failed.read_text())["error"]
     frame = collect_results(plan, study_dir)
     methods = set(frame.loc[frame["role"] == "student-kd", "method"])
