@@ -446,7 +446,7 @@ def _validate_cross_tokenizer(config: RunConfig) -> None:
         name
         for name, on in (
             ("--teacher-cache", bool(config.teacher_cache)),
-            ("kd.lmbda (on-policy steps)", kd.lmbda > 0),
+            ("kd.speculative_k", kd.speculative_k > 0),
             ("kd.teacher_noise", kd.teacher_noise > 0),
             ("kd.answer_weight", kd.answer_weight != 1),
             ("kd.answer_target", kd.answer_target != "gold"),
@@ -456,7 +456,7 @@ def _validate_cross_tokenizer(config: RunConfig) -> None:
     ]
     if unsupported:
         raise KdlabError(
-            f"kd.loss {kd.loss} (cross-tokenizer) runs off-policy against the live teacher only: "
+            f"kd.loss {kd.loss} (cross-tokenizer) runs against the live teacher, without teacher-side token settings: "
             f"{', '.join(unsupported)} not supported with it"
         )
 

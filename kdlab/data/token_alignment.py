@@ -95,6 +95,10 @@ def byte_offsets(pieces: list[bytes | None], ids: list[int], text: str, where: s
             f"{where}: the tokens do not spell the response byte for byte ({joined[:60]!r} vs {target[:60]!r}); "
             "kd.loss uld/gold align two tokenizations by their bytes"
         )
+    return _cumulative(raw)
+
+
+def _cumulative(raw: list[bytes]) -> list[tuple[int, int]]:
     offsets, cursor = [], 0
     for piece in raw:
         offsets.append((cursor, cursor + len(piece)))
@@ -113,6 +117,8 @@ class SpanAlignment:
 
     def spans(self) -> list[tuple[range, range]]:
         """The spans as ``(student positions, teacher positions)`` ranges (for tests and for reading)."""
+        if not self.student_ends:
+            return []
         s_starts, t_starts = (0, *self.student_ends[:-1]), (0, *self.teacher_ends[:-1])
         return [
             (range(s0, s1), range(t0, t1))
@@ -221,3 +227,23 @@ def teacher_batch(student_responses: list[list[int]], teachers: list[TeacherToke
         "span_teacher_of": torch.tensor(t_of, dtype=torch.long),
         "span_tokens": torch.tensor(tokens, dtype=torch.long),
     }
+
+
+def sampled_teacher_tokens(
+    response: list[int], pieces: list[bytes | None], eos_id: int, teacher_tokenizer, teacher_pieces, prompt: list[int]
+) -> TeacherTokens:
+    """The teacher's tokens of a response the student sampled (on-policy steps): the sampled tokens' bytes (``pieces``,
+    the student's :func:`token_bytes`) up to the last complete UTF-8 character, encoded by the teacher (its EOS added
+    when the sample ended with the student's ``eos_id``), and the alignment of the two; the teacher's ``prompt`` as
+    given. Sampled tokens after the text the teacher could read are in no span."""
+    raw = [pieces[i] or b"" if i < len(pieces) else b"" for i in response]
+    joined = b"".join(raw)
+    try:
+        text = joined.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut by the end of the sample, or bytes no text has
+        text = joined[: exc.start].decode("utf-8")
+    ids = teacher_tokenizer(text, add_special_tokens=False)["input_ids"]
+    if response and response[-1] == eos_id and len(text.encode("utf-8")) == len(joined):
+        ids = ids + [teacher_tokenizer.eos_token_id]
+    teacher = byte_offsets(teacher_pieces, ids, text, "an on-policy sample (teacher)")
+    return TeacherTokens(prompt, ids, align_spans(_cumulative(raw), teacher))

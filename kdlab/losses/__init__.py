@@ -4,7 +4,9 @@
   log-probabilities), the logits wrappers ``TOKEN_DIVERGENCES`` and the masked-mean ``LOSSES`` (the public API below);
 - :mod:`kdlab.losses.objective`: ``(1 - w) * CE + w * tau^2 * g * divergence`` per token (:func:`token_objective`),
   from any teacher signal: the live teacher's logits or the teacher cache (:mod:`kdlab.teacher_cache`);
-- :mod:`kdlab.losses.chunked`: that objective summed over tokens from hidden states, a chunk of tokens at a time.
+- :mod:`kdlab.losses.chunked`: that objective summed over tokens from hidden states, a chunk of tokens at a time;
+- :mod:`kdlab.losses.cross_tokenizer`: ULD and the GOLD hybrid for a teacher with another tokenizer, on spans of
+  identical text (:mod:`kdlab.data.token_alignment`), a chunk of spans at a time.
 
 Public API (tests and outside checks call it)::
 
@@ -23,6 +25,15 @@ _HOMES = {
         "chunked_token_loss",
         "naive_distill_loss",
         "noise_draw",
+    ),
+    "cross_tokenizer": (
+        "CROSS_TOKENIZER_LOSSES",
+        "CrossSpec",
+        "SharedVocab",
+        "Side",
+        "cross_tokenizer_objective",
+        "sorted_l1",
+        "span_losses",
     ),
     "divergences": (
         "DIVERGENCES",

@@ -150,11 +150,12 @@ class DistillObjective:
 class CrossTokenizerObjective:
     """``kd.loss: uld | gold`` against a live teacher with its own tokenizer
     (:func:`kdlab.losses.cross_tokenizer.cross_tokenizer_objective`): the batch carries the teacher's tokens and the
-    spans of identical text (:func:`kdlab.data.token_alignment.teacher_batch`); each model's logits are cut to its own
+    spans of identical text (:func:`kdlab.data.token_alignment.teacher_batch`; on-policy batches, the KD term only:
+    :mod:`kdlab.train.on_policy`); each model's logits are cut to its own
     vocabulary (``student_vocab``, ``teacher_vocab``); ``shared`` is the vocabulary pairs (gold)."""
 
     def __init__(self, spec: CrossSpec, teacher, student_vocab: int, teacher_vocab: int, shared: SharedVocab | None):
-        self.spec, self.teacher, self.shared = spec, teacher, shared
+        self.spec, self.on_policy_spec, self.teacher, self.shared = spec, replace(spec, kd_weight=1.0), teacher, shared
         self.student_vocab, self.teacher_vocab = student_vocab, teacher_vocab
         self.parts = LossParts()
         self.teacher_seconds = 0.0
@@ -186,4 +187,6 @@ class CrossTokenizerObjective:
             batch["span_teacher_last"],
             batch["span_teacher_of"],
         )
-        return cross_tokenizer_objective(self.spec, student, teacher, batch["span_tokens"], self.shared, self.parts)
+        on_policy = bool(batch.get("on_policy", torch.tensor(0)).item())  # student samples: the KD term only
+        spec = self.on_policy_spec if on_policy else self.spec
+        return cross_tokenizer_objective(spec, student, teacher, batch["span_tokens"], self.shared, self.parts)

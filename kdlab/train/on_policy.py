@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 
 from kdlab.config import KDConfig, RunConfig
+from kdlab.data.token_alignment import sampled_teacher_tokens, token_bytes
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
 from kdlab.eval.extract import strict_number
 from kdlab.generation import generate_ids, speculative_generate_ids
 
 
-def on_policy_sampler(config: RunConfig, tokenizer, teacher, vocab_size: int | None) -> OnPolicySampler | None:
+def on_policy_sampler(
+    config: RunConfig, tokenizer, teacher, vocab_size: int | None, teacher_tokenizer=None
+) -> OnPolicySampler | None:
     """The run's sampler with ``kd.lmbda > 0`` (speculative when ``kd.speculative_k > 0``: needs the teacher), else
-    None."""
+    None; ``teacher_tokenizer`` when the teacher's differs (``kd.loss: uld | gold``)."""
     if config.kd.lmbda == 0:
         return None
     return OnPolicySampler(
-        tokenizer, config.kd, config.train.max_length, config.train.seed, teacher=teacher, vocab_size=vocab_size
+        tokenizer,
+        config.kd,
+        config.train.max_length,
+        config.train.seed,
+        teacher=teacher,
+        vocab_size=vocab_size,
+        teacher_tokenizer=teacher_tokenizer,
     )
 
 
@@ -33,7 +43,9 @@ class OnPolicySampler:
     choice depends only on (seed, step), so every process makes the same one and a resumed run repeats it.
     With ``kd.speculative_k > 0`` the responses are speculative-KD samples
     (:func:`kdlab.generation.speculative_generate_ids`: student proposals, tokens outside the teacher's top-k
-    replaced by teacher samples), which needs ``teacher`` and the shared ``vocab_size``.
+    replaced by teacher samples), which needs ``teacher`` and the shared ``vocab_size``. With a ``teacher_tokenizer``
+    (cross-tokenizer KD) each sample also gets the teacher's tokens and the spans
+    (:func:`kdlab.data.token_alignment.sampled_teacher_tokens`), after the teacher's own prompt of that row.
 
     It also measures what it costs and what the student samples: ``seconds`` spent sampling, and per on-policy step
     the samples whose stated answer (:func:`kdlab.eval.extract.strict_number`) equals the one of the training
@@ -42,10 +54,19 @@ class OnPolicySampler:
     """
 
     def __init__(
-        self, tokenizer, kd: KDConfig, max_length: int, seed: int, teacher=None, vocab_size: int | None = None
+        self,
+        tokenizer,
+        kd: KDConfig,
+        max_length: int,
+        seed: int,
+        teacher=None,
+        vocab_size: int | None = None,
+        teacher_tokenizer=None,
     ):
         self.tokenizer, self.kd, self.max_length, self.seed = tokenizer, kd, max_length, seed
-        self.teacher, self.vocab_size = teacher, vocab_size
+        self.teacher, self.vocab_size, self.teacher_tokenizer = teacher, vocab_size, teacher_tokenizer
+        if teacher_tokenizer is not None:
+            self.pieces, self.teacher_pieces = token_bytes(tokenizer), token_bytes(teacher_tokenizer)
         self.on_policy_steps = 0
         self.proposed_tokens = self.replaced_tokens = 0
         self.seconds = 0.0
@@ -97,6 +118,14 @@ class OnPolicySampler:
             equal, compared = equal + before_equal, compared + before_compared
         self.answers.append((step, equal, compared))
 
+    def _teacher_tokens(self, response: list[int], batch: dict, row: int):
+        """The teacher side of one sampled response: its prompt as in ``batch``, the sample's text in its tokens."""
+        labels, mask = batch["teacher_labels"][row], batch["teacher_attention_mask"][row]
+        prompt = batch["teacher_input_ids"][row, : int(((labels == IGNORE_INDEX) & (mask == 1)).sum())].tolist()
+        return sampled_teacher_tokens(
+            response, self.pieces, self.tokenizer.eos_token_id, self.teacher_tokenizer, self.teacher_pieces, prompt
+        )
+
     def _resample(self, student, batch: dict, step: int) -> dict:
         prompts = []
         for row in range(batch["input_ids"].shape[0]):
@@ -134,6 +163,11 @@ class OnPolicySampler:
             Encoded(int(index), prompt, response or [self.tokenizer.eos_token_id])
             for index, prompt, response in zip(batch["index"].tolist(), prompts, responses)
         ]
+        if self.teacher_tokenizer is not None:
+            items = [
+                replace(item, teacher=self._teacher_tokens(item.response_ids, batch, row))
+                for row, item in enumerate(items)
+            ]
         resampled = collate(items, self.tokenizer.pad_token_id)
         resampled["on_policy"] = torch.tensor(1)
         return resampled

@@ -164,7 +164,7 @@ def run_distill(config: RunConfig) -> Path:
         accelerator = make_accelerator(config, run_dir)
         objective = teacher.objective(accelerator)
         dataset, data_summary = _distill_data(config, inputs, teacher.model, run_dir, accelerator)
-        sampler = on_policy_sampler(config, inputs.tokenizer, teacher.model, teacher.vocab)
+        sampler = on_policy_sampler(config, inputs.tokenizer, teacher.model, teacher.vocab, inputs.teacher_tokenizer)
         _train(config, run_dir, model, inputs.tokenizer, dataset, data_summary, objective, accelerator, sampler)
     return run_dir
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdlab.data.formats import Example
-from kdlab.data.token_alignment import align_spans, byte_offsets, shared_vocabulary, token_bytes
+from kdlab.data.token_alignment import align_spans, byte_offsets, sampled_teacher_tokens, shared_vocabulary, token_bytes
 from kdlab.data.tokenize import collate, encode_examples
 from kdlab.errors import KdlabError
 from kdlab.train.inputs import with_teacher_tokens
@@ -176,3 +176,34 @@ def test_the_collated_spans_index_the_response_rows(tiny_models):
     assert batch["span_student_last"][-1] == sum(n_s) - 1 and batch["span_teacher_last"][-1] == sum(n_t) - 1
     assert int(batch["span_tokens"].sum()) == sum(n_s)
     assert torch.equal(batch["span_student_of"][: n_s[0]].unique(), torch.arange(first))
+
+
+class _Teacher:
+    """A stand-in teacher tokenizer: one token per character (its code point), EOS id 300."""
+
+    eos_token_id = 300
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(char) for char in text]}
+
+
+def test_a_students_sample_read_by_the_teacher():
+    """On-policy samples: the teacher encodes the sampled text; its EOS only after the student's EOS; a character cut
+    by the end of the sample (or bytes no text has) ends what the teacher reads."""
+    pieces = [b"12", b" +", b" \xc3", b"\xa9", None]  # ids 0-3; 4 = the student's EOS
+    teacher_pieces = [None] * 301
+    for code in range(32, 0xFF):
+        teacher_pieces[code] = chr(code).encode("utf-8")
+    whole = sampled_teacher_tokens([0, 1, 2, 3, 4], pieces, 4, _Teacher(), teacher_pieces, [7, 8])
+    assert whole.prompt_ids == [7, 8] and whole.response_ids == [ord(c) for c in "12 + é"] + [300]
+    assert [(tuple(s), tuple(t)) for s, t in whole.alignment.spans()] == [
+        ((0,), (0, 1)),
+        ((1,), (2, 3)),
+        ((2, 3), (4, 5)),
+        ((4,), (6,)),
+    ]
+    cut = sampled_teacher_tokens([0, 1, 2], pieces, 4, _Teacher(), teacher_pieces, [7])
+    assert cut.response_ids == [ord(c) for c in "12 +"] + [ord(" ")]  # no EOS; the cut "é" not read
+    assert [(tuple(s), tuple(t)) for s, t in cut.alignment.spans()] == [((0,), (0, 1)), ((1,), (2, 3))]
+    nothing = sampled_teacher_tokens([2], pieces, 4, _Teacher(), teacher_pieces, [7])  # no complete character
+    assert nothing.response_ids == [ord(" ")] and nothing.alignment.spans() == []

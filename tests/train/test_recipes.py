@@ -1,6 +1,7 @@
 """SFT and distill end to end on tiny models: loss falls, runs resume, bad input is refused cleanly."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -582,6 +583,16 @@ def test_cross_tokenizer_distill_loss_falls_and_records_the_alignment(
     assert "spans of identical text" in capsys.readouterr().out
 
 
+def test_cross_tokenizer_on_policy_steps_train_on_the_students_samples(tiny_models, synth_train, tmp_path):
+    """kd.lmbda 1: every step samples from the student; the teacher reads each sample in its own tokens."""
+    out = tmp_path / "gold-on-policy"
+    args = {"teacher": tiny_models["teacher"], "student": tiny_models["other"], "data": synth_train, "out": out}
+    assert run_cli("distill", **args, loss="gold", lmbda=1.0, max_steps=3, batch_size=4, max_new_tokens=12, **FAST) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["on_policy_steps_this_session"] == 3
+    assert all(math.isfinite(value) and value >= 0 for value in losses(out))
+
+
 def test_cross_tokenizer_run_resumes_to_the_same_model(tiny_models, synth_train, tmp_path, monkeypatch):
     args = {
         "teacher": tiny_models["teacher"],
@@ -617,7 +628,7 @@ def test_cross_tokenizer_run_resumes_to_the_same_model(tiny_models, synth_train,
     [
         ({"loss": "fkl"}, "use different tokenizers"),  # the same-tokenizer losses still refuse
         ({"loss": "uld", "teacher_cache": "CACHE"}, "--teacher-cache not supported"),
-        ({"loss": "gold", "lmbda": 0.5}, "kd.lmbda (on-policy steps) not supported"),
+        ({"loss": "gold", "lmbda": 0.5, "speculative_k": 4}, "kd.speculative_k not supported"),
         ({"loss": "uld", "teacher_noise": 1.0, "answer_weight": 2}, "kd.teacher_noise, kd.answer_weight not supported"),
         ({"loss": "gold", "shared_weight": 2}, "kd.shared_weight must be in [0, 1] or -1"),
         ({"loss": "uld", "temperature": 0}, "kd.temperature must be > 0"),
