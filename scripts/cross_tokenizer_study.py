@@ -29,10 +29,19 @@ STUDENT_LAYERS, VOCAB_SIZE = 24, 4096
 STEPS = 36  # the transplanted embeddings need more steps than the demo's 18 (same for every method)
 LRS = [3e-4, 1e-3]
 #: kd_weight 0.5: ULD carries no token identity on its own, so it is always mixed with CE (Boizard et al.); gold's
-#: shared part gets a fixed 0.5: the adaptive default (shared / teacher vocabulary = 1.4% here) would make it ULD.
+#: shared part gets a fixed 0.5: the adaptive default (shared / teacher vocabulary = 1.3% here) would make it ULD.
+#: gold-gkd: the same loss with half the steps on the student's own samples (GKD's lmbda 0.5, 48 sampled tokens).
 METHODS = {
     "uld": {"loss": "uld", "kd_weight": 0.5},
     "gold": {"loss": "gold", "kd_weight": 0.5, "shared_weight": 0.5, "beta": 0.5},
+    "gold-gkd": {
+        "loss": "gold",
+        "kd_weight": 0.5,
+        "shared_weight": 0.5,
+        "beta": 0.5,
+        "lmbda": 0.5,
+        "max_new_tokens": 48,
+    },
 }
 
 

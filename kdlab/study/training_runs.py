@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from kdlab.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdlab.study.cost import answers_generation, forward_flops, model_params, train_flops
 from kdlab.study.kinds import KINDS
 from kdlab.study.nodes import SELECTED, Node, kd_slug, setting_tag, study_path
@@ -291,8 +292,13 @@ def kd(
 
 
 def _uses_cache(spec: StudySpec, method: Method) -> bool:
-    """Whether a token-level KD run reads the teacher signal cache (not when it learns the teacher's own answers)."""
-    return spec.teacher_cache["enabled"] and method.kd.get("answer_target", "gold") != "teacher"
+    """Whether a token-level KD run reads the teacher signal cache (not when it learns the teacher's own answers, nor
+    with a cross-tokenizer loss: those run against the live teacher)."""
+    return (
+        spec.teacher_cache["enabled"]
+        and method.kd.get("answer_target", "gold") != "teacher"
+        and method.loss not in CROSS_TOKENIZER_LOSSES
+    )
 
 
 def _teacher_inputs(b: PlanNodes, teacher: str, domain, base: bool, method: Method, params: dict) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ def test_cross_tokenizer_methods_run_in_a_study(tiny_models, tmp_path):
         "temperatures": [1.0],
         "teacher_training": {"lora": {"enabled": True}, "train": dict(train)},
         "student_training": {"lora": {"enabled": False}, "train": dict(train)},
-        "teacher_cache": {"enabled": False},
+        "teacher_cache": {"enabled": True, "k": 8},  # fkl would read it; uld and gold run against the live teacher
         "evaluation": {"limit": 4, "max_new_tokens": 4, "batch_size": 8, "backend": "hf"},
         "fidelity": {"enabled": False},
     }
@@ -45,3 +45,6 @@ def test_cross_tokenizer_methods_run_in_a_study(tiny_models, tmp_path):
     assert methods == {"uld", "gold"}
     for run in (study_dir / "kd").glob("*uld*"):
         assert json.loads((run / "result.json").read_text())["data"]["alignment"]["spans"] > 0
+    kd_nodes = {n.meta.method: n for n in plan.nodes if n.kind == "kd"}
+    assert "teacher_cache" in kd_nodes["fkl"].params
+    assert "teacher_cache" not in kd_nodes["uld"].params and "teacher_cache" not in kd_nodes["gold"].params
