@@ -42,6 +42,11 @@ def encode_prompt(tokenizer, example: Example) -> list[int]:
     return tokenizer(format_prompt(example.instruction, example.input), add_special_tokens=True)["input_ids"]
 
 
+def encode_response(tokenizer, example: Example) -> list[int]:
+    """The training response's token ids: ``example.output`` stripped, without special tokens, then EOS."""
+    return tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 ON_LONG = ("truncate", "drop", "error")
 
 
@@ -110,9 +115,7 @@ def encode_examples(
     encoded, dropped, cut = [], [], []
     for index, example in enumerate(examples):
         prompt_ids = encode_prompt(tokenizer, example)
-        response_ids = tokenizer(example.output.strip(), add_special_tokens=False)["input_ids"] + [
-            tokenizer.eos_token_id
-        ]
+        response_ids = encode_response(tokenizer, example)
         keep = fit_length(
             len(prompt_ids),
             len(response_ids),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from kdlab.config import RunConfig
 from kdlab.data.formats import Example, load_examples
 from kdlab.data.token_alignment import TeacherTokens, align_spans, byte_offsets, token_bytes
-from kdlab.data.tokenize import EncodedData, encode_examples, encode_prompt
+from kdlab.data.tokenize import EncodedData, encode_examples, encode_prompt, encode_response
 from kdlab.errors import KdlabError
 from kdlab.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdlab.models.load import check_same_tokenizer, load_tokenizer
@@ -56,8 +56,7 @@ def with_teacher_tokens(encoded: EncodedData, examples: list[Example], tokenizer
         example, where = examples[item.index], f"{config.data}: example {item.index}"
         text = example.output.strip()
         prompt = encode_prompt(teacher_tokenizer, example)
-        response = teacher_tokenizer(text, add_special_tokens=False)["input_ids"] + [teacher_tokenizer.eos_token_id]
-        response = response[: max(config.train.max_length - len(prompt), 0)]
+        response = encode_response(teacher_tokenizer, example)[: max(config.train.max_length - len(prompt), 0)]
         alignment = align_spans(
             byte_offsets(pieces, item.response_ids, text, f"{where} (student '{config.model}')"),
             byte_offsets(teacher_pieces, response, text, f"{where} (teacher '{config.teacher}')"),
