@@ -15,9 +15,10 @@ Conventions, and how they are matched here:
   tokens as a span (both zero-width at the end of the text), so the tests set ``uld_skip_*_eos=False``.
 - **normalisation**: TRL averages the span losses of an example, then the examples; kdlab's objective weights each
   span by its student tokens and divides by the batch's response tokens (:mod:`kdlab.losses.cross_tokenizer`). The
-  tests compare kdlab's per-span losses (:func:`span_losses`) under TRL's averaging, and kdlab's objective separately
+  tests compare kdlab's span losses under TRL's averaging (:func:`weighted_span_loss` with weights
+  ``1 / (examples * spans of the example)``), and kdlab's objective separately
   (with one tokenizer it must equal kdlab's per-token ``gjsd``).
-- **temperature**: TRL softens both sides by tau without ``tau**2``; :func:`span_losses` has no ``tau**2`` either
+- **temperature**: TRL softens both sides by tau without ``tau**2``; :func:`weighted_span_loss` has none either
   (kdlab's objective applies it to every KD term).
 - **shared vocabulary**: TRL pairs identical token strings (``get_vocab``); kdlab pairs identical bytes and the two
   EOS tokens by role. For two byte-level tokenizers with the same EOS string the pairs are the same (asserted).
@@ -38,7 +39,7 @@ from kdlab.data.formats import Example  # noqa: E402
 from kdlab.data.token_alignment import byte_offsets, shared_vocabulary, token_bytes  # noqa: E402
 from kdlab.data.tokenize import collate, encode_examples  # noqa: E402
 from kdlab.losses.chunked import chunked_distill_loss  # noqa: E402
-from kdlab.losses.cross_tokenizer import CrossSpec, SharedVocab, Side, cross_tokenizer_objective, span_losses  # noqa: E402
+from kdlab.losses.cross_tokenizer import CrossSpec, SharedVocab, Side, cross_tokenizer_objective, weighted_span_loss  # noqa: E402
 from kdlab.models.heads import final_hidden, output_weight, response_hidden  # noqa: E402
 from kdlab.models.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from kdlab.train.inputs import with_teacher_tokens  # noqa: E402
@@ -99,17 +100,19 @@ class Pair:
         """(student logits [B, T_S, V_S] requiring grad, teacher logits [B, T_T, V_T])."""
         return (self.hidden_s @ self.weight_s.T).requires_grad_(True), self.hidden_t @ self.weight_t.T
 
+    def trl_weights(self):
+        """TRL's averaging as span weights [G]: ``1 / (examples * spans of the span's example)``."""
+        row = torch.searchsorted(self.rows, self.batch["span_student_last"], right=True)
+        return 1.0 / (len(self.rows) * torch.bincount(row).float()[row])
+
     def kdlab_spans(self, spec, z_s, z_t, shared):
-        """kdlab's per-span losses [G] with ``h = z`` and ``W = I``, then TRL's averaging (spans, then examples)."""
+        """kdlab's span losses with ``h = z`` and ``W = I``, under TRL's averaging (spans, then examples)."""
         b = self.batch
         h_s, y_s = response_hidden(z_s, b["labels"])
         h_t, y_t = response_hidden(z_t, b["teacher_labels"])
         student = Side(h_s, torch.eye(z_s.shape[-1]), y_s, b["span_student_last"], b["span_student_of"])
         teacher = Side(h_t, torch.eye(z_t.shape[-1]), y_t, b["span_teacher_last"], b["span_teacher_of"])
-        losses = span_losses(spec, student, teacher, shared)
-        row = torch.searchsorted(self.rows, b["span_student_last"], right=True)
-        per_row = torch.zeros(len(self.rows)).index_add(0, row, losses) / torch.bincount(row).float()
-        return per_row.mean()
+        return weighted_span_loss(spec, student, teacher, shared, self.trl_weights())
 
     def trl(self, hybrid: bool, tau: float, beta=0.5, matched=None, strategy="bayesian"):
         config = SimpleNamespace(
@@ -228,9 +231,8 @@ def test_span_losses_match_trl_through_real_hidden_states(pair):
     rows_t, y_t = response_hidden(pair.hidden_t, b["teacher_labels"])
     student = Side(rows_s, w_s, y_s, b["span_student_last"], b["span_student_of"])
     teacher = Side(rows_t, pair.weight_t, y_t, b["span_teacher_last"], b["span_teacher_of"])
-    losses = span_losses(CrossSpec("gold", shared_weight=0.5, chunk_size=4), student, teacher, pair.shared())
-    row = torch.searchsorted(pair.rows, b["span_student_last"], right=True)
-    ours = (torch.zeros(len(pair.rows)).index_add(0, row, losses) / torch.bincount(row).float()).mean()
+    spec = CrossSpec("gold", shared_weight=0.5, chunk_size=4)
+    ours = weighted_span_loss(spec, student, teacher, pair.shared(), pair.trl_weights())
     grads_ours = torch.autograd.grad(ours, (h_s, w_s))
     assert rel_err(ours, theirs) < RTOL
     for mine, peer in zip(grads_ours, grads_theirs, strict=True):

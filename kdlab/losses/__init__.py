@@ -33,7 +33,7 @@ _HOMES = {
         "Side",
         "cross_tokenizer_objective",
         "sorted_l1",
-        "span_losses",
+        "weighted_span_loss",
     ),
     "divergences": (
         "DIVERGENCES",

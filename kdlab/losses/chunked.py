@@ -30,7 +30,9 @@ TeacherAt = Callable[[int, int, torch.Tensor, "torch.Tensor | None"], TeacherSig
 
 
 class _ChunkedTokenLoss(torch.autograd.Function):
-    """Sum over tokens of ``token_loss(logits, start, end) -> [end - start]`` with ``logits = hidden @ weight.T``.
+    """Sum over tokens of ``token_loss(logits, start, end) -> [end - start]`` with ``logits = hidden @ weight.T``
+    (with ``rows`` [N] given: ``token_loss(logits, start, end, rows[start:end])``, a per-row input that also gets its
+    gradient).
 
     Forward computes, chunk by chunk, the logits, the loss and its gradient ``g = d loss / d logits`` [C, V];
     then ``d hidden = g @ weight`` and ``d weight += g.T @ hidden`` (accumulated in place). Only one chunk's
@@ -38,43 +40,61 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden_states, weight, token_loss, chunk_size):
+    def forward(ctx, hidden_states, weight, token_loss, chunk_size, rows=None):
         weight_needs_grad = weight.requires_grad
+        rows_need_grad = rows is not None and rows.requires_grad
         weight = weight.detach()
         grad_hidden = torch.empty_like(hidden_states)
         grad_weight = torch.zeros_like(weight) if weight_needs_grad else None
+        grad_rows = torch.zeros_like(rows) if rows_need_grad else None
         total = None
         for start in range(0, hidden_states.shape[0], chunk_size):
             end = min(start + chunk_size, hidden_states.shape[0])
             hidden = hidden_states[start:end].detach()
             logits = upcast(F.linear(hidden, weight)).requires_grad_(True)
+            inputs = [logits]
             with torch.enable_grad():
-                chunk_sum = token_loss(logits, start, end).sum()
-            (grad_logits,) = torch.autograd.grad(chunk_sum, logits)
+                if rows is None:
+                    chunk_sum = token_loss(logits, start, end).sum()
+                else:
+                    chunk_rows = rows[start:end].detach().requires_grad_(rows_need_grad)
+                    inputs += [chunk_rows] if rows_need_grad else []
+                    chunk_sum = token_loss(logits, start, end, chunk_rows).sum()
+            grad_logits, *grad_chunk_rows = torch.autograd.grad(chunk_sum, inputs)
             del logits
+            if rows_need_grad:
+                grad_rows[start:end] = grad_chunk_rows[0]
             grad_logits = grad_logits.to(weight.dtype)
             grad_hidden[start:end] = grad_logits @ weight
             if weight_needs_grad:
                 grad_weight.addmm_(grad_logits.T, hidden.to(weight.dtype))
             total = chunk_sum.detach() if total is None else total + chunk_sum.detach()
-        ctx.weight_needs_grad = weight_needs_grad
-        ctx.save_for_backward(grad_hidden, *((grad_weight,) if weight_needs_grad else ()))
+        ctx.weight_needs_grad, ctx.rows_need_grad = weight_needs_grad, rows_need_grad
+        ctx.save_for_backward(grad_hidden, *(g for g in (grad_weight, grad_rows) if g is not None))
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors  # used once: scale in place
-        grad_weight = saved[1].mul_(grad_output) if ctx.weight_needs_grad else None
-        return saved[0].mul_(grad_output), grad_weight, None, None
+        saved = list(ctx.saved_tensors)  # used once: scale in place
+        grad_hidden = saved.pop(0).mul_(grad_output)
+        grad_weight = saved.pop(0).mul_(grad_output) if ctx.weight_needs_grad else None
+        grad_rows = saved.pop(0).mul_(grad_output) if ctx.rows_need_grad else None
+        return grad_hidden, grad_weight, None, None, grad_rows
 
 
 def chunked_token_loss(
-    hidden_states: torch.Tensor, weight: torch.Tensor, token_loss: TokenLoss, chunk_size: int = 256
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    token_loss: TokenLoss,
+    chunk_size: int = 256,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk."""
+    """Sum over tokens of ``token_loss`` applied to ``hidden_states [N, H] @ weight[V, H].T``, chunk by chunk; with
+    ``rows`` [N], ``token_loss`` also gets ``rows[start:end]`` (and ``rows`` its gradient)."""
     if hidden_states.shape[0] == 0:
-        return (hidden_states.sum() + weight.sum()) * 0.0
-    return _ChunkedTokenLoss.apply(hidden_states, weight, token_loss, chunk_size)
+        empty = (hidden_states.sum() + weight.sum()) * 0.0
+        return empty if rows is None else empty + rows.sum() * 0.0
+    return _ChunkedTokenLoss.apply(hidden_states, weight, token_loss, chunk_size, rows)
 
 
 def chunked_ce_loss(hidden_states, weight, targets, chunk_size: int = 256) -> torch.Tensor:

@@ -26,9 +26,10 @@ student token carries the loss of its span, so with one tokenizer (every span on
 ``gold`` is exactly kdlab's per-token ``gjsd``. TRL instead averages spans equally within an example and then the
 examples; ``tests/test_peer_parity.py`` compares the per-span losses under TRL's averaging.
 
-Memory: per-token log-probabilities are computed a chunk of ``chunk_size`` positions at a time, the span
-distributions a chunk of spans at a time, each under activation checkpointing: no ``[N, V]`` tensor of either model
-is kept for the backward pass, and at most one chunk's ``[C, V_S]`` and ``[C, V_T]`` exist at once.
+Memory: per-token log-probabilities are computed a chunk of ``chunk_size`` positions at a time under activation
+checkpointing, the span distributions a chunk of spans at a time with their gradients taken in the forward pass
+(:func:`kdlab.losses.chunked.chunked_token_loss`): no ``[N, V]`` tensor of either model is kept for the backward
+pass, and at most one chunk's ``[C, V_S]`` and ``[C, V_T]`` exist at once.
 """
 
 from __future__ import annotations
@@ -167,36 +168,32 @@ def span_prefix(side: Side, token_lp: torch.Tensor, spans: int) -> torch.Tensor:
     return prefix.index_add(0, side.span_of[earlier], token_lp[earlier].clamp_min(LOG_FLOOR))
 
 
-def span_losses(spec: CrossSpec, student: Side, teacher: Side, shared: SharedVocab | None) -> torch.Tensor:
-    """The loss of every span of a batch [G] (module docstring), the student's with gradients, a chunk at a time."""
+def weighted_span_loss(
+    spec: CrossSpec, student: Side, teacher: Side, shared: SharedVocab | None, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_g weights_g * loss_g`` over the spans of a batch (module docstring; ``weights`` [G]), the student's side
+    with gradients: the span prefixes from per-token log-probabilities (:func:`token_log_probs`), then the span
+    distributions and losses a chunk of spans at a time (:func:`kdlab.losses.chunked.chunked_token_loss`, which
+    takes the gradient w.r.t. the chunk's logits and prefixes in the forward pass: no chunk is computed twice)."""
     import torch
-    import torch.nn.functional as F
 
-    spans = student.last.shape[0]
-    if spans == 0:
-        return student.hidden.sum(-1)[:0] * 0.0
-    tau = spec.temperature
+    from kdlab.losses.chunked import chunked_token_loss
+
+    spans, tau = student.last.shape[0], spec.temperature
     s_prefix = span_prefix(student, token_log_probs(student, tau, spec.chunk_size), spans)
     with torch.no_grad():
         t_prefix = span_prefix(teacher, token_log_probs(teacher, tau, spec.chunk_size), spans)
-    s_weight, t_weight = student.weight, teacher.weight.detach()
+        t_last = teacher.hidden[teacher.last]
+    t_weight = teacher.weight.detach()
 
-    def chunk(s_hidden, s_pre, t_hidden, t_pre):
-        q_s = (upcast(F.linear(s_hidden, s_weight)) / tau).log_softmax(-1).add(s_pre[:, None]).exp()
+    def chunk_loss(logits: torch.Tensor, start: int, end: int, s_pre: torch.Tensor) -> torch.Tensor:
+        q_s = (logits / tau).log_softmax(-1).add(s_pre[:, None]).exp()
         with torch.no_grad():
-            q_t = (upcast(F.linear(t_hidden, t_weight)) / tau).log_softmax(-1).add(t_pre[:, None]).exp()
-        return span_loss(spec, q_s, q_t, shared)
+            t_logits = upcast(t_last[start:end] @ t_weight.T)
+            q_t = (t_logits / tau).log_softmax(-1).add(t_prefix[start:end, None]).exp()
+        return weights[start:end] * span_loss(spec, q_s, q_t, shared)
 
-    s_last, t_last = student.hidden[student.last], teacher.hidden.detach()[teacher.last]
-    size = spec.chunk_size
-    return torch.cat(
-        [
-            _checkpointed(
-                chunk, s_last[i : i + size], s_prefix[i : i + size], t_last[i : i + size], t_prefix[i : i + size]
-            )
-            for i in range(0, spans, size)
-        ]
-    )
+    return chunked_token_loss(student.hidden[student.last], student.weight, chunk_loss, spec.chunk_size, s_prefix)
 
 
 def cross_tokenizer_objective(
@@ -207,8 +204,7 @@ def cross_tokenizer_objective(
     KD and CE parts for logging."""
     from kdlab.losses.chunked import chunked_ce_loss
 
-    losses = span_losses(spec, student, teacher, shared)
-    kd = spec.kd_weight * spec.temperature**2 * (span_tokens.to(losses.dtype) * losses).sum()
+    kd = spec.kd_weight * spec.temperature**2 * weighted_span_loss(spec, student, teacher, shared, span_tokens.float())
     total = kd
     if spec.kd_weight < 1:
         total = total + (1 - spec.kd_weight) * chunked_ce_loss(
