@@ -80,7 +80,10 @@ class Setup:
         else:
             self.student, self.tokenizer = load_model(args.student), load_tokenizer(args.student)
             config = argparse.Namespace(
-                data=str(data), model=args.student, teacher=TEACHER, train=argparse.Namespace(max_length=256)
+                data=str(data),
+                model=args.student,
+                teacher=TEACHER,
+                train=argparse.Namespace(max_length=256, on_long="truncate"),
             )
             items = encode_examples(self.tokenizer, examples, 256)
             items = with_teacher_tokens(items, examples, self.tokenizer, teacher_tok, config)

@@ -438,6 +438,8 @@ def _validate_cross_tokenizer(config: RunConfig) -> None:
     kd = config.kd
     if not (kd.shared_weight == -1 or 0 <= kd.shared_weight <= 1):
         raise KdlabError(f"kd.shared_weight must be in [0, 1] or -1 (adaptive), got {kd.shared_weight}")
+    if config.kind == "distill" and kd.shared_weight != -1 and kd.loss != "gold":
+        raise KdlabError(f"kd.shared_weight applies to kd.loss gold only (kd.loss is {kd.loss})")
     if config.kind != "distill" or kd.loss not in CROSS_TOKENIZER_LOSSES:
         return
     if not (math.isfinite(kd.temperature) and kd.temperature > 0):

@@ -66,7 +66,7 @@ class Pair:
 
     def __init__(self, student_tok, teacher_tok, student, teacher):
         config = SimpleNamespace(
-            data="parity", model="student", teacher="teacher", train=SimpleNamespace(max_length=256)
+            data="parity", model="student", teacher="teacher", train=SimpleNamespace(max_length=256, on_long="truncate")
         )
         encoded = with_teacher_tokens(
             encode_examples(student_tok, EXAMPLES, 256), EXAMPLES, student_tok, teacher_tok, config

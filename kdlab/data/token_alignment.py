@@ -42,7 +42,8 @@ def _byte_level_decoder() -> dict[str, int]:
     return {char: byte for byte, char in chars.items()}
 
 
-def _is_byte_level(tokenizer) -> bool:
+def is_byte_level(tokenizer) -> bool:
+    """Whether ``tokenizer`` is a byte-level BPE (its pieces are bytes through GPT-2's table)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and ("ByteLevel" in repr(backend.pre_tokenizer) or "ByteLevel" in repr(backend.decoder))
 
@@ -50,15 +51,20 @@ def _is_byte_level(tokenizer) -> bool:
 def token_bytes(tokenizer) -> list[bytes | None]:
     """The bytes each token id of ``tokenizer`` stands for (``len(tokenizer)`` entries); None for special tokens.
 
-    Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): each piece character is one byte. Otherwise (SentencePiece): ``▁``
-    is a space and ``<0xNN>`` the byte NN. A tokenizer whose pieces are neither is refused: its tokens' bytes are not
-    recoverable from its vocabulary.
+    Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): each piece character is one byte. SentencePiece (pieces marked
+    with ``▁``): ``▁`` is a space and ``<0xNN>`` the byte NN. A tokenizer whose pieces are neither is refused
+    (:class:`KdlabError`): its tokens' bytes are not recoverable from its vocabulary.
     """
     special = set(tokenizer.all_special_ids) | {
         i for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items() if added.special
     }
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    byte_level = _is_byte_level(tokenizer)
+    byte_level = is_byte_level(tokenizer)
+    if not byte_level and not any(piece and piece.startswith("▁") for piece in pieces):
+        raise KdlabError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: neither byte-level BPE nor SentencePiece; "
+            "kd.loss uld/gold need the bytes of every token"
+        )
     decoder = _byte_level_decoder()
     out: list[bytes | None] = []
     for token_id, piece in enumerate(pieces):
@@ -79,14 +85,14 @@ def token_bytes(tokenizer) -> list[bytes | None]:
 def byte_offsets(pieces: list[bytes | None], ids: list[int], text: str, where: str) -> list[tuple[int, int]]:
     """``(start, end)`` byte span of each token of ``ids`` (a response: ``text`` then EOS) in ``text`` as UTF-8.
 
-    Tokens with no bytes (special tokens) are zero-width. A SentencePiece space added in front of the text is taken
-    off the first token. Raises :class:`KdlabError` (naming ``where``) when the tokens do not spell the text byte for
+    Tokens with no bytes (special tokens) are zero-width. A SentencePiece space added in front of the text (the tokens
+    spell ``" " + text``) is taken off the first token. Raises :class:`KdlabError` (naming ``where``) when the tokens do not spell the text byte for
     byte (a normaliser changed it): such a pair of tokenizers cannot be aligned by bytes.
     """
     raw = [pieces[i] or b"" if i < len(pieces) else b"" for i in ids]
     target = text.encode("utf-8")
     joined = b"".join(raw)
-    if joined.startswith(b" ") and not target.startswith(b" ") and joined[1:] == target[: len(joined) - 1]:
+    if joined.startswith(b" ") and not target.startswith(joined) and target.startswith(joined[1:]):
         first = next(k for k, piece in enumerate(raw) if piece)
         raw[first] = raw[first][1:]
         joined = joined[1:]
@@ -104,6 +110,13 @@ def _cumulative(raw: list[bytes]) -> list[tuple[int, int]]:
         offsets.append((cursor, cursor + len(piece)))
         cursor += len(piece)
     return offsets
+
+
+def _regular_first(tokenizer, pieces: list[bytes | None]) -> list[int]:
+    """Token ids with SentencePiece byte-fallback tokens (``<0xNN>``) last."""
+    names = tokenizer.convert_ids_to_tokens(list(range(len(pieces))))
+    fallback = [bool(name and _BYTE_TOKEN.match(name)) for name in names]
+    return sorted(range(len(pieces)), key=lambda token_id: fallback[token_id])
 
 
 @dataclass(frozen=True)
@@ -148,15 +161,20 @@ def align_spans(student: list[tuple[int, int]], teacher: list[tuple[int, int]]) 
 def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> tuple[list[int], list[int]]:
     """The vocabulary entries the two tokenizers share: ``(student_ids, teacher_ids)``, pair ``i`` standing for the
     same bytes (:func:`token_bytes`), in teacher-id order; the two EOS tokens are paired by role, other special
-    tokens by their text. Each id is in at most one pair."""
+    tokens by their text. Each id is in at most one pair; where two entries of one vocabulary stand for the same
+    byte (SentencePiece's ``A`` and its byte-fallback ``<0x41>``), the regular piece is paired first."""
     student_index: dict[object, int] = {}
-    for token_id, piece in enumerate(token_bytes(student_tokenizer)):
+    student_pieces = token_bytes(student_tokenizer)
+    for token_id in _regular_first(student_tokenizer, student_pieces):
+        piece = student_pieces[token_id]
         key = piece if piece is not None else ("special", student_tokenizer.convert_ids_to_tokens(token_id))
         student_index.setdefault(key, token_id)
     student_index[("eos",)] = student_tokenizer.eos_token_id
     pairs: dict[int, int] = {}
     used: set[int] = set()
-    for token_id, piece in enumerate(token_bytes(teacher_tokenizer)):
+    teacher_pieces = token_bytes(teacher_tokenizer)
+    for token_id in _regular_first(teacher_tokenizer, teacher_pieces):
+        piece = teacher_pieces[token_id]
         if token_id == teacher_tokenizer.eos_token_id:
             key = ("eos",)
         else:
@@ -230,20 +248,34 @@ def teacher_batch(student_responses: list[list[int]], teachers: list[TeacherToke
 
 
 def sampled_teacher_tokens(
-    response: list[int], pieces: list[bytes | None], eos_id: int, teacher_tokenizer, teacher_pieces, prompt: list[int]
+    response: list[int],
+    pieces: list[bytes | None],
+    eos_id: int,
+    teacher_tokenizer,
+    teacher_pieces,
+    prompt: list[int],
+    strip_space: bool = False,
 ) -> TeacherTokens:
     """The teacher's tokens of a response the student sampled (on-policy steps): the sampled tokens' bytes (``pieces``,
-    the student's :func:`token_bytes`) up to the last complete UTF-8 character, encoded by the teacher (its EOS added
-    when the sample ended with the student's ``eos_id``), and the alignment of the two; the teacher's ``prompt`` as
-    given. Sampled tokens after the text the teacher could read are in no span."""
+    the student's :func:`token_bytes`; with ``strip_space``, a SentencePiece student's leading space taken off, as
+    for the training responses) up to the first byte that is not valid UTF-8, encoded by the teacher (special-token
+    text read as text; its EOS added when the sample ended with the student's ``eos_id``), and the alignment of the
+    two; the teacher's ``prompt`` as given. Sampled tokens after the text the teacher read are in no span, and so is
+    a whole sample the teacher's tokens do not spell byte for byte (a normaliser)."""
     raw = [pieces[i] or b"" if i < len(pieces) else b"" for i in response]
+    first = next((k for k, piece in enumerate(raw) if piece), None)
+    if strip_space and first is not None and raw[first].startswith(b" "):
+        raw[first] = raw[first][1:]
     joined = b"".join(raw)
     try:
         text = joined.decode("utf-8")
     except UnicodeDecodeError as exc:  # a character cut by the end of the sample, or bytes no text has
         text = joined[: exc.start].decode("utf-8")
-    ids = teacher_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = teacher_tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     if response and response[-1] == eos_id and len(text.encode("utf-8")) == len(joined):
         ids = ids + [teacher_tokenizer.eos_token_id]
-    teacher = byte_offsets(teacher_pieces, ids, text, "an on-policy sample (teacher)")
+    try:
+        teacher = byte_offsets(teacher_pieces, ids, text, "an on-policy sample (teacher)")
+    except KdlabError:
+        return TeacherTokens(prompt, ids, SpanAlignment((), ()))
     return TeacherTokens(prompt, ids, align_spans(_cumulative(raw), teacher))

@@ -24,7 +24,8 @@ from kdlab.losses.objective import (
     token_objective,
 )
 
-TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+#: token_loss(logits [C, V], start, end) -> [C]; with per-row inputs: token_loss(logits, start, end, rows [C]) -> [C]
+TokenLoss = Callable[..., torch.Tensor]
 #: teacher_at(start, end, student_logits [C, V], noise [C, V] or None) -> the teacher signal of rows start:end
 TeacherAt = Callable[[int, int, torch.Tensor, "torch.Tensor | None"], TeacherSignal]
 

@@ -18,13 +18,15 @@ The two span distributions ``q_S`` [V_S] and ``q_T`` [V_T] of a span are then co
 
       gold = a * gjsd_beta(q_S[shared_S], q_T[shared_T]) + (1 - a) * uld(q_S[rest_S], q_T[rest_T])
 
-  with ``a = kd.shared_weight``, or ``K / V_T`` when it is -1 (TRL's adaptive default).
+  with ``a = kd.shared_weight``, or ``K / V_T`` when it is -1 (TRL's adaptive default; V_T is the teacher's
+  vocabulary cut to its tokenizer, TRL's is its output layer's width). When either side has no entry outside the
+  shared ones, the ULD part is 0 (as in TRL).
 
 The training objective is kdlab's: ``(1 - w) * sum_n CE_n + w * tau^2 * sum_g n_g * loss_g`` over a micro-batch,
 ``n_g`` the student tokens of span g, divided by the batch's response tokens like every kdlab objective: each
 student token carries the loss of its span, so with one tokenizer (every span one token; all of it shared, a = 1)
 ``gold`` is exactly kdlab's per-token ``gjsd``. TRL instead averages spans equally within an example and then the
-examples; ``tests/test_peer_parity.py`` compares the per-span losses under TRL's averaging.
+examples; ``tests/test_peer_parity_cross_tokenizer.py`` compares the span losses under TRL's averaging.
 
 Memory: per-token log-probabilities are computed a chunk of ``chunk_size`` positions at a time under activation
 checkpointing, the span distributions a chunk of spans at a time with their gradients taken in the forward pass
@@ -113,7 +115,8 @@ def span_loss(spec: CrossSpec, q_s: torch.Tensor, q_t: torch.Tensor, shared: Sha
     matched = divergence_from_log_probs(
         "gjsd", q_s[:, s_ids].clamp_min(PROB_FLOOR).log(), q_t[:, t_ids].clamp_min(PROB_FLOOR).log(), beta=spec.beta
     )
-    rest = sorted_l1(q_s[:, shared.student_rest.to(device)], q_t[:, shared.teacher_rest.to(device)])
+    s_rest, t_rest = shared.student_rest.to(device), shared.teacher_rest.to(device)
+    rest = sorted_l1(q_s[:, s_rest], q_t[:, t_rest]) if len(s_rest) and len(t_rest) else matched * 0.0  # as TRL
     a = spec.shared_weight if spec.shared_weight >= 0 else len(t_ids) / q_t.shape[-1]
     return a * matched + (1 - a) * rest
 
@@ -140,8 +143,9 @@ def _checkpointed(fn, *inputs):
     return checkpoint(fn, *inputs, use_reentrant=False) if torch.is_grad_enabled() else fn(*inputs)
 
 
-def token_log_probs(side: Side, temperature: float, chunk_size: int) -> torch.Tensor:
-    """``log softmax(z_n / tau)[y_n]`` of every row [N], a chunk of rows at a time (checkpointed: no [N, V] kept)."""
+def token_log_probs(side: Side, rows: torch.Tensor, temperature: float, chunk_size: int) -> torch.Tensor:
+    """``log softmax(z_n / tau)[y_n]`` of the rows ``rows`` [M] (indices into ``side.hidden``), a chunk at a time
+    (checkpointed: no [M, V] kept) -> [M]."""
     import torch
     import torch.nn.functional as F
 
@@ -151,21 +155,24 @@ def token_log_probs(side: Side, temperature: float, chunk_size: int) -> torch.Te
         logits = upcast(F.linear(hidden, weight)) / temperature
         return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
 
+    hidden, targets = side.hidden[rows], side.targets[rows]
     pieces = [
-        _checkpointed(chunk, side.hidden[start : start + chunk_size], side.targets[start : start + chunk_size])
-        for start in range(0, side.hidden.shape[0], chunk_size)
+        _checkpointed(chunk, hidden[start : start + chunk_size], targets[start : start + chunk_size])
+        for start in range(0, hidden.shape[0], chunk_size)
     ]
-    return torch.cat(pieces) if pieces else side.hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def span_prefix(side: Side, token_lp: torch.Tensor, spans: int) -> torch.Tensor:
-    """``sum_{j < m} max(log p(y_j), log 1e-8)`` of each span [G]: the log-probability of its tokens before the last."""
+def span_prefix(side: Side, temperature: float, chunk_size: int) -> torch.Tensor:
+    """``sum_{j < m} max(log p(y_j), log 1e-8)`` of each span [G]: the log-probability of its tokens before the last
+    (only those rows' log-probabilities are computed)."""
     import torch
 
-    rows = torch.arange(side.span_of.shape[0], device=side.span_of.device)
-    earlier = (side.span_of >= 0) & (rows != side.last[side.span_of.clamp_min(0)])
-    prefix = token_lp.new_zeros(spans)
-    return prefix.index_add(0, side.span_of[earlier], token_lp[earlier].clamp_min(LOG_FLOOR))
+    is_last = torch.zeros_like(side.span_of, dtype=torch.bool)
+    is_last[side.last] = True
+    earlier = ((side.span_of >= 0) & ~is_last).nonzero().squeeze(1)
+    token_lp = token_log_probs(side, earlier, temperature, chunk_size).clamp_min(LOG_FLOOR)
+    return torch.zeros(side.last.shape[0], device=token_lp.device).index_add(0, side.span_of[earlier], token_lp)
 
 
 def weighted_span_loss(
@@ -179,10 +186,10 @@ def weighted_span_loss(
 
     from kdlab.losses.chunked import chunked_token_loss
 
-    spans, tau = student.last.shape[0], spec.temperature
-    s_prefix = span_prefix(student, token_log_probs(student, tau, spec.chunk_size), spans)
+    tau = spec.temperature
+    s_prefix = span_prefix(student, tau, spec.chunk_size)
     with torch.no_grad():
-        t_prefix = span_prefix(teacher, token_log_probs(teacher, tau, spec.chunk_size), spans)
+        t_prefix = span_prefix(teacher, tau, spec.chunk_size)
         t_last = teacher.hidden[teacher.last]
     t_weight = teacher.weight.detach()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from kdlab.config import RunConfig
 from kdlab.data.formats import Example, load_examples
 from kdlab.data.token_alignment import TeacherTokens, align_spans, byte_offsets, token_bytes
-from kdlab.data.tokenize import EncodedData, encode_examples, encode_prompt, encode_response
+from kdlab.data.tokenize import EncodedData, encode_examples, encode_prompt, encode_response, fit_length
 from kdlab.errors import KdlabError
 from kdlab.losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from kdlab.models.load import check_same_tokenizer, load_tokenizer
@@ -47,16 +47,26 @@ def distill_inputs(config: RunConfig) -> DistillInputs:
 
 
 def with_teacher_tokens(encoded: EncodedData, examples: list[Example], tokenizer, teacher_tokenizer, config):
-    """Every encoded example with the teacher's own tokens (its prompt; its response cut, like the student's, to
-    ``train.max_length``) and the spans of identical bytes of the two responses
-    (:func:`kdlab.data.token_alignment.align_spans`)."""
+    """Every encoded example with the teacher's own tokens (its prompt; its response fitted to ``train.max_length``
+    by ``train.on_long`` like the student's: ``error`` raises, ``truncate`` cuts it, ``drop`` and a prompt that leaves
+    no room give it no response, so no spans, the example's student side staying) and the spans of identical bytes of
+    the two responses (:func:`kdlab.data.token_alignment.align_spans`)."""
     pieces, teacher_pieces = token_bytes(tokenizer), token_bytes(teacher_tokenizer)
     items = []
     for item in encoded:
         example, where = examples[item.index], f"{config.data}: example {item.index}"
         text = example.output.strip()
         prompt = encode_prompt(teacher_tokenizer, example)
-        response = encode_response(teacher_tokenizer, example)[: max(config.train.max_length - len(prompt), 0)]
+        response = encode_response(teacher_tokenizer, example)
+        keep = fit_length(
+            len(prompt),
+            len(response),
+            config.train.max_length,
+            config.train.on_long,
+            f"{where}: teacher '{config.teacher}' has {len(prompt)} prompt + {len(response)} response tokens, more "
+            f"than train.max_length={config.train.max_length} (raise it, or --on-long truncate|drop)",
+        )
+        response = response[: keep or 0]  # None (drop, or no room): no spans; the student side stays
         alignment = align_spans(
             byte_offsets(pieces, item.response_ids, text, f"{where} (student '{config.model}')"),
             byte_offsets(teacher_pieces, response, text, f"{where} (teacher '{config.teacher}')"),
@@ -67,12 +77,15 @@ def with_teacher_tokens(encoded: EncodedData, examples: list[Example], tokenizer
 
 def alignment_summary(encoded: EncodedData) -> dict:
     """How the two tokenizations of the training responses line up: spans, the student's and the teacher's response
-    tokens, and the tokens in no span (a response cut by ``train.max_length`` on one side only)."""
+    tokens, the tokens in no span (a response cut by ``train.max_length`` on one side only) and the examples with no
+    span at all."""
     spans = sum(len(item.teacher.alignment.student_ends) for item in encoded)
     student = sum(len(item.response_ids) for item in encoded)
     teacher = sum(len(item.teacher.response_ids) for item in encoded)
     covered = sum(item.teacher.alignment.student_ends[-1] for item in encoded if item.teacher.alignment.student_ends)
+    no_spans = sum(1 for item in encoded if not item.teacher.alignment.student_ends)
     return {
+        "examples_without_spans": no_spans,
         "spans": spans,
         "student_tokens": student,
         "teacher_tokens": teacher,

@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 
 from kdlab.config import KDConfig, RunConfig
-from kdlab.data.token_alignment import sampled_teacher_tokens, token_bytes
+from kdlab.data.token_alignment import is_byte_level, sampled_teacher_tokens, token_bytes
 from kdlab.data.tokenize import IGNORE_INDEX, Encoded, collate
 from kdlab.errors import KdlabError
 from kdlab.eval.extract import strict_number
@@ -123,7 +123,13 @@ class OnPolicySampler:
         labels, mask = batch["teacher_labels"][row], batch["teacher_attention_mask"][row]
         prompt = batch["teacher_input_ids"][row, : int(((labels == IGNORE_INDEX) & (mask == 1)).sum())].tolist()
         return sampled_teacher_tokens(
-            response, self.pieces, self.tokenizer.eos_token_id, self.teacher_tokenizer, self.teacher_pieces, prompt
+            response,
+            self.pieces,
+            self.tokenizer.eos_token_id,
+            self.teacher_tokenizer,
+            self.teacher_pieces,
+            prompt,
+            strip_space=not is_byte_level(self.tokenizer),
         )
 
     def _resample(self, student, batch: dict, step: int) -> dict:

@@ -81,7 +81,9 @@ def test_real_tokenizers_bos_in_one_only_and_digits(smollm2_and_retrained):
     "Tom has 12 apples." and its EOS, and their rows in the collated batch."""
     teacher_tok, student_tok = smollm2_and_retrained
     example = Example(instruction="Count.", output="Tom has 12 apples.")
-    config = SimpleNamespace(data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128))
+    config = SimpleNamespace(
+        data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128, on_long="truncate")
+    )
     [item] = with_teacher_tokens(
         encode_examples(student_tok, [example], 128), [example], student_tok, teacher_tok, config
     )
@@ -165,7 +167,9 @@ def test_the_collated_spans_index_the_response_rows(tiny_models):
 
     student_tok, teacher_tok = load_tokenizer(str(tiny_models["other"])), load_tokenizer(str(tiny_models["student"]))
     examples = [Example(instruction="Add.", output="3 + 14 = 17."), Example(instruction="Sub.", output="9 - 5 = 4.")]
-    config = SimpleNamespace(data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128))
+    config = SimpleNamespace(
+        data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128, on_long="truncate")
+    )
     items = with_teacher_tokens(encode_examples(student_tok, examples, 128), examples, student_tok, teacher_tok, config)
     batch = collate(items, student_tok.pad_token_id)
     n_s = [len(i.response_ids) for i in items]
@@ -183,7 +187,7 @@ class _Teacher:
 
     eos_token_id = 300
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, split_special_tokens=True):
         return {"input_ids": [ord(char) for char in text]}
 
 
@@ -207,3 +211,41 @@ def test_a_students_sample_read_by_the_teacher():
     assert [(tuple(s), tuple(t)) for s, t in cut.alignment.spans()] == [((0,), (0, 1)), ((1,), (2, 3))]
     nothing = sampled_teacher_tokens([2], pieces, 4, _Teacher(), teacher_pieces, [7])  # no complete character
     assert nothing.response_ids == [ord(" ")] and nothing.alignment.spans() == []
+
+
+def test_sentencepiece_regular_pieces_pair_before_byte_fallback():
+    """``A`` and its byte-fallback ``<0x41>`` stand for the same byte: with one SentencePiece vocabulary on both sides
+    ``A`` pairs with ``A`` (not with ``<0x41>``, which is almost never produced)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1, "<0x41>": 2, "▁": 3, "A": 4, "▁A": 5}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    student_ids, teacher_ids = shared_vocabulary(tokenizer, tokenizer)
+    pairs = dict(zip(teacher_ids, student_ids, strict=True))
+    assert pairs[4] == 4 and pairs[1] == 1 and pairs[5] == 5 and 2 not in pairs
+
+
+def test_a_sentencepiece_space_in_front_of_text_that_starts_with_a_space():
+    """A SentencePiece teacher reading an on-policy sample " The" spells "  The" (its own prefix space)."""
+    assert byte_offsets([b" ", b" The"], [0, 1], " The", "sp") == [(0, 0), (0, 4)]
+
+
+def test_a_sentencepiece_students_sample_loses_its_leading_space():
+    pieces = [b" The", b" cat", None]
+    tokens = sampled_teacher_tokens([0, 1, 2], pieces, 2, _Teacher(), [None] * 301, [5], strip_space=True)
+    assert tokens.response_ids[:-1] == [ord(c) for c in "The cat"] and tokens.response_ids[-1] == 300
+    assert tokens.alignment.spans() == []  # the stand-in teacher has no pieces: nothing spelled, no span
+
+
+def test_a_tokenizer_that_is_neither_byte_level_nor_sentencepiece_is_refused():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "tom": 1, "has": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    with pytest.raises(KdlabError, match="neither byte-level BPE nor SentencePiece"):
+        token_bytes(tokenizer)
