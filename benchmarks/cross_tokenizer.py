@@ -5,15 +5,18 @@ Run from the repository root, alone on the machine (it times and measures memory
     .venv/bin/python benchmarks/cross_tokenizer.py --student runs/cross-tokenizer/student [--json out.json]
 
 The teacher is the embedded SmolLM2-135M-Instruct. Same-tokenizer KD: a copy pruned to 24 layers (``fkl``, kdlab's
-chunked objective, :class:`kdlab.train.objectives.DistillObjective`). Cross-tokenizer KD: the retokenized 24-layer
-student of ``scripts/cross_tokenizer_study.py`` (:class:`kdlab.train.objectives.CrossTokenizerObjective`). Batch:
+chunked objective, :class:`kdlab.train.objectives.DistillObjective`); the same student and tokens with ``gold``
+(:class:`kdlab.train.objectives.CrossTokenizerObjective` on one tokenizer: the machinery's own cost). Cross-tokenizer
+KD: the retokenized 24-layer student of ``scripts/cross_tokenizer_study.py`` (a 650-token vocabulary: its own output
+layer is small, the teacher's is not). Batch:
 the first ``--batch-size`` problems of the demo's training set (the same text for every path), full fine-tuning.
 
 Per path it reports:
 
 - **prepare ms**: tokenising the batch for the run (the student's encoding; for cross-tokenizer KD also the
   teacher's, the byte offsets, the spans, :func:`kdlab.train.inputs.with_teacher_tokens`) and collating it: the
-  alignment cost, paid once per example when the run starts;
+  alignment cost, paid once per example when the run starts (the bytes of both vocabularies, computed once per run,
+  are reported apart as ``vocabulary_bytes_ms``);
 - **step s**: the median wall time of one training micro-batch (student forward, teacher forward, objective,
   backward) over ``--repeats`` rounds, paths interleaved, after a warm-up;
 - **loss s**: the same for the objective alone (from the models' hidden states, which are computed once);
@@ -40,6 +43,7 @@ from kd_loss import _reset_hwm, _status_kib
 
 from kdlab.config import KDConfig
 from kdlab.data.formats import load_json_examples
+from kdlab.data.token_alignment import token_bytes
 from kdlab.data.tokenize import collate, encode_examples
 from kdlab.demo import FULL, TEACHER, _prepare_data
 from kdlab.losses.chunked import live_teacher_at
@@ -50,7 +54,10 @@ from kdlab.train.inputs import with_teacher_tokens
 from kdlab.train.objectives import DistillObjective, kd_spec
 from kdlab.train.teacher_signal import cross_objective
 
-PATHS = ("fkl", "uld", "gold")
+#: path -> (kd.loss, student): "same" = SmolLM2 pruned to 24 layers (the teacher's tokenizer), "retok" = the
+#: retokenized student. gold-same runs the cross-tokenizer machinery on one tokenizer: its cost against fkl on the
+#: same models and tokens is the cost of the alignment and the span losses themselves.
+PATHS = {"fkl": ("fkl", "same"), "gold-same": ("gold", "same"), "uld": ("uld", "retok"), "gold": ("gold", "retok")}
 
 
 def parse_args(argv=None):
@@ -61,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--measure", choices=PATHS, help=argparse.SUPPRESS)  # child: peak memory of one path
+    parser.add_argument("--measure", choices=list(PATHS), help=argparse.SUPPRESS)  # child: peak memory of one path
     return parser.parse_args(argv)
 
 
@@ -72,13 +79,20 @@ class Setup:
         self.teacher, teacher_tok = load_model(TEACHER).eval(), load_tokenizer(TEACHER)
         data = _prepare_data(Path(args.data), FULL, None) / "train.json"
         examples = load_json_examples(data)[: args.batch_size]
-        kd = KDConfig(loss=path, kd_weight=1.0, shared_weight=0.5)
-        started = time.perf_counter()
-        if path == "fkl":
+        loss, student = PATHS[path]
+        kd = KDConfig(loss=loss, kd_weight=1.0, shared_weight=0.5 if loss == "gold" else -1.0)
+        if student == "same":
             self.student, self.tokenizer = prune_layers(load_model(TEACHER), 24)[0], teacher_tok
-            items = encode_examples(teacher_tok, examples, 256)
         else:
             self.student, self.tokenizer = load_model(args.student), load_tokenizer(args.student)
+        started = time.perf_counter()
+        if loss != "fkl":
+            token_bytes(self.tokenizer), token_bytes(teacher_tok)  # once per run: each vocabulary's bytes
+        self.vocab_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        if loss == "fkl":
+            items = encode_examples(teacher_tok, examples, 256)
+        else:
             config = argparse.Namespace(
                 data=str(data),
                 model=args.student,
@@ -88,10 +102,10 @@ class Setup:
             items = encode_examples(self.tokenizer, examples, 256)
             items = with_teacher_tokens(items, examples, self.tokenizer, teacher_tok, config)
         self.batch = collate(items, self.tokenizer.pad_token_id)
-        self.prepare_ms = (time.perf_counter() - started) * 1000
+        self.prepare_ms = (time.perf_counter() - started) * 1000 - (self.vocab_ms if loss != "fkl" else 0.0)
         self.student.requires_grad_(True).train()
         self.student.config.use_cache = False
-        if path == "fkl":
+        if loss == "fkl":
             self.objective = DistillObjective(
                 kd_spec(kd, args.chunk_size), 0, 0, teacher=self.teacher, vocab_size=len(teacher_tok)
             )
@@ -99,7 +113,7 @@ class Setup:
             inputs = argparse.Namespace(tokenizer=self.tokenizer, teacher_tokenizer=teacher_tok)
             config = argparse.Namespace(kd=kd, train=argparse.Namespace(chunk_size=args.chunk_size))
             self.objective = cross_objective(config, inputs, self.teacher, len(self.tokenizer))
-        self.path = path
+        self.path = loss
 
     def step(self) -> None:
         self.student.zero_grad(set_to_none=True)
@@ -197,6 +211,7 @@ def main(argv=None) -> int:
     for path, setup in setups.items():
         b = setup.batch
         rows[path] = {
+            "vocabulary_bytes_ms": setup.vocab_ms,
             "prepare_ms": setup.prepare_ms,
             "step_s": statistics.median(times[path][0]),
             "loss_s": statistics.median(times[path][1]),
@@ -204,10 +219,10 @@ def main(argv=None) -> int:
             "spans": int(b["span_tokens"].numel()) if "span_tokens" in b else None,
             **measure_in_child(args, path),
         }
-    print(f"{'path':6} {'prepare ms':>11} {'step s':>8} {'loss s':>8} {'peak MiB':>9} {'tokens':>7} {'spans':>6}")
+    print(f"{'path':9} {'prepare ms':>11} {'step s':>8} {'loss s':>8} {'peak MiB':>9} {'tokens':>7} {'spans':>6}")
     for path, row in rows.items():
         print(
-            f"{path:6} {row['prepare_ms']:11.1f} {row['step_s']:8.3f} {row['loss_s']:8.3f} {row['peak_extra_mib']:9.0f} "
+            f"{path:9} {row['prepare_ms']:11.1f} {row['step_s']:8.3f} {row['loss_s']:8.3f} {row['peak_extra_mib']:9.0f} "
             f"{row['student_response_tokens']:7d} {row['spans'] or '':>6}"
         )
     if args.json:

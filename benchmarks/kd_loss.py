@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kdlab.losses import LOSS_KWARGS, chunked_distill_loss, naive_distill_loss  # noqa: E402
+from kdlab.losses import DIVERGENCES, chunked_distill_loss, naive_distill_loss  # noqa: E402
 
 MEASURE_TAG = "KD_LOSS_MEASURE "
 MIB = 1024.0 * 1024.0
@@ -95,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[256],
         help="one or more chunk sizes to compare (kdlab default: 256)",
     )
-    p.add_argument("--loss", default="fkl", choices=sorted(LOSS_KWARGS))
+    p.add_argument("--loss", default="fkl", choices=sorted(DIVERGENCES))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--kd-weight", type=float, default=1.0, help="w in (1 - w) * CE + w * tau^2 * divergence")
     p.add_argument("--repeats", type=int, default=3)
@@ -139,8 +139,7 @@ def make_inputs(args) -> dict:
 
 
 def loss_kwargs(args) -> dict:
-    defaults = {"beta": 0.5, "alpha": 0.1}
-    return {k: defaults[k] for k in LOSS_KWARGS[args.loss]}
+    return {arg.keyword: arg.default for arg in DIVERGENCES[args.loss].arguments}
 
 
 def autocast_ctx(args):

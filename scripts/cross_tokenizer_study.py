@@ -4,7 +4,7 @@
     .venv/bin/kdlab study run OUT/spec.yaml --out OUT/study         # then results, stats, report (re-running resumes)
 
 The teacher is SmolLM2-135M-Instruct fine-tuned with LoRA on its own problems (as in ``kdlab demo``); the student is
-SmolLM2 pruned to 24 layers under a new 796-token byte-level BPE tokenizer trained on the teacher's problems only
+SmolLM2 pruned to 24 layers under a new 650-token byte-level BPE tokenizer trained on the teacher's problems only
 (:mod:`kdlab.models.retokenize`: numbers merged into multi-digit tokens where SmolLM2 splits every digit, its own
 ``</s>`` EOS and a ``<s>`` BOS SmolLM2 does not add; embeddings transplanted as the mean of SmolLM2's pieces). Why this
 student: it is the only way here to get a student with another tokenizer that can learn the task in minutes (a model
@@ -29,7 +29,7 @@ STUDENT_LAYERS, VOCAB_SIZE = 24, 4096
 STEPS = 36  # the transplanted embeddings need more steps than the demo's 18 (same for every method)
 LRS = [3e-4, 1e-3]
 #: kd_weight 0.5: ULD carries no token identity on its own, so it is always mixed with CE (Boizard et al.); gold's
-#: shared part gets a fixed 0.5: the adaptive default (shared / teacher vocabulary = 1.3% here) would make it ULD.
+#: shared part gets a fixed 0.5: the adaptive default (shared / teacher vocabulary = 530 / 49,152 = 1.1%) would make it ULD.
 #: gold-gkd: the same loss with half the steps on the student's own samples (GKD's lmbda 0.5, 48 sampled tokens).
 METHODS = {
     "uld": {"loss": "uld", "kd_weight": 0.5},
@@ -51,7 +51,7 @@ def study_spec(data: Path, student: Path) -> dict:
     spec["name"] = "smollm2-cross-tokenizer"
     spec["description"] = (
         "Cross-tokenizer KD: SmolLM2-135M-Instruct (LoRA SFT teacher) into SmolLM2 pruned to 24 layers under a "
-        "new 796-token tokenizer; ULD and GOLD against SFT at equal budget, learning rate selected on validation."
+        "new 650-token tokenizer; ULD and GOLD against SFT at equal budget, learning rate selected on validation."
     )
     spec["models"] = {"smollm2": {"spec": TEACHER}, "smollm2-24l-retok": {"spec": str(student)}}
     spec["students"] = ["smollm2-24l-retok"]
