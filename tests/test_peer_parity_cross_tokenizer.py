@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kdlab_testing import distill_config
 
 gold = pytest.importorskip("trl.experimental.gold.gold_trainer")
 
@@ -65,9 +66,7 @@ class Pair:
     output layers, and each row's response byte offsets laid out as TRL takes them ([B, T, 2], zeros elsewhere)."""
 
     def __init__(self, student_tok, teacher_tok, student, teacher):
-        config = SimpleNamespace(
-            data="parity", model="student", teacher="teacher", train=SimpleNamespace(max_length=256, on_long="truncate")
-        )
+        config = distill_config(256)
         encoded = with_teacher_tokens(
             encode_examples(student_tok, EXAMPLES, 256), EXAMPLES, student_tok, teacher_tok, config
         )

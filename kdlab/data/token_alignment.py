@@ -20,6 +20,7 @@ the two distributions exactly on those pairs.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -48,13 +49,23 @@ def is_byte_level(tokenizer) -> bool:
     return backend is not None and ("ByteLevel" in repr(backend.pre_tokenizer) or "ByteLevel" in repr(backend.decoder))
 
 
+_TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its token_bytes
+
+
 def token_bytes(tokenizer) -> list[bytes | None]:
     """The bytes each token id of ``tokenizer`` stands for (``len(tokenizer)`` entries); None for special tokens.
 
     Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): each piece character is one byte. SentencePiece (pieces marked
     with ``▁``): ``▁`` is a space and ``<0xNN>`` the byte NN. A tokenizer whose pieces are neither is refused
-    (:class:`KdlabError`): its tokens' bytes are not recoverable from its vocabulary.
+    (:class:`KdlabError`): its tokens' bytes are not recoverable from its vocabulary. Computed once per tokenizer
+    object (the run's alignment, on-policy samples and shared vocabulary all read it).
     """
+    if tokenizer not in _TOKEN_BYTES:
+        _TOKEN_BYTES[tokenizer] = _token_bytes(tokenizer)
+    return _TOKEN_BYTES[tokenizer]
+
+
+def _token_bytes(tokenizer) -> list[bytes | None]:
     special = set(tokenizer.all_special_ids) | {
         i for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items() if added.special
     }

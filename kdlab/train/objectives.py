@@ -74,6 +74,17 @@ def sft_objective(chunk_size: int):
     return objective
 
 
+def teacher_pass(teacher, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The live teacher's forward pass (no gradient): its hidden states [N, H] predicting the response tokens, those
+    tokens [N] (:func:`response_hidden`) and the seconds it took (on a GPU, after its kernels finished)."""
+    started = time.perf_counter()
+    with torch.no_grad():
+        hidden, targets = response_hidden(final_hidden(teacher, input_ids, attention_mask), labels)
+    if hidden.is_cuda:  # kernels run asynchronously: wait for them to time the pass
+        torch.cuda.synchronize(hidden.device)
+    return hidden, targets, time.perf_counter() - started
+
+
 class DistillObjective:
     """``(1 - w) * CE + w * tau^2 * divergence(student, teacher)`` summed over response tokens (``spec``), against
     the live ``teacher`` or the teacher ``cache``.
@@ -134,14 +145,10 @@ class DistillObjective:
         """The live teacher's forward pass on the batch (no gradient), as a teacher source."""
         if self.teacher is None:
             raise KdlabError("an on-policy batch needs the live teacher, and none was loaded (kd.lmbda is 0?)")
-        started = time.perf_counter()
-        with torch.no_grad():
-            teacher_hidden, _ = response_hidden(
-                final_hidden(self.teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"]
-            )
-        if teacher_hidden.is_cuda:  # kernels run asynchronously: wait for them to time the pass
-            torch.cuda.synchronize(teacher_hidden.device)
-        self.teacher_seconds += time.perf_counter() - started  # its output layer runs in the loss (student time)
+        teacher_hidden, _, seconds = teacher_pass(
+            self.teacher, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+        self.teacher_seconds += seconds  # its output layer runs in the loss (student time)
         teacher_weight = output_weight(self.teacher)
         vocab = self.vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
         return vocab, live_teacher_at(teacher_hidden, teacher_weight, vocab)
@@ -164,15 +171,10 @@ class CrossTokenizerObjective:
         hidden, targets = response_hidden(
             final_hidden(model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
         )
-        started = time.perf_counter()
-        with torch.no_grad():
-            teacher_hidden, teacher_targets = response_hidden(
-                final_hidden(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"]),
-                batch["teacher_labels"],
-            )
-        if teacher_hidden.is_cuda:
-            torch.cuda.synchronize(teacher_hidden.device)
-        self.teacher_seconds += time.perf_counter() - started
+        teacher_hidden, teacher_targets, seconds = teacher_pass(
+            self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_labels"]
+        )
+        self.teacher_seconds += seconds
         student = Side(
             hidden,
             output_weight(model)[: self.student_vocab],

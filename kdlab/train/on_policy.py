@@ -65,8 +65,6 @@ class OnPolicySampler:
     ):
         self.tokenizer, self.kd, self.max_length, self.seed = tokenizer, kd, max_length, seed
         self.teacher, self.vocab_size, self.teacher_tokenizer = teacher, vocab_size, teacher_tokenizer
-        if teacher_tokenizer is not None:
-            self.pieces, self.teacher_pieces = token_bytes(tokenizer), token_bytes(teacher_tokenizer)
         self.on_policy_steps = 0
         self.proposed_tokens = self.replaced_tokens = 0
         self.seconds = 0.0
@@ -124,10 +122,10 @@ class OnPolicySampler:
         prompt = batch["teacher_input_ids"][row, : int(((labels == IGNORE_INDEX) & (mask == 1)).sum())].tolist()
         return sampled_teacher_tokens(
             response,
-            self.pieces,
+            token_bytes(self.tokenizer),
             self.tokenizer.eos_token_id,
             self.teacher_tokenizer,
-            self.teacher_pieces,
+            token_bytes(self.teacher_tokenizer),
             prompt,
             strip_space=not is_byte_level(self.tokenizer),
         )

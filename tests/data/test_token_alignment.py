@@ -1,10 +1,9 @@
 """Cross-tokenizer alignment: byte offsets, spans of identical text, the shared vocabulary and the collated spans,
 against hand-written expected spans."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from kdlab_testing import distill_config
 
 from kdlab.data.formats import Example
 from kdlab.data.token_alignment import align_spans, byte_offsets, sampled_teacher_tokens, shared_vocabulary, token_bytes
@@ -81,9 +80,7 @@ def test_real_tokenizers_bos_in_one_only_and_digits(smollm2_and_retrained):
     "Tom has 12 apples." and its EOS, and their rows in the collated batch."""
     teacher_tok, student_tok = smollm2_and_retrained
     example = Example(instruction="Count.", output="Tom has 12 apples.")
-    config = SimpleNamespace(
-        data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128, on_long="truncate")
-    )
+    config = distill_config(128)
     [item] = with_teacher_tokens(
         encode_examples(student_tok, [example], 128), [example], student_tok, teacher_tok, config
     )
@@ -167,9 +164,7 @@ def test_the_collated_spans_index_the_response_rows(tiny_models):
 
     student_tok, teacher_tok = load_tokenizer(str(tiny_models["other"])), load_tokenizer(str(tiny_models["student"]))
     examples = [Example(instruction="Add.", output="3 + 14 = 17."), Example(instruction="Sub.", output="9 - 5 = 4.")]
-    config = SimpleNamespace(
-        data="d.json", model="S", teacher="T", train=SimpleNamespace(max_length=128, on_long="truncate")
-    )
+    config = distill_config(128)
     items = with_teacher_tokens(encode_examples(student_tok, examples, 128), examples, student_tok, teacher_tok, config)
     batch = collate(items, student_tok.pad_token_id)
     n_s = [len(i.response_ids) for i in items]

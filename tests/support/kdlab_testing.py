@@ -97,3 +97,12 @@ def edited_spec(path: Path, tmp_path: Path, edit) -> Path:
     out = tmp_path / "edited.yaml"
     out.write_text(yaml.safe_dump(data))
     return out
+
+
+def distill_config(max_length: int = 256, **settings):
+    """A resolved ``kdlab distill`` config (:func:`kdlab.config.build_config`) for code that reads one: student ``S``,
+    teacher ``T``, data ``d.json``, ``train.max_length``, and any dotted ``settings`` (``{"kd.loss": "gold"}``)."""
+    from kdlab.config import build_config
+
+    base = {"model": "S", "teacher": "T", "data": "d.json", "out": "o", "train.max_length": max_length}
+    return build_config("distill", None, {**base, **settings}, [])
